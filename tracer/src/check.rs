@@ -1,0 +1,212 @@
+//! `faultline check`: what this kernel offers faultline, and what faultline does without each.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::probes::{
+    kernel::{self, KernelBtf},
+    AttachMode, ProbeOptions, Probes,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Item {
+    pub name: String,
+    pub available: bool,
+    pub detail: String,
+    /// What faultline does when this is missing.
+    pub without: &'static str,
+}
+
+fn item(
+    name: impl Into<String>,
+    available: bool,
+    detail: impl Into<String>,
+    without: &'static str,
+) -> Item {
+    Item {
+        name: name.into(),
+        available,
+        detail: detail.into(),
+        without,
+    }
+}
+
+const TRACEPOINTS: [(&str, &str, &str); 10] = [
+    (
+        "mmap_lock",
+        "mmap_lock_start_locking",
+        "no mmap_lock tracing at all unless tp_btf works",
+    ),
+    (
+        "mmap_lock",
+        "mmap_lock_acquire_returned",
+        "no mmap_lock tracing at all unless tp_btf works",
+    ),
+    (
+        "mmap_lock",
+        "mmap_lock_released",
+        "no mmap_lock tracing at all unless tp_btf works",
+    ),
+    (
+        "sched",
+        "sched_process_exit",
+        "per-task state is cleaned only when tp_btf works",
+    ),
+    (
+        "lock",
+        "contention_begin",
+        "no mutex/rwsem wait edges (waits-for graph limited to mmap_lock)",
+    ),
+    (
+        "lock",
+        "contention_end",
+        "no mutex/rwsem wait edges (waits-for graph limited to mmap_lock)",
+    ),
+    ("exceptions", "page_fault_user", "no user page-fault counts"),
+    (
+        "exceptions",
+        "page_fault_kernel",
+        "no fault-under-lock evidence",
+    ),
+    (
+        "sched",
+        "sched_waking",
+        "userfaultfd handlers inferred from ioctls only",
+    ),
+    (
+        "syscalls",
+        "sys_enter_ioctl",
+        "no userfaultfd ioctl tracing",
+    ),
+];
+
+/// Runs every check. Loading probes needs root; without it those items say so.
+pub fn run() -> Vec<Item> {
+    let mut items = Vec::new();
+    let euid = unsafe { libc::geteuid() };
+    items.push(item(
+        "privileges",
+        euid == 0,
+        if euid == 0 {
+            "running as root".to_string()
+        } else {
+            format!("euid {euid}: loading programs needs root or CAP_BPF+CAP_PERFMON")
+        },
+        "nothing can be traced; `faultline replay` still works",
+    ));
+
+    let btf = KernelBtf::load();
+    items.push(item(
+        "btf",
+        btf.is_ok(),
+        match &btf {
+            Ok(_) => kernel::VMLINUX_BTF.to_string(),
+            Err(e) => e.to_string(),
+        },
+        "cannot start: struct offsets and tp_btf both come from kernel BTF",
+    ));
+    if let Ok(btf) = &btf {
+        let off = btf.offsets();
+        items.push(item(
+            "offsets",
+            off.task_mm != 0 && off.task_tgid != 0,
+            format!(
+                "task_struct.mm={} task_struct.tgid={} mm_struct.owner={}",
+                off.task_mm, off.task_tgid, off.mm_owner
+            ),
+            "foreign mm owners (mm_pid) are not reported",
+        ));
+        let has_iter = btf.has_type("bpf_iter__task");
+        items.push(item(
+            "iter/task",
+            has_iter,
+            "bpf_iter__task in BTF",
+            "diagnose falls back to /proc",
+        ));
+        for (cat, name, without) in [("lock", "contention_begin", "no contention edges")] {
+            let t = format!("btf_trace_{name}");
+            items.push(item(
+                format!("tp_btf {cat}:{name}"),
+                btf.has_type(&t),
+                format!("{t} in BTF"),
+                without,
+            ));
+        }
+    }
+
+    for (mode, name, without) in [
+        (
+            AttachMode::Btf,
+            "attach tp_btf (mmap_lock, sched_process_exit)",
+            "classic tracepoints are used instead",
+        ),
+        (
+            AttachMode::Tracepoint,
+            "attach classic tracepoints (mmap_lock, sched)",
+            "only a fallback: nothing lost while tp_btf works",
+        ),
+    ] {
+        let r = Probes::load(&ProbeOptions {
+            attach: mode,
+            ..Default::default()
+        });
+        items.push(item(
+            name,
+            r.is_ok(),
+            match &r {
+                Ok(p) => format!("attached ({})", p.attached()),
+                Err(e) => e.to_string(),
+            },
+            without,
+        ));
+    }
+
+    match kernel::tracefs_root() {
+        Ok(root) => {
+            items.push(item(
+                "tracefs",
+                true,
+                root.display().to_string(),
+                "classic tracepoints unavailable",
+            ));
+            for (cat, name, without) in TRACEPOINTS {
+                let ok = root
+                    .join("events")
+                    .join(cat)
+                    .join(name)
+                    .join("format")
+                    .exists();
+                items.push(item(
+                    format!("tracepoint {cat}:{name}"),
+                    ok,
+                    if ok { "present" } else { "missing" },
+                    without,
+                ));
+            }
+            items.push(item(
+                "kprobes",
+                Path::new(&root).join("kprobe_events").exists(),
+                "kprobe_events in tracefs (not required)",
+                "nothing: faultline does not need kprobes",
+            ));
+        }
+        Err(e) => items.push(item(
+            "tracefs",
+            false,
+            e.to_string(),
+            "classic tracepoints unavailable",
+        )),
+    }
+    items
+}
+
+pub fn print_text(items: &[Item]) {
+    for i in items {
+        let mark = if i.available { "ok  " } else { "MISS" };
+        println!("{mark} {:<48} {}", i.name, i.detail);
+        if !i.available {
+            println!("     without it: {}", i.without);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Ring-buffer records → core events. The only place that knows the wire layout.
+
+use tracer_common::{
+    mode, reason, EventHeader, EventKind as WireKind, MmapLockEvent, TASK_COMM_LEN,
+};
+
+use crate::event::{Addr, Event, EventKind, LockMode};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring-buffer record of {got} bytes is shorter than its kind needs ({need})")]
+    Short { got: usize, need: usize },
+    #[error("ring-buffer record has unknown kind {0}")]
+    UnknownKind(u32),
+    #[error("ring-buffer record has invalid lock mode {0}")]
+    BadMode(u8),
+}
+
+/// Why the kernel sent a record (`tracer_common::reason` bits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reasons(pub u32);
+
+impl Reasons {
+    pub fn slow_wait(self) -> bool {
+        self.0 & reason::SLOW_WAIT != 0
+    }
+    pub fn long_hold(self) -> bool {
+        self.0 & reason::LONG_HOLD != 0
+    }
+    pub fn unmatched(self) -> bool {
+        self.0 & reason::UNMATCHED != 0
+    }
+    pub fn downgrade(self) -> bool {
+        self.0 & reason::DOWNGRADE != 0
+    }
+    pub fn recursive(self) -> bool {
+        self.0 & reason::RECURSIVE != 0
+    }
+}
+
+/// A decoded record: the event plus what only the kernel side knew.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub event: Event,
+    pub reasons: Reasons,
+    /// For an acquisition, when its attempt started; for a release, when the hold began.
+    pub since_ns: Option<u64>,
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; T is a repr(C) plain-data wire type; read_unaligned copes with any
+    // alignment of the ring-buffer slice.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn comm(raw: &[u8; TASK_COMM_LEN]) -> Option<String> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    (end > 0).then(|| String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    let kind = WireKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let base = |kind: EventKind| Event {
+        ts_ns: header.ts_ns,
+        tid: header.tid,
+        pid: header.tgid,
+        comm: comm(&header.comm),
+        kind,
+    };
+    let reasons = Reasons(header.flags);
+    match kind {
+        WireKind::TaskExit => Ok(Decoded {
+            event: base(EventKind::TaskExit {}),
+            reasons,
+            since_ns: None,
+        }),
+        WireKind::MmapLockStart | WireKind::MmapLockAcquire | WireKind::MmapLockRelease => {
+            let ev: MmapLockEvent = read(bytes)?;
+            let lock_mode = match ev.mode {
+                mode::READ => LockMode::Read,
+                mode::WRITE => LockMode::Write,
+                other => return Err(DecodeError::BadMode(other)),
+            };
+            // 0: the caller's own mm; u32::MAX: a foreign mm whose owner could not be read. An
+            // mm owned by the caller's own process (exec's new mm, a fork child's before it
+            // runs) is reported as the caller's: `mm_pid` names other processes only.
+            let mm_pid = (ev.mm_tgid != 0 && ev.mm_tgid != u32::MAX && ev.mm_tgid != header.tgid)
+                .then_some(ev.mm_tgid);
+            let mm = Addr(ev.mm);
+            let event_kind = match kind {
+                WireKind::MmapLockStart => EventKind::MmapLockStart {
+                    mm,
+                    mode: lock_mode,
+                    mm_pid,
+                },
+                WireKind::MmapLockAcquire => EventKind::MmapLockAcquire {
+                    mm,
+                    mode: lock_mode,
+                    success: ev.success != 0,
+                    mm_pid,
+                },
+                _ => EventKind::MmapLockRelease {
+                    mm,
+                    mode: lock_mode,
+                    mm_pid,
+                },
+            };
+            Ok(Decoded {
+                event: base(event_kind),
+                reasons,
+                since_ns: (ev.since_ns != 0).then_some(ev.since_ns),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    fn wire(kind: WireKind, mode_byte: u8, mm_tgid: u32) -> MmapLockEvent {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..5].copy_from_slice(b"procA");
+        MmapLockEvent {
+            header: EventHeader {
+                kind: kind as u32,
+                flags: reason::SLOW_WAIT,
+                ts_ns: 500,
+                tid: 11,
+                tgid: 10,
+                comm,
+            },
+            mm: 0xffff_0000_1000,
+            since_ns: 100,
+            mm_tgid,
+            mode: mode_byte,
+            success: 1,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn a_slow_foreign_write_acquisition_decodes_with_its_start_and_owner() {
+        let d =
+            decode(&bytes_of(&wire(WireKind::MmapLockAcquire, mode::WRITE, 20))).expect("decode");
+        assert_eq!(d.event.tid, 11);
+        assert_eq!(d.event.pid, 10);
+        assert_eq!(d.event.comm.as_deref(), Some("procA"));
+        assert_eq!(
+            d.event.kind,
+            EventKind::MmapLockAcquire {
+                mm: Addr(0xffff_0000_1000),
+                mode: LockMode::Write,
+                success: true,
+                mm_pid: Some(20)
+            }
+        );
+        assert!(d.reasons.slow_wait());
+        assert_eq!(d.since_ns, Some(100));
+    }
+
+    #[test]
+    fn own_and_unknown_mm_owners_have_no_mm_pid() {
+        for tgid in [0, u32::MAX, 10] {
+            let d = decode(&bytes_of(&wire(
+                WireKind::MmapLockRelease,
+                mode::READ,
+                tgid,
+            )))
+            .expect("decode");
+            assert!(matches!(
+                d.event.kind,
+                EventKind::MmapLockRelease { mm_pid: None, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn truncated_and_corrupt_records_are_errors_not_panics() {
+        let good = bytes_of(&wire(WireKind::MmapLockStart, mode::READ, 0));
+        assert!(matches!(
+            decode(&good[..30]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert!(matches!(
+            decode(&good[..50]),
+            Err(DecodeError::Short { .. })
+        ));
+        let mut bad_kind = good.clone();
+        bad_kind[0] = 99;
+        assert_eq!(decode(&bad_kind), Err(DecodeError::UnknownKind(99)));
+        let bad_mode = bytes_of(&wire(WireKind::MmapLockStart, 7, 0));
+        assert_eq!(decode(&bad_mode), Err(DecodeError::BadMode(7)));
+    }
+}

@@ -1,0 +1,272 @@
+//! The core's event type: trace format v1 (see `docs/trace-format.md`).
+//!
+//! One type serves the live kernel, trace files and snapshots, so serde attributes here *are* the
+//! public contract: change them only with the format's version.
+
+use std::fmt;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// A kernel address (an `mm_struct`, a lock, a userfaultfd context). Written as `"0x…"` because
+/// JSON numbers lose precision above 2^53.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Addr(pub u64);
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl Serialize for Addr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let hex = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .ok_or_else(|| de::Error::custom(format!("address {s:?} must start with 0x")))?;
+        u64::from_str_radix(hex, 16)
+            .map(Addr)
+            .map_err(|e| de::Error::custom(format!("address {s:?}: {e}")))
+    }
+}
+
+/// How an rwsem such as `mmap_lock` is taken. Serialized as the trace format's `write` boolean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockMode {
+    Read,
+    Write,
+}
+
+impl LockMode {
+    pub fn from_write(write: bool) -> Self {
+        if write {
+            Self::Write
+        } else {
+            Self::Read
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+mod write_flag {
+    use super::LockMode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &LockMode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(*mode == LockMode::Write)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LockMode, D::Error> {
+        bool::deserialize(d).map(LockMode::from_write)
+    }
+}
+
+/// Lock types of `lock_wait_begin`, from `lock:contention_begin` flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockType {
+    Mutex,
+    RwsemRead,
+    RwsemWrite,
+    Spinlock,
+    RwlockRead,
+    RwlockWrite,
+    Other,
+}
+
+/// userfaultfd ioctl operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum UffdOp {
+    Api,
+    Register,
+    Unregister,
+    Wake,
+    Copy,
+    Zeropage,
+    Writeprotect,
+    Continue,
+    Poison,
+    Move,
+}
+
+/// What happened, per kind. Field names are the trace format's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    MmapLockStart {
+        mm: Addr,
+        #[serde(rename = "write", with = "write_flag")]
+        mode: LockMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mm_pid: Option<u32>,
+    },
+    MmapLockAcquire {
+        mm: Addr,
+        #[serde(rename = "write", with = "write_flag")]
+        mode: LockMode,
+        success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mm_pid: Option<u32>,
+    },
+    MmapLockRelease {
+        mm: Addr,
+        #[serde(rename = "write", with = "write_flag")]
+        mode: LockMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mm_pid: Option<u32>,
+    },
+    LockWaitBegin {
+        lock: Addr,
+        #[serde(rename = "type")]
+        lock_type: LockType,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_tid: Option<u32>,
+    },
+    LockWaitEnd {
+        lock: Addr,
+        ret: i32,
+    },
+    PageFault {
+        addr: Addr,
+        user: bool,
+        error_code: u64,
+    },
+    UffdWaitBegin {
+        uffd: Addr,
+        addr: Addr,
+    },
+    UffdWaitEnd {
+        uffd: Addr,
+    },
+    UffdIoctlBegin {
+        uffd: Addr,
+        op: UffdOp,
+    },
+    UffdIoctlEnd {
+        uffd: Addr,
+        op: UffdOp,
+        ret: i64,
+    },
+    TaskExit {},
+}
+
+/// One event: who (tid, pid = tgid, comm), when (CLOCK_MONOTONIC ns) and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub tid: u32,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl EventKind {
+    /// The `kind` string of the trace format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MmapLockStart { .. } => "mmap_lock_start",
+            Self::MmapLockAcquire { .. } => "mmap_lock_acquire",
+            Self::MmapLockRelease { .. } => "mmap_lock_release",
+            Self::LockWaitBegin { .. } => "lock_wait_begin",
+            Self::LockWaitEnd { .. } => "lock_wait_end",
+            Self::PageFault { .. } => "page_fault",
+            Self::UffdWaitBegin { .. } => "uffd_wait_begin",
+            Self::UffdWaitEnd { .. } => "uffd_wait_end",
+            Self::UffdIoctlBegin { .. } => "uffd_ioctl_begin",
+            Self::UffdIoctlEnd { .. } => "uffd_ioctl_end",
+            Self::TaskExit {} => "task_exit",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mmap_lock_acquire_round_trips_in_the_documented_shape() {
+        let ev = Event {
+            ts_ns: 12,
+            tid: 3,
+            pid: 2,
+            comm: Some("procA".into()),
+            kind: EventKind::MmapLockAcquire {
+                mm: Addr(0xffff_8880_1234_5000),
+                mode: LockMode::Write,
+                success: true,
+                mm_pid: Some(20),
+            },
+        };
+        let line = serde_json::to_string(&ev).expect("serialize");
+        assert_eq!(
+            line,
+            r#"{"ts_ns":12,"tid":3,"pid":2,"comm":"procA","kind":"mmap_lock_acquire","mm":"0xffff888012345000","write":true,"success":true,"mm_pid":20}"#
+        );
+        let back: Event = serde_json::from_str(&line).expect("parse");
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_optional_ones_default() {
+        let ev: Event = serde_json::from_str(
+            r#"{"ts_ns":1,"tid":1,"pid":1,"kind":"lock_wait_begin","lock":"0x10","type":"rwsem_write","extra":[1,2]}"#,
+        )
+        .expect("parse");
+        assert_eq!(
+            ev.kind,
+            EventKind::LockWaitBegin {
+                lock: Addr(0x10),
+                lock_type: LockType::RwsemWrite,
+                owner_tid: None
+            }
+        );
+        assert_eq!(ev.comm, None);
+    }
+
+    #[test]
+    fn uffd_ops_use_the_documented_names() {
+        let ev: Event = serde_json::from_str(
+            r#"{"ts_ns":1,"tid":1,"pid":1,"kind":"uffd_ioctl_end","uffd":"0xabc","op":"WRITEPROTECT","ret":-11}"#,
+        )
+        .expect("parse");
+        assert!(matches!(
+            ev.kind,
+            EventKind::UffdIoctlEnd {
+                op: UffdOp::Writeprotect,
+                ret: -11,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn addresses_without_0x_are_rejected() {
+        let err = serde_json::from_str::<Event>(
+            r#"{"ts_ns":1,"tid":1,"pid":1,"kind":"mmap_lock_release","mm":"1234","write":false}"#,
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("must start with 0x"), "{err}");
+    }
+}

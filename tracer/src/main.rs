@@ -1,0 +1,165 @@
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use tracer::{
+    agent::{self, AgentOptions},
+    check,
+    probes::{AttachMode, ProbeOptions},
+    record::{self, RecordOptions},
+};
+
+/// faultline: find who blocks whom on mmap_lock, page faults and userfaultfd.
+#[derive(Parser)]
+#[command(name = "faultline", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the tracing agent: attach the probes and report slow waits, long holds and anomalies.
+    Agent(AgentArgs),
+    /// Record every event from the live kernel into a trace file (JSON Lines, format v1).
+    Record(RecordArgs),
+    /// Report which tracepoints, attach types and BTF features this kernel offers.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ProbeArgs {
+    /// How to attach: tp_btf with a classic-tracepoint fallback, or only one of them.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto, env = "FAULTLINE_ATTACH")]
+    attach: AttachMode,
+    /// Stream acquisitions that waited at least this long (e.g. 500us, 10ms).
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration, env = "FAULTLINE_WAIT_THRESHOLD")]
+    wait_threshold: Duration,
+    /// Stream holds that lasted at least this long.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration, env = "FAULTLINE_HOLD_THRESHOLD")]
+    hold_threshold: Duration,
+    /// Tasks tracked at once in the kernel (per-task state map size).
+    #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(64..=4_194_304), env = "FAULTLINE_MAX_TASKS")]
+    max_tasks: u32,
+}
+
+impl ProbeArgs {
+    fn options(&self) -> ProbeOptions {
+        ProbeOptions {
+            attach: self.attach,
+            record_all: false,
+            wait_threshold: self.wait_threshold,
+            hold_threshold: self.hold_threshold,
+            max_tasks: self.max_tasks,
+        }
+    }
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    probes: ProbeArgs,
+    /// How often to log the one-line summary.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "FAULTLINE_SUMMARY_INTERVAL")]
+    summary_interval: Duration,
+    /// Most slow-event lines logged per summary interval; the rest are counted.
+    #[arg(long, default_value_t = 20, env = "FAULTLINE_MAX_LOG_LINES")]
+    max_log_lines: u32,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Trace file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(short, long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    #[command(flatten)]
+    probes: ProbeArgs,
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Agent(a) => {
+            if a.summary_interval.is_zero() {
+                anyhow::bail!("--summary-interval must be greater than zero");
+            }
+            agent::run(AgentOptions {
+                probes: a.probes.options(),
+                summary_interval: a.summary_interval,
+                max_log_lines: a.max_log_lines,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record(r) => {
+            let output = r.output.clone();
+            let report = record::run(RecordOptions {
+                output: r.output,
+                duration: r.duration,
+                probes: r.probes.options(),
+            })
+            .await?;
+            eprintln!(
+                "faultline: wrote {} events to {}",
+                report.written,
+                output.display()
+            );
+            if report.lost > 0 {
+                eprintln!(
+                    "faultline: warning: {} events lost (ring buffer full); the trace has gaps",
+                    report.lost
+                );
+            }
+            if report.decode_errors > 0 {
+                eprintln!(
+                    "faultline: warning: {} records did not decode and were skipped",
+                    report.decode_errors
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { json } => {
+            let items = check::run();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&items).context("serializing the report")?
+                );
+            } else {
+                check::print_text(&items);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faultline: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("faultline: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

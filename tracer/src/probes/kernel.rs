@@ -1,0 +1,222 @@
+//! Facts about the running kernel, discovered at start-up: struct offsets from BTF and tracepoint
+//! layouts from tracefs. Nothing here is baked in at build time (Rust eBPF has no CO-RE).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use btf_rs::{Btf, Type};
+use tracer_common::{KernelOffsets, TracepointLayout};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read kernel BTF at {path}: {message} (is CONFIG_DEBUG_INFO_BTF enabled?)")]
+    Btf { path: String, message: String },
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0} (mount it: `mount -t tracefs tracefs /sys/kernel/tracing`)")]
+    TracefsMount(std::io::Error),
+    #[error("tracepoint {category}:{name} is not in this kernel ({path} missing)")]
+    NoTracepoint {
+        category: String,
+        name: String,
+        path: PathBuf,
+    },
+    #[error("tracepoint {category}:{name}: field `{field}` not in its format file")]
+    NoField {
+        category: String,
+        name: String,
+        field: String,
+    },
+}
+
+/// The kernel's BTF, parsed once.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, KernelError> {
+        Self::from_path(VMLINUX_BTF)
+    }
+
+    pub fn from_path(path: &str) -> Result<Self, KernelError> {
+        Btf::from_file(path)
+            .map(|btf| Self { btf })
+            .map_err(|e| KernelError::Btf {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Byte offset of `field` in `struct name`, looking through anonymous struct/union members
+    /// (mm_struct keeps most fields in an unnamed struct for layout randomisation).
+    pub fn member_offset(&self, name: &str, field: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.iter().find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => self.find_member(s, field, 0),
+            _ => None,
+        })
+    }
+
+    fn find_member(&self, s: &btf_rs::Struct, field: &str, base_bits: u32) -> Option<u32> {
+        for m in &s.members {
+            let bits = base_bits + m.bit_offset();
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            if name == field {
+                return (bits % 8 == 0).then_some(bits / 8);
+            }
+            if name.is_empty() {
+                if let Ok(Type::Struct(inner) | Type::Union(inner)) =
+                    self.btf.resolve_chained_type(m)
+                {
+                    if let Some(off) = self.find_member(&inner, field, bits) {
+                        return Some(off);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the kernel has a function or tracepoint type of this name (e.g. `btf_trace_X`).
+    pub fn has_type(&self, name: &str) -> bool {
+        self.btf
+            .resolve_ids_by_name(name)
+            .map(|ids| !ids.is_empty())
+            .unwrap_or(false)
+    }
+
+    /// The offsets the programs use; a missing one stays 0 and disables only what needs it.
+    pub fn offsets(&self) -> KernelOffsets {
+        KernelOffsets {
+            task_mm: self.member_offset("task_struct", "mm").unwrap_or(0),
+            task_tgid: self.member_offset("task_struct", "tgid").unwrap_or(0),
+            mm_owner: self.member_offset("mm_struct", "owner").unwrap_or(0),
+            _pad: 0,
+        }
+    }
+}
+
+const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The tracefs root, mounting it at /sys/kernel/tracing if no mount is found (root only).
+pub fn tracefs_root() -> Result<PathBuf, KernelError> {
+    if let Some(dir) = TRACEFS_DIRS
+        .iter()
+        .map(Path::new)
+        .find(|d| d.join("events").is_dir())
+    {
+        return Ok(dir.to_path_buf());
+    }
+    mount_tracefs().map_err(KernelError::TracefsMount)?;
+    Ok(PathBuf::from(TRACEFS_DIRS[0]))
+}
+
+fn mount_tracefs() -> std::io::Result<()> {
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings; a plain mount with no data.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Offsets of the named fields in a classic tracepoint's record, from its `format` file.
+pub fn tracepoint_field_offsets(
+    root: &Path,
+    category: &str,
+    name: &str,
+    fields: &[&str],
+) -> Result<Vec<u32>, KernelError> {
+    let path = root.join("events").join(category).join(name).join("format");
+    let text = fs::read_to_string(&path).map_err(|_| KernelError::NoTracepoint {
+        category: category.into(),
+        name: name.into(),
+        path: path.clone(),
+    })?;
+    fields
+        .iter()
+        .map(|field| {
+            parse_field_offset(&text, field).ok_or_else(|| KernelError::NoField {
+                category: category.into(),
+                name: name.into(),
+                field: (*field).into(),
+            })
+        })
+        .collect()
+}
+
+/// Finds `offset:N` on the `field:` line whose declaration ends in ` <field>;`.
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        let ident = decl.rsplit([' ', '*']).next()?;
+        if ident != field {
+            return None;
+        }
+        let off = line
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
+        off.trim().parse().ok()
+    })
+}
+
+/// The classic `mmap_lock` tracepoints' layout (same fields in all three).
+pub fn mmap_lock_layout(root: &Path) -> Result<TracepointLayout, KernelError> {
+    let start = tracepoint_field_offsets(
+        root,
+        "mmap_lock",
+        "mmap_lock_start_locking",
+        &["mm", "write"],
+    )?;
+    let acq = tracepoint_field_offsets(
+        root,
+        "mmap_lock",
+        "mmap_lock_acquire_returned",
+        &["mm", "write", "success"],
+    )?;
+    let rel = tracepoint_field_offsets(root, "mmap_lock", "mmap_lock_released", &["mm", "write"])?;
+    if start[..2] != acq[..2] || start != rel {
+        // The programs share one layout; a kernel where they differ needs per-program globals.
+        return Err(KernelError::NoField {
+            category: "mmap_lock".into(),
+            name: "mmap_lock_*".into(),
+            field: "mm/write at the same offsets in all three".into(),
+        });
+    }
+    Ok(TracepointLayout {
+        mm: acq[0],
+        write: acq[1],
+        success: acq[2],
+        _pad: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: mmap_lock_acquire_returned\nID: 675\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:struct mm_struct * mm;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u64 memcg_id;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:bool write;\toffset:24;\tsize:1;\tsigned:0;\n\tfield:bool success;\toffset:25;\tsize:1;\tsigned:0;\n";
+
+    #[test]
+    fn field_offsets_come_from_the_format_text() {
+        assert_eq!(parse_field_offset(FORMAT, "mm"), Some(8));
+        assert_eq!(parse_field_offset(FORMAT, "write"), Some(24));
+        assert_eq!(parse_field_offset(FORMAT, "success"), Some(25));
+        assert_eq!(parse_field_offset(FORMAT, "memcg"), None);
+    }
+}
