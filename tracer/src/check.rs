@@ -124,7 +124,28 @@ pub fn run() -> Vec<Item> {
             "bpf_iter__task in BTF",
             "diagnose falls back to /proc",
         ));
-        for (cat, name, without) in [("lock", "contention_begin", "no contention edges")] {
+        for (cat, name, without) in [
+            (
+                "lock",
+                "contention_begin",
+                "contention waits only through classic tracepoints",
+            ),
+            (
+                "lock",
+                "contention_end",
+                "contention waits only through classic tracepoints",
+            ),
+            (
+                "sched",
+                "sched_waking",
+                "wake-ups only through classic tracepoints",
+            ),
+            (
+                "exceptions",
+                "page_fault_kernel",
+                "kernel faults only through classic tracepoints",
+            ),
+        ] {
             let t = format!("btf_trace_{name}");
             items.push(item(
                 format!("tp_btf {cat}:{name}"),

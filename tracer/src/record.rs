@@ -38,12 +38,13 @@ fn create(path: &Path) -> Result<TraceWriter<BufWriter<File>>> {
 }
 
 pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
-    let mut writer = create(&opts.output)?;
     let probe_opts = ProbeOptions {
         record_all: true,
         ..opts.probes.clone()
     };
     let mut probes = Probes::load(&probe_opts)?;
+    // Created only once the probes are up, so a failed start leaves no empty trace behind.
+    let mut writer = create(&opts.output)?;
     let before = stats::snapshot(&probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
     eprintln!(

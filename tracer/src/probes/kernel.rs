@@ -65,7 +65,7 @@ impl KernelBtf {
             let bits = base_bits + m.bit_offset();
             let name = self.btf.resolve_name(m).unwrap_or_default();
             if name == field {
-                return (bits % 8 == 0).then_some(bits / 8);
+                return bits.is_multiple_of(8).then_some(bits / 8);
             }
             if name.is_empty() {
                 if let Ok(Type::Struct(inner) | Type::Union(inner)) =

@@ -1,0 +1,162 @@
+//! Helpers for tests that run faultline against the real kernel.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use tracer::{event::Event, trace::TraceReader};
+
+pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
+pub const SCENARIO: &str = env!("CARGO_BIN_EXE_faultline-scenario");
+
+/// Whether kernel tests can run. In CI (`CI=true`) a missing privilege fails the test instead:
+/// kernel tests never skip there.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: kernel tests need root, and CI must run them (CI=true)");
+    }
+    eprintln!("skipping {test}: needs root to load eBPF programs");
+    false
+}
+
+/// A faultline child process whose stderr is collected line by line.
+pub struct Faultline {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Faultline {
+    /// Starts `faultline ARGS` and waits until a stderr line contains `ready`.
+    pub fn start(args: &[&str], ready: &str) -> Self {
+        let mut child = Command::new(FAULTLINE)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn faultline");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut f = Self {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        f.wait_for(ready, Duration::from_secs(30));
+        f
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with everything seen on timeout.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "faultline never printed {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for exit, and returns the exit status and all stderr lines.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait faultline");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Faultline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a scenario and returns its JSON report.
+pub fn scenario(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(SCENARIO)
+        .args(args)
+        .output()
+        .expect("run faultline-scenario");
+    assert!(
+        out.status.success(),
+        "scenario {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("scenario prints one JSON report")
+}
+
+/// A recording in progress.
+pub struct Recording {
+    proc: Faultline,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Recording {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trace.jsonl");
+        let path_s = path.to_str().expect("utf-8 temp path").to_owned();
+        let mut args = vec!["record", "-o", &path_s];
+        args.extend_from_slice(extra);
+        let proc = Faultline::start(&args, "recording to");
+        Self {
+            proc,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the recorder and reads the trace back.
+    pub fn finish(self) -> Vec<Event> {
+        let (status, lines) = self.proc.stop();
+        assert!(status.success(), "record failed: {}", lines.join("\n"));
+        read_trace(&self.path)
+    }
+}
+
+pub fn read_trace(path: &Path) -> Vec<Event> {
+    let file = std::fs::File::open(path).expect("open trace");
+    TraceReader::new(BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("every recorded line parses as trace format v1")
+}
+
+pub fn u64_at(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+}

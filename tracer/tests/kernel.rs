@@ -1,0 +1,311 @@
+//! faultline against the real kernel: programs load, real workloads are seen as they happened.
+//! Run single-threaded (they share the kernel's tracepoints): the README's test command does.
+
+mod common;
+
+use std::process::Command;
+
+use common::{require_root, scenario, u64_at, Faultline, Recording, FAULTLINE};
+use tracer::{
+    event::{Addr, Event, EventKind, LockMode},
+    probes::{kernel::KernelBtf, program_names, AttachMode, Attached, ProbeOptions, Probes},
+};
+
+#[test]
+fn every_program_passes_the_verifier_in_both_attach_modes() {
+    if !require_root("every_program_passes_the_verifier_in_both_attach_modes") {
+        return;
+    }
+    for (mode, expect) in [
+        (AttachMode::Btf, Attached::Btf),
+        (AttachMode::Tracepoint, Attached::Tracepoint),
+    ] {
+        let probes = Probes::load(&ProbeOptions {
+            attach: mode,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("loading in {mode:?} mode: {e}"));
+        assert_eq!(probes.attached(), expect);
+    }
+    assert_eq!(program_names().count(), 8);
+}
+
+#[test]
+fn btf_gives_the_struct_offsets_the_programs_need() {
+    let btf = KernelBtf::load().expect("this kernel has BTF");
+    let off = btf.offsets();
+    assert!(off.task_mm > 0, "task_struct.mm offset: {off:?}");
+    assert!(off.task_tgid > 0, "task_struct.tgid offset: {off:?}");
+    assert!(
+        off.mm_owner > 0,
+        "mm_struct.owner offset (CONFIG_MEMCG): {off:?}"
+    );
+    assert!(btf.has_type("btf_trace_mmap_lock_acquire_returned"));
+}
+
+/// (mm, mode, success) of an mmap_lock event.
+fn lock_fields(e: &Event) -> Option<(Addr, LockMode)> {
+    match &e.kind {
+        EventKind::MmapLockStart { mm, mode, .. }
+        | EventKind::MmapLockAcquire { mm, mode, .. }
+        | EventKind::MmapLockRelease { mm, mode, .. } => Some((*mm, *mode)),
+        _ => None,
+    }
+}
+
+fn is_acquire(e: &Event, tid: u32, mode: LockMode) -> bool {
+    e.tid == tid
+        && matches!(e.kind, EventKind::MmapLockAcquire { success: true, mode: m, .. } if m == mode)
+}
+
+fn is_start(e: &Event, tid: u32, mode: LockMode) -> bool {
+    e.tid == tid && matches!(e.kind, EventKind::MmapLockStart { mode: m, .. } if m == mode)
+}
+
+#[test]
+fn record_sees_a_read_write_read_convoy_as_it_happened() {
+    if !require_root("record_sees_a_read_write_read_convoy_as_it_happened") {
+        return;
+    }
+    let rec = Recording::start(&[]);
+    let report = scenario(&["rwr"]);
+    let events = rec.finish();
+    assert_eq!(
+        report["convoy"], true,
+        "the workload did not form a convoy: {report}"
+    );
+
+    let pid = u64_at(&report, &["pid"]) as u32;
+    let (holder, writer, reader) = (
+        u64_at(&report, &["holder", "tid"]) as u32,
+        u64_at(&report, &["writer", "tid"]) as u32,
+        u64_at(&report, &["reader", "tid"]) as u32,
+    );
+    let ours: Vec<&Event> = events.iter().filter(|e| e.pid == pid).collect();
+    assert!(!ours.is_empty(), "no events recorded for pid {pid}");
+
+    // The writer's mprotect: its attempt and its acquisition.
+    let w_start = ours
+        .iter()
+        .find(|e| {
+            is_start(e, writer, LockMode::Write)
+                && e.ts_ns >= u64_at(&report, &["writer", "start_ns"])
+        })
+        .unwrap_or_else(|| panic!("no write attempt by writer {writer}"));
+    let (mm, _) = lock_fields(w_start).expect("mmap_lock event");
+    let w_acq = ours
+        .iter()
+        .find(|e| is_acquire(e, writer, LockMode::Write) && e.ts_ns >= w_start.ts_ns)
+        .expect("the writer's acquisition");
+
+    // Who held the lock when the writer asked: replay acquisitions and releases up to then.
+    let mut readers: Vec<u32> = Vec::new();
+    for e in ours.iter().filter(|e| e.ts_ns <= w_start.ts_ns) {
+        match &e.kind {
+            EventKind::MmapLockAcquire {
+                mm: m,
+                success: true,
+                mode: LockMode::Read,
+                ..
+            } if *m == mm => readers.push(e.tid),
+            EventKind::MmapLockRelease {
+                mm: m,
+                mode: LockMode::Read,
+                ..
+            } if *m == mm => {
+                if let Some(i) = readers.iter().position(|&t| t == e.tid) {
+                    readers.remove(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        readers.contains(&holder),
+        "the holder {holder} should hold mmap_lock for read when the writer asks; holders seen: {readers:?}"
+    );
+    let hold_end = ours
+        .iter()
+        .find(|e| {
+            e.tid == holder
+                && e.ts_ns >= w_start.ts_ns
+                && matches!(&e.kind, EventKind::MmapLockRelease { mm: m, mode: LockMode::Read, .. } if *m == mm)
+        })
+        .expect("the holder's release after the writer asked")
+        .ts_ns;
+
+    let write_wait = w_acq.ts_ns - w_start.ts_ns;
+    let hold_left = hold_end - w_start.ts_ns;
+    assert!(
+        hold_left > 10_000_000,
+        "hold after the writer asked is only {hold_left} ns"
+    );
+    assert!(
+        w_acq.ts_ns >= hold_end && write_wait * 10 >= hold_left * 9,
+        "the writer should wait out the read hold: waited {write_wait} ns, hold left {hold_left} ns"
+    );
+
+    // The late reader asked after the writer queued and got the lock only after the writer.
+    let r_start = ours
+        .iter()
+        .find(|e| is_start(e, reader, LockMode::Read) && e.ts_ns > w_start.ts_ns)
+        .unwrap_or_else(|| panic!("no read attempt by reader {reader} after the writer queued"));
+    let r_acq = ours
+        .iter()
+        .find(|e| is_acquire(e, reader, LockMode::Read) && e.ts_ns >= r_start.ts_ns)
+        .expect("the reader's acquisition");
+    assert_eq!(
+        lock_fields(r_start).map(|f| f.0),
+        Some(mm),
+        "reader and writer on one mm"
+    );
+    assert!(
+        r_acq.ts_ns >= w_acq.ts_ns,
+        "the reader should be queued behind the writer: reader acquired at {}, writer at {}",
+        r_acq.ts_ns,
+        w_acq.ts_ns
+    );
+    assert!(
+        r_acq.ts_ns - r_start.ts_ns >= (w_acq.ts_ns - r_start.ts_ns) * 9 / 10,
+        "the reader's wait should cover the writer's remaining wait"
+    );
+}
+
+#[test]
+fn mprotect_loop_gives_exact_write_acquisitions_for_its_tid_and_pid() {
+    if !require_root("mprotect_loop_gives_exact_write_acquisitions_for_its_tid_and_pid") {
+        return;
+    }
+    let rec = Recording::start(&[]);
+    let report = scenario(&["mprotect-loop", "--count", "2000"]);
+    let events = rec.finish();
+    let (pid, tid) = (
+        u64_at(&report, &["pid"]) as u32,
+        u64_at(&report, &["tid"]) as u32,
+    );
+    let (from, to) = (u64_at(&report, &["start_ns"]), u64_at(&report, &["end_ns"]));
+    let writes: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.ts_ns >= from && e.ts_ns <= to && is_acquire(e, tid, LockMode::Write))
+        .collect();
+    assert!(
+        writes.len() >= 2000,
+        "2000 mprotect calls gave {} write acquisitions",
+        writes.len()
+    );
+    assert!(
+        writes.iter().all(|e| e.pid == pid),
+        "attributed to pid {pid}"
+    );
+    let mms: std::collections::HashSet<_> = writes
+        .iter()
+        .filter_map(|e| lock_fields(e))
+        .map(|f| f.0)
+        .collect();
+    assert_eq!(mms.len(), 1, "all on the process's own mm: {mms:?}");
+    let releases = events
+        .iter()
+        .filter(|e| e.tid == tid && e.ts_ns >= from && e.ts_ns <= to)
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::MmapLockRelease {
+                    mode: LockMode::Write,
+                    mm_pid: None,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(
+        releases >= 2000,
+        "each write acquisition is released: {releases}"
+    );
+}
+
+#[test]
+fn reading_another_process_names_the_owner_of_its_mm() {
+    if !require_root("reading_another_process_names_the_owner_of_its_mm") {
+        return;
+    }
+    let rec = Recording::start(&[]);
+    let report = scenario(&["foreign-read", "--count", "50"]);
+    let events = rec.finish();
+    let tid = u64_at(&report, &["tid"]) as u32;
+    let target = u64_at(&report, &["target_pid"]) as u32;
+    let foreign = events
+        .iter()
+        .filter(|e| e.tid == tid)
+        .filter(|e| matches!(e.kind, EventKind::MmapLockAcquire { mm_pid: Some(p), mode: LockMode::Read, success: true, .. } if p == target))
+        .count();
+    assert!(
+        foreign >= 50,
+        "50 process_vm_readv calls gave {foreign} read acquisitions of pid {target}'s mm"
+    );
+}
+
+#[test]
+fn the_agent_reports_the_writer_that_waited_out_a_long_read_hold() {
+    if !require_root("the_agent_reports_the_writer_that_waited_out_a_long_read_hold") {
+        return;
+    }
+    let mut agent = Faultline::start(
+        &[
+            "agent",
+            "--wait-threshold",
+            "5ms",
+            "--summary-interval",
+            "1s",
+        ],
+        "probes attached",
+    );
+    let report = scenario(&["rwr"]);
+    let writer = u64_at(&report, &["writer", "tid"]);
+    let line = agent.wait_for(
+        &format!("tid {writer} "),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(
+        line.contains("waited") && line.contains("write") && line.contains("its own mmap_lock"),
+        "unexpected slow-wait line: {line}"
+    );
+    agent.wait_for("mmap_lock: acquired", std::time::Duration::from_secs(5));
+    let (status, _) = agent.stop();
+    assert!(status.success(), "agent exits cleanly on SIGTERM");
+}
+
+#[test]
+fn without_privileges_record_fails_with_one_clear_line() {
+    if !require_root("without_privileges_record_fails_with_one_clear_line") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let out_path = dir.path().join("t.jsonl");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(FAULTLINE)
+        .args(["record", "-o"])
+        .arg(&out_path)
+        .args(["-d", "1s"])
+        .output()
+        .expect("setpriv (util-linux) runs faultline as nobody");
+    assert!(!out.status.success(), "record must fail without privileges");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(
+        lines[0].contains("permission denied") && lines[0].contains("root"),
+        "the line names the problem and the fix: {stderr}"
+    );
+    assert!(!out_path.exists(), "no empty trace left behind");
+}

@@ -1,0 +1,133 @@
+//! Installs the eBPF build prerequisites, idempotently, saying what and why.
+//!
+//! Building Rust eBPF needs `-Z build-std=core`, so a toolchain with `rust-src`, and `bpf-linker`.
+//! rustup's nightly is used when it has `rust-src` (the standard aya path); otherwise Debian's
+//! `rustc-web`/`rust-web-src` (1.96, with sources) are linked into rustup as `faultline-system`
+//! and `tracer/build.rs` builds with them under RUSTC_BOOTSTRAP=1. Only registry packages are
+//! downloaded: Debian's and crates.io.
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::run;
+
+const SYSTEM_TOOLCHAIN: &str = "faultline-system";
+const BPF_LINKER_VERSION: &str = "0.13";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian packages and why each is needed.
+const PACKAGES: [(&str, &str); 7] = [
+    (
+        "rustc-web",
+        "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
+    ),
+    (
+        "rust-web-src",
+        "the Rust standard library sources for -Z build-std=core",
+    ),
+    (
+        "cargo-web",
+        "the cargo matching rustc-web, run for the nested eBPF build",
+    ),
+    ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
+    (
+        "libpolly-22-dev",
+        "LLVM's Polly, which llvm-22-dev's link line names",
+    ),
+    ("libzstd-dev", "zstd, a link dependency of LLVM"),
+    ("zlib1g-dev", "zlib, a link dependency of LLVM"),
+];
+
+fn output_ok(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn installed(pkg: &str) -> bool {
+    output_ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn nightly_has_rust_src() -> bool {
+    output_ok(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .map(|s| {
+            std::path::Path::new(s.trim())
+                .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+                .exists()
+        })
+        .unwrap_or(false)
+}
+
+fn cargo_bin(name: &str) -> std::path::PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| "/root/.cargo".into());
+    home.join("bin").join(name)
+}
+
+fn bpf_linker_ok() -> bool {
+    output_ok(Command::new(cargo_bin("bpf-linker")).arg("--version"))
+        .is_some_and(|v| v.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")))
+}
+
+fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<_> = needed.iter().filter(|(p, _)| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (p, why) in &missing {
+        eprintln!("xtask setup: installing Debian package {p}: {why}");
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))
+        .context("apt-get update (setup needs root)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(missing.iter().map(|(p, _)| *p))
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing the eBPF build packages (setup needs root)")
+}
+
+pub fn ensure() -> Result<()> {
+    let use_nightly = nightly_has_rust_src();
+    // Debian's LLVM is needed for bpf-linker either way; the Debian compiler only without a
+    // nightly that has rust-src.
+    let needed: Vec<(&str, &str)> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|(p, _)| !use_nightly || !p.starts_with("rust") && !p.starts_with("cargo"))
+        .collect();
+    ensure_packages(&needed)?;
+
+    if use_nightly {
+        eprintln!("xtask setup: using rustup's nightly (it has rust-src) for the eBPF build");
+    } else {
+        let linked = output_ok(Command::new("rustup").args(["toolchain", "list"]))
+            .is_some_and(|l| l.lines().any(|t| t.starts_with(SYSTEM_TOOLCHAIN)));
+        if !linked {
+            eprintln!(
+                "xtask setup: linking Debian's rustc-web into rustup as `{SYSTEM_TOOLCHAIN}` for the eBPF build"
+            );
+            run(Command::new("rustup").args(["toolchain", "link", SYSTEM_TOOLCHAIN, "/usr"]))?;
+        }
+    }
+
+    if !bpf_linker_ok() {
+        eprintln!(
+            "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (a few minutes, once)"
+        );
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--force", "--version"])
+            .arg(format!("~{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX))?;
+        if !bpf_linker_ok() {
+            bail!("bpf-linker {BPF_LINKER_VERSION} still not runnable after installing it");
+        }
+    }
+    Ok(())
+}
