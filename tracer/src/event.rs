@@ -37,8 +37,10 @@ impl<'de> Deserialize<'de> for Addr {
     }
 }
 
-/// How an rwsem such as `mmap_lock` is taken. Serialized as the trace format's `write` boolean.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How an rwsem such as `mmap_lock` is taken. In trace events it is the format's `write`
+/// boolean (see `write_flag`); elsewhere (graph, reports) the strings "read" / "write".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LockMode {
     Read,
     Write,

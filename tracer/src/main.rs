@@ -1,12 +1,14 @@
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use tracer::{
     agent::{self, AgentOptions},
     check,
+    detect::Thresholds,
     probes::{AttachMode, ProbeOptions},
     record::{self, RecordOptions},
+    replay,
 };
 
 /// faultline: find who blocks whom on mmap_lock, page faults and userfaultfd.
@@ -23,6 +25,8 @@ enum Command {
     Agent(AgentArgs),
     /// Record every event from the live kernel into a trace file (JSON Lines, format v1).
     Record(RecordArgs),
+    /// Replay a trace file through the detectors and explain what they find.
+    Replay(ReplayArgs),
     /// Report which tracepoints, attach types and BTF features this kernel offers.
     Check {
         /// Print JSON instead of text.
@@ -83,6 +87,40 @@ struct RecordArgs {
     probes: ProbeArgs,
 }
 
+#[derive(Args, Clone)]
+struct DetectArgs {
+    /// A task blocked this long raises a stall (uffd_stall for userfaultfd waits).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "FAULTLINE_STALL_THRESHOLD")]
+    stall_threshold: Duration,
+    /// A reader queued behind a writer this long raises rwr_inversion.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "FAULTLINE_RWR_THRESHOLD")]
+    rwr_threshold: Duration,
+    /// A cycle whose members all waited this long without progress raises deadlock.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "FAULTLINE_DEADLOCK_CONFIRM")]
+    deadlock_confirm: Duration,
+}
+
+impl DetectArgs {
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            stall: self.stall_threshold,
+            rwr: self.rwr_threshold,
+            deadlock_confirm: self.deadlock_confirm,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Trace file (JSON Lines, format v1); `-` reads standard input.
+    file: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    detect: DetectArgs,
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent(a) => {
@@ -121,6 +159,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "faultline: warning: {} records did not decode and were skipped",
                     report.decode_errors
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(r) => {
+            let report = replay::replay_path(&r.file, r.detect.thresholds())?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            if r.json {
+                serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
+                writeln!(out).context("writing the report")?;
+            } else {
+                replay::print_text(&report, &mut out).context("writing the report")?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,435 @@
+//! Detectors over the model and its waits-for graph, and the alerts they raise.
+//!
+//! Time comes from the events only, so a replay raises exactly the alerts the live agent did.
+
+use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    event::{Addr, LockMode},
+    graph::{Edge, LockRef, Reason, WaitsFor},
+    model::{Blocked, Model, Notice, Tid},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Deadlock,
+    RwrInversion,
+    RecursiveRead,
+    Stall,
+    UffdStall,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 5] = [
+        Self::Deadlock,
+        Self::RwrInversion,
+        Self::RecursiveRead,
+        Self::Stall,
+        Self::UffdStall,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deadlock => "deadlock",
+            Self::RwrInversion => "rwr_inversion",
+            Self::RecursiveRead => "recursive_read",
+            Self::Stall => "stall",
+            Self::UffdStall => "uffd_stall",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Self::Deadlock => Severity::Critical,
+            _ => Severity::Warning,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub ts_ns: u64,
+    /// Every task of the cycle or chain, in narrative order.
+    pub tids: Vec<Tid>,
+    pub summary: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    /// A task blocked this long is a stall (uffd_stall for userfaultfd waits).
+    pub stall: Duration,
+    /// A reader queued behind a writer this long is an inversion.
+    pub rwr: Duration,
+    /// A cycle whose members all waited this long without progress is a deadlock.
+    pub deadlock_confirm: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            stall: Duration::from_secs(1),
+            rwr: Duration::from_secs(1),
+            deadlock_confirm: Duration::from_secs(1),
+        }
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
+}
+
+fn fmt_dur(n: u64) -> String {
+    let d = Duration::from_millis(n / 1_000_000);
+    humantime::format_duration(d).to_string()
+}
+
+/// Human names of locks and hops.
+struct Narrator<'a> {
+    model: &'a Model,
+}
+
+impl Narrator<'_> {
+    fn whose_mm(&self, mm: Addr, owner_pid: Option<u32>) -> String {
+        match owner_pid {
+            Some(p) => format!("the mmap_lock of pid {p}"),
+            None => format!("the mmap_lock of mm {mm}"),
+        }
+    }
+
+    /// "waits for X, held for read by Y" — the part of a sentence one edge says.
+    fn hop(&self, e: &Edge) -> String {
+        let to = self.model.describe(e.to);
+        let wants = e.wants.map(|m| format!(" for {m}")).unwrap_or_default();
+        match (&e.lock, e.reason) {
+            (LockRef::MmapLock { mm, owner_pid }, Reason::QueuedBehindWriter) => format!(
+                "waits for {}{wants}, queued behind writer {to}",
+                self.whose_mm(*mm, *owner_pid)
+            ),
+            (LockRef::MmapLock { mm, owner_pid }, _) => format!(
+                "waits for {}{wants}, held{} by {to}",
+                self.whose_mm(*mm, *owner_pid),
+                e.held.map(|m| format!(" for {m}")).unwrap_or_default()
+            ),
+            (LockRef::KernelLock { lock, lock_type }, _) => {
+                let kind = serde_json::to_value(lock_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "lock".into());
+                format!("waits for the {kind} {lock} owned by {to}")
+            }
+            (LockRef::Uffd { uffd }, _) => {
+                format!("waits for userfaultfd {uffd} to be served by {to}")
+            }
+        }
+    }
+
+    /// One paragraph: "A waits for …, which waits for …, which is running (the root holder)."
+    fn chain(&self, start: Tid, path: &[&Edge], graph: &WaitsFor) -> String {
+        let mut s = self.model.describe(start);
+        for (i, e) in path.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", which");
+            }
+            let _ = write!(s, " {}", self.hop(e));
+        }
+        if let Some(last) = path.last() {
+            if path[..path.len() - 1].iter().any(|e| e.from == last.to) || last.to == start {
+                s.push_str(", closing the cycle");
+            } else if graph.out(last.to).is_empty() {
+                let _ = write!(s, "; {} is the root holder", self.model.describe(last.to));
+            }
+        }
+        s.push('.');
+        s
+    }
+}
+
+/// Raises each alert once per occurrence (a wait, a cycle, a hold).
+#[derive(Default)]
+pub struct Detector {
+    pub thresholds: Thresholds,
+    raised: BTreeSet<(AlertKind, Vec<u64>)>,
+}
+
+impl Detector {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
+            thresholds,
+            raised: BTreeSet::new(),
+        }
+    }
+
+    fn once(&mut self, kind: AlertKind, key: Vec<u64>) -> bool {
+        self.raised.insert((kind, key))
+    }
+
+    /// Forgets keys of conditions that ended, so a recurrence alerts again; bounded memory.
+    fn forget_ended(&mut self, model: &Model, active_cycles: &[Vec<Tid>]) {
+        self.raised.retain(|(kind, key)| match kind {
+            AlertKind::Deadlock => active_cycles
+                .iter()
+                .any(|c| c.iter().map(|&t| t as u64).eq(key.iter().copied())),
+            // Keys are (tid, since): alive while that wait (or hold) is.
+            AlertKind::Stall | AlertKind::UffdStall | AlertKind::RwrInversion => {
+                model
+                    .task(key[0] as Tid)
+                    .and_then(|t| t.blocked.as_ref())
+                    .map(Blocked::since_ns)
+                    == Some(key[1])
+            }
+            AlertKind::RecursiveRead => model
+                .task(key[0] as Tid)
+                .and_then(|t| t.holds.get(&Addr(key[1])))
+                .is_some_and(|h| h.since_ns == key[2]),
+        });
+    }
+
+    pub fn on_notice(&mut self, model: &Model, notice: &Notice) -> Option<Alert> {
+        match notice {
+            Notice::RecursiveRead { tid, mm, ts_ns } => {
+                let hold = model.task(*tid)?.holds.get(mm)?;
+                if !self.once(
+                    AlertKind::RecursiveRead,
+                    vec![*tid as u64, mm.0, hold.since_ns],
+                ) {
+                    return None;
+                }
+                let owner = model.mm_locks.get(mm).and_then(|l| l.owner_pid);
+                let queued: Vec<String> = model
+                    .mm_locks
+                    .get(mm)
+                    .map(|l| {
+                        l.writers_queued_before(*ts_ns)
+                            .map(|(w, _)| model.describe(w))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let narrator = Narrator { model };
+                let mut summary = format!(
+                    "{} asks for {} for read while holding it for read since {} ago",
+                    model.describe(*tid),
+                    narrator.whose_mm(*mm, owner),
+                    fmt_dur(ts_ns.saturating_sub(hold.since_ns))
+                );
+                if queued.is_empty() {
+                    summary.push_str(": it deadlocks as soon as a writer queues in between.");
+                } else {
+                    let _ = write!(
+                        summary,
+                        "; writer {} is already queued, so this read blocks behind it: a self-deadlock.",
+                        queued.join(", ")
+                    );
+                }
+                Some(Alert {
+                    kind: AlertKind::RecursiveRead,
+                    severity: AlertKind::RecursiveRead.severity(),
+                    ts_ns: *ts_ns,
+                    tids: vec![*tid],
+                    summary,
+                })
+            }
+        }
+    }
+
+    /// Evaluates the timed detectors at `now`.
+    pub fn check(&mut self, model: &Model, now: u64) -> Vec<Alert> {
+        let graph = WaitsFor::build(model);
+        let cycles = graph.cycles();
+        self.forget_ended(model, &cycles);
+        let narrator = Narrator { model };
+        let mut alerts = Vec::new();
+        let mut in_deadlock: BTreeSet<Tid> = BTreeSet::new();
+        let since = |t: Tid| {
+            model
+                .task(t)
+                .and_then(|t| t.blocked.as_ref())
+                .map(Blocked::since_ns)
+        };
+
+        for cycle in &cycles {
+            let confirmed = cycle.iter().all(|&t| {
+                since(t)
+                    .is_some_and(|s| now.saturating_sub(s) >= ns(self.thresholds.deadlock_confirm))
+            });
+            if !confirmed {
+                continue;
+            }
+            in_deadlock.extend(cycle.iter().copied());
+            if !self.once(
+                AlertKind::Deadlock,
+                cycle.iter().map(|&t| t as u64).collect(),
+            ) {
+                continue;
+            }
+            // Narrate from the member that has waited longest, around the cycle.
+            let start = *cycle
+                .iter()
+                .min_by_key(|&&t| (since(t).unwrap_or(u64::MAX), t))
+                .unwrap_or(&cycle[0]);
+            let path = cycle_path(&graph, start, cycle);
+            let rwr = path.iter().any(|e| e.reason == Reason::QueuedBehindWriter);
+            let mut tids = vec![start];
+            tids.extend(path.iter().map(|e| e.to));
+            dedup_keep_order(&mut tids);
+            let mut summary = format!(
+                "deadlock of {} tasks{}: ",
+                cycle.len(),
+                if rwr {
+                    " (read-write-read inversion)"
+                } else {
+                    ""
+                }
+            );
+            summary.push_str(&narrator.chain(start, &path, &graph));
+            // A strongly connected component can hold more than the one loop narrated.
+            let others: Vec<Tid> = cycle
+                .iter()
+                .copied()
+                .filter(|t| !tids.contains(t))
+                .collect();
+            if !others.is_empty() {
+                let names: Vec<String> = others.iter().map(|&t| model.describe(t)).collect();
+                let _ = write!(summary, " Also caught in it: {}.", names.join(", "));
+                tids.extend(others);
+            }
+            alerts.push(Alert {
+                kind: AlertKind::Deadlock,
+                severity: Severity::Critical,
+                ts_ns: now,
+                tids,
+                summary,
+            });
+        }
+
+        for &tid in &model.blocked {
+            if in_deadlock.contains(&tid) {
+                continue;
+            }
+            let Some(blocked) = model.task(tid).and_then(|t| t.blocked.as_ref()) else {
+                continue;
+            };
+            let waited = now.saturating_sub(blocked.since_ns());
+            let out = graph.out(tid);
+
+            // rwr_inversion: a reader queued behind a writer that waits on read holders.
+            if let Blocked::MmapLock {
+                mode: LockMode::Read,
+                ..
+            } = blocked
+            {
+                if waited >= ns(self.thresholds.rwr) {
+                    let inversion = out.iter().find(|e| {
+                        e.reason == Reason::QueuedBehindWriter
+                            && graph.out(e.to).iter().any(|w| {
+                                w.reason == Reason::Holds && w.held == Some(LockMode::Read)
+                            })
+                    });
+                    if let Some(first) = inversion {
+                        if self.once(
+                            AlertKind::RwrInversion,
+                            vec![tid as u64, blocked.since_ns()],
+                        ) {
+                            let mut path = vec![first];
+                            path.extend(graph.chain(first.to));
+                            let mut tids = vec![tid];
+                            tids.extend(path.iter().map(|e| e.to));
+                            dedup_keep_order(&mut tids);
+                            alerts.push(Alert {
+                                kind: AlertKind::RwrInversion,
+                                severity: Severity::Warning,
+                                ts_ns: now,
+                                tids,
+                                summary: format!(
+                                    "read-write-read inversion, reader blocked {}: {}",
+                                    fmt_dur(waited),
+                                    narrator.chain(tid, &path, &graph)
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+
+            if waited >= ns(self.thresholds.stall) {
+                let kind = match blocked {
+                    Blocked::Uffd { .. } => AlertKind::UffdStall,
+                    _ => AlertKind::Stall,
+                };
+                if self.once(kind, vec![tid as u64, blocked.since_ns()]) {
+                    let path = graph.chain(tid);
+                    let mut tids = vec![tid];
+                    tids.extend(path.iter().map(|e| e.to));
+                    dedup_keep_order(&mut tids);
+                    let summary = match blocked {
+                        Blocked::Uffd { uffd, addr, .. } => {
+                            let handlers: Vec<String> =
+                                out.iter().map(|e| narrator.model.describe(e.to)).collect();
+                            let mut s = format!(
+                                "{} blocked {} in a userfaultfd fault at {addr} on {uffd}; ",
+                                model.describe(tid),
+                                fmt_dur(waited)
+                            );
+                            if handlers.is_empty() {
+                                s.push_str("no handler task is known for it.");
+                            } else {
+                                let _ = write!(s, "handler tasks: {}. ", handlers.join(", "));
+                                s.push_str(&narrator.chain(tid, &path, &graph));
+                            }
+                            s
+                        }
+                        _ => format!(
+                            "blocked {}: {}",
+                            fmt_dur(waited),
+                            narrator.chain(tid, &path, &graph)
+                        ),
+                    };
+                    alerts.push(Alert {
+                        kind,
+                        severity: kind.severity(),
+                        ts_ns: now,
+                        tids,
+                        summary,
+                    });
+                }
+            }
+        }
+        alerts
+    }
+}
+
+fn dedup_keep_order(tids: &mut Vec<Tid>) {
+    let mut seen = BTreeSet::new();
+    tids.retain(|t| seen.insert(*t));
+}
+
+/// Edges around `cycle` from `start`, following only members, until back at a seen task.
+fn cycle_path<'g>(graph: &'g WaitsFor, start: Tid, cycle: &[Tid]) -> Vec<&'g Edge> {
+    let mut path = Vec::new();
+    let mut seen = vec![start];
+    let mut cur = start;
+    while let Some(e) = graph
+        .out(cur)
+        .iter()
+        .find(|e| cycle.binary_search(&e.to).is_ok())
+    {
+        path.push(e);
+        if seen.contains(&e.to) {
+            break;
+        }
+        seen.push(e.to);
+        cur = e.to;
+    }
+    path
+}

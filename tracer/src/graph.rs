@@ -1,0 +1,229 @@
+//! The waits-for graph: edges derived from the lock model, cycles by strongly connected
+//! components (petgraph's Tarjan, linear in nodes + edges).
+
+use std::collections::BTreeMap;
+
+use petgraph::{algo::tarjan_scc, graphmap::DiGraphMap};
+use serde::Serialize;
+
+use crate::{
+    event::{Addr, LockMode, LockType},
+    model::{Blocked, Model, Tid},
+};
+
+/// What an edge goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LockRef {
+    MmapLock {
+        mm: Addr,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        owner_pid: Option<u32>,
+    },
+    KernelLock {
+        lock: Addr,
+        lock_type: LockType,
+    },
+    Uffd {
+        uffd: Addr,
+    },
+}
+
+/// Why `from` waits for `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// `to` holds the lock `from` wants.
+    Holds,
+    /// `from` asks for read and is queued behind writer `to` (rwsem fairness / handoff).
+    QueuedBehindWriter,
+    /// `to` owns the contended kernel lock.
+    LockOwner,
+    /// `to` serves the userfaultfd `from` faulted on.
+    UffdHandler,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Edge {
+    pub from: Tid,
+    pub to: Tid,
+    pub lock: LockRef,
+    /// The mode `from` asks for, for rwsems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wants: Option<LockMode>,
+    /// The mode `to` holds the lock in, when it holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<LockMode>,
+    pub reason: Reason,
+    /// When `from` started waiting.
+    pub since_ns: u64,
+}
+
+/// Outgoing edges of one blocked task, in a deterministic order.
+pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
+    let Some(blocked) = model.task(tid).and_then(|t| t.blocked.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    match blocked {
+        Blocked::MmapLock { mm, mode, since_ns } => {
+            let Some(lock) = model.mm_locks.get(mm) else {
+                return out;
+            };
+            let lref = LockRef::MmapLock {
+                mm: *mm,
+                owner_pid: lock.owner_pid,
+            };
+            let edge = |to, held, reason| Edge {
+                from: tid,
+                to,
+                lock: lref,
+                wants: Some(*mode),
+                held,
+                reason,
+                since_ns: *since_ns,
+            };
+            if let Some((w, _)) = lock.writer {
+                if w != tid {
+                    out.push(edge(w, Some(LockMode::Write), Reason::Holds));
+                }
+            }
+            let queued: Vec<Tid> = lock
+                .writers_queued_before(*since_ns)
+                .map(|(t, _)| t)
+                .filter(|&t| t != tid)
+                .collect();
+            match mode {
+                LockMode::Write => {
+                    out.extend(
+                        lock.readers
+                            .keys()
+                            .filter(|&&r| r != tid)
+                            .map(|&r| edge(r, Some(LockMode::Read), Reason::Holds)),
+                    );
+                    out.extend(
+                        queued
+                            .into_iter()
+                            .map(|w| edge(w, None, Reason::QueuedBehindWriter)),
+                    );
+                }
+                LockMode::Read => {
+                    // A reader blocks only behind a writer: the holder, or queued writers.
+                    out.extend(
+                        queued
+                            .into_iter()
+                            .map(|w| edge(w, None, Reason::QueuedBehindWriter)),
+                    );
+                    // A reader that re-takes a lock it holds while nobody is queued waits on
+                    // nobody we know of: no edge rather than a guessed one.
+                }
+            }
+        }
+        Blocked::KernelLock {
+            lock,
+            lock_type,
+            owner,
+            since_ns,
+        } => {
+            if let Some(o) = owner.filter(|&o| o != tid) {
+                out.push(Edge {
+                    from: tid,
+                    to: o,
+                    lock: LockRef::KernelLock {
+                        lock: *lock,
+                        lock_type: *lock_type,
+                    },
+                    wants: None,
+                    held: None,
+                    reason: Reason::LockOwner,
+                    since_ns: *since_ns,
+                });
+            }
+        }
+        Blocked::Uffd { uffd, since_ns, .. } => {
+            if let Some(ctx) = model.uffds.get(uffd) {
+                out.extend(ctx.handlers().iter().filter(|&&h| h != tid).map(|&h| Edge {
+                    from: tid,
+                    to: h,
+                    lock: LockRef::Uffd { uffd: *uffd },
+                    wants: None,
+                    held: None,
+                    reason: Reason::UffdHandler,
+                    since_ns: *since_ns,
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// The whole graph at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct WaitsFor {
+    /// Outgoing edges of every blocked task.
+    pub edges: BTreeMap<Tid, Vec<Edge>>,
+}
+
+impl WaitsFor {
+    pub fn build(model: &Model) -> Self {
+        Self {
+            edges: model
+                .blocked
+                .iter()
+                .map(|&t| (t, edges_of(model, t)))
+                .collect(),
+        }
+    }
+
+    pub fn out(&self, tid: Tid) -> &[Edge] {
+        self.edges.get(&tid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn all_edges(&self) -> impl Iterator<Item = &Edge> {
+        self.edges.values().flatten()
+    }
+
+    /// Every cycle: strongly connected components of more than one task. (A task cannot wait
+    /// on itself: `edges_of` never emits self-edges.) Each is sorted; the list is sorted too.
+    pub fn cycles(&self) -> Vec<Vec<Tid>> {
+        let mut g: DiGraphMap<Tid, ()> = DiGraphMap::new();
+        for e in self.all_edges() {
+            g.add_edge(e.from, e.to, ());
+        }
+        let mut cycles: Vec<Vec<Tid>> = tarjan_scc(&g)
+            .into_iter()
+            .filter(|c| c.len() > 1)
+            .map(|mut c| {
+                c.sort_unstable();
+                c
+            })
+            .collect();
+        cycles.sort();
+        cycles
+    }
+
+    /// From `tid`, the path following edges to a task that waits on nobody (the root holder),
+    /// or until a task repeats (a cycle). At each step the first edge to a blocked task is
+    /// preferred: the root cause lies behind the tasks that are themselves stuck.
+    pub fn chain(&self, tid: Tid) -> Vec<&Edge> {
+        let mut path: Vec<&Edge> = Vec::new();
+        let mut seen = vec![tid];
+        let mut cur = tid;
+        loop {
+            let out = self.out(cur);
+            let Some(next) = out
+                .iter()
+                .find(|e| !self.out(e.to).is_empty())
+                .or_else(|| out.first())
+            else {
+                return path;
+            };
+            path.push(next);
+            if seen.contains(&next.to) {
+                return path;
+            }
+            seen.push(next.to);
+            cur = next.to;
+        }
+    }
+}

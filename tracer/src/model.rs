@@ -1,0 +1,455 @@
+//! The lock model: who holds which `mmap_lock`, who is blocked on what, who serves which
+//! userfaultfd. Fed `Event`s in order; knows nothing of BPF, files or HTTP.
+//!
+//! Evidence can be missing (lost events, a trace started mid-way), so the model only believes
+//! what events prove, and lets later evidence override earlier beliefs:
+//! - a successful write acquisition proves nobody else holds that lock;
+//! - any event from a task other than one that starts a wait proves the task is running, so it
+//!   is not blocked on anything;
+//! - a release by a task that holds nothing there is a non-owner release
+//!   (`mmap_read_unlock_non_owner`) or the end of a hold taken before the trace began;
+//! - an exited task holds and waits for nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp};
+
+pub type Tid = u32;
+
+/// What a blocked task waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Blocked {
+    /// An `mmap_lock` acquisition in flight.
+    MmapLock {
+        mm: Addr,
+        mode: LockMode,
+        since_ns: u64,
+    },
+    /// A contended kernel lock (`lock:contention_begin`).
+    KernelLock {
+        lock: Addr,
+        lock_type: LockType,
+        owner: Option<Tid>,
+        since_ns: u64,
+    },
+    /// A fault waiting for a userfaultfd handler.
+    Uffd {
+        uffd: Addr,
+        addr: Addr,
+        since_ns: u64,
+    },
+}
+
+impl Blocked {
+    pub fn since_ns(&self) -> u64 {
+        match self {
+            Self::MmapLock { since_ns, .. }
+            | Self::KernelLock { since_ns, .. }
+            | Self::Uffd { since_ns, .. } => *since_ns,
+        }
+    }
+}
+
+/// One `mmap_lock` hold of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub mode: LockMode,
+    pub since_ns: u64,
+    /// Nested read holds (recursive read).
+    pub depth: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub tid: Tid,
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub last_ns: u64,
+    pub blocked: Option<Blocked>,
+    /// mm → hold.
+    pub holds: BTreeMap<Addr, Hold>,
+}
+
+/// The state of one `mmap_lock`.
+#[derive(Clone, Debug, Default)]
+pub struct MmLock {
+    /// The process owning the mm, when known.
+    pub owner_pid: Option<u32>,
+    pub readers: BTreeMap<Tid, u64>,
+    pub writer: Option<(Tid, u64)>,
+    /// Tasks blocked acquiring it: tid → (mode, since).
+    pub waiters: BTreeMap<Tid, (LockMode, u64)>,
+}
+
+impl MmLock {
+    fn is_idle(&self) -> bool {
+        self.readers.is_empty() && self.writer.is_none() && self.waiters.is_empty()
+    }
+
+    /// Waiting writers that queued before `since` (rwsem FIFO order).
+    pub fn writers_queued_before(&self, since: u64) -> impl Iterator<Item = (Tid, u64)> + '_ {
+        self.waiters
+            .iter()
+            .filter(move |(_, (m, s))| *m == LockMode::Write && *s < since)
+            .map(|(t, (_, s))| (*t, *s))
+    }
+}
+
+/// A userfaultfd context: which tasks serve it.
+#[derive(Clone, Debug, Default)]
+pub struct UffdCtx {
+    /// Tasks that resolved faults on it (COPY, ZEROPAGE, WAKE, …): the handlers.
+    pub resolvers: BTreeSet<Tid>,
+    /// Tasks that only set it up (API, REGISTER, UNREGISTER): handlers when no resolver is known.
+    pub setup: BTreeSet<Tid>,
+}
+
+impl UffdCtx {
+    pub fn handlers(&self) -> &BTreeSet<Tid> {
+        if self.resolvers.is_empty() {
+            &self.setup
+        } else {
+            &self.resolvers
+        }
+    }
+}
+
+/// Something the model noticed at the moment of an event (not a timed condition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// `tid` asks for read on `mm`, whose lock it already holds for read.
+    RecursiveRead { tid: Tid, mm: Addr, ts_ns: u64 },
+}
+
+#[derive(Default)]
+pub struct Model {
+    pub tasks: HashMap<Tid, Task>,
+    pub mm_locks: HashMap<Addr, MmLock>,
+    pub uffds: HashMap<Addr, UffdCtx>,
+    /// Blocked tasks, ordered for deterministic output.
+    pub blocked: BTreeSet<Tid>,
+    /// Evidence the model had to repair (lost or missing events).
+    pub repairs: u64,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn task(&self, tid: Tid) -> Option<&Task> {
+        self.tasks.get(&tid)
+    }
+
+    /// `comm` (tid, pid P) for human text.
+    pub fn describe(&self, tid: Tid) -> String {
+        match self.tasks.get(&tid) {
+            Some(t) => format!(
+                "{} ({}, pid {})",
+                tid,
+                t.comm.as_deref().unwrap_or("?"),
+                t.pid
+            ),
+            None => format!("{tid}"),
+        }
+    }
+
+    fn touch(&mut self, ev: &Event) -> &mut Task {
+        let t = self.tasks.entry(ev.tid).or_insert_with(|| Task {
+            tid: ev.tid,
+            pid: ev.pid,
+            comm: None,
+            last_ns: ev.ts_ns,
+            blocked: None,
+            holds: BTreeMap::new(),
+        });
+        t.pid = ev.pid;
+        t.last_ns = t.last_ns.max(ev.ts_ns);
+        if ev.comm.is_some() {
+            t.comm.clone_from(&ev.comm);
+        }
+        t
+    }
+
+    /// The task is running: it is blocked on nothing.
+    fn unblock(&mut self, tid: Tid) {
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if let Some(Blocked::MmapLock { mm, .. }) = task.blocked.take() {
+            if let Some(l) = self.mm_locks.get_mut(&mm) {
+                l.waiters.remove(&tid);
+            }
+            self.gc_mm(mm);
+        }
+        self.blocked.remove(&tid);
+    }
+
+    fn block(&mut self, tid: Tid, b: Blocked) {
+        self.unblock(tid);
+        if let Blocked::MmapLock { mm, mode, since_ns } = b {
+            self.mm_locks
+                .entry(mm)
+                .or_default()
+                .waiters
+                .insert(tid, (mode, since_ns));
+        }
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.blocked = Some(b);
+        }
+        self.blocked.insert(tid);
+    }
+
+    fn gc_mm(&mut self, mm: Addr) {
+        if self.mm_locks.get(&mm).is_some_and(MmLock::is_idle) {
+            self.mm_locks.remove(&mm);
+        }
+    }
+
+    fn note_owner(&mut self, mm: Addr, ev_pid: u32, mm_pid: Option<u32>) {
+        self.mm_locks.entry(mm).or_default().owner_pid = Some(mm_pid.unwrap_or(ev_pid));
+    }
+
+    /// Drops `tid`'s hold on `mm` entirely (evidence says it is gone).
+    fn drop_hold(&mut self, tid: Tid, mm: Addr) {
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.holds.remove(&mm);
+        }
+        if let Some(l) = self.mm_locks.get_mut(&mm) {
+            l.readers.remove(&tid);
+            if l.writer.is_some_and(|(w, _)| w == tid) {
+                l.writer = None;
+            }
+        }
+    }
+
+    /// Applies one event; returns what it noticed.
+    pub fn apply(&mut self, ev: &Event) -> Option<Notice> {
+        self.touch(ev);
+        let tid = ev.tid;
+        match &ev.kind {
+            EventKind::MmapLockStart { mm, mode, mm_pid } => {
+                self.note_owner(*mm, ev.pid, *mm_pid);
+                let recursive = *mode == LockMode::Read
+                    && self
+                        .mm_locks
+                        .get(mm)
+                        .is_some_and(|l| l.readers.contains_key(&tid));
+                self.block(
+                    tid,
+                    Blocked::MmapLock {
+                        mm: *mm,
+                        mode: *mode,
+                        since_ns: ev.ts_ns,
+                    },
+                );
+                if recursive {
+                    return Some(Notice::RecursiveRead {
+                        tid,
+                        mm: *mm,
+                        ts_ns: ev.ts_ns,
+                    });
+                }
+            }
+            EventKind::MmapLockAcquire {
+                mm,
+                mode,
+                success,
+                mm_pid,
+            } => {
+                self.unblock(tid);
+                if *success {
+                    self.note_owner(*mm, ev.pid, *mm_pid);
+                    self.acquired(tid, *mm, *mode, ev.ts_ns);
+                }
+                self.gc_mm(*mm);
+            }
+            EventKind::MmapLockRelease { mm, mode, .. } => {
+                self.unblock(tid);
+                self.released(tid, *mm, *mode);
+                self.gc_mm(*mm);
+            }
+            EventKind::LockWaitBegin {
+                lock,
+                lock_type,
+                owner_tid,
+            } => {
+                let nested_in_mmap =
+                    matches!(
+                        self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                        Some(Blocked::MmapLock { .. })
+                    ) && matches!(lock_type, LockType::RwsemRead | LockType::RwsemWrite);
+                // The rwsem slow path of an mmap_lock attempt reports its own contention: the
+                // same wait, already modelled with better knowledge (holders, queue order).
+                if !nested_in_mmap {
+                    self.block(
+                        tid,
+                        Blocked::KernelLock {
+                            lock: *lock,
+                            lock_type: *lock_type,
+                            owner: *owner_tid,
+                            since_ns: ev.ts_ns,
+                        },
+                    );
+                }
+            }
+            EventKind::LockWaitEnd { lock, .. } => {
+                let ends_it = matches!(
+                    self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                    Some(Blocked::KernelLock { lock: l, .. }) if l == lock
+                );
+                if ends_it {
+                    self.unblock(tid);
+                }
+            }
+            EventKind::UffdWaitBegin { uffd, addr } => {
+                self.uffds.entry(*uffd).or_default();
+                self.block(
+                    tid,
+                    Blocked::Uffd {
+                        uffd: *uffd,
+                        addr: *addr,
+                        since_ns: ev.ts_ns,
+                    },
+                );
+            }
+            EventKind::UffdWaitEnd { .. } | EventKind::UffdIoctlEnd { .. } => self.unblock(tid),
+            EventKind::UffdIoctlBegin { uffd, op } => {
+                self.unblock(tid);
+                let ctx = self.uffds.entry(*uffd).or_default();
+                match op {
+                    UffdOp::Api | UffdOp::Register | UffdOp::Unregister => {
+                        ctx.setup.insert(tid);
+                    }
+                    _ => {
+                        ctx.resolvers.insert(tid);
+                    }
+                }
+            }
+            EventKind::PageFault { .. } => self.unblock(tid),
+            EventKind::TaskExit {} => self.exit(tid),
+        }
+        None
+    }
+
+    fn acquired(&mut self, tid: Tid, mm: Addr, mode: LockMode, ts: u64) {
+        let current = self.tasks.get(&tid).and_then(|t| t.holds.get(&mm)).copied();
+        let lock = self.mm_locks.entry(mm).or_default();
+        match (mode, current) {
+            // Downgrade: the write hold continues as a read hold from the same moment.
+            (
+                LockMode::Read,
+                Some(Hold {
+                    mode: LockMode::Write,
+                    since_ns,
+                    ..
+                }),
+            ) => {
+                lock.writer = None;
+                lock.readers.insert(tid, since_ns);
+                if let Some(h) = self.tasks.get_mut(&tid).and_then(|t| t.holds.get_mut(&mm)) {
+                    h.mode = LockMode::Read;
+                }
+            }
+            (LockMode::Read, Some(_)) => {
+                if let Some(h) = self.tasks.get_mut(&tid).and_then(|t| t.holds.get_mut(&mm)) {
+                    h.depth += 1;
+                }
+            }
+            (LockMode::Read, None) => {
+                // A writer we believed in must be gone: readers and a writer never coexist.
+                if let Some((w, _)) = lock.writer {
+                    if w != tid {
+                        self.repairs += 1;
+                        self.drop_hold(w, mm);
+                    }
+                }
+                self.mm_locks.entry(mm).or_default().readers.insert(tid, ts);
+                self.insert_hold(tid, mm, LockMode::Read, ts);
+            }
+            (LockMode::Write, _) => {
+                // Nobody else can hold it now: forget any holder whose release we missed.
+                let stale: Vec<Tid> = lock
+                    .readers
+                    .keys()
+                    .copied()
+                    .chain(lock.writer.map(|(w, _)| w))
+                    .filter(|&t| t != tid)
+                    .collect();
+                for t in stale {
+                    self.repairs += 1;
+                    self.drop_hold(t, mm);
+                }
+                let lock = self.mm_locks.entry(mm).or_default();
+                lock.readers.remove(&tid);
+                lock.writer = Some((tid, ts));
+                self.insert_hold(tid, mm, LockMode::Write, ts);
+            }
+        }
+    }
+
+    fn insert_hold(&mut self, tid: Tid, mm: Addr, mode: LockMode, ts: u64) {
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.holds.insert(
+                mm,
+                Hold {
+                    mode,
+                    since_ns: ts,
+                    depth: 1,
+                },
+            );
+        }
+    }
+
+    fn released(&mut self, tid: Tid, mm: Addr, mode: LockMode) {
+        let held = self.tasks.get_mut(&tid).and_then(|t| t.holds.get_mut(&mm));
+        match held {
+            Some(h) if h.depth > 1 => h.depth -= 1,
+            Some(_) => self.drop_hold(tid, mm),
+            None => {
+                // Not this task's hold. A write release proves the writer is gone. A read
+                // release by a non-owner (mmap_read_unlock_non_owner, typically ending a trylock
+                // taken in irq context on behalf of whatever task was interrupted) most likely
+                // ends the most recent read hold; with none known, it ended a hold from before
+                // the trace.
+                let Some(lock) = self.mm_locks.get(&mm) else {
+                    return;
+                };
+                let victim = match mode {
+                    LockMode::Write => lock.writer.map(|(w, _)| w),
+                    LockMode::Read => lock
+                        .readers
+                        .iter()
+                        .max_by_key(|(_, since)| **since)
+                        .map(|(t, _)| *t),
+                };
+                if let Some(v) = victim {
+                    self.repairs += 1;
+                    self.drop_hold(v, mm);
+                }
+            }
+        }
+    }
+
+    fn exit(&mut self, tid: Tid) {
+        self.unblock(tid);
+        if let Some(task) = self.tasks.remove(&tid) {
+            for mm in task.holds.keys() {
+                if let Some(l) = self.mm_locks.get_mut(mm) {
+                    l.readers.remove(&tid);
+                    if l.writer.is_some_and(|(w, _)| w == tid) {
+                        l.writer = None;
+                    }
+                }
+                self.gc_mm(*mm);
+            }
+        }
+        for ctx in self.uffds.values_mut() {
+            ctx.resolvers.remove(&tid);
+            ctx.setup.remove(&tid);
+        }
+    }
+}
