@@ -46,6 +46,9 @@ pub mod reason {
     pub const DOWNGRADE: u32 = 1 << 4;
     /// A read acquisition on an mm whose lock this task already holds for read.
     pub const RECURSIVE: u32 = 1 << 5;
+    /// The end (release, downgrade) of a hold whose acquisition user space was told about, so
+    /// its picture of who holds what never goes stale.
+    pub const FOLLOW_UP: u32 = 1 << 6;
 }
 
 /// Fixed header of every ring-buffer record.
@@ -158,7 +161,9 @@ pub struct Hold {
     pub mode: u8,
     /// Number of nested read holds (recursive read), at least 1 for a used slot.
     pub depth: u8,
-    pub _pad: [u8; 6],
+    /// 1 when the acquisition was streamed: its end is streamed too (`reason::FOLLOW_UP`).
+    pub streamed: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Per-task kernel state, keyed by tid in `TASK_STATE`: the attempt in flight and the holds.
@@ -169,7 +174,9 @@ pub struct TaskState {
     pub wait_mm: u64,
     pub wait_since_ns: u64,
     pub wait_mode: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The task's process, so a snapshot of this map names pids without /proc.
+    pub tgid: u32,
     pub holds: [Hold; HOLD_SLOTS],
 }
 const _: () = assert!(core::mem::size_of::<TaskState>() == 24 + 24 * HOLD_SLOTS);

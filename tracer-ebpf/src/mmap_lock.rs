@@ -18,13 +18,17 @@ use crate::maps::{
 /// The task's state entry, created on first use. `None` when this is the agent itself, the
 /// config is missing, or the map is full (counted).
 #[inline(always)]
-fn task_state(tid: u32) -> Option<*mut TaskState> {
+fn task_state(tid: u32, tgid: u32) -> Option<*mut TaskState> {
     if let Some(ptr) = TASK_STATE.get_ptr_mut(tid) {
         return Some(ptr);
     }
+    let fresh = TaskState {
+        tgid,
+        ..TaskState::default()
+    };
     // BPF_NOEXIST: another CPU cannot race us for our own tid, so EEXIST never happens; any error
     // is the map being full.
-    if TASK_STATE.insert(tid, TaskState::default(), 1).is_err() {
+    if TASK_STATE.insert(tid, fresh, 1).is_err() {
         count(Counter::TaskStateFull);
         return None;
     }
@@ -33,13 +37,13 @@ fn task_state(tid: u32) -> Option<*mut TaskState> {
 
 /// The config when the current task is traced; `None` for the agent's own process.
 #[inline(always)]
-fn traced() -> Option<(Config, u32)> {
+fn traced() -> Option<(Config, u32, u32)> {
     let cfg = config()?;
     let (tid, tgid) = current_ids();
     if tgid == cfg.self_tgid {
         return None;
     }
-    Some((cfg, tid))
+    Some((cfg, tid, tgid))
 }
 
 fn mode_of(write: bool) -> u8 {
@@ -94,8 +98,12 @@ fn find_hold(state: &TaskState, mm: u64) -> Option<usize> {
 }
 
 pub fn on_start(mm: u64, write: bool) {
-    let Some((cfg, tid)) = traced() else { return };
-    let Some(state) = task_state(tid) else { return };
+    let Some((cfg, tid, tgid)) = traced() else {
+        return;
+    };
+    let Some(state) = task_state(tid, tgid) else {
+        return;
+    };
     // SAFETY: a map value pointer valid for this program run; only this task writes its entry.
     let state = unsafe { &mut *state };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -128,8 +136,12 @@ pub fn on_start(mm: u64, write: bool) {
 }
 
 pub fn on_acquire(mm: u64, write: bool, success: bool) {
-    let Some((cfg, tid)) = traced() else { return };
-    let Some(state) = task_state(tid) else { return };
+    let Some((cfg, tid, tgid)) = traced() else {
+        return;
+    };
+    let Some(state) = task_state(tid, tgid) else {
+        return;
+    };
     // SAFETY: see on_start.
     let state = unsafe { &mut *state };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -141,6 +153,10 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
     } else {
         0
     };
+    if since != 0 && now - since >= cfg.wait_threshold_ns {
+        count(Counter::SlowWait);
+        flags |= reason::SLOW_WAIT;
+    }
 
     if !success {
         count(if write {
@@ -148,6 +164,8 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
         } else {
             Counter::FailedRead
         });
+        // A slow attempt that failed (a killable wait interrupted) still ends a wait user space
+        // may be showing.
         if flags != 0 {
             emit(&Record {
                 kind: EventKind::MmapLockAcquire,
@@ -170,7 +188,10 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
                 state.holds[i].mode = mode::READ;
                 count(Counter::Downgrade);
                 flags |= reason::DOWNGRADE;
-                if flags & reason::RECORD != 0 {
+                if state.holds[i].streamed != 0 {
+                    flags |= reason::FOLLOW_UP;
+                }
+                if flags & (reason::RECORD | reason::FOLLOW_UP) != 0 {
                     emit(&Record {
                         kind: EventKind::MmapLockAcquire,
                         flags,
@@ -189,19 +210,14 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
     if since == 0 {
         count(Counter::UnmatchedAcquire);
     } else {
-        let waited = now - since;
         observe(
             if write {
                 Histogram::WaitWrite
             } else {
                 Histogram::WaitRead
             },
-            waited,
+            now - since,
         );
-        if waited >= cfg.wait_threshold_ns {
-            count(Counter::SlowWait);
-            flags |= reason::SLOW_WAIT;
-        }
     }
     count(if write {
         Counter::AcquireWrite
@@ -209,26 +225,35 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
         Counter::AcquireRead
     });
 
-    match held {
+    let slot = match held {
         Some(i) => {
             // Recursive read (already counted at start): one more level on the same hold.
             state.holds[i].depth = state.holds[i].depth.saturating_add(1);
             flags |= reason::RECURSIVE;
+            Some(i)
         }
-        None => match find_hold(state, 0) {
-            Some(i) => {
-                state.holds[i] = Hold {
-                    mm,
-                    since_ns: now,
-                    mode: mode_of(write),
-                    depth: 1,
-                    _pad: [0; 6],
+        None => {
+            let free = find_hold(state, 0);
+            match free {
+                Some(i) => {
+                    state.holds[i] = Hold {
+                        mm,
+                        since_ns: now,
+                        mode: mode_of(write),
+                        depth: 1,
+                        streamed: 0,
+                        _pad: [0; 5],
+                    }
                 }
+                None => count(Counter::HoldSlotsFull),
             }
-            None => count(Counter::HoldSlotsFull),
-        },
-    }
+            free
+        }
+    };
     if flags != 0 {
+        if let Some(i) = slot {
+            state.holds[i].streamed = 1;
+        }
         emit(&Record {
             kind: EventKind::MmapLockAcquire,
             flags,
@@ -242,7 +267,9 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
 }
 
 pub fn on_release(mm: u64, write: bool) {
-    let Some((cfg, tid)) = traced() else { return };
+    let Some((cfg, tid, _)) = traced() else {
+        return;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = record_flag(&cfg);
     count(if write {
@@ -261,6 +288,9 @@ pub fn on_release(mm: u64, write: bool) {
         Some((state, i)) => {
             let state = unsafe { &mut *state };
             let hold = &mut state.holds[i];
+            if hold.streamed != 0 {
+                flags |= reason::FOLLOW_UP;
+            }
             if hold.depth > 1 {
                 hold.depth -= 1;
             } else {
@@ -302,7 +332,9 @@ pub fn on_release(mm: u64, write: bool) {
 }
 
 pub fn on_task_exit() {
-    let Some((cfg, tid)) = traced() else { return };
+    let Some((cfg, tid, _)) = traced() else {
+        return;
+    };
     let had_state = TASK_STATE.get_ptr(tid).is_some();
     if had_state {
         let _ = TASK_STATE.remove(tid);

@@ -1,19 +1,38 @@
 //! `faultline agent`: load, attach, drain the ring buffer, report.
 
-use std::{cell::RefCell, time::Duration};
+use std::{
+    cell::RefCell,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
+    alerts::AlertSink,
     decode::{DecodeError, Decoded},
+    detect::Thresholds,
     event::EventKind,
+    http::{self, AgentState, Shared},
+    live::{monotonic_ns, LiveFeed},
     probes::{ProbeOptions, Probes},
     stats::{self, Summary},
     stream::EventStream,
+    views::GraphView,
 };
 
 pub struct AgentOptions {
     pub probes: ProbeOptions,
+    pub thresholds: Thresholds,
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Where incidents are written; `None` keeps alerts in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub max_incidents: usize,
+    /// How often the kernel's per-task map is read into the engine and the timed detectors run.
+    pub snapshot_interval: Duration,
     pub summary_interval: Duration,
     /// Most slow-event lines logged per summary interval; the rest are counted.
     pub max_log_lines: u32,
@@ -101,29 +120,83 @@ impl Reporter {
     }
 }
 
+fn raise_all(st: &mut AgentState, alerts: Vec<crate::detect::Alert>) {
+    if alerts.is_empty() {
+        return;
+    }
+    let engine = st.feed.engine();
+    let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    for a in alerts {
+        st.sink.raise(a, &view);
+    }
+}
+
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut probes = Probes::load(&opts.probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
+    let shared: Shared = Arc::new(Mutex::new(AgentState {
+        feed: LiveFeed::new(
+            opts.thresholds,
+            opts.probes
+                .wait_threshold
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            opts.probes
+                .hold_threshold
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        ),
+        sink: AlertSink::new(opts.state_dir.clone(), opts.max_incidents)?,
+    }));
+    let local = listener.local_addr().context("listening address")?;
+    let server = {
+        let app = http::router(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
     log::info!(
-        "faultline agent: probes attached ({}), wait threshold {}, hold threshold {}",
+        "faultline agent: probes attached ({}), API on http://{}, wait threshold {}, hold threshold {}, stall threshold {}",
         probes.attached(),
+        local,
         humantime::format_duration(opts.probes.wait_threshold),
-        humantime::format_duration(opts.probes.hold_threshold)
+        humantime::format_duration(opts.probes.hold_threshold),
+        humantime::format_duration(opts.thresholds.stall),
     );
     let mut last = stats::snapshot(&probes)?;
-    let mut tick = tokio::time::interval(opts.summary_interval);
-    tick.tick().await;
+    let mut summary_tick = tokio::time::interval(opts.summary_interval);
+    summary_tick.tick().await;
+    let mut snapshot_tick = tokio::time::interval(opts.snapshot_interval);
+    snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The ring-buffer future borrows the reporter for as long as it waits, and the summary tick
     // needs it too; both run on this one task, so a RefCell is enough.
     let reporter = RefCell::new(Reporter::new(opts.max_log_lines));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
+    let on_record = |r: Result<Decoded, DecodeError>| {
+        if let Ok(d) = &r {
+            let mut st = http::lock(&shared);
+            let alerts = st.feed.on_record(d);
+            raise_all(&mut st, alerts);
+        }
+        reporter.borrow_mut().handle(r);
+    };
     loop {
         tokio::select! {
-            r = stream.next_batch(|r| reporter.borrow_mut().handle(r)) => {
+            r = stream.next_batch(on_record) => {
                 r.context("reading the ring buffer")?;
             }
-            _ = tick.tick() => {
+            _ = snapshot_tick.tick() => {
+                let states = probes.task_states()?;
+                let now = monotonic_ns();
+                let mut st = http::lock(&shared);
+                let alerts = st.feed.on_snapshot(&states, now);
+                raise_all(&mut st, alerts);
+            }
+            _ = summary_tick.tick() => {
                 let now = stats::snapshot(&probes)?;
                 let delta = now.since(&last);
                 log::info!("{}", Summary(&delta));
@@ -136,10 +209,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 reporter.borrow_mut().end_interval();
                 last = now;
             }
-            _ = tokio::signal::ctrl_c() => break,
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                break;
+            }
             _ = sigterm.recv() => break,
         }
     }
+    server.abort();
     log::info!("faultline agent: stopping");
     Ok(())
 }

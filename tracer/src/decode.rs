@@ -36,6 +36,9 @@ impl Reasons {
     pub fn recursive(self) -> bool {
         self.0 & reason::RECURSIVE != 0
     }
+    pub fn follow_up(self) -> bool {
+        self.0 & reason::FOLLOW_UP != 0
+    }
 }
 
 /// A decoded record: the event plus what only the kernel side knew.

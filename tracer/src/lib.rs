@@ -6,12 +6,15 @@
 //! commands.
 
 pub mod agent;
+pub mod alerts;
 pub mod check;
 pub mod decode;
 pub mod detect;
 pub mod engine;
 pub mod event;
 pub mod graph;
+pub mod http;
+pub mod live;
 pub mod model;
 pub mod probes;
 pub mod record;
@@ -19,3 +22,4 @@ pub mod replay;
 pub mod stats;
 pub mod stream;
 pub mod trace;
+pub mod views;

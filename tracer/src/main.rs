@@ -67,6 +67,25 @@ impl ProbeArgs {
 struct AgentArgs {
     #[command(flatten)]
     probes: ProbeArgs,
+    #[command(flatten)]
+    detect: DetectArgs,
+    /// Address of the HTTP API (/api/graph, /api/graph.dot, /api/alerts). Loopback by default:
+    /// the graph names processes and their locks.
+    #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// Directory for incident files (each alert with the graph at detection, JSON + DOT).
+    #[arg(
+        long,
+        default_value = "/var/lib/faultline",
+        env = "FAULTLINE_STATE_DIR"
+    )]
+    state_dir: PathBuf,
+    /// Incidents kept in the state directory; the oldest are deleted first.
+    #[arg(long, default_value_t = 500, env = "FAULTLINE_MAX_INCIDENTS")]
+    max_incidents: usize,
+    /// How often the kernel's per-task state is read into the graph and the timed detectors run.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration, env = "FAULTLINE_SNAPSHOT_INTERVAL")]
+    snapshot_interval: Duration,
     /// How often to log the one-line summary.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "FAULTLINE_SUMMARY_INTERVAL")]
     summary_interval: Duration,
@@ -124,11 +143,18 @@ struct ReplayArgs {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent(a) => {
-            if a.summary_interval.is_zero() {
-                anyhow::bail!("--summary-interval must be greater than zero");
+            if a.summary_interval.is_zero() || a.snapshot_interval.is_zero() {
+                anyhow::bail!(
+                    "--summary-interval and --snapshot-interval must be greater than zero"
+                );
             }
             agent::run(AgentOptions {
                 probes: a.probes.options(),
+                thresholds: a.detect.thresholds(),
+                listen: a.listen,
+                state_dir: Some(a.state_dir),
+                max_incidents: a.max_incidents,
+                snapshot_interval: a.snapshot_interval,
                 summary_interval: a.summary_interval,
                 max_log_lines: a.max_log_lines,
             })

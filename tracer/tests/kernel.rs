@@ -5,7 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{require_root, scenario, u64_at, Faultline, Recording, FAULTLINE};
+use std::time::Duration;
+
+use common::{http_get, require_root, scenario, u64_at, Faultline, Recording, FAULTLINE};
 use tracer::{
     event::{Addr, Event, EventKind, LockMode},
     probes::{kernel::KernelBtf, program_names, AttachMode, Attached, ProbeOptions, Probes},
@@ -245,31 +247,106 @@ fn reading_another_process_names_the_owner_of_its_mm() {
 }
 
 #[test]
-fn the_agent_reports_the_writer_that_waited_out_a_long_read_hold() {
-    if !require_root("the_agent_reports_the_writer_that_waited_out_a_long_read_hold") {
+fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
+    if !require_root("the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts") {
         return;
     }
+    let state = tempfile::tempdir().expect("tempdir");
     let mut agent = Faultline::start(
         &[
             "agent",
             "--wait-threshold",
-            "5ms",
+            "1ms",
+            "--hold-threshold",
+            "20ms",
+            "--stall-threshold",
+            "150ms",
+            "--rwr-threshold",
+            "100ms",
+            "--snapshot-interval",
+            "50ms",
             "--summary-interval",
             "1s",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.path().to_str().expect("utf-8"),
         ],
         "probes attached",
     );
-    let report = scenario(&["rwr"]);
-    let writer = u64_at(&report, &["writer", "tid"]);
-    let line = agent.wait_for(
-        &format!("tid {writer} "),
-        std::time::Duration::from_secs(10),
+    let started = agent.wait_for("API on http://", Duration::from_secs(1));
+    let addr = started
+        .split("API on http://")
+        .nth(1)
+        .and_then(|r| r.split([',', ' ']).next())
+        .expect("listening address in the start line")
+        .to_owned();
+
+    let report = scenario(&["rwr", "--hold-mib", "2048"]);
+    assert_eq!(
+        report["convoy"], true,
+        "the workload did not form a convoy: {report}"
     );
+    let tid = |who: &str| u64_at(&report, &[who, "tid"]);
+    let (holder, writer, reader) = (tid("holder"), tid("writer"), tid("reader"));
+
+    // The slow-wait log line for the writer (streamed when it finally got the lock).
+    let line = agent.wait_for(&format!("tid {writer} "), Duration::from_secs(10));
     assert!(
-        line.contains("waited") && line.contains("write") && line.contains("its own mmap_lock"),
-        "unexpected slow-wait line: {line}"
+        line.contains("waited") && line.contains("write"),
+        "slow-wait line: {line}"
     );
-    agent.wait_for("mmap_lock: acquired", std::time::Duration::from_secs(5));
+    agent.wait_for("rwr_inversion:", Duration::from_secs(5));
+
+    let (status, body) = http_get(&addr, "/api/alerts");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+    let alerts = doc["alerts"].as_array().expect("alerts array");
+    let tids_of = |a: &serde_json::Value| -> Vec<u64> {
+        a["tids"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let inversion = alerts
+        .iter()
+        .find(|a| a["kind"] == "rwr_inversion" && tids_of(a).first() == Some(&reader))
+        .unwrap_or_else(|| panic!("no rwr_inversion for reader {reader}: {doc:#}"));
+    assert_eq!(
+        tids_of(inversion),
+        vec![reader, writer, holder],
+        "reader, writer, root holder: {inversion:#}"
+    );
+    let stall = alerts
+        .iter()
+        .find(|a| a["kind"] == "stall" && tids_of(a).first() == Some(&writer))
+        .unwrap_or_else(|| panic!("no stall for writer {writer}: {doc:#}"));
+    assert_eq!(tids_of(stall), vec![writer, holder], "{stall:#}");
+    assert!(
+        !alerts.iter().any(|a| a["kind"] == "deadlock"),
+        "a convoy that drains is no deadlock: {doc:#}"
+    );
+
+    let incidents: Vec<_> = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        incidents.iter().any(|n| n.ends_with("-rwr_inversion.json"))
+            && incidents.iter().any(|n| n.ends_with("-rwr_inversion.dot")),
+        "incident files: {incidents:?}"
+    );
+
+    let (status, body) = http_get(&addr, "/api/graph");
+    assert_eq!(status, 200);
+    let graph: serde_json::Value = serde_json::from_str(&body).expect("graph JSON");
+    assert!(graph["edges"].is_array() && graph["tasks"].is_array() && graph["cycles"].is_array());
+    let (status, body) = http_get(&addr, "/api/graph.dot");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("digraph waits_for {"), "{body}");
+
+    agent.wait_for("mmap_lock: acquired", Duration::from_secs(5));
     let (status, _) = agent.stop();
     assert!(status.success(), "agent exits cleanly on SIGTERM");
 }

@@ -55,8 +55,54 @@ fn test() -> Result<()> {
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // One test at a time: the kernel tests share tracepoints and the machine has two cores, so
     // parallelism buys little. In CI the kernel tests never skip (tests/common/mod.rs).
-    run(cargo().args(["test", "--", "--test-threads=1"]))?;
+    let (passed, failed) =
+        run_counting(cargo().args(["test", "--all-targets", "--", "--test-threads=1"]))?;
+    // The closing line sums every test binary, so a reader of the log sees the whole run.
+    println!("faultline tests: {passed} passed, {failed} failed");
+    if passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
+}
+
+/// Runs a `cargo test`, echoing its output, and sums its "test result" lines.
+fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: {shown}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {shown}"))?;
+    let stdout = child.stdout.take().context("test output")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("{shown} failed: {status} ({passed} passed, {failed} failed)");
+    }
+    Ok((passed, failed))
+}
+
+/// In "ok. 12 passed; 0 failed; …", the number before `label`.
+fn count_before(s: &str, label: &str) -> u64 {
+    s.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label.trim_start())
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() -> Result<()> {
@@ -87,5 +133,19 @@ fn main() -> Result<()> {
             setup::ensure()?;
             bench::run(&args)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn test_result_lines_are_summed_by_their_counts() {
+        let rest =
+            "ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(count_before(rest, " passed"), 12);
+        assert_eq!(count_before(rest, " failed"), 3);
+        assert_eq!(count_before("FAILED. 1 passed; 2 failed;", " failed"), 2);
     }
 }

@@ -8,12 +8,13 @@ pub mod kernel;
 use std::{fmt, io, time::Duration};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    config_flags, Config, Counter, KernelOffsets, COUNTER_COUNT, HIST_BUCKETS, HIST_COUNT,
+    config_flags, Config, Counter, KernelOffsets, TaskState, COUNTER_COUNT, HIST_BUCKETS,
+    HIST_COUNT,
 };
 
 use self::kernel::{KernelBtf, KernelError};
@@ -135,6 +136,7 @@ pub struct Probes {
     ebpf: Ebpf,
     attached: Attached,
     offsets: KernelOffsets,
+    max_tasks: u32,
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -198,6 +200,7 @@ impl Probes {
             ebpf,
             attached: Attached::Btf,
             offsets,
+            max_tasks: opts.max_tasks,
         };
         probes.set_config(&config_for(opts))?;
 
@@ -350,6 +353,26 @@ impl Probes {
                     })
             })
             .collect()
+    }
+
+    /// The kernel's per-task state right now: (tid, state) of every tracked task. Entries that
+    /// change or vanish while the map is walked are skipped, not errors.
+    pub fn task_states(&self) -> Result<Vec<(u32, TaskState)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("TASK_STATE")
+            .ok_or(ProbeError::MissingMap("TASK_STATE"))?;
+        let states: HashMap<_, u32, TaskState> =
+            HashMap::try_from(map).map_err(|e| ProbeError::Map {
+                map: "TASK_STATE",
+                message: e.to_string(),
+            })?;
+        Ok(states.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Capacity of the per-task state map.
+    pub fn max_tasks(&self) -> u32 {
+        self.max_tasks
     }
 
     /// Counters summed over CPUs, indexed by `Counter`.

@@ -1,0 +1,168 @@
+//! The alert sink: each alert logged once, counted, kept for the API, and written as an
+//! incident (the alert and the graph at detection, JSON + DOT) into the state directory.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use crate::{
+    detect::{Alert, AlertKind, Severity},
+    views::GraphView,
+};
+
+/// Alerts kept in memory for `/api/alerts`; older ones stay on disk as incidents.
+const RECENT: usize = 1000;
+
+#[derive(Serialize)]
+struct Incident<'a> {
+    alert: &'a Alert,
+    graph: &'a GraphView,
+}
+
+pub struct AlertSink {
+    recent: VecDeque<Alert>,
+    counts: BTreeMap<AlertKind, u64>,
+    state_dir: Option<PathBuf>,
+    /// Incident files (JSON paths) in the state directory, oldest first.
+    incidents: VecDeque<PathBuf>,
+    max_incidents: usize,
+    seq: u64,
+}
+
+fn existing_incidents(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("incident-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+impl AlertSink {
+    /// `state_dir`: where incidents go (created if missing); `None` keeps alerts in memory only.
+    pub fn new(state_dir: Option<PathBuf>, max_incidents: usize) -> Result<Self> {
+        let incidents = match &state_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+                existing_incidents(dir).into()
+            }
+            None => VecDeque::new(),
+        };
+        Ok(Self {
+            recent: VecDeque::new(),
+            counts: AlertKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            state_dir,
+            incidents,
+            max_incidents,
+            seq: 0,
+        })
+    }
+
+    pub fn raise(&mut self, alert: Alert, graph: &GraphView) {
+        match alert.severity {
+            Severity::Critical => log::error!("{}: {}", alert.kind.as_str(), alert.summary),
+            Severity::Warning => log::warn!("{}: {}", alert.kind.as_str(), alert.summary),
+        }
+        *self.counts.entry(alert.kind).or_default() += 1;
+        if let Err(e) = self.write_incident(&alert, graph) {
+            log::warn!("incident not written: {e:#}");
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(alert);
+    }
+
+    fn write_incident(&mut self, alert: &Alert, graph: &GraphView) -> Result<()> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        self.seq += 1;
+        let stem = format!(
+            "incident-{:020}-{:04}-{}",
+            alert.ts_ns,
+            self.seq % 10_000,
+            alert.kind.as_str()
+        );
+        let json = dir.join(format!("{stem}.json"));
+        let dot = dir.join(format!("{stem}.dot"));
+        let mut f = fs::File::create(&json).with_context(|| json.display().to_string())?;
+        serde_json::to_writer_pretty(&mut f, &Incident { alert, graph })
+            .with_context(|| json.display().to_string())?;
+        f.write_all(b"\n")?;
+        fs::write(&dot, graph.to_dot()).with_context(|| dot.display().to_string())?;
+        self.incidents.push_back(json);
+        // Bounded disk use: the oldest incidents go first.
+        while self.incidents.len() > self.max_incidents {
+            if let Some(old) = self.incidents.pop_front() {
+                let _ = fs::remove_file(&old);
+                let _ = fs::remove_file(old.with_extension("dot"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn recent(&self) -> impl Iterator<Item = &Alert> {
+        self.recent.iter()
+    }
+
+    pub fn counts(&self) -> &BTreeMap<AlertKind, u64> {
+        &self.counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{engine::Engine, views::GraphView};
+
+    fn alert(ts: u64) -> Alert {
+        Alert {
+            kind: AlertKind::Stall,
+            severity: Severity::Warning,
+            ts_ns: ts,
+            tids: vec![1],
+            summary: "s".into(),
+        }
+    }
+
+    #[test]
+    fn incidents_are_written_counted_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = AlertSink::new(Some(dir.path().to_path_buf()), 2).expect("sink");
+        let e = Engine::new(Default::default());
+        let view = GraphView::build(e.model(), &e.graph(), 0);
+        for ts in 1..=3 {
+            sink.raise(alert(ts), &view);
+        }
+        assert_eq!(sink.counts()[&AlertKind::Stall], 3);
+        assert_eq!(sink.recent().count(), 3);
+        let files = existing_incidents(dir.path());
+        assert_eq!(
+            files.len(),
+            2,
+            "only the newest two incidents stay: {files:?}"
+        );
+        let text = fs::read_to_string(&files[1]).expect("read incident");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("incident is JSON");
+        assert_eq!(doc["alert"]["ts_ns"], 3);
+        assert!(doc["graph"]["edges"].is_array());
+        assert!(files[1].with_extension("dot").exists());
+    }
+}

@@ -1,0 +1,259 @@
+//! Feeding the engine from the live kernel.
+//!
+//! Outside record mode the kernel streams only what matters (slow waits, long holds, their
+//! follow-ups, anomalies), so the engine would not see a wait still in progress. Two sources
+//! complete the picture, both as ordinary events so the engine stays the same one replay uses:
+//! - a streamed slow acquisition carries its start time: the `mmap_lock_start` it implies is
+//!   applied first if the engine has not seen it; a long hold's release carries its acquisition
+//!   time, likewise;
+//! - a periodic snapshot of the kernel's per-task map shows waits and holds in progress; those
+//!   past the streaming thresholds (whose ends the kernel will therefore stream) are applied
+//!   with their real start times.
+
+use tracer_common::{mode, TaskState};
+
+use crate::{
+    decode::Decoded,
+    detect::{Alert, Thresholds},
+    engine::Engine,
+    event::{Addr, Event, EventKind, LockMode},
+    model::Blocked,
+};
+
+pub struct LiveFeed {
+    engine: Engine,
+    wait_threshold_ns: u64,
+    hold_threshold_ns: u64,
+}
+
+fn comm_of(tid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl LiveFeed {
+    pub fn new(thresholds: Thresholds, wait_threshold_ns: u64, hold_threshold_ns: u64) -> Self {
+        Self {
+            engine: Engine::new(thresholds),
+            wait_threshold_ns,
+            hold_threshold_ns,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn waiting_on(&self, tid: u32, mm: Addr) -> bool {
+        matches!(
+            self.engine.model().task(tid).and_then(|t| t.blocked.as_ref()),
+            Some(Blocked::MmapLock { mm: m, .. }) if *m == mm
+        )
+    }
+
+    fn holding(&self, tid: u32, mm: Addr) -> bool {
+        self.engine
+            .model()
+            .task(tid)
+            .is_some_and(|t| t.holds.contains_key(&mm))
+    }
+
+    fn known_owner(&self, mm: Addr) -> Option<u32> {
+        self.engine
+            .model()
+            .mm_locks
+            .get(&mm)
+            .and_then(|l| l.owner_pid)
+    }
+
+    /// Applies one streamed record, with the start or acquisition it implies.
+    pub fn on_record(&mut self, d: &Decoded) -> Vec<Alert> {
+        let ev = &d.event;
+        let mut alerts = Vec::new();
+        match (&ev.kind, d.since_ns) {
+            (
+                EventKind::MmapLockAcquire {
+                    mm, mode, mm_pid, ..
+                },
+                Some(since),
+            ) if !self.waiting_on(ev.tid, *mm) => {
+                alerts.extend(self.engine.apply(&Event {
+                    ts_ns: since,
+                    kind: EventKind::MmapLockStart {
+                        mm: *mm,
+                        mode: *mode,
+                        mm_pid: *mm_pid,
+                    },
+                    ..ev.clone()
+                }));
+            }
+            (EventKind::MmapLockRelease { mm, mode, mm_pid }, Some(since))
+                if !self.holding(ev.tid, *mm) =>
+            {
+                alerts.extend(self.engine.apply(&Event {
+                    ts_ns: since,
+                    kind: EventKind::MmapLockAcquire {
+                        mm: *mm,
+                        mode: *mode,
+                        success: true,
+                        mm_pid: *mm_pid,
+                    },
+                    ..ev.clone()
+                }));
+            }
+            _ => {}
+        }
+        alerts.extend(self.engine.apply(ev));
+        alerts
+    }
+
+    /// Applies what a snapshot of the kernel's per-task map shows at `now_ns`, then runs the
+    /// timed detectors at that time.
+    pub fn on_snapshot(&mut self, states: &[(u32, TaskState)], now_ns: u64) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for (tid, st) in states {
+            let lock_mode = |m: u8| LockMode::from_write(m == mode::WRITE);
+            let base = |ts_ns, kind| Event {
+                ts_ns,
+                tid: *tid,
+                pid: st.tgid,
+                comm: comm_of(*tid),
+                kind,
+            };
+            for h in st.holds.iter().filter(|h| h.mm != 0) {
+                let mm = Addr(h.mm);
+                // Past the hold threshold the kernel will stream this hold's release.
+                if now_ns.saturating_sub(h.since_ns) >= self.hold_threshold_ns
+                    && !self.holding(*tid, mm)
+                {
+                    let ev = base(
+                        h.since_ns,
+                        EventKind::MmapLockAcquire {
+                            mm,
+                            mode: lock_mode(h.mode),
+                            success: true,
+                            mm_pid: self.known_owner(mm),
+                        },
+                    );
+                    alerts.extend(self.engine.apply(&ev));
+                }
+            }
+            let mm = Addr(st.wait_mm);
+            // Past the wait threshold the kernel will stream this attempt's end.
+            if st.wait_mm != 0
+                && now_ns.saturating_sub(st.wait_since_ns) >= self.wait_threshold_ns
+                && !self.waiting_on(*tid, mm)
+            {
+                let ev = base(
+                    st.wait_since_ns,
+                    EventKind::MmapLockStart {
+                        mm,
+                        mode: lock_mode(st.wait_mode),
+                        mm_pid: self.known_owner(mm),
+                    },
+                );
+                alerts.extend(self.engine.apply(&ev));
+            }
+        }
+        alerts.extend(self.engine.advance_to(now_ns));
+        alerts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Reasons;
+    use tracer_common::{reason, Hold, HOLD_SLOTS};
+
+    const MS: u64 = 1_000_000;
+
+    fn state(tgid: u32, wait: Option<(u64, u8, u64)>, holds: &[(u64, u8, u64)]) -> TaskState {
+        let mut st = TaskState {
+            tgid,
+            ..Default::default()
+        };
+        if let Some((mm, m, since)) = wait {
+            st.wait_mm = mm;
+            st.wait_mode = m;
+            st.wait_since_ns = since;
+        }
+        for (i, (mm, m, since)) in holds.iter().enumerate().take(HOLD_SLOTS) {
+            st.holds[i] = Hold {
+                mm: *mm,
+                since_ns: *since,
+                mode: *m,
+                depth: 1,
+                ..Default::default()
+            };
+        }
+        st
+    }
+
+    #[test]
+    fn a_snapshot_of_a_convoy_in_progress_builds_its_graph() {
+        let mut feed = LiveFeed::new(Thresholds::default(), MS, 20 * MS);
+        let snap = [
+            (11, state(10, None, &[(0xa, mode::READ, 0)])),
+            (12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[])),
+            (13, state(10, Some((0xa, mode::READ, 200 * MS)), &[])),
+            // Too young to have been streamed: left out, its end will not be streamed either.
+            (14, state(10, Some((0xa, mode::READ, 1_499_900_000)), &[])),
+        ];
+        let alerts = feed.on_snapshot(&snap, 1_500 * MS);
+        let graph = feed.engine().graph();
+        let edges: Vec<(u32, u32)> = graph.all_edges().map(|e| (e.from, e.to)).collect();
+        assert_eq!(edges, vec![(12, 11), (13, 12)]);
+        let kinds: Vec<&str> = alerts.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            vec!["stall", "rwr_inversion", "stall"],
+            "by tid: {alerts:#?}"
+        );
+    }
+
+    #[test]
+    fn a_streamed_slow_acquisition_implies_its_start() {
+        let mut feed = LiveFeed::new(Thresholds::default(), MS, 20 * MS);
+        let d = Decoded {
+            event: Event {
+                ts_ns: 50 * MS,
+                tid: 5,
+                pid: 5,
+                comm: None,
+                kind: EventKind::MmapLockAcquire {
+                    mm: Addr(0xa),
+                    mode: LockMode::Write,
+                    success: true,
+                    mm_pid: None,
+                },
+            },
+            reasons: Reasons(reason::SLOW_WAIT),
+            since_ns: Some(10 * MS),
+        };
+        feed.on_record(&d);
+        assert_eq!(
+            feed.engine().events(),
+            2,
+            "the implied start, then the acquisition"
+        );
+        let hold = feed
+            .engine()
+            .model()
+            .task(5)
+            .and_then(|t| t.holds.get(&Addr(0xa)).copied());
+        assert_eq!(hold.map(|h| h.mode), Some(LockMode::Write));
+    }
+}

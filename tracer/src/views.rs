@@ -1,0 +1,214 @@
+//! Read-only views of the engine for sinks: the graph as JSON and as Graphviz DOT.
+
+use std::{collections::BTreeSet, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{
+    event::{Addr, LockMode},
+    graph::{Edge, LockRef, Reason, WaitsFor},
+    model::{Blocked, Model, Tid},
+};
+
+#[derive(Debug, Serialize)]
+pub struct HoldView {
+    pub mm: Addr,
+    pub mode: LockMode,
+    pub since_ns: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub tid: Tid,
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
+    pub holds: Vec<HoldView>,
+}
+
+/// The waits-for graph at one moment: every task on an edge, every edge, every cycle.
+#[derive(Debug, Serialize)]
+pub struct GraphView {
+    pub now_ns: u64,
+    pub tasks: Vec<TaskView>,
+    pub edges: Vec<Edge>,
+    pub cycles: Vec<Vec<Tid>>,
+}
+
+impl GraphView {
+    pub fn build(model: &Model, graph: &WaitsFor, now_ns: u64) -> Self {
+        let mut tids: BTreeSet<Tid> = model.blocked.iter().copied().collect();
+        tids.extend(graph.all_edges().map(|e| e.to));
+        let tasks = tids
+            .into_iter()
+            .map(|tid| match model.task(tid) {
+                Some(t) => TaskView {
+                    tid,
+                    pid: t.pid,
+                    comm: t.comm.clone(),
+                    blocked: t.blocked.clone(),
+                    holds: t
+                        .holds
+                        .iter()
+                        .map(|(mm, h)| HoldView {
+                            mm: *mm,
+                            mode: h.mode,
+                            since_ns: h.since_ns,
+                        })
+                        .collect(),
+                },
+                None => TaskView {
+                    tid,
+                    pid: 0,
+                    comm: None,
+                    blocked: None,
+                    holds: Vec::new(),
+                },
+            })
+            .collect();
+        Self {
+            now_ns,
+            tasks,
+            edges: graph.all_edges().cloned().collect(),
+            cycles: graph.cycles(),
+        }
+    }
+
+    /// Graphviz DOT: tasks as boxes (blocked ones filled), edges labelled with lock and reason,
+    /// cycle edges in red.
+    pub fn to_dot(&self) -> String {
+        let in_cycle: BTreeSet<(Tid, Tid)> = self
+            .cycles
+            .iter()
+            .flat_map(|c| {
+                self.edges
+                    .iter()
+                    .filter(|e| c.contains(&e.from) && c.contains(&e.to))
+                    .map(|e| (e.from, e.to))
+            })
+            .collect();
+        let mut s = String::from(
+            "digraph waits_for {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for t in &self.tasks {
+            let comm = t.comm.as_deref().unwrap_or("?");
+            let style = if t.blocked.is_some() {
+                ", style=filled, fillcolor=\"#ffe0e0\""
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "  t{} [label=\"{}\\n{} (pid {})\"{}];",
+                t.tid,
+                t.tid,
+                escape(comm),
+                t.pid,
+                style
+            );
+        }
+        for e in &self.edges {
+            let lock = match e.lock {
+                LockRef::MmapLock {
+                    owner_pid: Some(p), ..
+                } => format!("mmap_lock pid {p}"),
+                LockRef::MmapLock { mm, .. } => format!("mmap_lock {mm}"),
+                LockRef::KernelLock { lock, .. } => format!("lock {lock}"),
+                LockRef::Uffd { uffd } => format!("uffd {uffd}"),
+            };
+            let reason = match e.reason {
+                Reason::Holds => format!(
+                    "held{}",
+                    e.held.map(|m| format!(" ({m})")).unwrap_or_default()
+                ),
+                Reason::QueuedBehindWriter => "queued behind writer".into(),
+                Reason::LockOwner => "owner".into(),
+                Reason::UffdHandler => "handler".into(),
+            };
+            let color = if in_cycle.contains(&(e.from, e.to)) {
+                ", color=red, fontcolor=red"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "  t{} -> t{} [label=\"{}\\n{}\"{}];",
+                e.from,
+                e.to,
+                escape(&lock),
+                escape(&reason),
+                color
+            );
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        engine::Engine,
+        event::{Event, EventKind},
+    };
+
+    #[test]
+    fn dot_shows_the_cycle_in_red_and_escapes_names() {
+        let mut e = Engine::new(Default::default());
+        let mm = Addr(0x10);
+        let ev = |ts, tid, kind| Event {
+            ts_ns: ts,
+            tid,
+            pid: 1,
+            comm: Some("a\"b".into()),
+            kind,
+        };
+        e.apply(&ev(
+            0,
+            1,
+            EventKind::MmapLockAcquire {
+                mm,
+                mode: LockMode::Read,
+                success: true,
+                mm_pid: None,
+            },
+        ));
+        e.apply(&ev(
+            1,
+            2,
+            EventKind::MmapLockStart {
+                mm,
+                mode: LockMode::Write,
+                mm_pid: None,
+            },
+        ));
+        e.apply(&ev(
+            2,
+            1,
+            EventKind::MmapLockStart {
+                mm,
+                mode: LockMode::Read,
+                mm_pid: None,
+            },
+        ));
+        let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+        assert_eq!(view.cycles, vec![vec![1, 2]]);
+        let dot = view.to_dot();
+        assert!(
+            dot.contains("t1 -> t2 [label=\"mmap_lock pid 1\\nqueued behind writer\", color=red"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("t2 -> t1 [label=\"mmap_lock pid 1\\nheld (read)\", color=red"),
+            "{dot}"
+        );
+        assert!(dot.contains("a\\\"b"), "{dot}");
+    }
+}
