@@ -1,11 +1,230 @@
-//! Benchmarks: each reports ratios measured side by side in one run.
+//! Benchmarks. Timing targets live here, never in tests: each one is measured side by side in
+//! one run and reported as a ratio, so a slower or busier machine does not change the verdict.
+//!
+//! - `overhead`: a workload's throughput with the agent running over its throughput without,
+//!   alternating rounds (budget: fault-in >= 0.98, mprotect storm >= 0.95);
+//! - `replay`: the engine's throughput on a generated 10M-event trace (no target: reported so
+//!   regressions show).
 
-use anyhow::Result;
-use clap::Args;
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    All,
+    Overhead,
+    Replay,
+}
 
 #[derive(Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value_t = Which::All)]
+    which: Which,
+    /// Rounds per workload in the overhead benchmark (the median ratio is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Events in the generated replay trace.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+}
 
-pub fn run(_args: &BenchArgs) -> Result<()> {
+fn release_bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release")
+        .join(name)
+}
+
+fn build_release() -> Result<()> {
+    crate::run(crate::cargo().args(["build", "--release", "-p", "tracer", "--bins"]))
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    build_release()?;
+    if matches!(args.which, Which::All | Which::Overhead) {
+        overhead(args.rounds)?;
+    }
+    if matches!(args.which, Which::All | Which::Replay) {
+        replay(args.events)?;
+    }
+    Ok(())
+}
+
+/// Runs a scenario and returns its throughput (operations per second).
+fn scenario_rate(args: &[&str]) -> Result<f64> {
+    let out = Command::new(release_bin("faultline-scenario"))
+        .args(args)
+        .output()
+        .context("running faultline-scenario")?;
+    if !out.status.success() {
+        bail!(
+            "scenario {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("scenario report")?;
+    let n = v["count"].as_f64().context("count")?;
+    let dt =
+        (v["end_ns"].as_u64().context("end")? - v["start_ns"].as_u64().context("start")?) as f64;
+    Ok(n / (dt / 1e9))
+}
+
+struct Agent(Child);
+
+impl Agent {
+    fn start() -> Result<Self> {
+        let dir = std::env::temp_dir().join("faultline-bench-state");
+        let mut child = Command::new(release_bin("faultline"))
+            .args(["agent", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&dir)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the agent")?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("probes attached") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("the agent exited before attaching its probes"),
+            }
+        }
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn overhead(rounds: usize) -> Result<()> {
+    let workloads: [(&str, &[&str], f64); 2] = [
+        (
+            "fault-in (64k pages)",
+            &["fault-in", "--pages", "65536"],
+            0.98,
+        ),
+        (
+            "mprotect storm (200k calls)",
+            &["mprotect-loop", "--count", "200000"],
+            0.95,
+        ),
+    ];
+    println!("\n== overhead: throughput with the agent / without, {rounds} alternating rounds ==");
+    for (name, args, budget) in workloads {
+        // Warm up page cache and allocator once.
+        scenario_rate(args)?;
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let base = scenario_rate(args)?;
+            let traced = {
+                let _agent = Agent::start()?;
+                scenario_rate(args)?
+            };
+            ratios.push(traced / base);
+        }
+        let m = median(ratios.clone());
+        println!(
+            "{name:<30} median ratio {m:.3} (budget >= {budget:.2}) {} rounds: {}",
+            if m >= budget { "OK  " } else { "OVER" },
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// A deterministic trace: 2000 tasks in 100 processes taking their mmap_locks, with a writer
+/// now and then making readers queue; every wait ends, so the engine sees busy, healthy traffic.
+fn generate(path: &Path, events: u64) -> Result<()> {
+    let mut out = BufWriter::new(File::create(path).with_context(|| path.display().to_string())?);
+    let mut ts: u64 = 1_000_000_000;
+    let mut n = 0u64;
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    while n < events {
+        let r = next();
+        let tid = 1000 + (r % 2000) as u32;
+        let pid = 1000 + (tid - 1000) / 20;
+        let mm = 0xffff_8880_0000_0000u64 + u64::from(pid) * 0x1000;
+        let write = r % 10 == 0;
+        for kind in ["mmap_lock_start", "mmap_lock_acquire", "mmap_lock_release"] {
+            ts += 1 + (next() % 2000);
+            let extra = if kind == "mmap_lock_acquire" {
+                ",\"success\":true"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "{{\"ts_ns\":{ts},\"tid\":{tid},\"pid\":{pid},\"kind\":\"{kind}\",\"mm\":\"{mm:#x}\",\"write\":{write}{extra}}}"
+            )?;
+            n += 1;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn time(cmd: &mut Command) -> Result<Duration> {
+    let t = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .status()
+        .context("running the benchmark")?;
+    if !out.success() {
+        bail!("{cmd:?} failed: {out}");
+    }
+    Ok(t.elapsed())
+}
+
+fn replay(events: u64) -> Result<()> {
+    let dir = std::env::temp_dir().join("faultline-bench");
+    std::fs::create_dir_all(&dir)?;
+    let trace = dir.join(format!("replay-{events}.jsonl"));
+    if !trace.exists() {
+        println!("\ngenerating {events} events into {}", trace.display());
+        generate(&trace, events)?;
+    }
+    let replay = time(
+        Command::new(release_bin("faultline"))
+            .args(["replay", "--json"])
+            .arg(&trace),
+    )?;
+    println!("\n== replay: {events} events ==");
+    println!(
+        "faultline replay --json: {:.2}s = {:.2} M events/s",
+        replay.as_secs_f64(),
+        events as f64 / replay.as_secs_f64() / 1e6,
+    );
     Ok(())
 }

@@ -53,6 +53,11 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         count: u32,
     },
+    /// Fault in N fresh anonymous pages (one write each), then unmap them: the page-fault path.
+    FaultIn {
+        #[arg(long, default_value_t = 65536)]
+        pages: u32,
+    },
     /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
     ForeignRead {
         #[arg(long, default_value_t = 100)]
@@ -295,6 +300,32 @@ fn mprotect_loop(count: u32) -> Result<()> {
     Ok(())
 }
 
+fn fault_in(pages: u32) -> Result<()> {
+    let len = pages as usize * 4096;
+    let region = Mapping::new(len)?;
+    // Small pages: one fault per page, the path the budget is about.
+    let _ = region.madvise(libc::MADV_NOHUGEPAGE);
+    let base = region.addr.cast::<u8>();
+    let start_ns = now_ns();
+    for i in 0..pages as usize {
+        // SAFETY: inside our own writable mapping.
+        unsafe { base.add(i * 4096).write_volatile(1) };
+    }
+    let end_ns = now_ns();
+    drop(region);
+    let report = LoopReport {
+        scenario: "fault-in",
+        pid: std::process::id(),
+        tid: gettid(),
+        count: pages,
+        start_ns,
+        end_ns,
+        target_pid: None,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 fn foreign_read(count: u32) -> Result<()> {
     let data = Box::new([0x5au8; 4096]);
     let remote_addr = data.as_ptr() as usize;
@@ -358,6 +389,7 @@ fn main() {
         } => rwr(hold_mib, writer_delay_ms, reader_delay_ms),
         Scenario::MprotectLoop { count } => mprotect_loop(count),
         Scenario::ForeignRead { count } => foreign_read(count),
+        Scenario::FaultIn { pages } => fault_in(pages),
     };
     if let Err(e) = result {
         eprintln!("faultline-scenario: error: {e:#}");
