@@ -2,7 +2,11 @@
 //!
 //! Time comes from the events only, so a replay raises exactly the alerts the live agent did.
 
-use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    fmt::Write as _,
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -156,43 +160,52 @@ impl Narrator<'_> {
     }
 }
 
+/// What makes one occurrence of an alert: the same key never alerts twice while it lasts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// A wait of `tid` that began at `since` (stall, uffd_stall, rwr_inversion).
+    Wait(AlertKind, Tid, u64),
+    /// A read hold of `tid` on `mm` that began at `since` (recursive_read).
+    Hold(Tid, Addr, u64),
+    /// A cycle's sorted members (deadlock).
+    Cycle(Vec<Tid>),
+}
+
 /// Raises each alert once per occurrence (a wait, a cycle, a hold).
 #[derive(Default)]
 pub struct Detector {
     pub thresholds: Thresholds,
-    raised: BTreeSet<(AlertKind, Vec<u64>)>,
+    raised: HashSet<Key>,
 }
 
 impl Detector {
     pub fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
-            raised: BTreeSet::new(),
+            raised: HashSet::new(),
         }
     }
 
-    fn once(&mut self, kind: AlertKind, key: Vec<u64>) -> bool {
-        self.raised.insert((kind, key))
+    fn once(&mut self, key: Key) -> bool {
+        self.raised.insert(key)
     }
 
     /// Forgets keys of conditions that ended, so a recurrence alerts again; bounded memory.
     fn forget_ended(&mut self, model: &Model, active_cycles: &[Vec<Tid>]) {
-        self.raised.retain(|(kind, key)| match kind {
-            AlertKind::Deadlock => active_cycles
-                .iter()
-                .any(|c| c.iter().map(|&t| t as u64).eq(key.iter().copied())),
-            // Keys are (tid, since): alive while that wait (or hold) is.
-            AlertKind::Stall | AlertKind::UffdStall | AlertKind::RwrInversion => {
+        self.raised.retain(|key| match key {
+            Key::Cycle(members) => active_cycles.contains(members),
+            // Alive while that wait (or hold) is.
+            Key::Wait(_, tid, since) => {
                 model
-                    .task(key[0] as Tid)
+                    .task(*tid)
                     .and_then(|t| t.blocked.as_ref())
                     .map(Blocked::since_ns)
-                    == Some(key[1])
+                    == Some(*since)
             }
-            AlertKind::RecursiveRead => model
-                .task(key[0] as Tid)
-                .and_then(|t| t.holds.get(&Addr(key[1])))
-                .is_some_and(|h| h.since_ns == key[2]),
+            Key::Hold(tid, mm, since) => model
+                .task(*tid)
+                .and_then(|t| t.holds.get(mm))
+                .is_some_and(|h| h.since_ns == *since),
         });
     }
 
@@ -200,10 +213,7 @@ impl Detector {
         match notice {
             Notice::RecursiveRead { tid, mm, ts_ns } => {
                 let hold = model.task(*tid)?.holds.get(mm)?;
-                if !self.once(
-                    AlertKind::RecursiveRead,
-                    vec![*tid as u64, mm.0, hold.since_ns],
-                ) {
+                if !self.once(Key::Hold(*tid, *mm, hold.since_ns)) {
                     return None;
                 }
                 let owner = model.mm_locks.get(mm).and_then(|l| l.owner_pid);
@@ -267,10 +277,7 @@ impl Detector {
                 continue;
             }
             in_deadlock.extend(cycle.iter().copied());
-            if !self.once(
-                AlertKind::Deadlock,
-                cycle.iter().map(|&t| t as u64).collect(),
-            ) {
+            if !self.once(Key::Cycle(cycle.clone())) {
                 continue;
             }
             // Narrate from the member that has waited longest, around the cycle.
@@ -337,10 +344,7 @@ impl Detector {
                             })
                     });
                     if let Some(first) = inversion {
-                        if self.once(
-                            AlertKind::RwrInversion,
-                            vec![tid as u64, blocked.since_ns()],
-                        ) {
+                        if self.once(Key::Wait(AlertKind::RwrInversion, tid, blocked.since_ns())) {
                             let mut path = vec![first];
                             path.extend(graph.chain(first.to));
                             let mut tids = vec![tid];
@@ -367,7 +371,7 @@ impl Detector {
                     Blocked::Uffd { .. } => AlertKind::UffdStall,
                     _ => AlertKind::Stall,
                 };
-                if self.once(kind, vec![tid as u64, blocked.since_ns()]) {
+                if self.once(Key::Wait(kind, tid, blocked.since_ns())) {
                     let path = graph.chain(tid);
                     let mut tids = vec![tid];
                     tids.extend(path.iter().map(|e| e.to));

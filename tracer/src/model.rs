@@ -82,6 +82,9 @@ pub struct MmLock {
     pub writer: Option<(Tid, u64)>,
     /// Tasks blocked acquiring it: tid → (mode, since).
     pub waiters: BTreeMap<Tid, (LockMode, u64)>,
+    /// The waiting writers by (since, tid): queue order, so "writers queued before me" is a
+    /// range query rather than a scan of every waiter (convoys have thousands of readers).
+    waiting_writers: BTreeSet<(u64, Tid)>,
 }
 
 impl MmLock {
@@ -91,10 +94,25 @@ impl MmLock {
 
     /// Waiting writers that queued before `since` (rwsem FIFO order).
     pub fn writers_queued_before(&self, since: u64) -> impl Iterator<Item = (Tid, u64)> + '_ {
-        self.waiters
-            .iter()
-            .filter(move |(_, (m, s))| *m == LockMode::Write && *s < since)
-            .map(|(t, (_, s))| (*t, *s))
+        self.waiting_writers
+            .range(..(since, 0))
+            .map(|&(s, t)| (t, s))
+    }
+
+    fn add_waiter(&mut self, tid: Tid, mode: LockMode, since: u64) {
+        self.remove_waiter(tid);
+        self.waiters.insert(tid, (mode, since));
+        if mode == LockMode::Write {
+            self.waiting_writers.insert((since, tid));
+        }
+    }
+
+    fn remove_waiter(&mut self, tid: Tid) {
+        if let Some((mode, since)) = self.waiters.remove(&tid) {
+            if mode == LockMode::Write {
+                self.waiting_writers.remove(&(since, tid));
+            }
+        }
     }
 }
 
@@ -181,7 +199,7 @@ impl Model {
         };
         if let Some(Blocked::MmapLock { mm, .. }) = task.blocked.take() {
             if let Some(l) = self.mm_locks.get_mut(&mm) {
-                l.waiters.remove(&tid);
+                l.remove_waiter(tid);
             }
             self.gc_mm(mm);
         }
@@ -194,8 +212,7 @@ impl Model {
             self.mm_locks
                 .entry(mm)
                 .or_default()
-                .waiters
-                .insert(tid, (mode, since_ns));
+                .add_waiter(tid, mode, since_ns);
         }
         if let Some(t) = self.tasks.get_mut(&tid) {
             t.blocked = Some(b);

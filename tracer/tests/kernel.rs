@@ -179,8 +179,13 @@ fn mprotect_loop_gives_exact_write_acquisitions_for_its_tid_and_pid() {
         return;
     }
     let rec = Recording::start(&[]);
+    let recorder = rec.pid();
     let report = scenario(&["mprotect-loop", "--count", "2000"]);
     let events = rec.finish();
+    assert!(
+        !events.iter().any(|e| e.pid == recorder),
+        "the recorder's own events are filtered in the kernel"
+    );
     let (pid, tid) = (
         u64_at(&report, &["pid"]) as u32,
         u64_at(&report, &["tid"]) as u32,
@@ -222,6 +227,56 @@ fn mprotect_loop_gives_exact_write_acquisitions_for_its_tid_and_pid() {
     assert!(
         releases >= 2000,
         "each write acquisition is released: {releases}"
+    );
+}
+
+#[test]
+fn the_classic_tracepoint_fallback_sees_the_same_acquisitions() {
+    if !require_root("the_classic_tracepoint_fallback_sees_the_same_acquisitions") {
+        return;
+    }
+    let rec = Recording::start(&["--attach", "tracepoint"]);
+    let report = scenario(&["mprotect-loop", "--count", "500"]);
+    let events = rec.finish();
+    let tid = u64_at(&report, &["tid"]) as u32;
+    let (from, to) = (u64_at(&report, &["start_ns"]), u64_at(&report, &["end_ns"]));
+    let mine = |pred: fn(&Event) -> bool| {
+        events
+            .iter()
+            .filter(|e| e.tid == tid && e.ts_ns >= from && e.ts_ns <= to && pred(e))
+            .count()
+    };
+    let starts = mine(|e| {
+        matches!(
+            e.kind,
+            EventKind::MmapLockStart {
+                mode: LockMode::Write,
+                ..
+            }
+        )
+    });
+    let acquires = mine(|e| {
+        matches!(
+            e.kind,
+            EventKind::MmapLockAcquire {
+                mode: LockMode::Write,
+                success: true,
+                ..
+            }
+        )
+    });
+    let releases = mine(|e| {
+        matches!(
+            e.kind,
+            EventKind::MmapLockRelease {
+                mode: LockMode::Write,
+                ..
+            }
+        )
+    });
+    assert!(
+        starts >= 500 && acquires >= 500 && releases >= 500,
+        "classic tracepoints: {starts} starts, {acquires} acquisitions, {releases} releases for 500 mprotects"
     );
 }
 

@@ -4,7 +4,8 @@
 //! - `overhead`: a workload's throughput with the agent running over its throughput without,
 //!   alternating rounds (budget: fault-in >= 0.98, mprotect storm >= 0.95);
 //! - `replay`: the engine's throughput on a generated 10M-event trace (no target: reported so
-//!   regressions show).
+//!   regressions show);
+//! - `graph`: one full detector pass over 100k tasks (tracer/benches/engine.rs).
 
 use std::{
     fs::File,
@@ -22,6 +23,7 @@ pub enum Which {
     All,
     Overhead,
     Replay,
+    Graph,
 }
 
 #[derive(Args)]
@@ -54,6 +56,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.which, Which::All | Which::Replay) {
         replay(args.events)?;
+    }
+    if matches!(args.which, Which::All | Which::Graph) {
+        println!("\n== graph: detector pass at 100k tasks ==");
+        crate::run(crate::cargo().args(["bench", "-p", "tracer", "--bench", "engine"]))?;
     }
     Ok(())
 }

@@ -137,6 +137,11 @@ impl Recording {
         }
     }
 
+    /// The recorder's own pid (its events are filtered in the kernel).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
     /// Stops the recorder and reads the trace back.
     pub fn finish(self) -> Vec<Event> {
         let (status, lines) = self.proc.stop();
