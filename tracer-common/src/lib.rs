@@ -16,6 +16,13 @@ pub enum EventKind {
     MmapLockAcquire = 2,
     MmapLockRelease = 3,
     TaskExit = 4,
+    LockWaitBegin = 5,
+    LockWaitEnd = 6,
+    PageFault = 7,
+    UffdWaitBegin = 8,
+    UffdWaitEnd = 9,
+    UffdIoctlBegin = 10,
+    UffdIoctlEnd = 11,
 }
 
 impl EventKind {
@@ -25,6 +32,13 @@ impl EventKind {
             2 => Some(Self::MmapLockAcquire),
             3 => Some(Self::MmapLockRelease),
             4 => Some(Self::TaskExit),
+            5 => Some(Self::LockWaitBegin),
+            6 => Some(Self::LockWaitEnd),
+            7 => Some(Self::PageFault),
+            8 => Some(Self::UffdWaitBegin),
+            9 => Some(Self::UffdWaitEnd),
+            10 => Some(Self::UffdIoctlBegin),
+            11 => Some(Self::UffdIoctlEnd),
             _ => None,
         }
     }
@@ -49,6 +63,176 @@ pub mod reason {
     /// The end (release, downgrade) of a hold whose acquisition user space was told about, so
     /// its picture of who holds what never goes stale.
     pub const FOLLOW_UP: u32 = 1 << 6;
+    /// A kernel-mode page fault taken while the task holds a lock faultline knows about.
+    pub const UNDER_LOCK: u32 = 1 << 7;
+    /// A uffd ioctl by a task not seen serving that context before: it names a handler.
+    pub const NEW_HANDLER: u32 = 1 << 8;
+    /// A uffd ioctl that failed.
+    pub const ERROR: u32 = 1 << 9;
+}
+
+/// Lock types of `lock:contention_begin`, from its flags.
+pub mod lock_type {
+    pub const MUTEX: u8 = 0;
+    pub const RWSEM_READ: u8 = 1;
+    pub const RWSEM_WRITE: u8 = 2;
+    pub const SPINLOCK: u8 = 3;
+    pub const RWLOCK_READ: u8 = 4;
+    pub const RWLOCK_WRITE: u8 = 5;
+    pub const OTHER: u8 = 6;
+    pub const COUNT: u8 = 7;
+
+    /// `LCB_F_*` flags of `contention_begin`.
+    pub const LCB_F_SPIN: u32 = 1 << 0;
+    pub const LCB_F_READ: u32 = 1 << 1;
+    pub const LCB_F_WRITE: u32 = 1 << 2;
+    pub const LCB_F_MUTEX: u32 = 1 << 5;
+
+    pub const fn from_flags(flags: u32) -> u8 {
+        let spin = flags & LCB_F_SPIN != 0;
+        if flags & LCB_F_MUTEX != 0 {
+            MUTEX
+        } else if flags & LCB_F_READ != 0 {
+            if spin {
+                RWLOCK_READ
+            } else {
+                RWSEM_READ
+            }
+        } else if flags & LCB_F_WRITE != 0 {
+            if spin {
+                RWLOCK_WRITE
+            } else {
+                RWSEM_WRITE
+            }
+        } else if spin {
+            SPINLOCK
+        } else {
+            OTHER
+        }
+    }
+
+    /// Sleeping locks: the ones whose waits can last and form waits-for edges.
+    pub const fn sleeps(t: u8) -> bool {
+        matches!(t, MUTEX | RWSEM_READ | RWSEM_WRITE | OTHER)
+    }
+}
+
+/// userfaultfd ioctl operations, indexed 0..COUNT, and their `_IOC_NR` (type 0xAA).
+pub mod uffd_op {
+    pub const API: u8 = 0;
+    pub const REGISTER: u8 = 1;
+    pub const UNREGISTER: u8 = 2;
+    pub const WAKE: u8 = 3;
+    pub const COPY: u8 = 4;
+    pub const ZEROPAGE: u8 = 5;
+    pub const WRITEPROTECT: u8 = 6;
+    pub const CONTINUE: u8 = 7;
+    pub const POISON: u8 = 8;
+    pub const MOVE: u8 = 9;
+    pub const COUNT: u8 = 10;
+    /// `_IOC_TYPE` of every userfaultfd ioctl.
+    pub const IOC_TYPE: u32 = 0xAA;
+
+    /// The op for an ioctl `cmd`, if it is a userfaultfd one.
+    pub const fn from_cmd(cmd: u32) -> Option<u8> {
+        if (cmd >> 8) & 0xff != IOC_TYPE {
+            return None;
+        }
+        match cmd & 0xff {
+            0x3f => Some(API),
+            0x00 => Some(REGISTER),
+            0x01 => Some(UNREGISTER),
+            0x02 => Some(WAKE),
+            0x03 => Some(COPY),
+            0x04 => Some(ZEROPAGE),
+            0x05 => Some(MOVE),
+            0x06 => Some(WRITEPROTECT),
+            0x07 => Some(CONTINUE),
+            0x08 => Some(POISON),
+            _ => None,
+        }
+    }
+
+    /// Errno buckets of the per-op error counters.
+    pub const ERRNOS: [i64; 9] = [11, 17, 2, 12, 16, 22, 14, 3, 1];
+    pub const ERRNO_NAMES: [&str; 10] = [
+        "EAGAIN", "EEXIST", "ENOENT", "ENOMEM", "EBUSY", "EINVAL", "EFAULT", "ESRCH", "EPERM",
+        "other",
+    ];
+    pub const ERRNO_BUCKETS: u32 = 10;
+
+    pub fn errno_bucket(ret: i64) -> u32 {
+        let mut i = 0;
+        while i < ERRNOS.len() {
+            if -ret == ERRNOS[i] {
+                return i as u32;
+            }
+            i += 1;
+        }
+        ERRNOS.len() as u32
+    }
+}
+
+/// `lock:contention_begin` / `_end` of a sleeping lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LockWaitEvent {
+    pub header: EventHeader,
+    pub lock: u64,
+    /// For an end: when the wait began (0 when unknown).
+    pub since_ns: u64,
+    /// The mm whose `mmap_lock` this is, when it is one (0 otherwise).
+    pub mm: u64,
+    /// The owner's tid read at contention time (0 when unknown or reader-owned).
+    pub owner_tid: u32,
+    /// For an end: the wait's return value.
+    pub ret: i32,
+    /// `lock_type::*`.
+    pub lock_type: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<LockWaitEvent>() == 40 + 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PageFaultEvent {
+    pub header: EventHeader,
+    pub addr: u64,
+    pub error_code: u64,
+    pub user: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<PageFaultEvent>() == 40 + 24);
+
+/// userfaultfd waits and ioctls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UffdEvent {
+    pub header: EventHeader,
+    /// The `userfaultfd_ctx`.
+    pub ctx: u64,
+    /// For a wait: the faulting address.
+    pub addr: u64,
+    /// For an end: when the wait or ioctl began (0 when unknown).
+    pub since_ns: u64,
+    /// For an ioctl end: its return value.
+    pub ret: i64,
+    /// For ioctls: `uffd_op::*`.
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<UffdEvent>() == 40 + 40);
+
+/// Per-process page-fault counters, in the per-CPU `PROC_FAULTS` hash keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcFaults {
+    pub user: u64,
+    pub kernel: u64,
+    /// Kernel-mode faults while holding a lock faultline knows about.
+    pub under_lock: u64,
+    /// Faults that took `mmap_lock` (the per-VMA lock did not serve them).
+    pub mmap_lock: u64,
 }
 
 /// Fixed header of every ring-buffer record.
@@ -133,6 +317,37 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     /// `offsetof(struct mm_struct, owner)` (CONFIG_MEMCG only).
     pub mm_owner: u32,
+    /// `offsetof(struct task_struct, pid)`.
+    pub task_pid: u32,
+    /// `offsetof(struct mutex, owner)`.
+    pub mutex_owner: u32,
+    /// `offsetof(struct rw_semaphore, owner)`.
+    pub rwsem_owner: u32,
+    /// `offsetof(struct mm_struct, mmap_lock)`.
+    pub mm_mmap_lock: u32,
+    /// `offsetof(struct task_struct, files)`.
+    pub task_files: u32,
+    /// `offsetof(struct files_struct, fdt)`.
+    pub files_fdt: u32,
+    /// `offsetof(struct fdtable, fd)`.
+    pub fdt_fd: u32,
+    /// `offsetof(struct file, private_data)`.
+    pub file_private: u32,
+    /// `offsetof(struct userfaultfd_ctx, mm)`.
+    pub uffd_ctx_mm: u32,
+    /// Text range of `handle_userfault` (from /proc/kallsyms): a sleep with it on the stack is
+    /// a userfaultfd wait. Zero: unknown, uffd waits are not detected.
+    pub handle_userfault_start: u64,
+    pub handle_userfault_end: u64,
+}
+
+/// Field offsets of the classic `syscalls:sys_enter_ioctl` / `sys_exit_ioctl` tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallLayout {
+    pub ioctl_fd: u32,
+    pub ioctl_cmd: u32,
+    pub exit_ret: u32,
     pub _pad: u32,
 }
 
@@ -177,9 +392,25 @@ pub struct TaskState {
     pub _pad: [u8; 3],
     /// The task's process, so a snapshot of this map names pids without /proc.
     pub tgid: u32,
+    /// The contended sleeping lock it waits for (0: none).
+    pub lock: u64,
+    pub lock_since_ns: u64,
+    /// Its owner at contention time (0: unknown).
+    pub lock_owner: u32,
+    pub lock_type: u8,
+    pub _pad2: [u8; 3],
+    /// The userfaultfd context it waits on in `handle_userfault` (0: none).
+    pub uffd_ctx: u64,
+    pub uffd_addr: u64,
+    pub uffd_since_ns: u64,
+    /// The userfaultfd ioctl in flight (0: none).
+    pub ioctl_ctx: u64,
+    pub ioctl_since_ns: u64,
+    pub ioctl_op: u8,
+    pub _pad3: [u8; 7],
     pub holds: [Hold; HOLD_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<TaskState>() == 24 + 24 * HOLD_SLOTS);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 96 + 24 * HOLD_SLOTS);
 
 /// Indexes of the per-CPU `COUNTERS` array.
 #[repr(u32)]
@@ -208,8 +439,47 @@ pub enum Counter {
     TaskExit,
     /// A kernel read (`bpf_probe_read_kernel`) failed.
     ReadError,
+    /// Sleeping-lock contentions.
+    LockContended,
+    /// Contended sleeping locks whose wait reached the wait threshold.
+    LockSlowWait,
+    PageFaultUser,
+    PageFaultKernel,
+    /// Kernel-mode faults taken while holding a known lock.
+    FaultUnderLock,
+    /// Faults that took `mmap_lock`.
+    FaultMmapLock,
+    /// `PROC_FAULTS` was full.
+    ProcFaultsFull,
+    UffdIoctl,
+    UffdIoctlError,
+    /// userfaultfd() calls that returned a descriptor.
+    UffdCreated,
+    UffdWaitBegin,
+    UffdWaitEnd,
+    /// `UFFD_HANDLERS` was full: a handler may go unnamed.
+    UffdHandlersFull,
 }
-pub const COUNTER_COUNT: u32 = Counter::ReadError as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::UffdHandlersFull as u32 + 1;
+
+/// Per-CPU `UFFD_ERRORS` is indexed `op * uffd_op::ERRNO_BUCKETS + errno bucket`.
+pub const UFFD_ERROR_SLOTS: u32 = uffd_op::COUNT as u32 * uffd_op::ERRNO_BUCKETS;
+
+/// What a CPU's last page fault was, so the fault's later steps on that CPU (taking
+/// `mmap_lock`, sleeping in `handle_userfault`) can be tied to it without a per-task lookup on
+/// every fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LastFault {
+    pub tid: u32,
+    pub tgid: u32,
+    pub addr: u64,
+    pub ts_ns: u64,
+    /// 1 once the fault was seen taking `mmap_lock` (counted once).
+    pub took_mmap_lock: u8,
+    pub user: u8,
+    pub _pad: [u8; 6],
+}
 
 /// Histograms kept in the kernel, `HIST_BUCKETS` log2 buckets each, in one per-CPU array indexed
 /// `hist * HIST_BUCKETS + bucket`. Bucket `b` counts durations `d` (ns) with `ilog2(d) == b`
@@ -222,7 +492,11 @@ pub enum Histogram {
     HoldRead,
     HoldWrite,
 }
-pub const HIST_COUNT: u32 = Histogram::HoldWrite as u32 + 1;
+/// The mmap_lock histograms, then one per `lock_type` (contention waits), then one per
+/// `uffd_op` (ioctl latency).
+pub const HIST_LOCK_BASE: u32 = Histogram::HoldWrite as u32 + 1;
+pub const HIST_UFFD_BASE: u32 = HIST_LOCK_BASE + lock_type::COUNT as u32;
+pub const HIST_COUNT: u32 = HIST_UFFD_BASE + uffd_op::COUNT as u32;
 pub const HIST_BUCKETS: u32 = 64;
 
 #[cfg(feature = "user")]
@@ -235,4 +509,6 @@ mod user {
     unsafe impl aya::Pod for TracepointLayout {}
     unsafe impl aya::Pod for TaskState {}
     unsafe impl aya::Pod for Hold {}
+    unsafe impl aya::Pod for SyscallLayout {}
+    unsafe impl aya::Pod for ProcFaults {}
 }

@@ -18,7 +18,7 @@ use crate::maps::{
 /// The task's state entry, created on first use. `None` when this is the agent itself, the
 /// config is missing, or the map is full (counted).
 #[inline(always)]
-fn task_state(tid: u32, tgid: u32) -> Option<*mut TaskState> {
+pub(crate) fn task_state(tid: u32, tgid: u32) -> Option<*mut TaskState> {
     if let Some(ptr) = TASK_STATE.get_ptr_mut(tid) {
         return Some(ptr);
     }
@@ -37,7 +37,7 @@ fn task_state(tid: u32, tgid: u32) -> Option<*mut TaskState> {
 
 /// The config when the current task is traced; `None` for the agent's own process.
 #[inline(always)]
-fn traced() -> Option<(Config, u32, u32)> {
+pub(crate) fn traced() -> Option<(Config, u32, u32)> {
     let cfg = config()?;
     let (tid, tgid) = current_ids();
     if tgid == cfg.self_tgid {
@@ -83,7 +83,7 @@ fn emit(r: &Record) {
     entry.submit(0);
 }
 
-fn record_flag(cfg: &Config) -> u32 {
+pub(crate) fn record_flag(cfg: &Config) -> u32 {
     if cfg.flags & config_flags::RECORD_ALL != 0 {
         reason::RECORD
     } else {
@@ -113,6 +113,7 @@ pub fn on_start(mm: u64, write: bool) {
 
     let mut flags = record_flag(&cfg);
     if !write {
+        crate::faults::fault_took_mmap_lock(tid, now);
         if let Some(i) = find_hold(state, mm) {
             if state.holds[i].mode == mode::READ {
                 // A second read on a lock this task already reads: deadlocks as soon as a writer
@@ -331,10 +332,14 @@ pub fn on_release(mm: u64, write: bool) {
     }
 }
 
-pub fn on_task_exit() {
-    let Some((cfg, tid, _)) = traced() else {
+pub fn on_task_exit(group_dead: bool) {
+    let Some((cfg, tid, tgid)) = traced() else {
         return;
     };
+    if group_dead {
+        let _ = crate::maps::PROC_FAULTS.remove(tgid);
+    }
+    crate::contention::forget_owner(tid);
     let had_state = TASK_STATE.get_ptr(tid).is_some();
     if had_state {
         let _ = TASK_STATE.remove(tid);

@@ -1,10 +1,11 @@
 //! Ring-buffer records → core events. The only place that knows the wire layout.
 
 use tracer_common::{
-    mode, reason, EventHeader, EventKind as WireKind, MmapLockEvent, TASK_COMM_LEN,
+    lock_type, mode, reason, uffd_op, EventHeader, EventKind as WireKind, LockWaitEvent,
+    MmapLockEvent, PageFaultEvent, UffdEvent, TASK_COMM_LEN,
 };
 
-use crate::event::{Addr, Event, EventKind, LockMode};
+use crate::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -14,6 +15,47 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("ring-buffer record has invalid lock mode {0}")]
     BadMode(u8),
+    #[error("ring-buffer record has invalid {what} {value}")]
+    BadField { what: &'static str, value: u8 },
+}
+
+pub fn lock_type_of(t: u8) -> Result<LockType, DecodeError> {
+    Ok(match t {
+        lock_type::MUTEX => LockType::Mutex,
+        lock_type::RWSEM_READ => LockType::RwsemRead,
+        lock_type::RWSEM_WRITE => LockType::RwsemWrite,
+        lock_type::SPINLOCK => LockType::Spinlock,
+        lock_type::RWLOCK_READ => LockType::RwlockRead,
+        lock_type::RWLOCK_WRITE => LockType::RwlockWrite,
+        lock_type::OTHER => LockType::Other,
+        value => {
+            return Err(DecodeError::BadField {
+                what: "lock type",
+                value,
+            })
+        }
+    })
+}
+
+pub fn uffd_op_of(op: u8) -> Result<UffdOp, DecodeError> {
+    Ok(match op {
+        uffd_op::API => UffdOp::Api,
+        uffd_op::REGISTER => UffdOp::Register,
+        uffd_op::UNREGISTER => UffdOp::Unregister,
+        uffd_op::WAKE => UffdOp::Wake,
+        uffd_op::COPY => UffdOp::Copy,
+        uffd_op::ZEROPAGE => UffdOp::Zeropage,
+        uffd_op::WRITEPROTECT => UffdOp::Writeprotect,
+        uffd_op::CONTINUE => UffdOp::Continue,
+        uffd_op::POISON => UffdOp::Poison,
+        uffd_op::MOVE => UffdOp::Move,
+        value => {
+            return Err(DecodeError::BadField {
+                what: "userfaultfd op",
+                value,
+            })
+        }
+    })
 }
 
 /// Why the kernel sent a record (`tracer_common::reason` bits).
@@ -46,8 +88,13 @@ impl Reasons {
 pub struct Decoded {
     pub event: Event,
     pub reasons: Reasons,
-    /// For an acquisition, when its attempt started; for a release, when the hold began.
+    /// For an acquisition, when its attempt started; for a release, when the hold began; for
+    /// the end of a wait or ioctl, when it began.
     pub since_ns: Option<u64>,
+    /// The earlier event this one implies when it carries its start time (an acquisition
+    /// implies its attempt, a release its acquisition, an end its begin): outside record mode
+    /// the kernel streams only the end of what turned out slow.
+    pub implied: Option<Event>,
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -71,20 +118,17 @@ fn comm(raw: &[u8; TASK_COMM_LEN]) -> Option<String> {
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind = WireKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
-    let base = |kind: EventKind| Event {
-        ts_ns: header.ts_ns,
+    let at = |ts_ns: u64, kind: EventKind| Event {
+        ts_ns,
         tid: header.tid,
         pid: header.tgid,
         comm: comm(&header.comm),
         kind,
     };
     let reasons = Reasons(header.flags);
-    match kind {
-        WireKind::TaskExit => Ok(Decoded {
-            event: base(EventKind::TaskExit {}),
-            reasons,
-            since_ns: None,
-        }),
+    let nonzero = |v: u64| (v != 0).then_some(v);
+    let (event, since_ns, implied) = match kind {
+        WireKind::TaskExit => (at(header.ts_ns, EventKind::TaskExit {}), None, None),
         WireKind::MmapLockStart | WireKind::MmapLockAcquire | WireKind::MmapLockRelease => {
             let ev: MmapLockEvent = read(bytes)?;
             let lock_mode = match ev.mode {
@@ -98,31 +142,152 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             let mm_pid = (ev.mm_tgid != 0 && ev.mm_tgid != u32::MAX && ev.mm_tgid != header.tgid)
                 .then_some(ev.mm_tgid);
             let mm = Addr(ev.mm);
-            let event_kind = match kind {
-                WireKind::MmapLockStart => EventKind::MmapLockStart {
-                    mm,
-                    mode: lock_mode,
-                    mm_pid,
-                },
-                WireKind::MmapLockAcquire => EventKind::MmapLockAcquire {
-                    mm,
-                    mode: lock_mode,
-                    success: ev.success != 0,
-                    mm_pid,
-                },
-                _ => EventKind::MmapLockRelease {
-                    mm,
-                    mode: lock_mode,
-                    mm_pid,
-                },
-            };
-            Ok(Decoded {
-                event: base(event_kind),
-                reasons,
-                since_ns: (ev.since_ns != 0).then_some(ev.since_ns),
-            })
+            let since = nonzero(ev.since_ns);
+            match kind {
+                WireKind::MmapLockStart => (
+                    at(
+                        header.ts_ns,
+                        EventKind::MmapLockStart {
+                            mm,
+                            mode: lock_mode,
+                            mm_pid,
+                        },
+                    ),
+                    since,
+                    None,
+                ),
+                WireKind::MmapLockAcquire => (
+                    at(
+                        header.ts_ns,
+                        EventKind::MmapLockAcquire {
+                            mm,
+                            mode: lock_mode,
+                            success: ev.success != 0,
+                            mm_pid,
+                        },
+                    ),
+                    since,
+                    since.map(|s| {
+                        at(
+                            s,
+                            EventKind::MmapLockStart {
+                                mm,
+                                mode: lock_mode,
+                                mm_pid,
+                            },
+                        )
+                    }),
+                ),
+                _ => (
+                    at(
+                        header.ts_ns,
+                        EventKind::MmapLockRelease {
+                            mm,
+                            mode: lock_mode,
+                            mm_pid,
+                        },
+                    ),
+                    since,
+                    since.map(|s| {
+                        at(
+                            s,
+                            EventKind::MmapLockAcquire {
+                                mm,
+                                mode: lock_mode,
+                                success: true,
+                                mm_pid,
+                            },
+                        )
+                    }),
+                ),
+            }
         }
-    }
+        WireKind::LockWaitBegin | WireKind::LockWaitEnd => {
+            let ev: LockWaitEvent = read(bytes)?;
+            let lock = Addr(ev.lock);
+            let begin = EventKind::LockWaitBegin {
+                lock,
+                lock_type: lock_type_of(ev.lock_type)?,
+                owner_tid: (ev.owner_tid != 0).then_some(ev.owner_tid),
+                mm: nonzero(ev.mm).map(Addr),
+            };
+            let since = nonzero(ev.since_ns);
+            if kind == WireKind::LockWaitBegin {
+                (at(header.ts_ns, begin), None, None)
+            } else {
+                (
+                    at(header.ts_ns, EventKind::LockWaitEnd { lock, ret: ev.ret }),
+                    since,
+                    since.map(|s| at(s, begin)),
+                )
+            }
+        }
+        WireKind::PageFault => {
+            let ev: PageFaultEvent = read(bytes)?;
+            (
+                at(
+                    header.ts_ns,
+                    EventKind::PageFault {
+                        addr: Addr(ev.addr),
+                        user: ev.user != 0,
+                        error_code: ev.error_code,
+                    },
+                ),
+                None,
+                None,
+            )
+        }
+        WireKind::UffdWaitBegin | WireKind::UffdWaitEnd => {
+            let ev: UffdEvent = read(bytes)?;
+            let uffd = Addr(ev.ctx);
+            let since = nonzero(ev.since_ns);
+            let begin = EventKind::UffdWaitBegin {
+                uffd,
+                addr: Addr(ev.addr),
+            };
+            if kind == WireKind::UffdWaitBegin {
+                (at(header.ts_ns, begin), None, None)
+            } else {
+                (
+                    at(header.ts_ns, EventKind::UffdWaitEnd { uffd }),
+                    since,
+                    since.map(|s| at(s, begin)),
+                )
+            }
+        }
+        WireKind::UffdIoctlBegin | WireKind::UffdIoctlEnd => {
+            let ev: UffdEvent = read(bytes)?;
+            let uffd = Addr(ev.ctx);
+            let op = uffd_op_of(ev.op)?;
+            let since = nonzero(ev.since_ns);
+            if kind == WireKind::UffdIoctlBegin {
+                (
+                    at(header.ts_ns, EventKind::UffdIoctlBegin { uffd, op }),
+                    None,
+                    None,
+                )
+            } else {
+                (
+                    at(
+                        header.ts_ns,
+                        EventKind::UffdIoctlEnd {
+                            uffd,
+                            op,
+                            ret: ev.ret,
+                        },
+                    ),
+                    since,
+                    since.map(|s| at(s, EventKind::UffdIoctlBegin { uffd, op })),
+                )
+            }
+        }
+    };
+    Ok(Decoded {
+        event,
+        reasons,
+        since_ns,
+        implied,
+    })
 }
 
 #[cfg(test)]

@@ -385,11 +385,21 @@ impl Detector {
                                 model.describe(tid),
                                 fmt_dur(waited)
                             );
+                            let resolved_before = model
+                                .uffds
+                                .get(uffd)
+                                .is_some_and(|c| !c.resolvers.is_empty());
                             if handlers.is_empty() {
                                 s.push_str("no handler task is known for it.");
-                            } else {
+                            } else if resolved_before {
                                 let _ = write!(s, "handler tasks: {}. ", handlers.join(", "));
                                 s.push_str(&narrator.chain(tid, &path, &graph));
+                            } else {
+                                let _ = write!(
+                                    s,
+                                    "no task has resolved a fault on it yet; it was set up by {}.",
+                                    handlers.join(", ")
+                                );
                             }
                             s
                         }

@@ -143,6 +143,9 @@ pub enum EventKind {
         lock_type: LockType,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner_tid: Option<u32>,
+        /// When the lock is an mm's `mmap_lock`: that mm.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mm: Option<Addr>,
     },
     LockWaitEnd {
         lock: Addr,
@@ -241,7 +244,8 @@ mod tests {
             EventKind::LockWaitBegin {
                 lock: Addr(0x10),
                 lock_type: LockType::RwsemWrite,
-                owner_tid: None
+                owner_tid: None,
+                mm: None
             }
         );
         assert_eq!(ev.comm, None);

@@ -78,44 +78,34 @@ impl LiveFeed {
             .and_then(|l| l.owner_pid)
     }
 
-    /// Applies one streamed record, with the start or acquisition it implies.
-    pub fn on_record(&mut self, d: &Decoded) -> Vec<Alert> {
-        let ev = &d.event;
-        let mut alerts = Vec::new();
-        match (&ev.kind, d.since_ns) {
-            (
-                EventKind::MmapLockAcquire {
-                    mm, mode, mm_pid, ..
-                },
-                Some(since),
-            ) if !self.waiting_on(ev.tid, *mm) => {
-                alerts.extend(self.engine.apply(&Event {
-                    ts_ns: since,
-                    kind: EventKind::MmapLockStart {
-                        mm: *mm,
-                        mode: *mode,
-                        mm_pid: *mm_pid,
-                    },
-                    ..ev.clone()
-                }));
+    /// Whether the engine already reflects `implied` (so applying it again would be wrong).
+    fn reflects(&self, implied: &Event) -> bool {
+        let blocked = self
+            .engine
+            .model()
+            .task(implied.tid)
+            .and_then(|t| t.blocked.as_ref());
+        match &implied.kind {
+            EventKind::MmapLockStart { mm, .. } => self.waiting_on(implied.tid, *mm),
+            EventKind::MmapLockAcquire { mm, .. } => self.holding(implied.tid, *mm),
+            EventKind::LockWaitBegin { lock, .. } => {
+                matches!(blocked, Some(Blocked::KernelLock { lock: l, .. }) if l == lock)
             }
-            (EventKind::MmapLockRelease { mm, mode, mm_pid }, Some(since))
-                if !self.holding(ev.tid, *mm) =>
-            {
-                alerts.extend(self.engine.apply(&Event {
-                    ts_ns: since,
-                    kind: EventKind::MmapLockAcquire {
-                        mm: *mm,
-                        mode: *mode,
-                        success: true,
-                        mm_pid: *mm_pid,
-                    },
-                    ..ev.clone()
-                }));
-            }
-            _ => {}
+            EventKind::UffdWaitBegin { .. } => matches!(blocked, Some(Blocked::Uffd { .. })),
+            _ => false,
         }
-        alerts.extend(self.engine.apply(ev));
+    }
+
+    /// Applies one streamed record, after the earlier event it implies when the engine has not
+    /// seen that one.
+    pub fn on_record(&mut self, d: &Decoded) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        if let Some(implied) = &d.implied {
+            if !self.reflects(implied) {
+                alerts.extend(self.engine.apply(implied));
+            }
+        }
+        alerts.extend(self.engine.apply(&d.event));
         alerts
     }
 
@@ -150,6 +140,27 @@ impl LiveFeed {
                     alerts.extend(self.engine.apply(&ev));
                 }
             }
+            // A contended sleeping lock past the wait threshold: its end will be streamed.
+            if st.lock != 0
+                && now_ns.saturating_sub(st.lock_since_ns) >= self.wait_threshold_ns
+                && !matches!(
+                    self.engine.model().task(*tid).and_then(|t| t.blocked.as_ref()),
+                    Some(Blocked::KernelLock { lock, .. }) if lock.0 == st.lock
+                )
+            {
+                if let Ok(lock_type) = crate::decode::lock_type_of(st.lock_type) {
+                    let ev = base(
+                        st.lock_since_ns,
+                        EventKind::LockWaitBegin {
+                            lock: Addr(st.lock),
+                            lock_type,
+                            owner_tid: (st.lock_owner != 0).then_some(st.lock_owner),
+                            mm: None,
+                        },
+                    );
+                    alerts.extend(self.engine.apply(&ev));
+                }
+            }
             let mm = Addr(st.wait_mm);
             // Past the wait threshold the kernel will stream this attempt's end.
             if st.wait_mm != 0
@@ -167,7 +178,41 @@ impl LiveFeed {
                 alerts.extend(self.engine.apply(&ev));
             }
         }
+        alerts.extend(self.uffd_waits_ended(now_ns));
         alerts.extend(self.engine.advance_to(now_ns));
+        alerts
+    }
+
+    /// A signal, not a handler, can end a userfaultfd wait, and then no wake-up marks its end:
+    /// ask the scheduler (`wchan`) whether each such waiter still sleeps in handle_userfault.
+    fn uffd_waits_ended(&mut self, now_ns: u64) -> Vec<Alert> {
+        let ended: Vec<(u32, u32, Addr)> = self
+            .engine
+            .model()
+            .blocked
+            .iter()
+            .filter_map(|&tid| {
+                let t = self.engine.model().task(tid)?;
+                match t.blocked {
+                    Some(Blocked::Uffd { uffd, .. }) => Some((tid, t.pid, uffd)),
+                    _ => None,
+                }
+            })
+            .filter(|(tid, _, _)| {
+                std::fs::read_to_string(format!("/proc/{tid}/wchan"))
+                    .is_ok_and(|w| w.trim() != "handle_userfault")
+            })
+            .collect();
+        let mut alerts = Vec::new();
+        for (tid, pid, uffd) in ended {
+            alerts.extend(self.engine.apply(&Event {
+                ts_ns: now_ns,
+                tid,
+                pid,
+                comm: None,
+                kind: EventKind::UffdWaitEnd { uffd },
+            }));
+        }
         alerts
     }
 }
@@ -242,6 +287,17 @@ mod tests {
             },
             reasons: Reasons(reason::SLOW_WAIT),
             since_ns: Some(10 * MS),
+            implied: Some(Event {
+                ts_ns: 10 * MS,
+                tid: 5,
+                pid: 5,
+                comm: None,
+                kind: EventKind::MmapLockStart {
+                    mm: Addr(0xa),
+                    mode: LockMode::Write,
+                    mm_pid: None,
+                },
+            }),
         };
         feed.on_record(&d);
         assert_eq!(

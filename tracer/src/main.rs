@@ -49,6 +49,9 @@ struct ProbeArgs {
     /// Tasks tracked at once in the kernel (per-task state map size).
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(64..=4_194_304), env = "FAULTLINE_MAX_TASKS")]
     max_tasks: u32,
+    /// Trace only mmap_lock: skip lock contention, page faults and userfaultfd.
+    #[arg(long, env = "FAULTLINE_MMAP_LOCK_ONLY")]
+    mmap_lock_only: bool,
 }
 
 impl ProbeArgs {
@@ -59,6 +62,7 @@ impl ProbeArgs {
             wait_threshold: self.wait_threshold,
             hold_threshold: self.hold_threshold,
             max_tasks: self.max_tasks,
+            extras: !self.mmap_lock_only,
         }
     }
 }

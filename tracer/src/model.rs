@@ -293,6 +293,7 @@ impl Model {
                 lock,
                 lock_type,
                 owner_tid,
+                ..
             } => {
                 let nested_in_mmap =
                     matches!(

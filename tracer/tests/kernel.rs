@@ -28,8 +28,17 @@ fn every_program_passes_the_verifier_in_both_attach_modes() {
         })
         .unwrap_or_else(|e| panic!("loading in {mode:?} mode: {e}"));
         assert_eq!(probes.attached(), expect);
+        // The optional programs (contention, faults, userfaultfd) load and attach here too.
+        assert_eq!(probes.features().len(), 4, "{:?}", probes.features());
+        for (feature, result) in probes.features() {
+            assert!(result.is_ok(), "{}: {result:?}", feature.name());
+        }
     }
-    assert_eq!(program_names().count(), 8);
+    assert_eq!(
+        program_names().count(),
+        17,
+        "every program of the object is covered"
+    );
 }
 
 #[test]

@@ -165,6 +165,7 @@ fn the_driver_mutex_seed_closes_a_cycle_through_a_mutex_owner() {
             lock: MUTEX,
             lock_type: LockType::Mutex,
             owner_tid: Some(1),
+            mm: None,
         },
     );
     t.at(5).start(3, 1, MM_A, Write, None);
@@ -330,6 +331,7 @@ fn healthy_traces_with_every_tricky_semantic_raise_nothing() {
             lock: Addr(0xb8),
             lock_type: LockType::RwsemWrite,
             owner_tid: None,
+            mm: None,
         },
     );
     t.at(12).release(13, 1, MM_B, Read);
@@ -434,7 +436,8 @@ fn arb_event() -> impl Strategy<Value = (u64, u32, EventKind)> {
         (tid.clone()).prop_map(|o| EventKind::LockWaitBegin {
             lock: MUTEX,
             lock_type: LockType::Mutex,
-            owner_tid: Some(o)
+            owner_tid: Some(o),
+            mm: None,
         }),
         Just(EventKind::LockWaitEnd {
             lock: MUTEX,

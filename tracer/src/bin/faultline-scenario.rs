@@ -57,6 +57,31 @@ enum Scenario {
     FaultIn {
         #[arg(long, default_value_t = 65536)]
         pages: u32,
+        /// Stay alive this long after reporting (per-process counters vanish at exit).
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
+    },
+    /// Two threads write one tmpfs file: the second blocks on the inode's rwsem, owned by the
+    /// first (a kernel lock user space can reach).
+    FileWriters {
+        /// Size of each write; the first writer holds the inode lock for the whole copy.
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+    },
+    /// A userfaultfd whose monitor (another process) delays its answer: the faulting thread
+    /// waits in handle_userfault, then the monitor resolves the fault with UFFDIO_COPY, and
+    /// finally retries the COPY onto the now-populated page (fails with EEXIST).
+    UffdStall {
+        #[arg(long, default_value_t = 300)]
+        delay_ms: u64,
+    },
+    /// read() from /dev/zero into N fresh pages: N kernel-mode faults, each under mmap_lock.
+    KernelFaults {
+        #[arg(long, default_value_t = 4096)]
+        pages: u32,
+        /// Stay alive this long after reporting (per-process counters vanish at exit).
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
     },
     /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
     ForeignRead {
@@ -300,7 +325,18 @@ fn mprotect_loop(count: u32) -> Result<()> {
     Ok(())
 }
 
-fn fault_in(pages: u32) -> Result<()> {
+/// Prints the report, then stays alive `linger_ms` so observers can read per-process state.
+fn report_and_linger(report: &impl Serialize, linger_ms: u64) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(report)?)?;
+    out.flush()?;
+    drop(out);
+    libc_sleep_ms(linger_ms.min(60_000));
+    Ok(())
+}
+
+fn fault_in(pages: u32, linger_ms: u64) -> Result<()> {
     let len = pages as usize * 4096;
     let region = Mapping::new(len)?;
     // Small pages: one fault per page, the path the budget is about.
@@ -322,8 +358,290 @@ fn fault_in(pages: u32) -> Result<()> {
         end_ns,
         target_pid: None,
     };
+    report_and_linger(&report, linger_ms)
+}
+
+#[derive(Serialize)]
+struct WritersReport {
+    scenario: &'static str,
+    pid: u32,
+    holder: Span,
+    waiter: Span,
+}
+
+fn file_writers(mib: usize) -> Result<()> {
+    let path = format!("/dev/shm/faultline-scenario-{}", std::process::id());
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| path.clone())?,
+    );
+    let result = (|| -> Result<WritersReport> {
+        let big = Arc::new(vec![0x5au8; mib << 20]);
+        // Fault the source in first, so the write's time is the copy under the inode lock.
+        let started = Arc::new(AtomicU64::new(0));
+        let barrier = Arc::new(Barrier::new(2));
+        let holder = {
+            let (file, big, started, barrier) =
+                (file.clone(), big.clone(), started.clone(), barrier.clone());
+            thread::spawn(move || -> Result<Span> {
+                use std::os::unix::fs::FileExt;
+                let tid = gettid();
+                barrier.wait();
+                let start_ns = now_ns();
+                started.store(start_ns, Ordering::SeqCst);
+                file.write_all_at(&big, 0).context("holder write")?;
+                Ok(Span {
+                    tid,
+                    start_ns,
+                    end_ns: now_ns(),
+                })
+            })
+        };
+        let waiter = {
+            let (file, started, barrier) = (file.clone(), started.clone(), barrier.clone());
+            thread::spawn(move || -> Result<Span> {
+                use std::os::unix::fs::FileExt;
+                let tid = gettid();
+                barrier.wait();
+                while started.load(Ordering::SeqCst) == 0 {
+                    thread::yield_now();
+                }
+                thread::sleep(Duration::from_millis(10));
+                let start_ns = now_ns();
+                file.write_all_at(b"x", 0).context("waiter write")?;
+                Ok(Span {
+                    tid,
+                    start_ns,
+                    end_ns: now_ns(),
+                })
+            })
+        };
+        let holder = holder
+            .join()
+            .map_err(|_| anyhow::anyhow!("holder panicked"))??;
+        let waiter = waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+        Ok(WritersReport {
+            scenario: "file-writers",
+            pid: std::process::id(),
+            holder,
+            waiter,
+        })
+    })();
+    let _ = std::fs::remove_file(&path);
+    println!("{}", serde_json::to_string(&result?)?);
+    Ok(())
+}
+
+// userfaultfd ABI (linux/userfaultfd.h), x86_64.
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[derive(Serialize)]
+struct UffdReport {
+    scenario: &'static str,
+    pid: u32,
+    faulter: Span,
+    fault_addr: u64,
+    monitor_pid: u32,
+    monitor_tid: u32,
+    /// When the monitor issued the resolving UFFDIO_COPY, and what it and the retry returned.
+    copy_ns: u64,
+    copy_ret: i64,
+    retry_ret: i64,
+}
+
+fn uffd_ioctl<T>(fd: i32, req: libc::c_ulong, arg: &mut T) -> i64 {
+    // SAFETY: `arg` is the struct this request takes.
+    let r = unsafe { libc::ioctl(fd, req, arg as *mut T) };
+    if r < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+    } else {
+        r as i64
+    }
+}
+
+fn uffd_stall(delay_ms: u64) -> Result<()> {
+    // SAFETY: plain syscall; O_CLOEXEC only.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
+    if fd < 0 {
+        bail!("userfaultfd: {}", std::io::Error::last_os_error());
+    }
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    if uffd_ioctl(fd, UFFDIO_API, &mut api) < 0 {
+        bail!("UFFDIO_API: {}", std::io::Error::last_os_error());
+    }
+    let region = Mapping::new(4096)?;
+    let mut reg = UffdioRegister {
+        start: region.addr as u64,
+        len: 4096,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    if uffd_ioctl(fd, UFFDIO_REGISTER, &mut reg) < 0 {
+        bail!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error());
+    }
+    // The monitor is another process: its UFFDIO_COPY takes this process's mmap_lock.
+    let (mut rd, mut wr) = (0, 0);
+    let mut pipe = [0i32; 2];
+    // SAFETY: valid array for pipe2.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    std::mem::swap(&mut rd, &mut pipe[0]);
+    std::mem::swap(&mut wr, &mut pipe[1]);
+    let dst = region.addr as u64;
+    // SAFETY: the child only sleeps, issues ioctls and writes to a pipe, then exits.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::close(rd);
+        }
+        let src = [0x42u8; 4096];
+        libc_sleep_ms(delay_ms);
+        let copy_ns = now_ns();
+        let mut copy = UffdioCopy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: 4096,
+            mode: 0,
+            copy: 0,
+        };
+        let copy_ret = uffd_ioctl(fd, UFFDIO_COPY, &mut copy);
+        let mut again = UffdioCopy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: 4096,
+            mode: 0,
+            copy: 0,
+        };
+        let retry_ret = uffd_ioctl(fd, UFFDIO_COPY, &mut again);
+        let msg = [gettid() as i64, copy_ns as i64, copy_ret, retry_ret];
+        // SAFETY: writing our own array to the pipe.
+        unsafe {
+            libc::write(wr, msg.as_ptr().cast(), std::mem::size_of_val(&msg));
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(wr) };
+    let faulter = {
+        let addr = region.addr as usize;
+        thread::spawn(move || -> Span {
+            let tid = gettid();
+            let start_ns = now_ns();
+            // SAFETY: a registered page of our own mapping: the read blocks until resolved.
+            let v = unsafe { (addr as *const u8).read_volatile() };
+            assert_eq!(v, 0x42, "the page holds what the monitor copied");
+            Span {
+                tid,
+                start_ns,
+                end_ns: now_ns(),
+            }
+        })
+    };
+    let faulter = faulter
+        .join()
+        .map_err(|_| anyhow::anyhow!("faulter panicked"))?;
+    let mut msg = [0i64; 4];
+    // SAFETY: reading into our own array.
+    let n = unsafe { libc::read(rd, msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
+    // SAFETY: our own child and fds.
+    unsafe {
+        libc::waitpid(child, ptr::null_mut(), 0);
+        libc::close(rd);
+        libc::close(fd);
+    }
+    if n != std::mem::size_of_val(&msg) as isize {
+        bail!("the monitor did not report");
+    }
+    let report = UffdReport {
+        scenario: "uffd-stall",
+        pid: std::process::id(),
+        faulter,
+        fault_addr: dst,
+        monitor_pid: child as u32,
+        monitor_tid: msg[0] as u32,
+        copy_ns: msg[1] as u64,
+        copy_ret: msg[2],
+        retry_ret: msg[3],
+    };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+fn libc_sleep_ms(ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: valid timespec; an early return only shortens a test delay.
+    unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+}
+
+fn kernel_faults(pages: u32, linger_ms: u64) -> Result<()> {
+    let len = pages as usize * 4096;
+    let region = Mapping::new(len)?;
+    let _ = region.madvise(libc::MADV_NOHUGEPAGE);
+    let zero = std::fs::File::open("/dev/zero").context("/dev/zero")?;
+    let start_ns = now_ns();
+    // SAFETY: reading into our own writable mapping; every page faults in kernel mode.
+    let n = unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&zero), region.addr, len) };
+    let end_ns = now_ns();
+    if n != len as isize {
+        bail!("read /dev/zero: {}", std::io::Error::last_os_error());
+    }
+    let report = LoopReport {
+        scenario: "kernel-faults",
+        pid: std::process::id(),
+        tid: gettid(),
+        count: pages,
+        start_ns,
+        end_ns,
+        target_pid: None,
+    };
+    report_and_linger(&report, linger_ms)
 }
 
 fn foreign_read(count: u32) -> Result<()> {
@@ -389,7 +707,10 @@ fn main() {
         } => rwr(hold_mib, writer_delay_ms, reader_delay_ms),
         Scenario::MprotectLoop { count } => mprotect_loop(count),
         Scenario::ForeignRead { count } => foreign_read(count),
-        Scenario::FaultIn { pages } => fault_in(pages),
+        Scenario::FaultIn { pages, linger_ms } => fault_in(pages, linger_ms),
+        Scenario::FileWriters { mib } => file_writers(mib),
+        Scenario::UffdStall { delay_ms } => uffd_stall(delay_ms),
+        Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
     };
     if let Err(e) = result {
         eprintln!("faultline-scenario: error: {e:#}");

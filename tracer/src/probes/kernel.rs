@@ -89,14 +89,66 @@ impl KernelBtf {
     }
 
     /// The offsets the programs use; a missing one stays 0 and disables only what needs it.
+    /// (`mutex.owner` is legitimately 0: it is the struct's first member.)
     pub fn offsets(&self) -> KernelOffsets {
+        let off = |s: &str, f: &str| self.member_offset(s, f).unwrap_or(0);
+        let (huf_start, huf_end) = kallsyms_range("handle_userfault").unwrap_or((0, 0));
         KernelOffsets {
-            task_mm: self.member_offset("task_struct", "mm").unwrap_or(0),
-            task_tgid: self.member_offset("task_struct", "tgid").unwrap_or(0),
-            mm_owner: self.member_offset("mm_struct", "owner").unwrap_or(0),
-            _pad: 0,
+            task_mm: off("task_struct", "mm"),
+            task_tgid: off("task_struct", "tgid"),
+            mm_owner: off("mm_struct", "owner"),
+            task_pid: off("task_struct", "pid"),
+            mutex_owner: off("mutex", "owner"),
+            rwsem_owner: off("rw_semaphore", "owner"),
+            mm_mmap_lock: off("mm_struct", "mmap_lock"),
+            task_files: off("task_struct", "files"),
+            files_fdt: off("files_struct", "fdt"),
+            fdt_fd: off("fdtable", "fd"),
+            file_private: off("file", "private_data"),
+            uffd_ctx_mm: off("userfaultfd_ctx", "mm"),
+            handle_userfault_start: huf_start,
+            handle_userfault_end: huf_end,
         }
     }
+}
+
+/// The text range `[start, end)` of kernel function `name`, from /proc/kallsyms (root sees real
+/// addresses; others see zeros, which yields `None`). The end is the next symbol's address.
+pub fn kallsyms_range(name: &str) -> Option<(u64, u64)> {
+    let text = fs::read_to_string("/proc/kallsyms").ok()?;
+    let mut start = None;
+    let mut addrs: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(sym)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        if sym == name && parts.next().is_none() {
+            start = Some(addr);
+        }
+        addrs.push(addr);
+    }
+    let start = start.filter(|&a| a != 0)?;
+    let end = addrs.into_iter().filter(|&a| a > start).min()?;
+    Some((start, end))
+}
+
+/// The `sys_enter_ioctl` / `sys_exit_ioctl` layouts (the exit layout is shared by every syscall).
+pub fn syscall_layout(root: &Path) -> Result<tracer_common::SyscallLayout, KernelError> {
+    let enter = tracepoint_field_offsets(root, "syscalls", "sys_enter_ioctl", &["fd", "cmd"])?;
+    let exit = tracepoint_field_offsets(root, "syscalls", "sys_exit_ioctl", &["ret"])?;
+    Ok(tracer_common::SyscallLayout {
+        ioctl_fd: enter[0],
+        ioctl_cmd: enter[1],
+        exit_ret: exit[0],
+        _pad: 0,
+    })
 }
 
 const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];

@@ -8,13 +8,13 @@ pub mod kernel;
 use std::{fmt, io, time::Duration};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    config_flags, Config, Counter, KernelOffsets, TaskState, COUNTER_COUNT, HIST_BUCKETS,
-    HIST_COUNT,
+    config_flags, Config, Counter, KernelOffsets, ProcFaults, TaskState, COUNTER_COUNT,
+    HIST_BUCKETS, HIST_COUNT,
 };
 
 use self::kernel::{KernelBtf, KernelError};
@@ -58,9 +58,97 @@ const PROGRAMS: [ProgramSpec; 4] = [
     },
 ];
 
+/// Where an optional program attaches.
+enum Hook {
+    Btf(&'static str),
+    Tracepoint(&'static str, &'static str),
+}
+
+/// Programs beyond `mmap_lock`: each feature works when its programs attach, and is reported
+/// (never required) when they do not.
+const OPTIONAL: [(&str, Hook, Feature); 9] = [
+    (
+        "contention_begin_btf",
+        Hook::Btf("contention_begin"),
+        Feature::LockContention,
+    ),
+    (
+        "contention_end_btf",
+        Hook::Btf("contention_end"),
+        Feature::LockContention,
+    ),
+    (
+        "page_fault_user_btf",
+        Hook::Btf("page_fault_user"),
+        Feature::PageFaults,
+    ),
+    (
+        "page_fault_kernel_btf",
+        Hook::Btf("page_fault_kernel"),
+        Feature::PageFaults,
+    ),
+    (
+        "sched_switch_btf",
+        Hook::Btf("sched_switch"),
+        Feature::UffdWaits,
+    ),
+    (
+        "sched_waking_btf",
+        Hook::Btf("sched_waking"),
+        Feature::UffdWaits,
+    ),
+    (
+        "sys_enter_ioctl_tp",
+        Hook::Tracepoint("syscalls", "sys_enter_ioctl"),
+        Feature::UffdIoctls,
+    ),
+    (
+        "sys_exit_ioctl_tp",
+        Hook::Tracepoint("syscalls", "sys_exit_ioctl"),
+        Feature::UffdIoctls,
+    ),
+    (
+        "sys_exit_userfaultfd_tp",
+        Hook::Tracepoint("syscalls", "sys_exit_userfaultfd"),
+        Feature::UffdIoctls,
+    ),
+];
+
+/// What the optional programs give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    LockContention,
+    PageFaults,
+    UffdWaits,
+    UffdIoctls,
+}
+
+impl Feature {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LockContention => "lock contention (mutex/rwsem waits and owners)",
+            Self::PageFaults => "page faults (per-process counts, faults under lock)",
+            Self::UffdWaits => "userfaultfd waits (handle_userfault sleeps and wake-ups)",
+            Self::UffdIoctls => "userfaultfd ioctls (handlers, latency, errors)",
+        }
+    }
+
+    pub fn without(self) -> &'static str {
+        match self {
+            Self::LockContention => "no mutex/rwsem edges: the graph covers mmap_lock only",
+            Self::PageFaults => "no fault counts and no fault-under-lock evidence",
+            Self::UffdWaits => "tasks stuck on a userfaultfd are not seen waiting",
+            Self::UffdIoctls => "userfaultfd handlers are not named",
+        }
+    }
+}
+
 /// Every program name in the object, for the verifier test and `check`.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
-    PROGRAMS.iter().flat_map(|p| [p.btf_program, p.tp_program])
+    PROGRAMS
+        .iter()
+        .flat_map(|p| [p.btf_program, p.tp_program])
+        .chain(OPTIONAL.iter().map(|(p, _, _)| *p))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +205,8 @@ pub struct ProbeOptions {
     pub hold_threshold: Duration,
     /// Capacity of the per-task state map.
     pub max_tasks: u32,
+    /// Attach the programs beyond mmap_lock (contention, faults, userfaultfd).
+    pub extras: bool,
 }
 
 impl Default for ProbeOptions {
@@ -127,6 +217,7 @@ impl Default for ProbeOptions {
             wait_threshold: Duration::from_millis(1),
             hold_threshold: Duration::from_millis(100),
             max_tasks: 32768,
+            extras: true,
         }
     }
 }
@@ -137,6 +228,8 @@ pub struct Probes {
     attached: Attached,
     offsets: KernelOffsets,
     max_tasks: u32,
+    /// Each optional feature and, when it did not attach, why.
+    features: Vec<(Feature, Result<(), String>)>,
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -182,10 +275,13 @@ impl Probes {
                 .map_err(Some),
         };
         let layout_value = layout.as_ref().copied().unwrap_or_default();
+        let syscalls = kernel::tracefs_root().and_then(|root| kernel::syscall_layout(&root));
+        let syscall_value = syscalls.as_ref().copied().unwrap_or_default();
 
         let ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("TP_LAYOUT", &layout_value, true)
+            .override_global("SYSCALL_LAYOUT", &syscall_value, true)
             .map_max_entries("TASK_STATE", opts.max_tasks)
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -201,6 +297,7 @@ impl Probes {
             attached: Attached::Btf,
             offsets,
             max_tasks: opts.max_tasks,
+            features: Vec::new(),
         };
         probes.set_config(&config_for(opts))?;
 
@@ -210,7 +307,7 @@ impl Probes {
             }
             _ => probes.attach_btf(),
         };
-        match btf_result {
+        let probes = match btf_result {
             Ok(()) => Ok(probes),
             Err(ProbeError::Privileges) => Err(ProbeError::Privileges),
             Err(btf_err) if opts.attach != AttachMode::Btf => {
@@ -240,7 +337,74 @@ impl Probes {
                 }
             }
             Err(e) => Err(e),
+        };
+        let mut probes = probes?;
+        if opts.extras {
+            probes.attach_optional(syscalls.map_err(|e| e.to_string()));
         }
+        Ok(probes)
+    }
+
+    /// Attaches the optional programs; a feature any of whose programs fails is reported with
+    /// the first reason, and the rest of its programs are unloaded.
+    fn attach_optional(&mut self, syscalls: Result<tracer_common::SyscallLayout, String>) {
+        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
+        let mut failed: std::collections::BTreeMap<Feature, String> = Default::default();
+        for (name, hook, feature) in &OPTIONAL {
+            if failed.contains_key(feature) {
+                continue;
+            }
+            let result = (|| -> Result<(), String> {
+                let prog = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("program {name} missing"))?;
+                match hook {
+                    Hook::Btf(tp) => {
+                        let btf = btf.as_ref().map_err(Clone::clone)?;
+                        let p: &mut BtfTracePoint =
+                            prog.try_into().map_err(|e: ProgramError| e.to_string())?;
+                        p.load(tp, btf)
+                            .map_err(|e| format!("{e}{}", verifier_log(&e)))?;
+                        p.attach().map_err(|e| e.to_string())?;
+                    }
+                    Hook::Tracepoint(cat, tp) => {
+                        syscalls.as_ref().map_err(Clone::clone)?;
+                        let p: &mut TracePoint =
+                            prog.try_into().map_err(|e: ProgramError| e.to_string())?;
+                        p.load().map_err(|e| format!("{e}{}", verifier_log(&e)))?;
+                        p.attach(cat, tp).map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                log::warn!("{} unavailable: {e}; {}", feature.name(), feature.without());
+                failed.insert(*feature, format!("{name}: {e}"));
+            }
+        }
+        for (name, _, feature) in &OPTIONAL {
+            if failed.contains_key(feature) {
+                if let Some(prog) = self.ebpf.program_mut(name) {
+                    let _ = match prog {
+                        aya::programs::Program::BtfTracePoint(p) => p.unload(),
+                        aya::programs::Program::TracePoint(p) => p.unload(),
+                        _ => Ok(()),
+                    };
+                }
+            }
+        }
+        let mut all: Vec<Feature> = OPTIONAL.iter().map(|(_, _, f)| *f).collect();
+        all.dedup();
+        self.features = all
+            .into_iter()
+            .map(|f| (f, failed.get(&f).map_or(Ok(()), |e| Err(e.clone()))))
+            .collect();
+    }
+
+    /// The optional features and whether each attached.
+    pub fn features(&self) -> &[(Feature, Result<(), String>)] {
+        &self.features
     }
 
     fn program_error(program: &str, e: ProgramError) -> ProbeError {
@@ -368,6 +532,39 @@ impl Probes {
                 message: e.to_string(),
             })?;
         Ok(states.iter().filter_map(Result::ok).collect())
+    }
+
+    /// userfaultfd ioctl errors summed over CPUs, indexed `op * ERRNO_BUCKETS + errno bucket`.
+    pub fn uffd_errors(&self) -> Result<Vec<u64>, ProbeError> {
+        self.per_cpu_sums("UFFD_ERRORS", tracer_common::UFFD_ERROR_SLOTS)
+    }
+
+    /// Per-process page-fault counters summed over CPUs: (tgid, counters).
+    pub fn proc_faults(&self) -> Result<Vec<(u32, ProcFaults)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("PROC_FAULTS")
+            .ok_or(ProbeError::MissingMap("PROC_FAULTS"))?;
+        let faults: PerCpuHashMap<_, u32, ProcFaults> =
+            PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map {
+                map: "PROC_FAULTS",
+                message: e.to_string(),
+            })?;
+        Ok(faults
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(tgid, per_cpu)| {
+                let sum = per_cpu
+                    .iter()
+                    .fold(ProcFaults::default(), |a, c| ProcFaults {
+                        user: a.user + c.user,
+                        kernel: a.kernel + c.kernel,
+                        under_lock: a.under_lock + c.under_lock,
+                        mmap_lock: a.mmap_lock + c.mmap_lock,
+                    });
+                (tgid, sum)
+            })
+            .collect())
     }
 
     /// Capacity of the per-task state map.

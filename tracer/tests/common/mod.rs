@@ -183,3 +183,20 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .expect("status code");
     (status, body.to_owned())
 }
+
+/// Starts a scenario that reports and then lingers; returns it running with its report.
+pub fn scenario_lingering(args: &[&str]) -> (Child, serde_json::Value) {
+    let mut child = Command::new(SCENARIO)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run faultline-scenario");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("scenario report line");
+    let report = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("scenario {args:?} report {line:?}: {e}"));
+    (child, report)
+}

@@ -1,0 +1,280 @@
+//! Lock contention, page faults and userfaultfd against the real kernel, with bounded
+//! workloads from `faultline-scenario`. Run single-threaded, like tests/kernel.rs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http_get, require_root, scenario, scenario_lingering, u64_at, Faultline, Recording};
+use tracer::{
+    event::{Event, EventKind, LockMode, LockType, UffdOp},
+    probes::{ProbeOptions, Probes},
+};
+use tracer_common::uffd_op;
+
+#[test]
+fn a_contended_rwsem_names_its_owner() {
+    if !require_root("a_contended_rwsem_names_its_owner") {
+        return;
+    }
+    let rec = Recording::start(&[]);
+    let report = scenario(&["file-writers"]);
+    let events = rec.finish();
+    let holder = u64_at(&report, &["holder", "tid"]) as u32;
+    let waiter = u64_at(&report, &["waiter", "tid"]) as u32;
+    let begin = events
+        .iter()
+        .find(|e| {
+            e.tid == waiter
+                && matches!(
+                    e.kind,
+                    EventKind::LockWaitBegin {
+                        lock_type: LockType::RwsemWrite,
+                        ..
+                    }
+                )
+        })
+        .unwrap_or_else(|| panic!("no rwsem wait recorded for the second writer {waiter}"));
+    let EventKind::LockWaitBegin {
+        lock, owner_tid, ..
+    } = begin.kind
+    else {
+        unreachable!("matched above")
+    };
+    assert_eq!(owner_tid, Some(holder), "the owner is the first writer");
+    let end = events
+        .iter()
+        .find(|e| {
+            e.tid == waiter
+                && e.ts_ns >= begin.ts_ns
+                && matches!(e.kind, EventKind::LockWaitEnd { lock: l, ret: 0 } if l == lock)
+        })
+        .expect("the wait ends");
+    let holder_end = u64_at(&report, &["holder", "end_ns"]);
+    assert!(
+        (end.ts_ns - begin.ts_ns) * 10 >= (holder_end - begin.ts_ns) * 8,
+        "the waiter waited out most of the holder's write: {} ns of {} ns",
+        end.ts_ns - begin.ts_ns,
+        holder_end - begin.ts_ns
+    );
+}
+
+fn find<'a>(events: &'a [Event], what: &str, pred: impl Fn(&Event) -> bool) -> &'a Event {
+    events
+        .iter()
+        .find(|e| pred(e))
+        .unwrap_or_else(|| panic!("no {what} in the recording"))
+}
+
+#[test]
+fn a_delayed_userfaultfd_monitor_is_seen_waiting_resolving_and_failing() {
+    if !require_root("a_delayed_userfaultfd_monitor_is_seen_waiting_resolving_and_failing") {
+        return;
+    }
+    let rec = Recording::start(&[]);
+    let report = scenario(&["uffd-stall", "--delay-ms", "300"]);
+    let events = rec.finish();
+    let pid = u64_at(&report, &["pid"]) as u32;
+    let faulter = u64_at(&report, &["faulter", "tid"]) as u32;
+    let monitor = u64_at(&report, &["monitor_tid"]) as u32;
+    let fault_addr = u64_at(&report, &["fault_addr"]);
+    assert_eq!(report["copy_ret"], 0);
+    assert_eq!(
+        report["retry_ret"], -17,
+        "the second COPY hits a populated page"
+    );
+
+    let copy = find(&events, "COPY by the monitor", |e| {
+        e.tid == monitor
+            && matches!(
+                e.kind,
+                EventKind::UffdIoctlBegin {
+                    op: UffdOp::Copy,
+                    ..
+                }
+            )
+    });
+    let EventKind::UffdIoctlBegin { uffd: ctx, .. } = copy.kind else {
+        unreachable!("matched above")
+    };
+    let wait = find(&events, "uffd wait of the faulting thread", |e| {
+        e.tid == faulter && matches!(e.kind, EventKind::UffdWaitBegin { .. })
+    });
+    let EventKind::UffdWaitBegin { uffd, addr } = wait.kind else {
+        unreachable!("matched above")
+    };
+    assert_eq!(uffd, ctx, "the wait names the context the monitor serves");
+    assert_eq!(addr.0 & !0xfff, fault_addr, "and the faulting page");
+    let end = find(&events, "end of the uffd wait", |e| {
+        e.tid == faulter
+            && e.ts_ns > wait.ts_ns
+            && matches!(e.kind, EventKind::UffdWaitEnd { uffd: u } if u == ctx)
+    });
+    assert!(
+        end.ts_ns - wait.ts_ns >= 270_000_000,
+        "the fault waited for the monitor's 300 ms delay: {} ns",
+        end.ts_ns - wait.ts_ns
+    );
+    let copy_end = find(&events, "end of the COPY", |e| {
+        e.tid == monitor
+            && matches!(
+                e.kind,
+                EventKind::UffdIoctlEnd {
+                    op: UffdOp::Copy,
+                    ret: 0,
+                    ..
+                }
+            )
+    });
+    assert!(
+        copy_end.ts_ns > copy.ts_ns && end.ts_ns >= copy.ts_ns,
+        "the COPY woke the faulter"
+    );
+    // UFFDIO_COPY from the monitor's process takes the faulting process's mmap_lock.
+    let cross = events.iter().any(|e| {
+        e.tid == monitor
+            && e.ts_ns >= copy.ts_ns
+            && e.ts_ns <= copy_end.ts_ns
+            && matches!(e.kind, EventKind::MmapLockAcquire { mm_pid: Some(p), mode: LockMode::Read, success: true, .. } if p == pid)
+    });
+    assert!(
+        cross,
+        "the COPY holds pid {pid}'s mmap_lock from the monitor's process"
+    );
+    let failed = find(&events, "the failed COPY", |e| {
+        e.tid == monitor
+            && matches!(
+                e.kind,
+                EventKind::UffdIoctlEnd {
+                    op: UffdOp::Copy,
+                    ret: -17,
+                    ..
+                }
+            )
+    });
+    assert!(failed.ts_ns > copy_end.ts_ns);
+}
+
+#[test]
+fn ioctl_errors_and_page_faults_are_counted_in_the_kernel() {
+    if !require_root("ioctl_errors_and_page_faults_are_counted_in_the_kernel") {
+        return;
+    }
+    let probes = Probes::load(&ProbeOptions::default()).expect("load probes");
+    let before = probes.uffd_errors().expect("uffd errors");
+    let uffd = scenario(&["uffd-stall", "--delay-ms", "20"]);
+    assert_eq!(uffd["retry_ret"], -17);
+    let after = probes.uffd_errors().expect("uffd errors");
+    let eexist = uffd_op::COPY as usize * uffd_op::ERRNO_BUCKETS as usize
+        + uffd_op::errno_bucket(-17) as usize;
+    assert!(after[eexist] > before[eexist], "UFFDIO_COPY EEXIST counted");
+
+    // Per-process counters are dropped when a process exits: read them while both linger.
+    let (mut user_proc, user) =
+        scenario_lingering(&["fault-in", "--pages", "20000", "--linger-ms", "3000"]);
+    let (mut kernel_proc, kernel) =
+        scenario_lingering(&["kernel-faults", "--pages", "2000", "--linger-ms", "3000"]);
+    let faults = probes.proc_faults().expect("per-process faults");
+    let _ = (
+        user_proc.kill(),
+        kernel_proc.kill(),
+        user_proc.wait(),
+        kernel_proc.wait(),
+    );
+    let of = |pid: u64| {
+        faults
+            .iter()
+            .find(|(tgid, _)| u64::from(*tgid) == pid)
+            .map(|(_, f)| *f)
+            .unwrap_or_else(|| panic!("no fault counters for pid {pid}"))
+    };
+    let u = of(u64_at(&user, &["pid"]));
+    assert!(u.user >= 20_000, "20000 fresh pages touched: {u:?}");
+    let k = of(u64_at(&kernel, &["pid"]));
+    assert!(
+        k.kernel >= 1800,
+        "read() into 2000 fresh pages faults in kernel mode: {k:?}"
+    );
+    assert!(
+        k.mmap_lock >= 1800,
+        "kernel-mode faults take mmap_lock: {k:?}"
+    );
+}
+
+#[test]
+fn the_agent_follows_a_lock_owner_and_a_userfaultfd_handler_live() {
+    if !require_root("the_agent_follows_a_lock_owner_and_a_userfaultfd_handler_live") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut agent = Faultline::start(
+        &[
+            "agent",
+            "--wait-threshold",
+            "1ms",
+            "--stall-threshold",
+            "40ms",
+            "--snapshot-interval",
+            "20ms",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.path().to_str().expect("utf-8"),
+        ],
+        "probes attached",
+    );
+    let started = agent.wait_for("API on http://", Duration::from_secs(1));
+    let addr = started
+        .split("API on http://")
+        .nth(1)
+        .and_then(|r| r.split([',', ' ']).next())
+        .expect("address")
+        .to_owned();
+    let writers = scenario(&["file-writers", "--mib", "512"]);
+    let uffd = scenario(&["uffd-stall", "--delay-ms", "400"]);
+    agent.wait_for("uffd_stall:", Duration::from_secs(5));
+
+    let (status, body) = http_get(&addr, "/api/alerts");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+    let alerts = doc["alerts"].as_array().expect("alerts");
+    let tids = |a: &serde_json::Value| -> Vec<u64> {
+        a["tids"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let (holder, waiter) = (
+        u64_at(&writers, &["holder", "tid"]),
+        u64_at(&writers, &["waiter", "tid"]),
+    );
+    let stall = alerts
+        .iter()
+        .find(|a| a["kind"] == "stall" && tids(a).first() == Some(&waiter))
+        .unwrap_or_else(|| panic!("no stall for the blocked writer {waiter}: {doc:#}"));
+    assert_eq!(
+        tids(stall),
+        vec![waiter, holder],
+        "the chain ends at the owner: {stall:#}"
+    );
+    assert!(
+        stall["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("rwsem_write")),
+        "{stall:#}"
+    );
+
+    let faulter = u64_at(&uffd, &["faulter", "tid"]);
+    let us = alerts
+        .iter()
+        .find(|a| a["kind"] == "uffd_stall" && tids(a).first() == Some(&faulter))
+        .unwrap_or_else(|| panic!("no uffd_stall for the faulting thread {faulter}: {doc:#}"));
+    assert!(
+        us["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("userfaultfd")),
+        "{us:#}"
+    );
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
