@@ -338,6 +338,15 @@ pub fn on_task_exit(group_dead: bool) {
     };
     if group_dead {
         let _ = crate::maps::PROC_FAULTS.remove(tgid);
+        // The mm dies with the group: a later mm at the same address must not inherit its
+        // userfaultfd context. (6.18 runs this tracepoint before exit_mm.)
+        let off = crate::maps::offsets();
+        if off.task_mm != 0 {
+            let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+            if let Some(mm) = crate::maps::read_at::<u64>(task, off.task_mm).filter(|&m| m != 0) {
+                let _ = crate::maps::UFFD_BY_MM.remove(mm);
+            }
+        }
     }
     crate::contention::forget_owner(tid);
     let had_state = TASK_STATE.get_ptr(tid).is_some();

@@ -109,51 +109,34 @@ pub fn run() -> Vec<Item> {
     if let Ok(btf) = &btf {
         let off = btf.offsets();
         items.push(item(
-            "offsets",
-            off.task_mm != 0 && off.task_tgid != 0,
+            "offsets (BTF)",
+            off.task_mm != 0 && off.task_tgid != 0 && off.task_pid != 0,
             format!(
-                "task_struct.mm={} task_struct.tgid={} mm_struct.owner={}",
-                off.task_mm, off.task_tgid, off.mm_owner
+                "task_struct.mm={} .tgid={} .pid={} .files={} mm_struct.owner={} .mmap_lock={} rw_semaphore.owner={} userfaultfd_ctx.mm={}",
+                off.task_mm, off.task_tgid, off.task_pid, off.task_files, off.mm_owner,
+                off.mm_mmap_lock, off.rwsem_owner, off.uffd_ctx_mm
             ),
-            "foreign mm owners (mm_pid) are not reported",
+            "foreign mm owners, lock owners or userfaultfd contexts are not reported",
         ));
-        let has_iter = btf.has_type("bpf_iter__task");
+        items.push(item(
+            "handle_userfault (kallsyms)",
+            off.handle_userfault_start != 0,
+            if off.handle_userfault_start != 0 {
+                format!(
+                    "{:#x}..{:#x}",
+                    off.handle_userfault_start, off.handle_userfault_end
+                )
+            } else {
+                "not found in /proc/kallsyms (needs root)".to_string()
+            },
+            "userfaultfd waits are not detected",
+        ));
         items.push(item(
             "iter/task",
-            has_iter,
+            btf.has_type("bpf_iter__task"),
             "bpf_iter__task in BTF",
-            "diagnose falls back to /proc",
+            "diagnose reads /proc only",
         ));
-        for (cat, name, without) in [
-            (
-                "lock",
-                "contention_begin",
-                "contention waits only through classic tracepoints",
-            ),
-            (
-                "lock",
-                "contention_end",
-                "contention waits only through classic tracepoints",
-            ),
-            (
-                "sched",
-                "sched_waking",
-                "wake-ups only through classic tracepoints",
-            ),
-            (
-                "exceptions",
-                "page_fault_kernel",
-                "kernel faults only through classic tracepoints",
-            ),
-        ] {
-            let t = format!("btf_trace_{name}");
-            items.push(item(
-                format!("tp_btf {cat}:{name}"),
-                btf.has_type(&t),
-                format!("{t} in BTF"),
-                without,
-            ));
-        }
     }
 
     for (mode, name, without) in [
@@ -170,6 +153,7 @@ pub fn run() -> Vec<Item> {
     ] {
         let r = Probes::load(&ProbeOptions {
             attach: mode,
+            extras: false,
             ..Default::default()
         });
         items.push(item(
@@ -181,6 +165,19 @@ pub fn run() -> Vec<Item> {
             },
             without,
         ));
+    }
+    if let Ok(p) = Probes::load(&ProbeOptions::default()) {
+        for (feature, result) in p.features() {
+            items.push(item(
+                format!("feature: {}", feature.name()),
+                result.is_ok(),
+                match result {
+                    Ok(()) => "attached".to_string(),
+                    Err(e) => e.clone(),
+                },
+                feature.without(),
+            ));
+        }
     }
 
     match kernel::tracefs_root() {
@@ -225,7 +222,7 @@ pub fn run() -> Vec<Item> {
 pub fn print_text(items: &[Item]) {
     for i in items {
         let mark = if i.available { "ok  " } else { "MISS" };
-        println!("{mark} {:<48} {}", i.name, i.detail);
+        println!("{mark} {:<62} {}", i.name, i.detail);
         if !i.available {
             println!("     without it: {}", i.without);
         }
