@@ -15,9 +15,9 @@ use crate::{
     decode::{DecodeError, Decoded},
     detect::Thresholds,
     event::EventKind,
-    http::{self, AgentState, Shared},
+    http::{self, AgentState, Shared, Telemetry},
     live::{monotonic_ns, LiveFeed},
-    probes::{ProbeOptions, Probes},
+    probes::{kernel::KernelBtf, ProbeOptions, Probes},
     stats::{self, Summary},
     stream::EventStream,
     views::GraphView,
@@ -131,9 +131,16 @@ fn raise_all(st: &mut AgentState, alerts: Vec<crate::detect::Alert>) {
     }
 }
 
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut probes = Probes::load(&opts.probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
+    let attached = probes.attached();
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
@@ -152,7 +159,20 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 .unwrap_or(u64::MAX),
         ),
         sink: AlertSink::new(opts.state_dir.clone(), opts.max_incidents)?,
+        probes,
+        btf: KernelBtf::load()?,
+        telemetry: Telemetry::default(),
+        kernel_release: kernel_release(),
     }));
+    // Per-program run time for the self-metrics: the kernel counts it only while someone holds
+    // this fd (cheaper than the global sysctl, and undone when the agent exits).
+    let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("BPF run-time statistics unavailable ({e}); faultline_probe_run_seconds_total stays 0");
+            None
+        }
+    };
     let local = listener.local_addr().context("listening address")?;
     let server = {
         let app = http::router(shared.clone());
@@ -160,13 +180,13 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     };
     log::info!(
         "faultline agent: probes attached ({}), API on http://{}, wait threshold {}, hold threshold {}, stall threshold {}",
-        probes.attached(),
+        attached,
         local,
         humantime::format_duration(opts.probes.wait_threshold),
         humantime::format_duration(opts.probes.hold_threshold),
         humantime::format_duration(opts.thresholds.stall),
     );
-    let mut last = stats::snapshot(&probes)?;
+    let mut last = stats::snapshot(&http::lock(&shared).probes)?;
     let mut summary_tick = tokio::time::interval(opts.summary_interval);
     summary_tick.tick().await;
     let mut snapshot_tick = tokio::time::interval(opts.snapshot_interval);
@@ -177,10 +197,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
     let on_record = |r: Result<Decoded, DecodeError>| {
-        if let Ok(d) = &r {
+        {
             let mut st = http::lock(&shared);
-            let alerts = st.feed.on_record(d);
-            raise_all(&mut st, alerts);
+            match &r {
+                Ok(d) => {
+                    st.telemetry.on_record(d);
+                    let alerts = st.feed.on_record(d);
+                    raise_all(&mut st, alerts);
+                }
+                Err(_) => st.telemetry.decode_errors += 1,
+            }
         }
         reporter.borrow_mut().handle(r);
     };
@@ -190,14 +216,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 r.context("reading the ring buffer")?;
             }
             _ = snapshot_tick.tick() => {
-                let states = probes.task_states()?;
-                let now = monotonic_ns();
                 let mut st = http::lock(&shared);
+                let states = st.probes.task_states()?;
+                let now = monotonic_ns();
                 let alerts = st.feed.on_snapshot(&states, now);
                 raise_all(&mut st, alerts);
             }
             _ = summary_tick.tick() => {
-                let now = stats::snapshot(&probes)?;
+                let now = stats::snapshot(&http::lock(&shared).probes)?;
                 let delta = now.since(&last);
                 log::info!("{}", Summary(&delta));
                 if delta.lost() > 0 {

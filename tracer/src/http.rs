@@ -1,16 +1,68 @@
 //! The agent's HTTP API: thin adapters over the engine's views.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+};
 
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Json, Router};
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
 use serde::Serialize;
 
-use crate::{alerts::AlertSink, detect::Alert, live::LiveFeed, views::GraphView};
+use crate::{
+    alerts::AlertSink,
+    decode::Decoded,
+    detect::Alert,
+    live::LiveFeed,
+    metrics::{self, MetricsInput},
+    model::Blocked,
+    probes::{kernel::KernelBtf, Probes},
+    stats,
+    views::GraphView,
+};
+
+/// Process names counted for slow waits; past this many distinct names, new ones count as
+/// "other" (label cardinality stays bounded whatever the host runs).
+const MAX_NAMES: usize = 4096;
+
+/// What the agent itself saw, for its metrics.
+#[derive(Default)]
+pub struct Telemetry {
+    pub events_received: u64,
+    pub decode_errors: u64,
+    pub slow_waits_by_process: HashMap<String, u64>,
+}
+
+impl Telemetry {
+    pub fn on_record(&mut self, d: &Decoded) {
+        self.events_received += 1;
+        if d.reasons.slow_wait() {
+            let name = d.event.comm.clone().unwrap_or_else(|| "?".into());
+            let key = if self.slow_waits_by_process.len() < MAX_NAMES
+                || self.slow_waits_by_process.contains_key(&name)
+            {
+                name
+            } else {
+                "other".into()
+            };
+            *self.slow_waits_by_process.entry(key).or_default() += 1;
+        }
+    }
+}
 
 /// What the agent's tasks share. Locked briefly, never across an `.await`.
 pub struct AgentState {
     pub feed: LiveFeed,
     pub sink: AlertSink,
+    pub probes: Probes,
+    pub btf: KernelBtf,
+    pub telemetry: Telemetry,
+    pub kernel_release: String,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -52,6 +104,92 @@ async fn alerts(State(shared): State<Shared>) -> Json<AlertsDoc> {
     })
 }
 
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Names only the processes that can make the top N: the rest are "other" without a /proc read.
+const NAMED_PROCESSES: usize = 3 * metrics::TOP_PROCESSES;
+
+fn metrics_input(st: &AgentState) -> Result<MetricsInput, String> {
+    let snap = stats::snapshot(&st.probes).map_err(|e| e.to_string())?;
+    let mut faults = st.probes.proc_faults().map_err(|e| e.to_string())?;
+    let proc_fault_entries = faults.len();
+    faults.sort_by_key(|(_, f)| std::cmp::Reverse(f.user + f.kernel));
+    let proc_faults = faults
+        .into_iter()
+        .enumerate()
+        .map(|(i, (pid, f))| {
+            let name = if i < NAMED_PROCESSES {
+                comm_of(pid)
+            } else {
+                "other".into()
+            };
+            (name, f)
+        })
+        .collect();
+    let mut blocked: BTreeMap<&'static str, u64> = ["mmap_lock", "kernel_lock", "uffd"]
+        .iter()
+        .map(|k| (*k, 0))
+        .collect();
+    let model = st.feed.engine().model();
+    for tid in &model.blocked {
+        let kind = match model.task(*tid).and_then(|t| t.blocked.as_ref()) {
+            Some(Blocked::MmapLock { .. }) => "mmap_lock",
+            Some(Blocked::KernelLock { .. }) => "kernel_lock",
+            Some(Blocked::Uffd { .. }) => "uffd",
+            None => continue,
+        };
+        *blocked.entry(kind).or_default() += 1;
+    }
+    Ok(MetricsInput {
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: st.kernel_release.clone(),
+        counters: snap.counters.0.clone(),
+        hists: snap.hists.clone(),
+        uffd_errors: st.probes.uffd_errors().map_err(|e| e.to_string())?,
+        proc_faults,
+        slow_waits_by_process: st
+            .telemetry
+            .slow_waits_by_process
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        task_entries: st.probes.task_states().map(|t| t.len()).unwrap_or(0),
+        task_capacity: st.probes.max_tasks(),
+        proc_fault_entries,
+        programs: st.probes.program_stats(&st.btf),
+        alerts: st.sink.counts().clone(),
+        blocked,
+        events_received: st.telemetry.events_received,
+        decode_errors: st.telemetry.decode_errors,
+    })
+}
+
+async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
+    let rendered = {
+        let st = lock(&shared);
+        metrics_input(&st).and_then(|m| metrics::render(&m).map_err(|e| e.to_string()))
+    };
+    match rendered {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("reading the probes' maps failed: {e}\n"),
+        ),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -61,6 +199,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/graph", get(graph))
         .route("/api/graph.dot", get(graph_dot))
         .route("/api/alerts", get(alerts))
+        .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .with_state(shared)
 }

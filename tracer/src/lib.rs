@@ -15,6 +15,7 @@ pub mod event;
 pub mod graph;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod probes;
 pub mod record;

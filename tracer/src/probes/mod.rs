@@ -567,6 +567,59 @@ impl Probes {
             .collect())
     }
 
+    /// (program, run time ns, run count) for every loaded program, from the kernel's BPF
+    /// statistics (zero unless statistics are enabled: see `enable_stats`). The offsets of the
+    /// two fields in `struct bpf_prog_info` come from BTF like every other offset.
+    pub fn program_stats(&self, btf: &KernelBtf) -> Vec<(String, u64, u64)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let (Some(rt), Some(rc)) = (
+            btf.member_offset("bpf_prog_info", "run_time_ns"),
+            btf.member_offset("bpf_prog_info", "run_cnt"),
+        ) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, prog) in self.ebpf.programs() {
+            let Ok(fd) = prog.fd() else { continue };
+            // BPF_OBJ_GET_INFO_BY_FD with a buffer larger than any bpf_prog_info; the kernel
+            // fills what it knows and zero-extends the rest.
+            let mut info = [0u8; 512];
+            #[repr(C)]
+            struct InfoAttr {
+                bpf_fd: u32,
+                info_len: u32,
+                info: u64,
+            }
+            let mut attr = InfoAttr {
+                bpf_fd: fd.as_fd().as_raw_fd() as u32,
+                info_len: info.len() as u32,
+                info: info.as_mut_ptr() as u64,
+            };
+            const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+            // SAFETY: attr and info outlive the call; sizes are passed.
+            let rc_sys = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_OBJ_GET_INFO_BY_FD,
+                    &mut attr as *mut InfoAttr,
+                    std::mem::size_of::<InfoAttr>(),
+                )
+            };
+            let field = |off: u32| {
+                let off = off as usize;
+                info.get(off..off + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_ne_bytes)
+                    .unwrap_or(0)
+            };
+            if rc_sys == 0 {
+                out.push((name.to_owned(), field(rt), field(rc)));
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Capacity of the per-task state map.
     pub fn max_tasks(&self) -> u32 {
         self.max_tasks

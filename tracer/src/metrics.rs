@@ -1,0 +1,496 @@
+//! Prometheus exposition of the kernel aggregates and the engine's state.
+//!
+//! The kernel keeps log2 histograms and per-CPU counters; they are converted here, at scrape
+//! time, into Prometheus families (the `prometheus` crate's data model and text encoder), so
+//! nothing is double-counted and a scrape costs a few hundred map reads, not a stream.
+//! Naming follows Prometheus conventions: prefix `faultline_`, base units, `_total` counters,
+//! bounded labels (modes, lock types, ops, errnos, alert kinds, and process names folded into
+//! the top N plus "other").
+
+use std::collections::{BTreeMap, HashMap};
+
+use prometheus::{
+    proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
+    Encoder, TextEncoder,
+};
+use tracer_common::{
+    lock_type, uffd_op, Counter as K, Histogram as H, ProcFaults, HIST_BUCKETS, HIST_LOCK_BASE,
+    HIST_UFFD_BASE,
+};
+
+use crate::{detect::AlertKind, stats::Log2Hist};
+
+/// Lowest and highest log2 bucket exported: le = 2^(b+1) ns, so 1.02 µs .. 68.7 s. Faster
+/// observations land in the first bucket; slower ones count in +Inf only.
+const FIRST_BUCKET: usize = 9;
+const LAST_BUCKET: usize = 35;
+/// Processes named individually in per-process series; the rest are summed as "other".
+pub const TOP_PROCESSES: usize = 10;
+
+/// Everything one scrape exposes, gathered by the agent.
+pub struct MetricsInput {
+    pub version: &'static str,
+    pub kernel: String,
+    pub counters: Vec<u64>,
+    pub hists: Vec<Log2Hist>,
+    pub uffd_errors: Vec<u64>,
+    /// (process name, faults) per live process.
+    pub proc_faults: Vec<(String, ProcFaults)>,
+    /// (process name, slow waits) observed by the agent.
+    pub slow_waits_by_process: Vec<(String, u64)>,
+    pub task_entries: usize,
+    pub task_capacity: u32,
+    pub proc_fault_entries: usize,
+    /// (program, run time ns, run count) from the kernel's BPF statistics.
+    pub programs: Vec<(String, u64, u64)>,
+    pub alerts: BTreeMap<AlertKind, u64>,
+    /// Blocked tasks by what they wait on.
+    pub blocked: BTreeMap<&'static str, u64>,
+    pub events_received: u64,
+    pub decode_errors: u64,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(pairs: &[(&str, &str)], v: u64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(v as f64);
+    let mut m = Metric::from_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
+fn gauge(pairs: &[(&str, &str)], v: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    let mut m = Metric::from_label(labels(pairs));
+    m.set_gauge(g);
+    m
+}
+
+/// Cumulative `le` buckets (seconds) from log2 nanosecond buckets. The sum is estimated at each
+/// bucket's midpoint (1.5 × its lower bound): the kernel keeps counts, not sums.
+fn histogram(pairs: &[(&str, &str)], h: &Log2Hist) -> Metric {
+    let mut buckets = Vec::with_capacity(LAST_BUCKET - FIRST_BUCKET + 1);
+    let mut cumulative = 0u64;
+    let mut sum = 0f64;
+    for (b, n) in h.0.iter().enumerate() {
+        sum += *n as f64 * 1.5 * (1u64 << b.min(62)) as f64 / 1e9;
+        if b <= LAST_BUCKET {
+            cumulative += n;
+        }
+        if (FIRST_BUCKET..=LAST_BUCKET).contains(&b) {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound((1u64 << (b + 1)) as f64 / 1e9);
+            bucket.set_cumulative_count(cumulative);
+            buckets.push(bucket);
+        }
+    }
+    let mut hist = Histogram::default();
+    hist.set_bucket(buckets);
+    hist.set_sample_count(h.count());
+    hist.set_sample_sum(sum);
+    let mut m = Metric::from_label(labels(pairs));
+    m.set_histogram(hist);
+    m
+}
+
+const LOCK_TYPES: [(u8, &str); 7] = [
+    (lock_type::MUTEX, "mutex"),
+    (lock_type::RWSEM_READ, "rwsem_read"),
+    (lock_type::RWSEM_WRITE, "rwsem_write"),
+    (lock_type::SPINLOCK, "spinlock"),
+    (lock_type::RWLOCK_READ, "rwlock_read"),
+    (lock_type::RWLOCK_WRITE, "rwlock_write"),
+    (lock_type::OTHER, "other"),
+];
+
+const UFFD_OPS: [(u8, &str); 10] = [
+    (uffd_op::API, "API"),
+    (uffd_op::REGISTER, "REGISTER"),
+    (uffd_op::UNREGISTER, "UNREGISTER"),
+    (uffd_op::WAKE, "WAKE"),
+    (uffd_op::COPY, "COPY"),
+    (uffd_op::ZEROPAGE, "ZEROPAGE"),
+    (uffd_op::WRITEPROTECT, "WRITEPROTECT"),
+    (uffd_op::CONTINUE, "CONTINUE"),
+    (uffd_op::POISON, "POISON"),
+    (uffd_op::MOVE, "MOVE"),
+];
+
+/// The top `TOP_PROCESSES` names by `key`, the rest summed as "other".
+fn top_n<T: Copy>(
+    items: &[(String, T)],
+    key: impl Fn(&T) -> u64,
+    add: impl Fn(T, T) -> T,
+    zero: T,
+) -> Vec<(String, T)> {
+    let mut by_name: HashMap<&str, T> = HashMap::new();
+    for (name, v) in items {
+        let e = by_name.entry(name.as_str()).or_insert(zero);
+        *e = add(*e, *v);
+    }
+    let mut sorted: Vec<(&str, T)> = by_name.into_iter().collect();
+    sorted.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then(a.0.cmp(b.0)));
+    let mut out: Vec<(String, T)> = sorted
+        .iter()
+        .take(TOP_PROCESSES)
+        .map(|(n, v)| ((*n).to_owned(), *v))
+        .collect();
+    let rest = sorted
+        .iter()
+        .skip(TOP_PROCESSES)
+        .fold(zero, |a, (_, v)| add(a, *v));
+    if sorted.len() > TOP_PROCESSES {
+        out.push(("other".to_owned(), rest));
+    }
+    out
+}
+
+pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
+    let c = |k: K| m.counters.get(k as usize).copied().unwrap_or(0);
+    let h = |i: u32| {
+        m.hists
+            .get(i as usize)
+            .cloned()
+            .unwrap_or(Log2Hist([0; HIST_BUCKETS as usize]))
+    };
+    let mut f = Vec::new();
+    f.push(family(
+        "faultline_build_info",
+        "faultline's version and the kernel it runs on.",
+        MetricType::GAUGE,
+        vec![gauge(&[("version", m.version), ("kernel", &m.kernel)], 1.0)],
+    ));
+    f.push(family(
+        "faultline_mmap_lock_wait_seconds",
+        "Time from asking for mmap_lock to getting it, by mode (log2 buckets; sum estimated).",
+        MetricType::HISTOGRAM,
+        vec![
+            histogram(&[("mode", "read")], &h(H::WaitRead as u32)),
+            histogram(&[("mode", "write")], &h(H::WaitWrite as u32)),
+        ],
+    ));
+    f.push(family(
+        "faultline_mmap_lock_hold_seconds",
+        "Time mmap_lock was held, by mode (log2 buckets; sum estimated).",
+        MetricType::HISTOGRAM,
+        vec![
+            histogram(&[("mode", "read")], &h(H::HoldRead as u32)),
+            histogram(&[("mode", "write")], &h(H::HoldWrite as u32)),
+        ],
+    ));
+    f.push(family(
+        "faultline_mmap_lock_acquisitions_total",
+        "Successful mmap_lock acquisitions, by mode.",
+        MetricType::COUNTER,
+        vec![
+            counter(&[("mode", "read")], c(K::AcquireRead)),
+            counter(&[("mode", "write")], c(K::AcquireWrite)),
+        ],
+    ));
+    f.push(family(
+        "faultline_mmap_lock_failed_total",
+        "mmap_lock attempts that failed (trylock, interrupted killable lock), by mode.",
+        MetricType::COUNTER,
+        vec![
+            counter(&[("mode", "read")], c(K::FailedRead)),
+            counter(&[("mode", "write")], c(K::FailedWrite)),
+        ],
+    ));
+    for (name, help, k) in [
+        ("faultline_mmap_lock_slow_waits_total", "mmap_lock acquisitions that waited at least the wait threshold.", K::SlowWait),
+        ("faultline_mmap_lock_long_holds_total", "mmap_lock holds that lasted at least the hold threshold.", K::LongHold),
+        ("faultline_mmap_lock_recursive_reads_total", "Read attempts on an mmap_lock the task already holds for read.", K::RecursiveRead),
+        ("faultline_mmap_lock_downgrades_total", "Write holds downgraded to read.", K::Downgrade),
+        ("faultline_mmap_lock_unmatched_releases_total", "Releases with no hold known for the releasing task (non-owner release, or a hold older than the agent).", K::UnmatchedRelease),
+        ("faultline_lock_contentions_total", "Contended sleeping kernel locks (mutex, rwsem, other).", K::LockContended),
+        ("faultline_page_faults_under_lock_total", "Kernel-mode page faults taken while holding an mmap_lock or a contended lock.", K::FaultUnderLock),
+        ("faultline_page_faults_mmap_lock_total", "Page faults that had to take mmap_lock (the per-VMA lock did not serve them).", K::FaultMmapLock),
+        ("faultline_uffd_ioctls_total", "userfaultfd ioctls.", K::UffdIoctl),
+        ("faultline_uffd_created_total", "userfaultfd() calls that returned a descriptor.", K::UffdCreated),
+        ("faultline_uffd_waits_total", "Faults that slept waiting for a userfaultfd handler.", K::UffdWaitBegin),
+        ("faultline_events_lost_total", "Events dropped in the kernel because the ring buffer was full.", K::RingbufFull),
+        ("faultline_kernel_read_errors_total", "Failed kernel memory reads in the probes.", K::ReadError),
+    ] {
+        f.push(family(name, help, MetricType::COUNTER, vec![counter(&[], c(k))]));
+    }
+    f.push(family(
+        "faultline_page_faults_total",
+        "Page faults, by the mode they were taken in.",
+        MetricType::COUNTER,
+        vec![
+            counter(&[("mode", "user")], c(K::PageFaultUser)),
+            counter(&[("mode", "kernel")], c(K::PageFaultKernel)),
+        ],
+    ));
+    f.push(family(
+        "faultline_untracked_total",
+        "Things the probes could not track because a bounded map was full, by map.",
+        MetricType::COUNTER,
+        vec![
+            counter(&[("map", "task_state")], c(K::TaskStateFull)),
+            counter(&[("map", "hold_slots")], c(K::HoldSlotsFull)),
+            counter(&[("map", "proc_faults")], c(K::ProcFaultsFull)),
+            counter(&[("map", "uffd")], c(K::UffdHandlersFull)),
+        ],
+    ));
+    f.push(family(
+        "faultline_lock_wait_seconds",
+        "Waits on contended kernel locks, by lock type (log2 buckets; sum estimated).",
+        MetricType::HISTOGRAM,
+        LOCK_TYPES
+            .iter()
+            .map(|(t, name)| histogram(&[("type", name)], &h(HIST_LOCK_BASE + *t as u32)))
+            .collect(),
+    ));
+    f.push(family(
+        "faultline_uffd_ioctl_seconds",
+        "userfaultfd ioctl latency, by op (log2 buckets; sum estimated).",
+        MetricType::HISTOGRAM,
+        UFFD_OPS
+            .iter()
+            .map(|(o, name)| histogram(&[("op", name)], &h(HIST_UFFD_BASE + *o as u32)))
+            .collect(),
+    ));
+    let mut errors = Vec::new();
+    for (o, op) in UFFD_OPS {
+        for (e, errno) in uffd_op::ERRNO_NAMES.iter().enumerate() {
+            let v = m
+                .uffd_errors
+                .get(o as usize * uffd_op::ERRNO_BUCKETS as usize + e)
+                .copied()
+                .unwrap_or(0);
+            errors.push(counter(&[("op", op), ("errno", errno)], v));
+        }
+    }
+    f.push(family(
+        "faultline_uffd_ioctl_errors_total",
+        "Failed userfaultfd ioctls, by op and errno.",
+        MetricType::COUNTER,
+        errors,
+    ));
+    let faults = top_n(
+        &m.proc_faults,
+        |p| p.user + p.kernel,
+        |a, b| ProcFaults {
+            user: a.user + b.user,
+            kernel: a.kernel + b.kernel,
+            under_lock: a.under_lock + b.under_lock,
+            mmap_lock: a.mmap_lock + b.mmap_lock,
+        },
+        ProcFaults::default(),
+    );
+    f.push(family(
+        "faultline_top_process_page_faults",
+        "Page faults of live processes so far, for the top processes by faults (the rest as \"other\"), by mode. A gauge: processes come and go.",
+        MetricType::GAUGE,
+        faults
+            .iter()
+            .flat_map(|(name, p)| {
+                [
+                    gauge(&[("process", name), ("mode", "user")], p.user as f64),
+                    gauge(&[("process", name), ("mode", "kernel")], p.kernel as f64),
+                ]
+            })
+            .collect(),
+    ));
+    let waits = top_n(&m.slow_waits_by_process, |v| *v, |a, b| a + b, 0);
+    f.push(family(
+        "faultline_process_slow_waits_total",
+        "Slow lock waits (mmap_lock and kernel locks) seen by the agent, for the top processes (the rest as \"other\").",
+        MetricType::COUNTER,
+        waits
+            .iter()
+            .map(|(name, v)| counter(&[("process", name)], *v))
+            .collect(),
+    ));
+    f.push(family(
+        "faultline_blocked_tasks",
+        "Tasks the waits-for graph shows blocked now, by what they wait on.",
+        MetricType::GAUGE,
+        m.blocked
+            .iter()
+            .map(|(wait, n)| gauge(&[("wait", wait)], *n as f64))
+            .collect(),
+    ));
+    f.push(family(
+        "faultline_alerts_total",
+        "Alerts raised, by kind.",
+        MetricType::COUNTER,
+        m.alerts
+            .iter()
+            .map(|(k, n)| counter(&[("kind", k.as_str())], *n))
+            .collect(),
+    ));
+    f.push(family(
+        "faultline_events_total",
+        "Ring-buffer records received by the agent.",
+        MetricType::COUNTER,
+        vec![counter(&[], m.events_received)],
+    ));
+    f.push(family(
+        "faultline_events_undecodable_total",
+        "Ring-buffer records that did not decode (skipped).",
+        MetricType::COUNTER,
+        vec![counter(&[], m.decode_errors)],
+    ));
+    f.push(family(
+        "faultline_probe_run_seconds_total",
+        "CPU time spent in each eBPF program (kernel BPF statistics).",
+        MetricType::COUNTER,
+        m.programs
+            .iter()
+            .map(|(p, ns, _)| {
+                let mut c = Counter::default();
+                c.set_value(*ns as f64 / 1e9);
+                let mut metric = Metric::from_label(labels(&[("program", p)]));
+                metric.set_counter(c);
+                metric
+            })
+            .collect(),
+    ));
+    f.push(family(
+        "faultline_probe_runs_total",
+        "Runs of each eBPF program (kernel BPF statistics).",
+        MetricType::COUNTER,
+        m.programs
+            .iter()
+            .map(|(p, _, n)| counter(&[("program", p)], *n))
+            .collect(),
+    ));
+    f.push(family(
+        "faultline_map_entries",
+        "Entries in the probes' bounded maps.",
+        MetricType::GAUGE,
+        vec![
+            gauge(&[("map", "task_state")], m.task_entries as f64),
+            gauge(&[("map", "proc_faults")], m.proc_fault_entries as f64),
+        ],
+    ));
+    f.push(family(
+        "faultline_map_capacity",
+        "Capacity of the probes' bounded maps.",
+        MetricType::GAUGE,
+        vec![
+            gauge(&[("map", "task_state")], f64::from(m.task_capacity)),
+            gauge(&[("map", "proc_faults")], 16384.0),
+        ],
+    ));
+    f
+}
+
+/// The text exposition format.
+pub fn render(m: &MetricsInput) -> Result<String, prometheus::Error> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families(m), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> MetricsInput {
+        let mut hists = vec![Log2Hist([0; HIST_BUCKETS as usize]); 21];
+        hists[H::WaitWrite as usize].0[20] = 3; // ~1-2 ms
+        hists[H::WaitWrite as usize].0[40] = 1; // ~18 min: beyond the last bucket
+        MetricsInput {
+            version: "0.1.0",
+            kernel: "6.18".into(),
+            counters: vec![0; tracer_common::COUNTER_COUNT as usize],
+            hists,
+            uffd_errors: vec![0; tracer_common::UFFD_ERROR_SLOTS as usize],
+            proc_faults: (0..15)
+                .map(|i| {
+                    (
+                        format!("p{i}"),
+                        ProcFaults {
+                            user: i,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            slow_waits_by_process: vec![("a".into(), 2), ("a".into(), 3)],
+            task_entries: 1,
+            task_capacity: 32768,
+            proc_fault_entries: 15,
+            programs: vec![("mmap_lock_start_btf".into(), 1_500_000_000, 10)],
+            alerts: AlertKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            blocked: BTreeMap::from([("mmap_lock", 2)]),
+            events_received: 5,
+            decode_errors: 0,
+        }
+    }
+
+    #[test]
+    fn log2_buckets_become_cumulative_le_buckets_in_seconds() {
+        let text = render(&input()).expect("render");
+        // 2^21 ns = 0.002097152 s holds the three ~1 ms waits, and so does every bucket above.
+        assert!(
+            text.contains(
+                "faultline_mmap_lock_wait_seconds_bucket{mode=\"write\",le=\"0.002097152\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "faultline_mmap_lock_wait_seconds_bucket{mode=\"write\",le=\"68.719476736\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("faultline_mmap_lock_wait_seconds_bucket{mode=\"write\",le=\"+Inf\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("faultline_mmap_lock_wait_seconds_count{mode=\"write\"} 4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn per_process_series_are_bounded_to_the_top_n_plus_other() {
+        let text = render(&input()).expect("render");
+        let procs = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("faultline_top_process_page_faults{") && l.contains("mode=\"user\"")
+            })
+            .count();
+        assert_eq!(procs, TOP_PROCESSES + 1, "{text}");
+        // p0..p4 are the smallest: folded into other = 0+1+2+3+4.
+        assert!(
+            text.contains("faultline_top_process_page_faults{process=\"other\",mode=\"user\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains("faultline_process_slow_waits_total{process=\"a\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("faultline_probe_run_seconds_total{program=\"mmap_lock_start_btf\"} 1.5"),
+            "{text}"
+        );
+    }
+}
