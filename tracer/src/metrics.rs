@@ -174,49 +174,50 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             .cloned()
             .unwrap_or(Log2Hist([0; HIST_BUCKETS as usize]))
     };
-    let mut f = Vec::new();
-    f.push(family(
-        "faultline_build_info",
-        "faultline's version and the kernel it runs on.",
-        MetricType::GAUGE,
-        vec![gauge(&[("version", m.version), ("kernel", &m.kernel)], 1.0)],
-    ));
-    f.push(family(
-        "faultline_mmap_lock_wait_seconds",
-        "Time from asking for mmap_lock to getting it, by mode (log2 buckets; sum estimated).",
-        MetricType::HISTOGRAM,
-        vec![
-            histogram(&[("mode", "read")], &h(H::WaitRead as u32)),
-            histogram(&[("mode", "write")], &h(H::WaitWrite as u32)),
-        ],
-    ));
-    f.push(family(
-        "faultline_mmap_lock_hold_seconds",
-        "Time mmap_lock was held, by mode (log2 buckets; sum estimated).",
-        MetricType::HISTOGRAM,
-        vec![
-            histogram(&[("mode", "read")], &h(H::HoldRead as u32)),
-            histogram(&[("mode", "write")], &h(H::HoldWrite as u32)),
-        ],
-    ));
-    f.push(family(
-        "faultline_mmap_lock_acquisitions_total",
-        "Successful mmap_lock acquisitions, by mode.",
-        MetricType::COUNTER,
-        vec![
-            counter(&[("mode", "read")], c(K::AcquireRead)),
-            counter(&[("mode", "write")], c(K::AcquireWrite)),
-        ],
-    ));
-    f.push(family(
-        "faultline_mmap_lock_failed_total",
-        "mmap_lock attempts that failed (trylock, interrupted killable lock), by mode.",
-        MetricType::COUNTER,
-        vec![
-            counter(&[("mode", "read")], c(K::FailedRead)),
-            counter(&[("mode", "write")], c(K::FailedWrite)),
-        ],
-    ));
+    let mut f = vec![
+        family(
+            "faultline_build_info",
+            "faultline's version and the kernel it runs on.",
+            MetricType::GAUGE,
+            vec![gauge(&[("version", m.version), ("kernel", &m.kernel)], 1.0)],
+        ),
+        family(
+            "faultline_mmap_lock_wait_seconds",
+            "Time from asking for mmap_lock to getting it, by mode (log2 buckets; sum estimated).",
+            MetricType::HISTOGRAM,
+            vec![
+                histogram(&[("mode", "read")], &h(H::WaitRead as u32)),
+                histogram(&[("mode", "write")], &h(H::WaitWrite as u32)),
+            ],
+        ),
+        family(
+            "faultline_mmap_lock_hold_seconds",
+            "Time mmap_lock was held, by mode (log2 buckets; sum estimated).",
+            MetricType::HISTOGRAM,
+            vec![
+                histogram(&[("mode", "read")], &h(H::HoldRead as u32)),
+                histogram(&[("mode", "write")], &h(H::HoldWrite as u32)),
+            ],
+        ),
+        family(
+            "faultline_mmap_lock_acquisitions_total",
+            "Successful mmap_lock acquisitions, by mode.",
+            MetricType::COUNTER,
+            vec![
+                counter(&[("mode", "read")], c(K::AcquireRead)),
+                counter(&[("mode", "write")], c(K::AcquireWrite)),
+            ],
+        ),
+        family(
+            "faultline_mmap_lock_failed_total",
+            "mmap_lock attempts that failed (trylock, interrupted killable lock), by mode.",
+            MetricType::COUNTER,
+            vec![
+                counter(&[("mode", "read")], c(K::FailedRead)),
+                counter(&[("mode", "write")], c(K::FailedWrite)),
+            ],
+        ),
+    ];
     for (name, help, k) in [
         ("faultline_mmap_lock_slow_waits_total", "mmap_lock acquisitions that waited at least the wait threshold.", K::SlowWait),
         ("faultline_mmap_lock_long_holds_total", "mmap_lock holds that lasted at least the hold threshold.", K::LongHold),
