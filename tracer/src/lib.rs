@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod alerts;
 pub mod check;
+pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod engine;

@@ -69,6 +69,10 @@ impl ProbeArgs {
 
 #[derive(Args)]
 struct AgentArgs {
+    /// TOML config file; each key is one of these flags (with `_` for `-`). Flags and
+    /// environment variables override it.
+    #[arg(long, env = "FAULTLINE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
@@ -142,6 +146,15 @@ struct ReplayArgs {
     json: bool,
     #[command(flatten)]
     detect: DetectArgs,
+}
+
+/// The agent's config file, applied before the command line is parsed (see `config`).
+fn faultline_config(args: &[std::ffi::OsString]) -> Result<(), tracer::config::ConfigError> {
+    let is_agent = args.get(1).is_some_and(|a| a == "agent");
+    if is_agent {
+        tracer::config::apply(args)?;
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -220,7 +233,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(e) = faultline_config(&args) {
+        eprintln!("faultline: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse_from(args);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();

@@ -114,3 +114,53 @@ fn bad_flags_are_usage_errors_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-tasks"));
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_grants_only_the_bpf_capabilities() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/faultline.service"
+    ))
+    .expect("unit file");
+    let caps: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert_eq!(caps, vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_RESOURCE"]);
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping the systemd-analyze half: not installed");
+        return;
+    }
+    // Verify a copy that runs the binary just built.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("faultline.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/faultline", FAULTLINE)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f.toml");
+    std::fs::write(&path, "stall_treshold = \"1s\"\n").expect("write");
+    let out = faultline(&["agent", "--config", path.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown key `stall_treshold`"), "{err}");
+}

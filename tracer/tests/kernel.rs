@@ -450,3 +450,45 @@ fn without_privileges_record_fails_with_one_clear_line() {
     );
     assert!(!out_path.exists(), "no empty trace left behind");
 }
+
+#[test]
+fn the_agent_takes_its_settings_from_a_config_file_and_flags_override_it() {
+    if !require_root("the_agent_takes_its_settings_from_a_config_file_and_flags_override_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("faultline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstall_threshold = \"250ms\"\nhold_threshold = \"7ms\"\nstate_dir = \"{}\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8");
+    let mut agent = Faultline::start(
+        &["agent", "--config", config, "--hold-threshold", "9ms"],
+        "probes attached",
+    );
+    let line = agent.wait_for("API on http://", Duration::from_secs(1));
+    assert!(
+        line.contains(&format!("API on http://127.0.0.1:{port}")),
+        "listen from the file: {line}"
+    );
+    assert!(
+        line.contains("stall threshold 250ms"),
+        "stall threshold from the file: {line}"
+    );
+    assert!(
+        line.contains("hold threshold 9ms"),
+        "the flag overrides the file: {line}"
+    );
+    let (status, _) = http_get(&format!("127.0.0.1:{port}"), "/healthz");
+    assert_eq!(status, 200);
+    agent.stop();
+}

@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 7] = [
+const PACKAGES: [(&str, &str); 8] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -37,6 +37,10 @@ const PACKAGES: [(&str, &str); 7] = [
     ),
     ("libzstd-dev", "zstd, a link dependency of LLVM"),
     ("zlib1g-dev", "zlib, a link dependency of LLVM"),
+    (
+        "prometheus",
+        "a real Prometheus server and promtool for the metrics, dashboard and rule tests",
+    ),
 ];
 
 fn output_ok(cmd: &mut Command) -> Option<String> {
