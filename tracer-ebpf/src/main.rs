@@ -8,6 +8,7 @@
 #![no_main]
 
 mod contention;
+mod diag;
 mod faults;
 mod maps;
 mod mmap_lock;

@@ -11,6 +11,7 @@ pub mod check;
 pub mod config;
 pub mod decode;
 pub mod detect;
+pub mod diagnose;
 pub mod engine;
 pub mod event;
 pub mod graph;

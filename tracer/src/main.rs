@@ -27,6 +27,9 @@ enum Command {
     Record(RecordArgs),
     /// Replay a trace file through the detectors and explain what they find.
     Replay(ReplayArgs),
+    /// Explain hung tasks now: who is blocked, on what, behind whom, and the root holder.
+    /// Works without a running agent; asks it for mmap_lock read holders when one answers.
+    Diagnose(DiagnoseArgs),
     /// Report which tracepoints, attach types and BTF features this kernel offers.
     Check {
         /// Print JSON instead of text.
@@ -138,6 +141,28 @@ impl DetectArgs {
 }
 
 #[derive(Args)]
+struct DiagnoseArgs {
+    /// Only chains that involve this process.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Only tasks off CPU at least this long (cycles are always shown).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    min_blocked: Duration,
+    /// Print one JSON document.
+    #[arg(long, conflicts_with = "dot")]
+    json: bool,
+    /// Print the graph in Graphviz DOT.
+    #[arg(long)]
+    dot: bool,
+    /// The agent's API address, asked for what only it knows (mmap_lock read holders).
+    #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
+    agent: String,
+    /// Do not ask an agent.
+    #[arg(long)]
+    no_agent: bool,
+}
+
+#[derive(Args)]
 struct ReplayArgs {
     /// Trace file (JSON Lines, format v1); `-` reads standard input.
     file: PathBuf,
@@ -214,6 +239,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 writeln!(out).context("writing the report")?;
             } else {
                 replay::print_text(&report, &mut out).context("writing the report")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diagnose(d) => {
+            let report = tracer::diagnose::diagnose(&tracer::diagnose::DiagnoseOptions {
+                pid: d.pid,
+                min_blocked: d.min_blocked,
+                agent: (!d.no_agent).then(|| d.agent.clone()),
+            })?;
+            if d.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("serializing the report")?
+                );
+            } else if d.dot {
+                print!("{}", report.to_dot());
+            } else {
+                print!("{}", report.to_text());
             }
             Ok(ExitCode::SUCCESS)
         }

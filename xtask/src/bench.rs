@@ -5,7 +5,9 @@
 //!   alternating rounds (budget: fault-in >= 0.98, mprotect storm >= 0.95);
 //! - `replay`: the engine's throughput on a generated 10M-event trace (no target: reported so
 //!   regressions show);
-//! - `graph`: one full detector pass over 100k tasks (tracer/benches/engine.rs).
+//! - `graph`: one full detector pass over 100k tasks (tracer/benches/engine.rs);
+//! - `diagnose`: `faultline diagnose` on a host with 10k extra threads, beside `ps` walking the
+//!   same /proc (target: under 1 s).
 
 use std::{
     fs::File,
@@ -24,6 +26,7 @@ pub enum Which {
     Overhead,
     Replay,
     Graph,
+    Diagnose,
 }
 
 #[derive(Args)]
@@ -56,6 +59,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.which, Which::All | Which::Replay) {
         replay(args.events)?;
+    }
+    if matches!(args.which, Which::All | Which::Diagnose) {
+        diagnose()?;
     }
     if matches!(args.which, Which::All | Which::Graph) {
         println!("\n== graph: detector pass at 100k tasks ==");
@@ -231,6 +237,47 @@ fn replay(events: u64) -> Result<()> {
         "faultline replay --json: {:.2}s = {:.2} M events/s",
         replay.as_secs_f64(),
         events as f64 / replay.as_secs_f64() / 1e6,
+    );
+    Ok(())
+}
+
+fn diagnose() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut threads = Command::new(release_bin("faultline-scenario"))
+        .args(["threads", "--count", "10000", "--linger-ms", "60000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting 10k threads")?;
+    let mut line = String::new();
+    BufReader::new(threads.stdout.take().context("stdout")?)
+        .read_line(&mut line)
+        .context("threads report")?;
+    let measure = || -> Result<(Duration, Duration)> {
+        let ps = time(Command::new("ps").args(["-eLo", "pid,tid,stat,wchan:32,comm"]))?;
+        let diag = time(Command::new(release_bin("faultline")).args([
+            "diagnose",
+            "--no-agent",
+            "--json",
+        ]))?;
+        Ok((ps, diag))
+    };
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(measure());
+    }
+    let _ = threads.kill();
+    let _ = threads.wait();
+    let runs: Vec<(Duration, Duration)> = runs.into_iter().collect::<Result<_>>()?;
+    let best =
+        |f: fn(&(Duration, Duration)) -> Duration| runs.iter().map(f).min().unwrap_or_default();
+    let (ps, diag) = (best(|r| r.0), best(|r| r.1));
+    println!("\n== diagnose with 10k extra threads (best of 3) ==");
+    println!(
+        "faultline diagnose {:.3}s ({} the 1 s target); ps -eL over the same /proc {:.3}s; ratio diagnose/ps {:.2}",
+        diag.as_secs_f64(),
+        if diag < Duration::from_secs(1) { "within" } else { "OVER" },
+        ps.as_secs_f64(),
+        diag.as_secs_f64() / ps.as_secs_f64()
     );
     Ok(())
 }

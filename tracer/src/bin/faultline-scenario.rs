@@ -47,6 +47,9 @@ enum Scenario {
         /// handoff bit after a few ms; later readers queue behind it).
         #[arg(long, default_value_t = 30)]
         reader_delay_ms: u64,
+        /// Print a first JSON line naming the tids as soon as the convoy has formed.
+        #[arg(long)]
+        announce: bool,
     },
     /// N mprotect calls on one page from one thread: N write acquisitions of its own mm.
     MprotectLoop {
@@ -74,6 +77,21 @@ enum Scenario {
     UffdStall {
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
+    },
+    /// A two-hop chain: thread A write()s to a shared file from a userfaultfd-registered buffer
+    /// nobody answers (holding the file's f_pos_lock mutex while its fault waits); thread B
+    /// writes to the same file and blocks on that mutex. After `hold_ms` the fault is resolved
+    /// and everything ends.
+    UffdChain {
+        #[arg(long, default_value_t = 3000)]
+        hold_ms: u64,
+    },
+    /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
+    Threads {
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+        #[arg(long, default_value_t = 10_000)]
+        linger_ms: u64,
     },
     /// read() from /dev/zero into N fresh pages: N kernel-mode faults, each under mmap_lock.
     KernelFaults {
@@ -177,7 +195,15 @@ struct RwrReport {
     attempts: u32,
 }
 
-fn rwr_once(hold_mib: usize, writer_delay: Duration, reader_delay: Duration) -> Result<RwrReport> {
+fn rwr_once(
+    hold_mib: usize,
+    writer_delay: Duration,
+    reader_delay: Duration,
+    announce: bool,
+) -> Result<RwrReport> {
+    let tids: Arc<[AtomicU64; 3]> =
+        Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let reader_asked = Arc::new(AtomicU64::new(0));
     let region = Arc::new(Mapping::new(hold_mib << 20)?);
     // Small pages make the populate (and so the read hold) long and steady.
     let _ = region.madvise(libc::MADV_NOHUGEPAGE);
@@ -188,9 +214,15 @@ fn rwr_once(hold_mib: usize, writer_delay: Duration, reader_delay: Duration) -> 
     let barrier = Arc::new(Barrier::new(3));
 
     let holder = {
-        let (region, barrier, started) = (region.clone(), barrier.clone(), hold_started.clone());
+        let (region, barrier, started, tids) = (
+            region.clone(),
+            barrier.clone(),
+            hold_started.clone(),
+            tids.clone(),
+        );
         thread::spawn(move || -> Result<Span> {
             let tid = gettid();
+            tids[0].store(u64::from(tid), Ordering::SeqCst);
             barrier.wait();
             let start_ns = now_ns();
             started.store(start_ns, Ordering::SeqCst);
@@ -205,14 +237,16 @@ fn rwr_once(hold_mib: usize, writer_delay: Duration, reader_delay: Duration) -> 
         })
     };
     let writer = {
-        let (page, barrier, hold, started) = (
+        let (page, barrier, hold, started, tids) = (
             page.clone(),
             barrier.clone(),
             hold_started.clone(),
             writer_started.clone(),
+            tids.clone(),
         );
         thread::spawn(move || -> Result<Span> {
             let tid = gettid();
+            tids[1].store(u64::from(tid), Ordering::SeqCst);
             barrier.wait();
             while hold.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
@@ -229,15 +263,22 @@ fn rwr_once(hold_mib: usize, writer_delay: Duration, reader_delay: Duration) -> 
         })
     };
     let reader = {
-        let (barrier, started) = (barrier.clone(), writer_started.clone());
+        let (barrier, started, tids, asked) = (
+            barrier.clone(),
+            writer_started.clone(),
+            tids.clone(),
+            reader_asked.clone(),
+        );
         thread::spawn(move || -> Result<Span> {
             let tid = gettid();
+            tids[2].store(u64::from(tid), Ordering::SeqCst);
             barrier.wait();
             while started.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
             }
             thread::sleep(reader_delay);
             let start_ns = now_ns();
+            asked.store(start_ns, Ordering::SeqCst);
             // get_cmdline reads our own memory under mmap_read_lock_killable.
             let mut buf = Vec::new();
             std::fs::File::open("/proc/self/cmdline")
@@ -250,6 +291,25 @@ fn rwr_once(hold_mib: usize, writer_delay: Duration, reader_delay: Duration) -> 
             })
         })
     };
+    if announce {
+        // Once the late reader has asked, the convoy is in place: say who is who while it lasts.
+        while reader_asked.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        thread::sleep(Duration::from_millis(10));
+        println!(
+            "{}",
+            serde_json::json!({
+                "phase": "convoy",
+                "pid": std::process::id(),
+                "holder": tids[0].load(Ordering::SeqCst),
+                "writer": tids[1].load(Ordering::SeqCst),
+                "reader": tids[2].load(Ordering::SeqCst),
+            })
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
     let join = |h: thread::JoinHandle<Result<Span>>, who: &str| -> Result<Span> {
         h.join()
             .map_err(|_| anyhow::anyhow!("{who} thread panicked"))?
@@ -269,7 +329,7 @@ fn rwr_once(hold_mib: usize, writer_delay: Duration, reader_delay: Duration) -> 
     })
 }
 
-fn rwr(hold_mib: usize, writer_delay_ms: u64, reader_delay_ms: u64) -> Result<()> {
+fn rwr(hold_mib: usize, writer_delay_ms: u64, reader_delay_ms: u64, announce: bool) -> Result<()> {
     let (wd, rd) = (
         Duration::from_millis(writer_delay_ms),
         Duration::from_millis(reader_delay_ms),
@@ -277,7 +337,7 @@ fn rwr(hold_mib: usize, writer_delay_ms: u64, reader_delay_ms: u64) -> Result<()
     let mut mib = hold_mib;
     // A populate can be faster than expected (its length varies a lot): retry bigger, bounded.
     for attempt in 1..=3 {
-        let mut report = rwr_once(mib, wd, rd)?;
+        let mut report = rwr_once(mib, wd, rd, announce)?;
         report.attempts = attempt;
         if report.convoy || attempt == 3 {
             println!("{}", serde_json::to_string(&report)?);
@@ -611,6 +671,180 @@ fn uffd_stall(delay_ms: u64) -> Result<()> {
     Ok(())
 }
 
+/// A userfaultfd (API done) with one registered page; returns (fd, page).
+fn uffd_with_page() -> Result<(i32, Mapping)> {
+    // SAFETY: plain syscall; O_CLOEXEC only.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
+    if fd < 0 {
+        bail!("userfaultfd: {}", std::io::Error::last_os_error());
+    }
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    if uffd_ioctl(fd, UFFDIO_API, &mut api) < 0 {
+        bail!("UFFDIO_API: {}", std::io::Error::last_os_error());
+    }
+    let region = Mapping::new(4096)?;
+    let mut reg = UffdioRegister {
+        start: region.addr as u64,
+        len: 4096,
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    if uffd_ioctl(fd, UFFDIO_REGISTER, &mut reg) < 0 {
+        bail!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error());
+    }
+    Ok((fd, region))
+}
+
+fn wchan_of(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ChainReport {
+    scenario: &'static str,
+    pid: u32,
+    /// Holds the file's f_pos_lock while its fault waits on the userfaultfd.
+    holder_tid: u32,
+    /// Blocked on the f_pos_lock.
+    waiter_tid: u32,
+    monitor_pid: u32,
+}
+
+fn uffd_chain(hold_ms: u64) -> Result<()> {
+    let (fd, region) = uffd_with_page()?;
+    // A monitor process that holds the userfaultfd and never answers; gone with us.
+    // SAFETY: the child only sleeps and exits.
+    let monitor = unsafe { libc::fork() };
+    if monitor < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if monitor == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        libc_sleep_ms(hold_ms.min(60_000) + 5_000);
+        unsafe { libc::_exit(0) };
+    }
+    let path = format!("/dev/shm/faultline-chain-{}", std::process::id());
+    let result = (|| -> Result<ChainReport> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| path.clone())?;
+        // A second descriptor for the same file: with the file shared, write() takes f_pos_lock.
+        let dup = file.try_clone().context("dup")?;
+        let src = region.addr as usize;
+        let holder_tid = Arc::new(AtomicU64::new(0));
+        let holder = {
+            let holder_tid = holder_tid.clone();
+            thread::spawn(move || -> Result<()> {
+                use std::io::Write as _;
+                holder_tid.store(u64::from(gettid()), Ordering::SeqCst);
+                // SAFETY: our own registered page; the copy faults and waits for the handler.
+                let buf = unsafe { std::slice::from_raw_parts(src as *const u8, 4096) };
+                (&file).write_all(buf).context("holder write")?;
+                Ok(())
+            })
+        };
+        // Wait until the holder sleeps in handle_userfault (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let htid = loop {
+            let t = holder_tid.load(Ordering::SeqCst) as u32;
+            if t != 0 && wchan_of(t).trim() == "handle_userfault" {
+                break t;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the holder never reached handle_userfault");
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let waiter_tid = Arc::new(AtomicU64::new(0));
+        let waiter = {
+            let waiter_tid = waiter_tid.clone();
+            thread::spawn(move || -> Result<()> {
+                use std::io::Write as _;
+                waiter_tid.store(u64::from(gettid()), Ordering::SeqCst);
+                (&dup).write_all(b"x").context("waiter write")?;
+                Ok(())
+            })
+        };
+        while waiter_tid.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        let report = ChainReport {
+            scenario: "uffd-chain",
+            pid: std::process::id(),
+            holder_tid: htid,
+            waiter_tid: waiter_tid.load(Ordering::SeqCst) as u32,
+            monitor_pid: monitor as u32,
+        };
+        report_and_linger(&report, hold_ms)?;
+        // Resolve the fault ourselves: both writers finish.
+        let src = [0x42u8; 4096];
+        let mut copy = UffdioCopy {
+            dst: region.addr as u64,
+            src: src.as_ptr() as u64,
+            len: 4096,
+            mode: 0,
+            copy: 0,
+        };
+        if uffd_ioctl(fd, UFFDIO_COPY, &mut copy) < 0 {
+            bail!("UFFDIO_COPY: {}", std::io::Error::last_os_error());
+        }
+        holder
+            .join()
+            .map_err(|_| anyhow::anyhow!("holder panicked"))??;
+        waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+        Ok(report)
+    })();
+    // SAFETY: our own child and fd.
+    unsafe {
+        libc::kill(monitor, libc::SIGKILL);
+        libc::waitpid(monitor, ptr::null_mut(), 0);
+        libc::close(fd);
+    }
+    let _ = std::fs::remove_file(&path);
+    result.map(|_| ())
+}
+
+fn many_threads(count: u32, linger_ms: u64) -> Result<()> {
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let mut handles = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let gate = gate.clone();
+        let h = thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let (lock, cv) = &*gate;
+                let mut open = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !*open {
+                    open = cv.wait(open).unwrap_or_else(|e| e.into_inner());
+                }
+            })
+            .with_context(|| format!("thread {i}"))?;
+        handles.push(h);
+    }
+    let report =
+        serde_json::json!({ "scenario": "threads", "pid": std::process::id(), "count": count });
+    report_and_linger(&report, linger_ms)?;
+    let (lock, cv) = &*gate;
+    *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    cv.notify_all();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
 fn libc_sleep_ms(ms: u64) {
     let ts = libc::timespec {
         tv_sec: (ms / 1000) as libc::time_t,
@@ -704,13 +938,16 @@ fn main() {
             hold_mib,
             writer_delay_ms,
             reader_delay_ms,
-        } => rwr(hold_mib, writer_delay_ms, reader_delay_ms),
+            announce,
+        } => rwr(hold_mib, writer_delay_ms, reader_delay_ms, announce),
         Scenario::MprotectLoop { count } => mprotect_loop(count),
         Scenario::ForeignRead { count } => foreign_read(count),
         Scenario::FaultIn { pages, linger_ms } => fault_in(pages, linger_ms),
         Scenario::FileWriters { mib } => file_writers(mib),
         Scenario::UffdStall { delay_ms } => uffd_stall(delay_ms),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
+        Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
+        Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
     };
     if let Err(e) = result {
         eprintln!("faultline-scenario: error: {e:#}");

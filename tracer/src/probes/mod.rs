@@ -20,7 +20,8 @@ use tracer_common::{
 use self::kernel::{KernelBtf, KernelError};
 
 /// The eBPF object built by `build.rs`, embedded so the binary is self-contained.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// One traced event source: the `tp_btf` program, the classic tracepoint program, and the
 /// tracepoint both hook.
@@ -232,7 +233,7 @@ pub struct Probes {
     features: Vec<(Feature, Result<(), String>)>,
 }
 
-fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>() {

@@ -192,10 +192,16 @@ pub fn scenario_lingering(args: &[&str]) -> (Child, serde_json::Value) {
         .spawn()
         .expect("run faultline-scenario");
     let stdout = child.stdout.take().expect("stdout piped");
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("scenario report line");
+    reader.read_line(&mut line).expect("scenario report line");
+    // Keep reading what it prints later, so it never writes into a closed pipe.
+    thread::spawn(move || {
+        let mut rest = String::new();
+        while reader.read_line(&mut rest).is_ok_and(|n| n > 0) {
+            rest.clear();
+        }
+    });
     let report = serde_json::from_str(&line)
         .unwrap_or_else(|e| panic!("scenario {args:?} report {line:?}: {e}"));
     (child, report)

@@ -1,0 +1,126 @@
+//! What /proc tells about every task: state, wait channel, kernel stack, and which processes
+//! hold userfaultfd descriptors. Read-only, and tolerant of tasks vanishing mid-scan.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+#[derive(Clone, Debug)]
+pub struct ProcTask {
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// The state letter of /proc/…/stat: R, S, D, T, Z, …
+    pub state: char,
+}
+
+fn read(path: impl AsRef<Path>) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+fn numeric_entries(dir: impl AsRef<Path>) -> Vec<u32> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (comm, state) from a stat line: the comm is parenthesised and may itself hold ") ".
+fn parse_stat(stat: &str) -> Option<(String, char)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
+    Some((comm, state))
+}
+
+/// Every thread on the host (or of one process).
+pub fn tasks(only_pid: Option<u32>) -> Vec<ProcTask> {
+    let pids = match only_pid {
+        Some(p) => vec![p],
+        None => numeric_entries("/proc"),
+    };
+    let mut out = Vec::new();
+    for pid in pids {
+        for tid in numeric_entries(format!("/proc/{pid}/task")) {
+            if let Some((comm, state)) = read(format!("/proc/{pid}/task/{tid}/stat"))
+                .as_deref()
+                .and_then(parse_stat)
+            {
+                out.push(ProcTask {
+                    tid,
+                    pid,
+                    comm,
+                    state,
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn wchan(pid: u32, tid: u32) -> String {
+    read(format!("/proc/{pid}/task/{tid}/wchan"))
+        .map(|w| w.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The kernel stack as function names (offsets dropped), innermost first.
+pub fn stack(pid: u32, tid: u32) -> Vec<String> {
+    read(format!("/proc/{pid}/task/{tid}/stack"))
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .map(|f| f.split('+').next().unwrap_or(f).to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `se.exec_start` (ms of the scheduler clock) from /proc/…/sched: when the task last ran.
+pub fn exec_start_ms(path: &str) -> Option<f64> {
+    read(path)?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "se.exec_start")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// How long a task has not run, in ms: the scheduler clock now (this thread's own
+/// `se.exec_start`, as it is running) minus the task's.
+pub fn off_cpu_ms(pid: u32, tid: u32) -> Option<f64> {
+    let now = exec_start_ms("/proc/thread-self/sched")?;
+    let then = exec_start_ms(&format!("/proc/{pid}/task/{tid}/sched"))?;
+    Some((now - then).max(0.0))
+}
+
+/// userfaultfd descriptors: pid → fds.
+pub fn uffd_fds() -> BTreeMap<u32, Vec<u32>> {
+    let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for pid in numeric_entries("/proc") {
+        for fd in numeric_entries(format!("/proc/{pid}/fd")) {
+            if fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+            {
+                out.entry(pid).or_default().push(fd);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_comms_parse() {
+        assert_eq!(
+            parse_stat("42 (a) b (c)) S 1 2 3"),
+            Some(("a) b (c)".to_owned(), 'S'))
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! `faultline diagnose` on real hung tasks: bounded workloads hold the hang for a few seconds
+//! while diagnose looks; then they resolve and clean up.
+
+mod common;
+
+use std::{
+    process::{Child, Command},
+    time::Duration,
+};
+
+use common::{require_root, scenario_lingering, Faultline, FAULTLINE};
+
+fn diagnose(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(FAULTLINE)
+        .arg("diagnose")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run diagnose");
+    assert!(
+        out.status.success(),
+        "diagnose: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn task(doc: &serde_json::Value, tid: u64) -> &serde_json::Value {
+    doc["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["tid"] == tid)
+        .unwrap_or_else(|| panic!("task {tid} not reported: {doc:#}"))
+}
+
+fn blocked_on(t: &serde_json::Value) -> Vec<u64> {
+    t["blocked_on"]
+        .as_array()
+        .expect("blocked_on")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect()
+}
+
+fn finish(mut child: Child) {
+    let status = child.wait().expect("scenario");
+    assert!(
+        status.success(),
+        "the scenario resolved its hang and exited cleanly"
+    );
+}
+
+#[test]
+fn a_thread_hung_on_a_silent_userfaultfd_monitor_names_the_context_and_the_monitor() {
+    if !require_root(
+        "a_thread_hung_on_a_silent_userfaultfd_monitor_names_the_context_and_the_monitor",
+    ) {
+        return;
+    }
+    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "3000"]);
+    let doc = diagnose(&["--no-agent"]);
+    let (pid, holder, monitor) = (
+        r["pid"].as_u64().unwrap_or(0),
+        r["holder_tid"].as_u64().unwrap_or(0),
+        r["monitor_pid"].as_u64().unwrap_or(0),
+    );
+    let t = task(&doc, holder);
+    assert_eq!(t["wait"]["kind"], "uffd", "{t:#}");
+    assert!(
+        t["wait"]["uffd"].as_str().is_some_and(|u| u != "0x0"),
+        "the context is named: {t:#}"
+    );
+    assert_eq!(
+        t["wait"]["mm_pid"], pid,
+        "it serves the hung process's memory"
+    );
+    let holders: Vec<u64> = t["wait"]["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert!(
+        holders.contains(&monitor),
+        "the monitor process holds the userfaultfd: {t:#}"
+    );
+    assert!(
+        blocked_on(t).contains(&monitor),
+        "the monitor is named as a handler: {t:#}"
+    );
+    assert!(
+        t["stack"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|f| f == "handle_userfault")),
+        "{t:#}"
+    );
+    finish(child);
+}
+
+#[test]
+fn a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain() {
+    if !require_root("a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain") {
+        return;
+    }
+    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "3000"]);
+    let doc = diagnose(&["--no-agent"]);
+    let (holder, waiter, monitor) = (
+        r["holder_tid"].as_u64().unwrap_or(0),
+        r["waiter_tid"].as_u64().unwrap_or(0),
+        r["monitor_pid"].as_u64().unwrap_or(0),
+    );
+    let w = task(&doc, waiter);
+    assert_eq!(w["wait"]["kind"], "mutex", "the file's f_pos_lock: {w:#}");
+    assert_eq!(w["wait"]["owner"], holder, "{w:#}");
+    assert_eq!(blocked_on(w), vec![holder], "hop 1: the mutex owner");
+    let h = task(&doc, holder);
+    assert!(
+        blocked_on(h).contains(&monitor),
+        "hop 2: the userfaultfd handler: {h:#}"
+    );
+    assert_eq!(
+        doc["cycles"].as_array().map(Vec::len),
+        Some(0),
+        "a chain, not a cycle"
+    );
+
+    let text = Command::new(FAULTLINE)
+        .args(["diagnose", "--no-agent"])
+        .output()
+        .expect("text");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("waits for mutex") && text.contains("root holder"),
+        "{text}"
+    );
+    finish(child);
+}
+
+#[test]
+fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain() {
+    if !require_root("a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain")
+    {
+        return;
+    }
+    // With an agent running, the read holder comes from what it saw; without, from /proc.
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut agent = Faultline::start(
+        &[
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--snapshot-interval",
+            "50ms",
+            "--hold-threshold",
+            "20ms",
+            "--state-dir",
+            state.path().to_str().expect("utf-8"),
+        ],
+        "probes attached",
+    );
+    let line = agent.wait_for("API on http://", Duration::from_secs(1));
+    let addr = line
+        .split("API on http://")
+        .nth(1)
+        .and_then(|r| r.split([',', ' ']).next())
+        .expect("address")
+        .to_owned();
+    let (child, r) = scenario_lingering(&["rwr", "--hold-mib", "8192", "--announce"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (holder, writer, reader) = (
+        r["holder"].as_u64().unwrap_or(0),
+        r["writer"].as_u64().unwrap_or(0),
+        r["reader"].as_u64().unwrap_or(0),
+    );
+
+    let doc = diagnose(&["--agent", &addr]);
+    let rd = task(&doc, reader);
+    assert_eq!(rd["wait"]["kind"], "mmap_lock", "{rd:#}");
+    assert_eq!(rd["wait"]["mode"], "read");
+    assert_eq!(
+        blocked_on(rd),
+        vec![writer],
+        "the reader is queued behind the writer: {rd:#}"
+    );
+    let wr = task(&doc, writer);
+    assert_eq!(wr["wait"]["mode"], "write");
+    assert_eq!(wr["wait"]["queue_position"], 0);
+    assert!(
+        wr["wait"]["readers"].as_u64().is_some_and(|n| n >= 1),
+        "{wr:#}"
+    );
+    let from_agent = wr["blocked_on_sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .any(|e| e["tid"] == holder && e["source"] == "agent");
+    assert!(from_agent, "the agent names the read holder: {wr:#}");
+
+    // Without the agent, /proc still points at the holder (the only running thread of the
+    // process), and the text names the shape.
+    let text = Command::new(FAULTLINE)
+        .args(["diagnose", "--no-agent", "--pid", &r["pid"].to_string()])
+        .output()
+        .expect("text");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("read-write-read"), "{text}");
+    assert!(
+        text.contains(&format!("{holder} (")) && text.contains("root holder"),
+        "{text}"
+    );
+    finish(child);
+
+    let other = diagnose(&["--no-agent", "--pid", "1"]);
+    assert!(
+        other["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|t| t["pid"] != r["pid"])),
+        "--pid keeps to chains touching that process"
+    );
+    agent.stop();
+}
+
+#[test]
+fn without_privileges_diagnose_says_so_and_fails() {
+    if !require_root("without_privileges_diagnose_says_so_and_fails") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(FAULTLINE)
+        .arg("diagnose")
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("root"),
+        "{err}"
+    );
+}
