@@ -61,6 +61,26 @@ pub fn describe(d: &Decoded) -> Option<String> {
         (EventKind::MmapLockRelease { mode, mm_pid, mm }, Some(since)) if d.reasons.long_hold() => {
             Some(format!("{who} held {} for {} ({mode}, mm {mm})", whose(mm_pid), dur(since)))
         }
+        (EventKind::LockWaitEnd { lock, .. }, Some(since)) if d.reasons.slow_wait() => {
+            let (kind, owner) = match d.implied.as_ref().map(|i| &i.kind) {
+                Some(EventKind::LockWaitBegin { lock_type, owner_tid, .. }) => (
+                    serde_json::to_value(lock_type)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "lock".into()),
+                    owner_tid.map(|o| format!(" owned by tid {o}")).unwrap_or_default(),
+                ),
+                _ => ("lock".into(), String::new()),
+            };
+            Some(format!("{who} waited {} for {kind} {lock}{owner}", dur(since)))
+        }
+        (EventKind::UffdWaitBegin { uffd, addr }, _) => Some(format!(
+            "{who} waits for userfaultfd {uffd} to resolve a fault at {addr}"
+        )),
+        (EventKind::UffdIoctlEnd { op, ret, .. }, _) if *ret < 0 => Some(format!(
+            "{who}: userfaultfd ioctl {op:?} failed with errno {}",
+            -ret
+        )),
         (EventKind::MmapLockStart { mm_pid, mm, .. }, _) if d.reasons.recursive() => Some(format!(
             "{who} asks for {} for read while already holding it for read (recursive read, mm {mm}): deadlocks if a writer queues"
             , whose(mm_pid)

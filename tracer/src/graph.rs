@@ -59,6 +59,31 @@ pub struct Edge {
     pub since_ns: u64,
 }
 
+/// Every cycle of a directed graph given as (from, to) pairs: its strongly connected components
+/// of more than one node, each sorted, the list sorted.
+pub fn cycles(edges: impl Iterator<Item = (Tid, Tid)>) -> Vec<Vec<Tid>> {
+    // Dense indices (a Vec-backed graph) are several times faster than hashing tids inside the
+    // SCC walk, which matters with tens of thousands of blocked tasks.
+    let mut g: DiGraph<Tid, ()> = DiGraph::new();
+    let mut index: HashMap<Tid, _> = HashMap::new();
+    for (from, to) in edges {
+        let a = *index.entry(from).or_insert_with(|| g.add_node(from));
+        let b = *index.entry(to).or_insert_with(|| g.add_node(to));
+        g.add_edge(a, b, ());
+    }
+    let mut cycles: Vec<Vec<Tid>> = tarjan_scc(&g)
+        .into_iter()
+        .filter(|c| c.len() > 1)
+        .map(|c| {
+            let mut tids: Vec<Tid> = c.into_iter().map(|i| g[i]).collect();
+            tids.sort_unstable();
+            tids
+        })
+        .collect();
+    cycles.sort();
+    cycles
+}
+
 /// Outgoing edges of one blocked task, in a deterministic order.
 pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
     let Some(blocked) = model.task(tid).and_then(|t| t.blocked.as_ref()) else {
@@ -186,27 +211,7 @@ impl WaitsFor {
     /// Every cycle: strongly connected components of more than one task. (A task cannot wait
     /// on itself: `edges_of` never emits self-edges.) Each is sorted; the list is sorted too.
     pub fn cycles(&self) -> Vec<Vec<Tid>> {
-        // Dense indices (a Vec-backed graph) are several times faster than hashing tids inside
-        // the SCC walk, which matters with tens of thousands of blocked tasks.
-        let mut g: DiGraph<Tid, ()> = DiGraph::with_capacity(self.edges.len(), self.edges.len());
-        let mut index = HashMap::with_capacity(self.edges.len());
-        let mut node =
-            |g: &mut DiGraph<Tid, ()>, t: Tid| *index.entry(t).or_insert_with(|| g.add_node(t));
-        for e in self.all_edges() {
-            let (a, b) = (node(&mut g, e.from), node(&mut g, e.to));
-            g.add_edge(a, b, ());
-        }
-        let mut cycles: Vec<Vec<Tid>> = tarjan_scc(&g)
-            .into_iter()
-            .filter(|c| c.len() > 1)
-            .map(|c| {
-                let mut tids: Vec<Tid> = c.into_iter().map(|i| g[i]).collect();
-                tids.sort_unstable();
-                tids
-            })
-            .collect();
-        cycles.sort();
-        cycles
+        cycles(self.all_edges().map(|e| (e.from, e.to)))
     }
 
     /// From `tid`, the path following edges to a task that waits on nobody (the root holder),

@@ -160,9 +160,9 @@ fn top_n<T: Copy>(
         .iter()
         .skip(TOP_PROCESSES)
         .fold(zero, |a, (_, v)| add(a, *v));
-    if sorted.len() > TOP_PROCESSES {
-        out.push(("other".to_owned(), rest));
-    }
+    // "other" is always there: the series stays stable as processes come and go, and the
+    // family is never empty.
+    out.push(("other".to_owned(), rest));
     out
 }
 
@@ -403,7 +403,13 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
 /// The text exposition format.
 pub fn render(m: &MetricsInput) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
-    TextEncoder::new().encode(&families(m), &mut out)?;
+    // The encoder refuses a family without samples (e.g. no programs loaded yet): leave such
+    // a family out rather than fail the scrape.
+    let families: Vec<MetricFamily> = families(m)
+        .into_iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    TextEncoder::new().encode(&families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
@@ -466,6 +472,23 @@ mod tests {
         );
         assert!(
             text.contains("faultline_mmap_lock_wait_seconds_count{mode=\"write\"} 4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_quiet_host_still_renders_every_family() {
+        let mut m = input();
+        m.proc_faults.clear();
+        m.slow_waits_by_process.clear();
+        m.programs.clear();
+        let text = render(&m).expect("a scrape of a quiet host renders");
+        assert!(
+            text.contains("faultline_process_slow_waits_total{process=\"other\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("faultline_top_process_page_faults{process=\"other\",mode=\"user\"} 0"),
             "{text}"
         );
     }

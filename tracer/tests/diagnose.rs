@@ -145,27 +145,10 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
     }
     // With an agent running, the read holder comes from what it saw; without, from /proc.
     let state = tempfile::tempdir().expect("tempdir");
-    let mut agent = Faultline::start(
-        &[
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--snapshot-interval",
-            "50ms",
-            "--hold-threshold",
-            "20ms",
-            "--state-dir",
-            state.path().to_str().expect("utf-8"),
-        ],
-        "probes attached",
+    let (agent, addr) = Faultline::agent(
+        state.path(),
+        &["--snapshot-interval", "50ms", "--hold-threshold", "20ms"],
     );
-    let line = agent.wait_for("API on http://", Duration::from_secs(1));
-    let addr = line
-        .split("API on http://")
-        .nth(1)
-        .and_then(|r| r.split([',', ' ']).next())
-        .expect("address")
-        .to_owned();
     let (child, r) = scenario_lingering(&["rwr", "--hold-mib", "8192", "--announce"]);
     std::thread::sleep(Duration::from_millis(300));
     let (holder, writer, reader) = (

@@ -316,9 +316,9 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let mut agent = Faultline::start(
+    let (mut agent, addr) = Faultline::agent(
+        state.path(),
         &[
-            "agent",
             "--wait-threshold",
             "1ms",
             "--hold-threshold",
@@ -331,20 +331,8 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
             "50ms",
             "--summary-interval",
             "1s",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.path().to_str().expect("utf-8"),
         ],
-        "probes attached",
     );
-    let started = agent.wait_for("API on http://", Duration::from_secs(1));
-    let addr = started
-        .split("API on http://")
-        .nth(1)
-        .and_then(|r| r.split([',', ' ']).next())
-        .expect("listening address in the start line")
-        .to_owned();
 
     let report = scenario(&["rwr", "--hold-mib", "2048"]);
     assert_eq!(

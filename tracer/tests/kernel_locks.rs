@@ -207,29 +207,17 @@ fn the_agent_follows_a_lock_owner_and_a_userfaultfd_handler_live() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let mut agent = Faultline::start(
+    let (mut agent, addr) = Faultline::agent(
+        state.path(),
         &[
-            "agent",
             "--wait-threshold",
             "1ms",
             "--stall-threshold",
             "40ms",
             "--snapshot-interval",
             "20ms",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.path().to_str().expect("utf-8"),
         ],
-        "probes attached",
     );
-    let started = agent.wait_for("API on http://", Duration::from_secs(1));
-    let addr = started
-        .split("API on http://")
-        .nth(1)
-        .and_then(|r| r.split([',', ' ']).next())
-        .expect("address")
-        .to_owned();
     let writers = scenario(&["file-writers", "--mib", "512"]);
     let uffd = scenario(&["uffd-stall", "--delay-ms", "400"]);
     agent.wait_for("uffd_stall:", Duration::from_secs(5));

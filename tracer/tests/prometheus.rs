@@ -121,23 +121,7 @@ fn prometheus_scrapes_the_agent_and_sees_contention_in_the_histograms() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let mut agent = Faultline::start(
-        &[
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.path().to_str().expect("utf-8"),
-        ],
-        "probes attached",
-    );
-    let line = agent.wait_for("API on http://", Duration::from_secs(1));
-    let target = line
-        .split("API on http://")
-        .nth(1)
-        .and_then(|r| r.split([',', ' ']).next())
-        .expect("address")
-        .to_owned();
+    let (agent, target) = Faultline::agent(state.path(), &[]);
     let prom = Prometheus::start(&target);
     prom.wait_for("the agent up", r#"up{job="faultline"}"#, |v| v == 1.0);
 

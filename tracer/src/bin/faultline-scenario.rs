@@ -555,29 +555,7 @@ fn uffd_ioctl<T>(fd: i32, req: libc::c_ulong, arg: &mut T) -> i64 {
 }
 
 fn uffd_stall(delay_ms: u64) -> Result<()> {
-    // SAFETY: plain syscall; O_CLOEXEC only.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
-    if fd < 0 {
-        bail!("userfaultfd: {}", std::io::Error::last_os_error());
-    }
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features: 0,
-        ioctls: 0,
-    };
-    if uffd_ioctl(fd, UFFDIO_API, &mut api) < 0 {
-        bail!("UFFDIO_API: {}", std::io::Error::last_os_error());
-    }
-    let region = Mapping::new(4096)?;
-    let mut reg = UffdioRegister {
-        start: region.addr as u64,
-        len: 4096,
-        mode: UFFDIO_REGISTER_MODE_MISSING,
-        ioctls: 0,
-    };
-    if uffd_ioctl(fd, UFFDIO_REGISTER, &mut reg) < 0 {
-        bail!("UFFDIO_REGISTER: {}", std::io::Error::last_os_error());
-    }
+    let (fd, region) = uffd_with_page()?;
     // The monitor is another process: its UFFDIO_COPY takes this process's mmap_lock.
     let (mut rd, mut wr) = (0, 0);
     let mut pipe = [0i32; 2];

@@ -103,13 +103,7 @@ pub fn read_kernel_state(
         .map_max_entries("PROC_FAULTS", 1)
         .map_max_entries("EVENTS", 4096)
         .load(EBPF_OBJECT)
-        .map_err(|e| {
-            if is_eperm(&e) {
-                ProbeError::Privileges
-            } else {
-                ProbeError::Load(e.to_string())
-            }
-        })?;
+        .map_err(ProbeError::load)?;
     {
         let map = ebpf
             .map_mut("DIAG_UFFD_FDS")

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use petgraph::{algo::tarjan_scc, graph::DiGraph};
 use serde::Serialize;
 use tracer_common::{blocker_type, diag_kind, DiagRecord};
 
@@ -413,27 +412,11 @@ pub fn diagnose(opts: &DiagnoseOptions) -> Result<Diagnosis, ProbeError> {
 }
 
 fn find_cycles(tasks: &[DiagTask]) -> Vec<Vec<u32>> {
-    let mut g: DiGraph<u32, ()> = DiGraph::new();
-    let mut idx = BTreeMap::new();
-    let mut node =
-        |g: &mut DiGraph<u32, ()>, t: u32| *idx.entry(t).or_insert_with(|| g.add_node(t));
-    for t in tasks {
-        for &to in &t.blocked_on {
-            let (a, b) = (node(&mut g, t.tid), node(&mut g, to));
-            g.add_edge(a, b, ());
-        }
-    }
-    let mut cycles: Vec<Vec<u32>> = tarjan_scc(&g)
-        .into_iter()
-        .filter(|c| c.len() > 1)
-        .map(|c| {
-            let mut v: Vec<u32> = c.into_iter().map(|i| g[i]).collect();
-            v.sort_unstable();
-            v
-        })
-        .collect();
-    cycles.sort();
-    cycles
+    crate::graph::cycles(
+        tasks
+            .iter()
+            .flat_map(|t| t.blocked_on.iter().map(move |&to| (t.tid, to))),
+    )
 }
 
 impl Diagnosis {

@@ -196,6 +196,17 @@ pub enum ProbeError {
     Map { map: &'static str, message: String },
 }
 
+impl ProbeError {
+    /// A failed object load: missing privileges get their own one-line explanation.
+    pub(crate) fn load(e: aya::EbpfError) -> Self {
+        if is_eperm(&e) {
+            Self::Privileges
+        } else {
+            Self::Load(e.to_string())
+        }
+    }
+}
+
 /// What the loader needs to know.
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -285,13 +296,7 @@ impl Probes {
             .override_global("SYSCALL_LAYOUT", &syscall_value, true)
             .map_max_entries("TASK_STATE", opts.max_tasks)
             .load(EBPF_OBJECT)
-            .map_err(|e| {
-                if is_eperm(&e) {
-                    ProbeError::Privileges
-                } else {
-                    ProbeError::Load(e.to_string())
-                }
-            })?;
+            .map_err(ProbeError::load)?;
 
         let mut probes = Self {
             ebpf,

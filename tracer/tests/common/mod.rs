@@ -82,6 +82,23 @@ impl Faultline {
         }
     }
 
+    /// Starts `faultline agent` on a free loopback port with its state in `state`, plus `extra`
+    /// flags; returns it with the address of its API.
+    pub fn agent(state: &Path, extra: &[&str]) -> (Self, String) {
+        let state = state.to_str().expect("utf-8 state dir");
+        let mut args = vec!["agent", "--listen", "127.0.0.1:0", "--state-dir", state];
+        args.extend_from_slice(extra);
+        let mut agent = Self::start(&args, "probes attached");
+        let line = agent.wait_for("API on http://", Duration::from_secs(1));
+        let addr = line
+            .split("API on http://")
+            .nth(1)
+            .and_then(|r| r.split([',', ' ']).next())
+            .expect("the start line names the API address")
+            .to_owned();
+        (agent, addr)
+    }
+
     /// Sends SIGTERM, waits for exit, and returns the exit status and all stderr lines.
     pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
         // SAFETY: signalling our own child.
