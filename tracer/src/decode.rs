@@ -231,6 +231,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                         addr: Addr(ev.addr),
                         user: ev.user != 0,
                         error_code: ev.error_code,
+                        under_lock: reasons.0 & reason::UNDER_LOCK != 0,
                     },
                 ),
                 None,

@@ -155,6 +155,10 @@ pub enum EventKind {
         addr: Addr,
         user: bool,
         error_code: u64,
+        /// A kernel-mode fault taken while the task held an mmap_lock or owned a contended
+        /// lock (a lock held across a user copy: the driver-mutex seed's rule).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        under_lock: bool,
     },
     UffdWaitBegin {
         uffd: Addr,

@@ -266,3 +266,60 @@ fn the_agent_follows_a_lock_owner_and_a_userfaultfd_handler_live() {
     let (status, _) = agent.stop();
     assert!(status.success());
 }
+
+#[test]
+fn a_kernel_fault_while_owning_a_contended_lock_is_reported_as_fault_under_lock() {
+    if !require_root("a_kernel_fault_while_owning_a_contended_lock_is_reported_as_fault_under_lock")
+    {
+        return;
+    }
+    // The first writer copies from never-touched memory while it holds the inode's rwsem, which
+    // the second writer waits for: a lock held across user copies that fault.
+    let rec = Recording::start(&[]);
+    let report = scenario(&["file-writers", "--mib", "128", "--fresh-source"]);
+    let events = rec.finish();
+    let holder = u64_at(&report, &["holder", "tid"]) as u32;
+    let waiter = u64_at(&report, &["waiter", "tid"]) as u32;
+    let contended = find(&events, "the second writer's wait", |e| {
+        e.tid == waiter
+            && matches!(e.kind, EventKind::LockWaitBegin { owner_tid: Some(o), .. } if o == holder)
+    });
+    let under = events
+        .iter()
+        .filter(|e| {
+            e.tid == holder
+                && e.ts_ns > contended.ts_ns
+                && matches!(
+                    e.kind,
+                    EventKind::PageFault {
+                        user: false,
+                        under_lock: true,
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert!(
+        under > 0,
+        "the holder's kernel faults after the contention began are under lock"
+    );
+    let before = events
+        .iter()
+        .filter(|e| {
+            e.tid == holder
+                && e.ts_ns < contended.ts_ns
+                && matches!(
+                    e.kind,
+                    EventKind::PageFault {
+                        user: false,
+                        under_lock: true,
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert_eq!(
+        before, 0,
+        "before anyone waited, nothing marked the lock as contended"
+    );
+}

@@ -96,6 +96,7 @@ impl Trace {
                 addr: Addr(0x1000),
                 user: true,
                 error_code: 6,
+                under_lock: false,
             },
         )
     }

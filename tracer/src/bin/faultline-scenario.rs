@@ -70,6 +70,10 @@ enum Scenario {
         /// Size of each write; the first writer holds the inode lock for the whole copy.
         #[arg(long, default_value_t = 256)]
         mib: usize,
+        /// Write from never-touched memory: the first writer's copy then faults in kernel mode
+        /// page after page while it holds the inode lock the second writer waits for.
+        #[arg(long)]
+        fresh_source: bool,
     },
     /// A userfaultfd whose monitor (another process) delays its answer: the faulting thread
     /// waits in handle_userfault, then the monitor resolves the fault with UFFDIO_COPY, and
@@ -77,6 +81,10 @@ enum Scenario {
     UffdStall {
         #[arg(long, default_value_t = 300)]
         delay_ms: u64,
+        /// Copy from a never-touched page: UFFDIO_COPY then faults in kernel mode while it holds
+        /// the faulting process's mmap_lock (and retries outside it). The page reads as zeros.
+        #[arg(long)]
+        fresh_source: bool,
     },
     /// A two-hop chain: thread A write()s to a shared file from a userfaultfd-registered buffer
     /// nobody answers (holding the file's f_pos_lock mutex while its fault waits); thread B
@@ -429,7 +437,7 @@ struct WritersReport {
     waiter: Span,
 }
 
-fn file_writers(mib: usize) -> Result<()> {
+fn file_writers(mib: usize, fresh_source: bool) -> Result<()> {
     let path = format!("/dev/shm/faultline-scenario-{}", std::process::id());
     let file = Arc::new(
         std::fs::OpenOptions::new()
@@ -441,7 +449,17 @@ fn file_writers(mib: usize) -> Result<()> {
             .with_context(|| path.clone())?,
     );
     let result = (|| -> Result<WritersReport> {
-        let big = Arc::new(vec![0x5au8; mib << 20]);
+        let fresh = if fresh_source {
+            Some(Arc::new(Mapping::new(mib << 20)?))
+        } else {
+            None
+        };
+        let filled = if fresh_source {
+            Vec::new()
+        } else {
+            vec![0x5au8; mib << 20]
+        };
+        let big: Arc<(Vec<u8>, Option<Arc<Mapping>>)> = Arc::new((filled, fresh));
         // Fault the source in first, so the write's time is the copy under the inode lock.
         let started = Arc::new(AtomicU64::new(0));
         let barrier = Arc::new(Barrier::new(2));
@@ -454,7 +472,12 @@ fn file_writers(mib: usize) -> Result<()> {
                 barrier.wait();
                 let start_ns = now_ns();
                 started.store(start_ns, Ordering::SeqCst);
-                file.write_all_at(&big, 0).context("holder write")?;
+                let src: &[u8] = match &big.1 {
+                    // SAFETY: our own mapping, alive as long as `big`.
+                    Some(m) => unsafe { std::slice::from_raw_parts(m.addr as *const u8, m.len) },
+                    None => &big.0,
+                };
+                file.write_all_at(src, 0).context("holder write")?;
                 Ok(Span {
                     tid,
                     start_ns,
@@ -554,7 +577,7 @@ fn uffd_ioctl<T>(fd: i32, req: libc::c_ulong, arg: &mut T) -> i64 {
     }
 }
 
-fn uffd_stall(delay_ms: u64) -> Result<()> {
+fn uffd_stall(delay_ms: u64, fresh_source: bool) -> Result<()> {
     let (fd, region) = uffd_with_page()?;
     // The monitor is another process: its UFFDIO_COPY takes this process's mmap_lock.
     let (mut rd, mut wr) = (0, 0);
@@ -576,12 +599,20 @@ fn uffd_stall(delay_ms: u64) -> Result<()> {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             libc::close(rd);
         }
-        let src = [0x42u8; 4096];
+        let filled = [0x42u8; 4096];
+        let fresh = if fresh_source {
+            Mapping::new(4096).ok()
+        } else {
+            None
+        };
+        let src_addr = fresh
+            .as_ref()
+            .map_or(filled.as_ptr() as u64, |m| m.addr as u64);
         libc_sleep_ms(delay_ms);
         let copy_ns = now_ns();
         let mut copy = UffdioCopy {
             dst,
-            src: src.as_ptr() as u64,
+            src: src_addr,
             len: 4096,
             mode: 0,
             copy: 0,
@@ -589,7 +620,7 @@ fn uffd_stall(delay_ms: u64) -> Result<()> {
         let copy_ret = uffd_ioctl(fd, UFFDIO_COPY, &mut copy);
         let mut again = UffdioCopy {
             dst,
-            src: src.as_ptr() as u64,
+            src: src_addr,
             len: 4096,
             mode: 0,
             copy: 0,
@@ -611,7 +642,8 @@ fn uffd_stall(delay_ms: u64) -> Result<()> {
             let start_ns = now_ns();
             // SAFETY: a registered page of our own mapping: the read blocks until resolved.
             let v = unsafe { (addr as *const u8).read_volatile() };
-            assert_eq!(v, 0x42, "the page holds what the monitor copied");
+            let expected = if fresh_source { 0 } else { 0x42 };
+            assert_eq!(v, expected, "the page holds what the monitor copied");
             Span {
                 tid,
                 start_ns,
@@ -921,8 +953,11 @@ fn main() {
         Scenario::MprotectLoop { count } => mprotect_loop(count),
         Scenario::ForeignRead { count } => foreign_read(count),
         Scenario::FaultIn { pages, linger_ms } => fault_in(pages, linger_ms),
-        Scenario::FileWriters { mib } => file_writers(mib),
-        Scenario::UffdStall { delay_ms } => uffd_stall(delay_ms),
+        Scenario::FileWriters { mib, fresh_source } => file_writers(mib, fresh_source),
+        Scenario::UffdStall {
+            delay_ms,
+            fresh_source,
+        } => uffd_stall(delay_ms, fresh_source),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
         Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
