@@ -32,52 +32,35 @@ fn item(
     }
 }
 
-const TRACEPOINTS: [(&str, &str, &str); 10] = [
+/// Classic tracepoints faultline uses: the mmap_lock fallback and the syscall hooks (the other
+/// features attach as tp_btf and are reported as features).
+const TRACEPOINTS: [(&str, &str, &str); 7] = [
     (
         "mmap_lock",
         "mmap_lock_start_locking",
-        "no mmap_lock tracing at all unless tp_btf works",
+        "no fallback if tp_btf fails",
     ),
     (
         "mmap_lock",
         "mmap_lock_acquire_returned",
-        "no mmap_lock tracing at all unless tp_btf works",
+        "no fallback if tp_btf fails",
     ),
     (
         "mmap_lock",
         "mmap_lock_released",
-        "no mmap_lock tracing at all unless tp_btf works",
+        "no fallback if tp_btf fails",
     ),
-    (
-        "sched",
-        "sched_process_exit",
-        "per-task state is cleaned only when tp_btf works",
-    ),
-    (
-        "lock",
-        "contention_begin",
-        "no mutex/rwsem wait edges (waits-for graph limited to mmap_lock)",
-    ),
-    (
-        "lock",
-        "contention_end",
-        "no mutex/rwsem wait edges (waits-for graph limited to mmap_lock)",
-    ),
-    ("exceptions", "page_fault_user", "no user page-fault counts"),
-    (
-        "exceptions",
-        "page_fault_kernel",
-        "no fault-under-lock evidence",
-    ),
-    (
-        "sched",
-        "sched_waking",
-        "userfaultfd handlers inferred from ioctls only",
-    ),
+    ("sched", "sched_process_exit", "no fallback if tp_btf fails"),
     (
         "syscalls",
         "sys_enter_ioctl",
         "no userfaultfd ioctl tracing",
+    ),
+    ("syscalls", "sys_exit_ioctl", "no userfaultfd ioctl tracing"),
+    (
+        "syscalls",
+        "sys_exit_userfaultfd",
+        "userfaultfd creation is not counted",
     ),
 ];
 

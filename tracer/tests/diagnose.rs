@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use common::{require_root, scenario_lingering, Faultline, FAULTLINE};
+use common::{require_root, scenario_lingering, u64s, Faultline, FAULTLINE};
 
 fn diagnose(args: &[&str]) -> serde_json::Value {
     let out = Command::new(FAULTLINE)
@@ -35,12 +35,7 @@ fn task(doc: &serde_json::Value, tid: u64) -> &serde_json::Value {
 }
 
 fn blocked_on(t: &serde_json::Value) -> Vec<u64> {
-    t["blocked_on"]
-        .as_array()
-        .expect("blocked_on")
-        .iter()
-        .filter_map(|v| v.as_u64())
-        .collect()
+    u64s(t, "blocked_on")
 }
 
 fn finish(mut child: Child) {

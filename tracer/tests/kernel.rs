@@ -7,7 +7,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use common::{http_get, require_root, scenario, u64_at, Faultline, Recording, FAULTLINE};
+use common::{http_get, require_root, scenario, u64_at, u64s, Faultline, Recording, FAULTLINE};
 use tracer::{
     event::{Addr, Event, EventKind, LockMode},
     probes::{kernel::KernelBtf, program_names, AttachMode, Attached, ProbeOptions, Probes},
@@ -354,12 +354,7 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
     assert_eq!(status, 200, "{body}");
     let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
     let alerts = doc["alerts"].as_array().expect("alerts array");
-    let tids_of = |a: &serde_json::Value| -> Vec<u64> {
-        a["tids"]
-            .as_array()
-            .map(|t| t.iter().filter_map(|v| v.as_u64()).collect())
-            .unwrap_or_default()
-    };
+    let tids_of = |a: &serde_json::Value| u64s(a, "tids");
     let inversion = alerts
         .iter()
         .find(|a| a["kind"] == "rwr_inversion" && tids_of(a).first() == Some(&reader))

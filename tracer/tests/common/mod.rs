@@ -223,3 +223,12 @@ pub fn scenario_lingering(args: &[&str]) -> (Child, serde_json::Value) {
         .unwrap_or_else(|e| panic!("scenario {args:?} report {line:?}: {e}"));
     (child, report)
 }
+
+/// The numbers of a JSON array field (`tids` of an alert, `blocked_on` of a task); empty when
+/// the field is missing.
+pub fn u64s(v: &serde_json::Value, field: &str) -> Vec<u64> {
+    v[field]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default()
+}
