@@ -53,7 +53,7 @@ fn a_thread_hung_on_a_silent_userfaultfd_monitor_names_the_context_and_the_monit
     ) {
         return;
     }
-    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "3000"]);
+    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "6000"]);
     let doc = diagnose(&["--no-agent"]);
     let (pid, holder, monitor) = (
         r["pid"].as_u64().unwrap_or(0),
@@ -98,7 +98,7 @@ fn a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain() {
     if !require_root("a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain") {
         return;
     }
-    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "3000"]);
+    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "6000"]);
     let doc = diagnose(&["--no-agent"]);
     let (holder, waiter, monitor) = (
         r["holder_tid"].as_u64().unwrap_or(0),
