@@ -183,6 +183,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         btf: KernelBtf::load()?,
         telemetry: Telemetry::default(),
         kernel_release: kernel_release(),
+        task_entries: 0,
     }));
     // Per-program run time for the self-metrics: the kernel counts it only while someone holds
     // this fd (cheaper than the global sysctl, and undone when the agent exits).
@@ -238,6 +239,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = snapshot_tick.tick() => {
                 let mut st = http::lock(&shared);
                 let states = st.probes.task_states()?;
+                st.task_entries = states.len();
                 let now = monotonic_ns();
                 let alerts = st.feed.on_snapshot(&states, now);
                 raise_all(&mut st, alerts);

@@ -63,6 +63,9 @@ pub struct AgentState {
     pub btf: KernelBtf,
     pub telemetry: Telemetry,
     pub kernel_release: String,
+    /// Entries of the kernel's per-task map at the last snapshot (walking the map again for
+    /// every scrape would repeat the snapshot's work).
+    pub task_entries: usize,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -157,7 +160,7 @@ fn metrics_input(st: &AgentState) -> Result<MetricsInput, String> {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
-        task_entries: st.probes.task_states().map(|t| t.len()).unwrap_or(0),
+        task_entries: st.task_entries,
         task_capacity: st.probes.max_tasks(),
         proc_fault_entries,
         programs: st.probes.program_stats(&st.btf),
