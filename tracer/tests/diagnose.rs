@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use common::{require_root, scenario_lingering, u64s, Faultline, FAULTLINE};
+use common::{
+    assert_fails_without_privileges, require_root, scenario_lingering, u64s, Faultline, FAULTLINE,
+};
 
 fn diagnose(args: &[&str]) -> serde_json::Value {
     let out = Command::new(FAULTLINE)
@@ -204,22 +206,5 @@ fn without_privileges_diagnose_says_so_and_fails() {
     if !require_root("without_privileges_diagnose_says_so_and_fails") {
         return;
     }
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(FAULTLINE)
-        .arg("diagnose")
-        .output()
-        .expect("setpriv");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("permission denied") && err.contains("root"),
-        "{err}"
-    );
+    assert_fails_without_privileges(&["diagnose".as_ref()]);
 }

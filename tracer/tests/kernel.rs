@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use std::time::Duration;
 
-use common::{http_get, require_root, scenario, u64_at, u64s, Faultline, Recording, FAULTLINE};
+use common::{
+    assert_fails_without_privileges, http_get, require_root, scenario, u64_at, u64s, Faultline,
+    Recording,
+};
 use tracer::{
     event::{Addr, Event, EventKind, LockMode},
     probes::{kernel::KernelBtf, program_names, AttachMode, Attached, ProbeOptions, Probes},
@@ -410,27 +411,13 @@ fn without_privileges_record_fails_with_one_clear_line() {
     )
     .expect("chmod");
     let out_path = dir.path().join("t.jsonl");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(FAULTLINE)
-        .args(["record", "-o"])
-        .arg(&out_path)
-        .args(["-d", "1s"])
-        .output()
-        .expect("setpriv (util-linux) runs faultline as nobody");
-    assert!(!out.status.success(), "record must fail without privileges");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
-    assert!(
-        lines[0].contains("permission denied") && lines[0].contains("root"),
-        "the line names the problem and the fix: {stderr}"
-    );
+    assert_fails_without_privileges(&[
+        "record".as_ref(),
+        "-o".as_ref(),
+        out_path.as_os_str(),
+        "-d".as_ref(),
+        "1s".as_ref(),
+    ]);
     assert!(!out_path.exists(), "no empty trace left behind");
 }
 

@@ -232,3 +232,30 @@ pub fn u64s(v: &serde_json::Value, field: &str) -> Vec<u64> {
         .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
         .unwrap_or_default()
 }
+
+/// Runs faultline as `nobody` with no capabilities (util-linux `setpriv`) and checks it fails
+/// with one line naming the missing privilege and the fix.
+pub fn assert_fails_without_privileges(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(FAULTLINE)
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux) runs faultline as nobody");
+    assert!(
+        !out.status.success(),
+        "{args:?} must fail without privileges"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(
+        lines[0].contains("permission denied") && lines[0].contains("root"),
+        "the line names the problem and the fix: {stderr}"
+    );
+}
