@@ -6,7 +6,7 @@ use tracer::{
     agent::{self, AgentOptions},
     check,
     detect::Thresholds,
-    probes::{AttachMode, ProbeOptions},
+    probes::{AttachMode, Detail, ProbeOptions},
     record::{self, RecordOptions},
     replay,
 };
@@ -52,9 +52,29 @@ struct ProbeArgs {
     /// Tasks tracked at once in the kernel (per-task state map size).
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(64..=4_194_304), env = "FAULTLINE_MAX_TASKS")]
     max_tasks: u32,
-    /// Trace only mmap_lock: skip lock contention, page faults and userfaultfd.
+    /// Trace only mmap_lock: skip lock contention, page faults and userfaultfd (implies
+    /// `--detail holders` at least, since contention is then not there to show waits).
     #[arg(long, env = "FAULTLINE_MMAP_LOCK_ONLY")]
     mmap_lock_only: bool,
+    /// How much the kernel side tracks: `contention` (default, nearly free when nothing is
+    /// contended; read holders of a contended mmap_lock are inferred), `holders` (exact
+    /// read-holder sets and hold times of every hold), `full` (also per-fault counters).
+    /// `faultline check` lists what each mode gives up.
+    #[arg(long, value_enum, default_value_t = Detail::Contention, env = "FAULTLINE_DETAIL")]
+    detail: Detail,
+    /// Size of the event ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = tracer_common::names::EVENTS_BYTES, value_parser = parse_ring_size, env = "FAULTLINE_RING_BUFFER_SIZE")]
+    ring_buffer_size: u32,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two of at least 4096"));
+    }
+    Ok(n)
 }
 
 impl ProbeArgs {
@@ -65,7 +85,9 @@ impl ProbeArgs {
             wait_threshold: self.wait_threshold,
             hold_threshold: self.hold_threshold,
             max_tasks: self.max_tasks,
+            detail: self.detail,
             extras: !self.mmap_lock_only,
+            ring_bytes: self.ring_buffer_size,
         }
     }
 }
@@ -103,6 +125,10 @@ struct AgentArgs {
     /// Most slow-event lines logged per summary interval; the rest are counted.
     #[arg(long, default_value_t = 20, env = "FAULTLINE_MAX_LOG_LINES")]
     max_log_lines: u32,
+    /// Measure the probes' own run time (faultline_probe_run_seconds_total). Off by default:
+    /// the kernel's BPF statistics add two clock reads to every run of every program.
+    #[arg(long, env = "FAULTLINE_SELF_METRICS")]
+    self_metrics: bool,
 }
 
 #[derive(Args)]
@@ -199,6 +225,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 snapshot_interval: a.snapshot_interval,
                 summary_interval: a.summary_interval,
                 max_log_lines: a.max_log_lines,
+                self_metrics: a.self_metrics,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
