@@ -4,7 +4,7 @@
 //!
 //! Families and who depends on whom (no cycles): `contention` ← `faults` ← `mmap_lock`,
 //! `faults` ← `uffd`, and `exit` calls each family's cleanup. `diag` holds the diagnose
-//! iterators and shares nothing.
+//! iterators and `floor` the benchmark's empty programs; they share nothing.
 //!
 //! Cost model (see docs/design.md): the default mode attaches nothing on the uncontended
 //! `mmap_lock` path. Contention, kernel-mode faults, userfaultfd and exits are slow paths; the
@@ -17,6 +17,7 @@ mod contention;
 mod diag;
 mod exit;
 mod faults;
+mod floor;
 mod maps;
 mod mmap_lock;
 mod task;

@@ -30,6 +30,10 @@ enum Command {
     /// Explain hung tasks now: who is blocked, on what, behind whom, and the root holder.
     /// Works without a running agent; asks it for mmap_lock read holders when one answers.
     Diagnose(DiagnoseArgs),
+    /// Attach empty programs on the default mode's hooks until SIGTERM or Ctrl-C: the floor
+    /// `cargo xtask bench overhead` compares against.
+    #[command(hide = true)]
+    BenchFloor,
     /// Report which tracepoints, attach types and BTF features this kernel offers.
     Check {
         /// Print JSON instead of text.
@@ -284,6 +288,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", report.to_dot());
             } else {
                 print!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchFloor => {
+            let _floor = tracer::probes::Floor::attach()?;
+            eprintln!("faultline: floor programs attached");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing a SIGTERM handler")?;
+            tokio::select! {
+                _ = term.recv() => {}
+                r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
             }
             Ok(ExitCode::SUCCESS)
         }

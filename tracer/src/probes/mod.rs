@@ -894,3 +894,38 @@ impl Counters {
         )
     }
 }
+
+/// The benchmark floor: empty programs attached on every hook the default mode uses. Held
+/// attached while the value lives.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn attach() -> Result<Self, ProbeError> {
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::load)?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
+        for (name, hook) in program::FLOOR {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?;
+            let err = |e: ProgramError| Probes::program_error(name, e);
+            match hook.split_once('/') {
+                Some((category, tp)) => {
+                    let p: &mut TracePoint = prog.try_into().map_err(err)?;
+                    p.load().map_err(err)?;
+                    p.attach(category, tp).map_err(err)?;
+                }
+                None => {
+                    let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+                    p.load(hook, &btf).map_err(err)?;
+                    p.attach().map_err(err)?;
+                }
+            }
+        }
+        Ok(Self { _ebpf: ebpf })
+    }
+}
