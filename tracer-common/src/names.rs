@@ -19,9 +19,10 @@ pub mod map {
     pub const OWNERS: &str = "OWNERS";
     pub const SPIN_WAIT: &str = "SPIN_WAIT";
     pub const DIAG_UFFD_FDS: &str = "DIAG_UFFD_FDS";
+    pub const IOCTL_ON_CPU: &str = "IOCTL_ON_CPU";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -36,6 +37,7 @@ pub mod map {
         OWNERS,
         SPIN_WAIT,
         DIAG_UFFD_FDS,
+        IOCTL_ON_CPU,
     ];
 }
 

@@ -15,6 +15,14 @@ pub mod uffd_op {
     /// `_IOC_TYPE` of every userfaultfd ioctl.
     pub const IOC_TYPE: u32 = 0xAA;
 
+    /// The ioctl numbers (linux/userfaultfd.h, x86_64) of the ops the workloads issue.
+    pub const UFFDIO_API: u32 = 0xc018_aa3f;
+    pub const UFFDIO_REGISTER: u32 = 0xc020_aa00;
+    pub const UFFDIO_COPY: u32 = 0xc028_aa03;
+    /// `uffdio_api.api`, and the register mode for missing pages.
+    pub const UFFD_API: u64 = 0xaa;
+    pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
     /// The op for an ioctl `cmd`, if it is a userfaultfd one.
     pub const fn from_cmd(cmd: u32) -> Option<u8> {
         if (cmd >> 8) & 0xff != IOC_TYPE {

@@ -1,28 +1,17 @@
 //! faultline: an eBPF tracer of mmap_lock, page-fault and userfaultfd deadlocks.
 //!
-//! Layers: `probes` (kernel I/O) and `decode` turn kernel records into `event::Event`s; `trace`
-//! reads and writes them as JSON Lines; `model`, `graph`, `detect` and `engine` are the pure
-//! core (lock model, waits-for graph, detectors); `agent`, `record`, `replay` and `check` are the
-//! commands.
+//! Layers (docs/design.md): the pure core is its own crate, `faultline-core` (events, lock
+//! model, waits-for graph, detectors, engine, trace format, views), re-exported here under its
+//! module names; `kernel` holds the kernel adapters, `sinks` the outputs, `commands` the thin
+//! commands over them, and `config` the agent's config file.
 
-pub mod agent;
-pub mod alerts;
-pub mod check;
+pub mod commands;
 pub mod config;
-pub mod decode;
-pub mod detect;
-pub mod diagnose;
-pub mod engine;
-pub mod event;
-pub mod graph;
-pub mod http;
-pub mod live;
-pub mod metrics;
-pub mod model;
-pub mod probes;
-pub mod record;
-pub mod replay;
-pub mod stats;
-pub mod stream;
-pub mod trace;
-pub mod views;
+pub mod kernel;
+pub mod sinks;
+
+pub use faultline_core::{detect, engine, event, graph, model, trace, views};
+// The adapters under their own names too, so a path names the module, not its layer.
+pub use commands::{agent, diagnose, record, replay};
+pub use kernel::{check, decode, live, probes, stats, stream};
+pub use sinks::{alerts, http, metrics};

@@ -50,7 +50,15 @@ fn release_bin(name: &str) -> PathBuf {
 }
 
 fn build_release() -> Result<()> {
-    crate::run(crate::cargo().args(["build", "--release", "-p", "tracer", "--bins"]))
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tracer",
+        "-p",
+        "faultline-scenarios",
+        "--bins",
+    ]))
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {

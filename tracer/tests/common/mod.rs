@@ -13,7 +13,32 @@ use std::{
 use tracer::{event::Event, trace::TraceReader};
 
 pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
-pub const SCENARIO: &str = env!("CARGO_BIN_EXE_faultline-scenario");
+/// The workloads binary (`scenarios/`, its own crate so installing faultline does not install
+/// it): next to this test's profile directory, built on first use when cargo is at hand (in a
+/// VM guest it is copied there beforehand).
+pub static SCENARIO: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let bin = profile_dir.join("faultline-scenario");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "faultline-scenarios"]);
+    if release {
+        build.arg("--release");
+    }
+    let built = build.status().is_ok_and(|s| s.success());
+    assert!(
+        built || bin.exists(),
+        "cannot build faultline-scenario and {} does not exist",
+        bin.display()
+    );
+    bin
+});
 
 /// Whether kernel tests can run. In CI (`CI=true`) a missing privilege fails the test instead:
 /// kernel tests never skip there.
@@ -120,7 +145,7 @@ impl Drop for Faultline {
 
 /// Runs a scenario and returns its JSON report.
 pub fn scenario(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(SCENARIO)
+    let out = Command::new(&*SCENARIO)
         .args(args)
         .output()
         .expect("run faultline-scenario");
@@ -203,7 +228,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// Starts a scenario that reports and then lingers; returns it running with its report.
 pub fn scenario_lingering(args: &[&str]) -> (Child, serde_json::Value) {
-    let mut child = Command::new(SCENARIO)
+    let mut child = Command::new(&*SCENARIO)
         .args(args)
         .stdout(Stdio::piped())
         .spawn()

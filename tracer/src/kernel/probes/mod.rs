@@ -929,3 +929,32 @@ impl Floor {
         Ok(Self { _ebpf: ebpf })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names both sides share (`tracer_common::names`) are the object's: a rename on one
+    /// side fails here, not at a production start.
+    #[test]
+    fn every_shared_map_and_program_name_is_in_the_object() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        for m in map::ALL {
+            assert!(obj.maps.contains_key(m), "map {m} missing from the object");
+        }
+        let floor = program::FLOOR.iter().map(|(p, _)| *p);
+        let diag = [program::DIAG_TASKS, program::DIAG_FILES];
+        for p in program_names().chain(floor).chain(diag) {
+            assert!(
+                obj.programs.contains_key(p),
+                "program {p} missing from the object"
+            );
+        }
+        assert_eq!(
+            obj.programs.len(),
+            program_names().count() + program::FLOOR.len() + 2,
+            "every program of the object has a shared name: {:?}",
+            obj.programs.keys().collect::<Vec<_>>()
+        );
+    }
+}

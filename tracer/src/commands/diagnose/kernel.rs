@@ -9,7 +9,10 @@ use aya::{
     programs::{Iter, ProgramError},
     Btf, EbpfLoader,
 };
-use tracer_common::{DiagOffsets, DiagRecord, FdKey};
+use tracer_common::{
+    names::{global, map, program},
+    DiagOffsets, DiagRecord, FdKey,
+};
 
 use crate::probes::{
     is_eperm,
@@ -98,19 +101,19 @@ pub fn read_kernel_state(
     }
     // Only the iterators run: keep the tracing maps tiny.
     let mut ebpf = EbpfLoader::new()
-        .override_global("DIAG_OFFSETS", &diag, true)
-        .map_max_entries("TASK_STATE", 1)
-        .map_max_entries("PROC_FAULTS", 1)
-        .map_max_entries("EVENTS", 4096)
+        .override_global(global::DIAG_OFFSETS, &diag, true)
+        .map_max_entries(map::TASK_STATE, 1)
+        .map_max_entries(map::PROC_FAULTS, 1)
+        .map_max_entries(map::EVENTS, 4096)
         .load(EBPF_OBJECT)
         .map_err(ProbeError::load)?;
     {
         let map = ebpf
-            .map_mut("DIAG_UFFD_FDS")
-            .ok_or(ProbeError::MissingMap("DIAG_UFFD_FDS"))?;
+            .map_mut(map::DIAG_UFFD_FDS)
+            .ok_or(ProbeError::MissingMap(map::DIAG_UFFD_FDS))?;
         let mut fds: HashMap<_, FdKey, u8> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map {
-                map: "DIAG_UFFD_FDS",
+                map: map::DIAG_UFFD_FDS,
                 message: e.to_string(),
             })?;
         for (pid, list) in uffd_fds {
@@ -128,11 +131,11 @@ pub fn read_kernel_state(
         }
     }
     let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
-    let mut out = records(&run_iter(&mut ebpf, "diag_tasks", "task", &btf)?);
+    let mut out = records(&run_iter(&mut ebpf, program::DIAG_TASKS, "task", &btf)?);
     if !uffd_fds.is_empty() {
         out.extend(records(&run_iter(
             &mut ebpf,
-            "diag_files",
+            program::DIAG_FILES,
             "task_file",
             &btf,
         )?));

@@ -1,0 +1,155 @@
+//! Test workloads that make real `mmap_lock` traffic and contention, bounded in time and cleaning
+//! up after themselves. Each prints one JSON line on stdout naming the tids involved and the
+//! CLOCK_MONOTONIC times (the clock of `bpf_ktime_get_ns`) of what it did, so tests can match
+//! what faultline saw against what really happened.
+//!
+//! Used by the kernel tests and by `cargo xtask bench`; also handy for demos:
+//! `faultline-scenario rwr` while `faultline agent` runs.
+
+mod file_writers;
+mod loops;
+mod rwr;
+mod uffd;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+use crate::{file_writers::*, loops::*, rwr::*, uffd::*};
+
+#[derive(Parser)]
+#[command(
+    name = "faultline-scenario",
+    about = "Real mmap_lock workloads for faultline's tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Read-write-read convoy on one mm: a long read hold (MADV_POPULATE_WRITE), a writer that
+    /// queues behind it (mprotect), and a reader that queues behind the writer (/proc/self/cmdline).
+    Rwr {
+        /// Size of the region populated under the read lock; doubled on a retry when the hold
+        /// ended before the convoy formed.
+        #[arg(long, default_value_t = 1024)]
+        hold_mib: usize,
+        /// Delay between the hold starting and the writer asking.
+        #[arg(long, default_value_t = 20)]
+        writer_delay_ms: u64,
+        /// Delay between the writer asking and the late reader asking (the writer sets the rwsem
+        /// handoff bit after a few ms; later readers queue behind it).
+        #[arg(long, default_value_t = 30)]
+        reader_delay_ms: u64,
+        /// Print a first JSON line naming the tids as soon as the convoy has formed.
+        #[arg(long)]
+        announce: bool,
+    },
+    /// N mprotect calls on one page from one thread: N write acquisitions of its own mm.
+    MprotectLoop {
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+    },
+    /// T threads of one process each mmap a page, write it, mprotect it and munmap it, N times
+    /// in all: write acquisitions of one mm from several threads, which contend.
+    Storm {
+        #[arg(long, default_value_t = 100_000)]
+        count: u32,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+    },
+    /// Fault in N fresh anonymous pages (one write each), then unmap them: the page-fault path.
+    FaultIn {
+        #[arg(long, default_value_t = 65536)]
+        pages: u32,
+        /// Threads sharing the pages (one mm): each faults in its own slice.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// Stay alive this long after reporting (per-process counters vanish at exit).
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
+    },
+    /// Two threads write one tmpfs file: the second blocks on the inode's rwsem, owned by the
+    /// first (a kernel lock user space can reach).
+    FileWriters {
+        /// Size of each write; the first writer holds the inode lock for the whole copy.
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+        /// Write from never-touched memory: the first writer's copy then faults in kernel mode
+        /// page after page while it holds the inode lock the second writer waits for.
+        #[arg(long)]
+        fresh_source: bool,
+    },
+    /// A userfaultfd whose monitor (another process) delays its answer: the faulting thread
+    /// waits in handle_userfault, then the monitor resolves the fault with UFFDIO_COPY, and
+    /// finally retries the COPY onto the now-populated page (fails with EEXIST).
+    UffdStall {
+        #[arg(long, default_value_t = 300)]
+        delay_ms: u64,
+        /// Copy from a never-touched page: UFFDIO_COPY then faults in kernel mode while it holds
+        /// the faulting process's mmap_lock (and retries outside it). The page reads as zeros.
+        #[arg(long)]
+        fresh_source: bool,
+    },
+    /// A two-hop chain: thread A write()s to a shared file from a userfaultfd-registered buffer
+    /// nobody answers (holding the file's f_pos_lock mutex while its fault waits); thread B
+    /// writes to the same file and blocks on that mutex. After `hold_ms` the fault is resolved
+    /// and everything ends.
+    UffdChain {
+        #[arg(long, default_value_t = 3000)]
+        hold_ms: u64,
+    },
+    /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
+    Threads {
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+        #[arg(long, default_value_t = 10_000)]
+        linger_ms: u64,
+    },
+    /// read() from /dev/zero into N fresh pages: N kernel-mode faults, each under mmap_lock.
+    KernelFaults {
+        #[arg(long, default_value_t = 4096)]
+        pages: u32,
+        /// Stay alive this long after reporting (per-process counters vanish at exit).
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
+    },
+    /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
+    ForeignRead {
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Rwr {
+            hold_mib,
+            writer_delay_ms,
+            reader_delay_ms,
+            announce,
+        } => rwr(hold_mib, writer_delay_ms, reader_delay_ms, announce),
+        Scenario::MprotectLoop { count } => mprotect_loop(count),
+        Scenario::ForeignRead { count } => foreign_read(count),
+        Scenario::FaultIn {
+            pages,
+            threads,
+            linger_ms,
+        } => fault_in(pages, threads, linger_ms),
+        Scenario::Storm { count, threads } => storm(count, threads),
+        Scenario::FileWriters { mib, fresh_source } => file_writers(mib, fresh_source),
+        Scenario::UffdStall {
+            delay_ms,
+            fresh_source,
+        } => uffd_stall(delay_ms, fresh_source),
+        Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
+        Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
+        Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
+    };
+    if let Err(e) = result {
+        eprintln!("faultline-scenario: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,186 @@
+//! The read-write-read convoy: a long read hold, a writer queued behind it, a reader queued
+//! behind the writer.
+
+use std::{
+    io::Read,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Barrier,
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::util::*;
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+#[derive(Serialize, Debug)]
+pub(crate) struct RwrReport {
+    scenario: &'static str,
+    pid: u32,
+    holder: Span,
+    writer: Span,
+    reader: Span,
+    /// Whether the convoy really formed: writer and reader both asked while the hold lasted.
+    convoy: bool,
+    attempts: u32,
+}
+
+pub(crate) fn rwr_once(
+    hold_mib: usize,
+    writer_delay: Duration,
+    reader_delay: Duration,
+    announce: bool,
+) -> Result<RwrReport> {
+    let tids: Arc<[AtomicU64; 3]> =
+        Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let reader_asked = Arc::new(AtomicU64::new(0));
+    let region = Arc::new(Mapping::new(hold_mib << 20)?);
+    // Small pages make the populate (and so the read hold) long and steady.
+    let _ = region.madvise(libc::MADV_NOHUGEPAGE);
+    let page = Arc::new(Mapping::new(4096)?);
+    let hold_started = Arc::new(AtomicU64::new(0));
+    let writer_started = Arc::new(AtomicU64::new(0));
+    // All threads exist before the hold: creating one maps a stack, which takes the write lock.
+    let barrier = Arc::new(Barrier::new(3));
+
+    let holder = {
+        let (region, barrier, started, tids) = (
+            region.clone(),
+            barrier.clone(),
+            hold_started.clone(),
+            tids.clone(),
+        );
+        thread::spawn(move || -> Result<Span> {
+            let tid = gettid();
+            tids[0].store(u64::from(tid), Ordering::SeqCst);
+            barrier.wait();
+            let start_ns = now_ns();
+            started.store(start_ns, Ordering::SeqCst);
+            region
+                .madvise(libc::MADV_POPULATE_WRITE)
+                .context("MADV_POPULATE_WRITE")?;
+            Ok(Span {
+                tid,
+                start_ns,
+                end_ns: now_ns(),
+            })
+        })
+    };
+    let writer = {
+        let (page, barrier, hold, started, tids) = (
+            page.clone(),
+            barrier.clone(),
+            hold_started.clone(),
+            writer_started.clone(),
+            tids.clone(),
+        );
+        thread::spawn(move || -> Result<Span> {
+            let tid = gettid();
+            tids[1].store(u64::from(tid), Ordering::SeqCst);
+            barrier.wait();
+            while hold.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            thread::sleep(writer_delay);
+            let start_ns = now_ns();
+            started.store(start_ns, Ordering::SeqCst);
+            page.mprotect(libc::PROT_READ).context("mprotect")?;
+            Ok(Span {
+                tid,
+                start_ns,
+                end_ns: now_ns(),
+            })
+        })
+    };
+    let reader = {
+        let (barrier, started, tids, asked) = (
+            barrier.clone(),
+            writer_started.clone(),
+            tids.clone(),
+            reader_asked.clone(),
+        );
+        thread::spawn(move || -> Result<Span> {
+            let tid = gettid();
+            tids[2].store(u64::from(tid), Ordering::SeqCst);
+            barrier.wait();
+            while started.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            thread::sleep(reader_delay);
+            let start_ns = now_ns();
+            asked.store(start_ns, Ordering::SeqCst);
+            // get_cmdline reads our own memory under mmap_read_lock_killable.
+            let mut buf = Vec::new();
+            std::fs::File::open("/proc/self/cmdline")
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .context("/proc/self/cmdline")?;
+            Ok(Span {
+                tid,
+                start_ns,
+                end_ns: now_ns(),
+            })
+        })
+    };
+    if announce {
+        // Once the late reader has asked, the convoy is in place: say who is who while it lasts.
+        while reader_asked.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        thread::sleep(Duration::from_millis(10));
+        println!(
+            "{}",
+            serde_json::json!({
+                "phase": "convoy",
+                "pid": std::process::id(),
+                "holder": tids[0].load(Ordering::SeqCst),
+                "writer": tids[1].load(Ordering::SeqCst),
+                "reader": tids[2].load(Ordering::SeqCst),
+            })
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+    let join = |h: thread::JoinHandle<Result<Span>>, who: &str| -> Result<Span> {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("{who} thread panicked"))?
+    };
+    let holder = join(holder, "holder")?;
+    let writer = join(writer, "writer")?;
+    let reader = join(reader, "reader")?;
+    let convoy = writer.start_ns < holder.end_ns && reader.start_ns < holder.end_ns;
+    Ok(RwrReport {
+        scenario: "rwr",
+        pid: std::process::id(),
+        holder,
+        writer,
+        reader,
+        convoy,
+        attempts: 1,
+    })
+}
+
+pub(crate) fn rwr(
+    hold_mib: usize,
+    writer_delay_ms: u64,
+    reader_delay_ms: u64,
+    announce: bool,
+) -> Result<()> {
+    let (wd, rd) = (
+        Duration::from_millis(writer_delay_ms),
+        Duration::from_millis(reader_delay_ms),
+    );
+    let mut mib = hold_mib;
+    // A populate can be faster than expected (its length varies a lot): retry bigger, bounded.
+    for attempt in 1..=3 {
+        let mut report = rwr_once(mib, wd, rd, announce)?;
+        report.attempts = attempt;
+        if report.convoy || attempt == 3 {
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+        mib *= 2;
+    }
+    unreachable!("the last attempt always reports")
+}

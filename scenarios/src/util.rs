@@ -1,0 +1,138 @@
+//! What every workload shares: clocks, ids, anonymous mappings, reports.
+
+use std::ptr;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub(crate) fn gettid() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// An anonymous private mapping, unmapped on drop.
+pub(crate) struct Mapping {
+    pub(crate) addr: *mut libc::c_void,
+    pub(crate) len: usize,
+}
+
+impl Mapping {
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        // SAFETY: anonymous mapping, no fd; the result is checked.
+        let addr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            bail!("mmap of {len} bytes: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { addr, len })
+    }
+
+    pub(crate) fn madvise(&self, advice: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: the range is our own mapping.
+        if unsafe { libc::madvise(self.addr, self.len, advice) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mprotect(&self, prot: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: the range is our own mapping.
+        if unsafe { libc::mprotect(self.addr, self.len, prot) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+// SAFETY: the mapping is plain memory; threads only pass it to syscalls.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+#[derive(Serialize, Default, Debug)]
+pub(crate) struct Span {
+    pub(crate) tid: u32,
+    pub(crate) start_ns: u64,
+    pub(crate) end_ns: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct LoopReport {
+    pub(crate) scenario: &'static str,
+    pub(crate) pid: u32,
+    pub(crate) tid: u32,
+    pub(crate) count: u32,
+    pub(crate) start_ns: u64,
+    pub(crate) end_ns: u64,
+    /// For foreign-read: the process whose memory was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) target_pid: Option<u32>,
+}
+
+pub(crate) fn report_and_linger(report: &impl Serialize, linger_ms: u64) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(report)?)?;
+    out.flush()?;
+    drop(out);
+    libc_sleep_ms(linger_ms.min(60_000));
+    Ok(())
+}
+
+/// Runs `work(thread index)` on `threads` threads at once (all started before any begins) and
+/// returns (start, end) in CLOCK_MONOTONIC ns.
+pub(crate) fn timed_threads(threads: u32, work: impl Fn(u32) + Sync) -> (u64, u64) {
+    let threads = threads.max(1);
+    let gate = std::sync::Barrier::new(threads as usize + 1);
+    // The scope returns once every thread has finished its work.
+    let start = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (gate, work) = (&gate, &work);
+            s.spawn(move || {
+                gate.wait();
+                work(t);
+            });
+        }
+        gate.wait();
+        now_ns()
+    });
+    (start, now_ns())
+}
+
+/// `threads` threads share `count` iterations of mmap, write, mprotect, munmap of one page.
+pub(crate) fn wchan_of(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default()
+}
+
+pub(crate) fn libc_sleep_ms(ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: valid timespec; an early return only shortens a test delay.
+    unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+}
