@@ -107,11 +107,11 @@ struct AgentArgs {
     probes: ProbeArgs,
     #[command(flatten)]
     detect: DetectArgs,
-    /// Address of the HTTP API (/api/graph, /api/graph.dot, /api/alerts). Loopback by default:
+    /// Address of the HTTP API and live page (/, /api/graph, /api/graph.svg, /api/alerts). Loopback by default:
     /// the graph names processes and their locks.
     #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
     listen: std::net::SocketAddr,
-    /// Directory for incident files (each alert with the graph at detection, JSON + DOT).
+    /// Directory for incident files (each alert with the graph at detection, JSON + DOT + HTML).
     #[arg(
         long,
         default_value = "/var/lib/faultline",

@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 8] = [
+const PACKAGES: [(&str, &str); 9] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -40,6 +40,10 @@ const PACKAGES: [(&str, &str); 8] = [
     (
         "prometheus",
         "a real Prometheus server and promtool for the metrics, dashboard and rule tests",
+    ),
+    (
+        "chromium",
+        "a headless browser for the tests that look at the live page and the HTML reports",
     ),
 ];
 

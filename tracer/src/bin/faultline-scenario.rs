@@ -105,6 +105,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3000)]
         hold_ms: u64,
     },
+    /// A real deadlock of two threads: the holder write()s a shared file from a
+    /// userfaultfd-registered page (holding the file's f_pos_lock while its fault waits for the
+    /// handler); the handler, the thread that set the userfaultfd up, then writes the same file
+    /// and blocks on that f_pos_lock. Neither can move on. After `hold_ms` a rescue thread
+    /// resolves the fault with UFFDIO_COPY and both finish.
+    UffdDeadlock {
+        #[arg(long, default_value_t = 4000)]
+        hold_ms: u64,
+    },
     /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
     Threads {
         #[arg(long, default_value_t = 10_000)]
@@ -893,6 +902,127 @@ fn uffd_chain(hold_ms: u64) -> Result<()> {
     result.map(|_| ())
 }
 
+#[derive(Serialize)]
+struct DeadlockReport {
+    scenario: &'static str,
+    pid: u32,
+    /// Set the userfaultfd up (its handler); blocks on the f_pos_lock the holder owns.
+    handler_tid: u32,
+    /// Owns the f_pos_lock; its fault waits for the handler.
+    holder_tid: u32,
+    /// Breaks the deadlock after `hold_ms`.
+    rescuer_tid: u32,
+}
+
+fn set_thread_name(name: &str) {
+    if let Ok(c) = std::ffi::CString::new(name) {
+        // SAFETY: a NUL-terminated name for the calling thread.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    }
+}
+
+fn uffd_deadlock(hold_ms: u64) -> Result<()> {
+    set_thread_name("dl-handler");
+    // This thread does UFFDIO_API and REGISTER: it is the userfaultfd's handler.
+    let (fd, region) = uffd_with_page()?;
+    let handler_tid = gettid();
+    let path = format!("/dev/shm/faultline-deadlock-{}", std::process::id());
+    let result = (|| -> Result<DeadlockReport> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| path.clone())?;
+        // A second descriptor for the same open file: write() then takes f_pos_lock.
+        let dup = file.try_clone().context("dup")?;
+        let src = region.addr as usize;
+        let holder_tid = Arc::new(AtomicU64::new(0));
+        let holder = {
+            let holder_tid = holder_tid.clone();
+            thread::Builder::new()
+                .name("dl-holder".into())
+                .spawn(move || -> Result<()> {
+                    use std::io::Write as _;
+                    holder_tid.store(u64::from(gettid()), Ordering::SeqCst);
+                    // SAFETY: our own registered page; the copy faults and waits for the handler.
+                    let buf = unsafe { std::slice::from_raw_parts(src as *const u8, 4096) };
+                    (&file).write_all(buf).context("holder write")?;
+                    Ok(())
+                })
+                .context("spawn the holder")?
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let htid = loop {
+            let t = holder_tid.load(Ordering::SeqCst) as u32;
+            if t != 0 && wchan_of(t).trim() == "handle_userfault" {
+                break t;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the holder never reached handle_userfault");
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let rescuer_tid = Arc::new(AtomicU64::new(0));
+        let dst = region.addr as u64;
+        let rescuer = {
+            let rescuer_tid = rescuer_tid.clone();
+            thread::Builder::new()
+                .name("dl-rescuer".into())
+                .spawn(move || -> i64 {
+                    rescuer_tid.store(u64::from(gettid()), Ordering::SeqCst);
+                    libc_sleep_ms(hold_ms.min(60_000));
+                    let page = [0x42u8; 4096];
+                    let mut copy = UffdioCopy {
+                        dst,
+                        src: page.as_ptr() as u64,
+                        len: 4096,
+                        mode: 0,
+                        copy: 0,
+                    };
+                    uffd_ioctl(fd, UFFDIO_COPY, &mut copy)
+                })
+                .context("spawn the rescuer")?
+        };
+        while rescuer_tid.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        let report = DeadlockReport {
+            scenario: "uffd-deadlock",
+            pid: std::process::id(),
+            handler_tid,
+            holder_tid: htid,
+            rescuer_tid: rescuer_tid.load(Ordering::SeqCst) as u32,
+        };
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            out.flush()?;
+        }
+        // The handler closes the cycle: it needs the f_pos_lock the holder keeps.
+        {
+            use std::io::Write as _;
+            (&dup).write_all(b"x").context("handler write")?;
+        }
+        let copied = rescuer
+            .join()
+            .map_err(|_| anyhow::anyhow!("rescuer panicked"))?;
+        if copied < 0 {
+            bail!("UFFDIO_COPY: errno {}", -copied);
+        }
+        holder
+            .join()
+            .map_err(|_| anyhow::anyhow!("holder panicked"))??;
+        Ok(report)
+    })();
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    let _ = std::fs::remove_file(&path);
+    result.map(|_| ())
+}
+
 fn many_threads(count: u32, linger_ms: u64) -> Result<()> {
     let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
     let mut handles = Vec::with_capacity(count as usize);
@@ -1032,6 +1162,7 @@ fn main() {
         } => uffd_stall(delay_ms, fresh_source),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
         Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
+        Scenario::UffdDeadlock { hold_ms } => uffd_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
     };
     if let Err(e) = result {

@@ -38,7 +38,6 @@ main { padding: 12px 20px 40px; }
 section { background: #fff; border: 1px solid #d5d9de; border-radius: 6px; padding: 12px 16px; margin-bottom: 16px; }
 section h2 { font-size: 16px; margin: 0 0 8px; }
 .graph { overflow: auto; max-height: 80vh; border: 1px solid #e3e6ea; background: #fff; }
-.graph svg.wf { max-width: 100%; height: auto; }
 .legend { font-size: 12px; color: #444; display: flex; flex-wrap: wrap; gap: 14px; margin: 6px 0 10px; align-items: center; }
 .legend .sw { display: inline-block; width: 22px; height: 12px; border: 1px solid #888; vertical-align: middle; margin-right: 4px; }
 .legend .w0 { background: #fff6d5; } .legend .w1 { background: #ffe2b8; } .legend .w2 { background: #ffc4a8; } .legend .w3 { background: #f59a9a; }

@@ -15,6 +15,9 @@ pub mod scene;
 pub mod svg;
 pub mod timeline;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeSet;
 
 use crate::{detect::Alert, diagnose::Diagnosis, views::GraphView};

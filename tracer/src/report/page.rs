@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use axum::{
     extract::{RawQuery, State},
-    http::header,
+    http::{header, StatusCode},
     response::{Html, IntoResponse},
 };
 
@@ -137,6 +137,19 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
+/// Lays out and draws off the async workers: a large graph takes a noticeable fraction of a
+/// second, which must not stall the API or the ring-buffer reader.
+async fn render_off_thread(snap: Snapshot, expand: BTreeSet<String>) -> String {
+    tokio::task::spawn_blocking(move || live_fragment(&snap, &expand))
+        .await
+        .unwrap_or_else(|e| {
+            format!(
+                "<p class=\"hidden-note\">drawing the graph failed: {}</p>",
+                escape(&e.to_string())
+            )
+        })
+}
+
 /// `GET /`.
 pub async fn index(State(shared): State<Shared>) -> Html<String> {
     let snap = snapshot(&shared);
@@ -147,7 +160,7 @@ pub async fn index(State(shared): State<Shared>) -> Html<String> {
     );
     let body = format!(
         "<div id=\"live\">{}</div>",
-        live_fragment(&snap, &BTreeSet::new())
+        render_off_thread(snap, BTreeSet::new()).await
     );
     Html(html::page("faultline", &meta, &body, SCRIPT))
 }
@@ -155,17 +168,27 @@ pub async fn index(State(shared): State<Shared>) -> Html<String> {
 /// `GET /ui/live?expand=…`: the refreshing part of the page.
 pub async fn live(State(shared): State<Shared>, RawQuery(q): RawQuery) -> Html<String> {
     let snap = snapshot(&shared);
-    Html(live_fragment(&snap, &expand_set(q.as_deref())))
+    Html(render_off_thread(snap, expand_set(q.as_deref())).await)
 }
 
 /// `GET /api/graph.svg?expand=…`: the picture alone.
 pub async fn graph_svg(State(shared): State<Shared>, RawQuery(q): RawQuery) -> impl IntoResponse {
     let view = snapshot(&shared).view;
-    let scene = Scene::from_view(&view)
-        .grouped(&expand_set(q.as_deref()))
-        .capped(MAX_NODES);
-    (
-        [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
-        svg::document(&scene),
-    )
+    let expand = expand_set(q.as_deref());
+    let drawn = tokio::task::spawn_blocking(move || {
+        svg::document(&Scene::from_view(&view).grouped(&expand).capped(MAX_NODES))
+    })
+    .await;
+    match drawn {
+        Ok(svg) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+            svg,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("drawing the graph failed: {e}\n"),
+        ),
+    }
 }

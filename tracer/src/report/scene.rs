@@ -20,7 +20,7 @@ pub const GROUP_MIN: usize = 3;
 
 /// Boxes drawn at most. Past this the layout stops being readable (and gets slow); the rest are
 /// counted in `Scene::hidden` and stay available as JSON.
-pub const MAX_NODES: usize = 150;
+pub const MAX_NODES: usize = 80;
 
 /// Why one task waits for another, as drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,6 +69,10 @@ pub struct Node {
     /// The longest wait among the members.
     pub waited_ns: Option<u64>,
     pub in_cycle: bool,
+    /// What a blocked task waits for, in words, and in which mode: groups tasks that wait on a
+    /// lock whose holder nobody knows.
+    pub wait_lock: Option<String>,
+    pub wait_mode: Option<LockMode>,
 }
 
 /// An arrow: `from` waits for `to` (indices into `Scene::nodes`).
@@ -187,6 +191,8 @@ fn task_node(
         blocked: waited_ns.is_some(),
         waited_ns,
         in_cycle: false,
+        wait_lock: None,
+        wait_mode: None,
     }
 }
 
@@ -236,14 +242,35 @@ impl Scene {
                 more.push(format!("+{} more holds", t.holds.len() - 2));
             }
             index.insert(t.tid, nodes.len());
-            nodes.push(task_node(
+            let mut node = task_node(
                 t.tid,
                 t.pid,
                 t.comm.as_deref().unwrap_or("?"),
                 waited,
                 status,
                 more,
-            ));
+            );
+            (node.wait_lock, node.wait_mode) = match &t.blocked {
+                Some(Blocked::MmapLock { mm, mode, .. }) => (
+                    Some(match owners.get(mm) {
+                        Some(p) => format!("mmap_lock of pid {p}"),
+                        None => format!("mmap_lock of mm {mm}"),
+                    }),
+                    Some(*mode),
+                ),
+                Some(Blocked::KernelLock {
+                    lock, lock_type, ..
+                }) => (
+                    Some(lock_name(&LockRef::KernelLock {
+                        lock: *lock,
+                        lock_type: *lock_type,
+                    })),
+                    None,
+                ),
+                Some(Blocked::Uffd { uffd, .. }) => (Some(format!("userfaultfd {uffd}")), None),
+                None => (None, None),
+            };
+            nodes.push(node);
         }
         let edges = view
             .edges
@@ -305,14 +332,17 @@ impl Scene {
                 }
             };
             index.insert(t.tid, nodes.len());
-            nodes.push(task_node(
+            let mut node = task_node(
                 t.tid,
                 t.pid,
                 &t.comm,
                 waited,
                 status,
                 vec![format!("waits: {what}")],
-            ));
+            );
+            // Without the queue position, so waiters of one lock are alike.
+            node.wait_lock = what.split(" (#").next().map(str::to_owned);
+            nodes.push(node);
         }
         for (tid, (pid, comm, state)) in &d.others {
             index.insert(*tid, nodes.len());
@@ -438,7 +468,17 @@ impl Scene {
         }
         let mut by_signature: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if !n.blocked || n.in_cycle || waited_on[i] || out[i].is_empty() || n.group {
+            if !n.blocked || n.in_cycle || waited_on[i] || n.group {
+                continue;
+            }
+            if out[i].is_empty() {
+                // Waits on a lock whose holder nobody knows: alike when the lock and mode are.
+                if let Some(lock) = &n.wait_lock {
+                    by_signature
+                        .entry(format!("unknown|{lock}|{:?}", n.wait_mode))
+                        .or_default()
+                        .push(i);
+                }
                 continue;
             }
             let mut sig: Vec<String> = out[i]
@@ -520,7 +560,8 @@ impl Scene {
 
     fn group_node(&self, id: String, members: &[usize], out: &[usize]) -> Node {
         let first_out = out.first().map(|&i| &self.edges[i]);
-        let noun = match first_out.and_then(|e| e.wants) {
+        let first = &self.nodes[members[0]];
+        let noun = match first_out.and_then(|e| e.wants).or(first.wait_mode) {
             Some(LockMode::Read) => "readers",
             Some(LockMode::Write) => "writers",
             None => "waiters",
@@ -545,6 +586,9 @@ impl Scene {
             } else {
                 lines.push(format!("waiting for {} tasks", out.len()));
             }
+        } else if let Some(lock) = &first.wait_lock {
+            lines.push(format!("of {lock}"));
+            lines.push("holder not known".into());
         }
         let all: Vec<Member> = members
             .iter()
@@ -569,11 +613,12 @@ impl Scene {
         let waits: Vec<u64> = all.iter().filter_map(|m| m.waited_ns).collect();
         let (lo, hi) = (waits.iter().min(), waits.iter().max());
         if let (Some(lo), Some(hi)) = (lo, hi) {
-            lines.push(format!(
-                "blocked {} – {}",
-                short_duration(*lo),
-                short_duration(*hi)
-            ));
+            let (lo, hi) = (short_duration(*lo), short_duration(*hi));
+            lines.push(if lo == hi {
+                format!("blocked {hi}")
+            } else {
+                format!("blocked {lo} – {hi}")
+            });
         }
         Node {
             id,
@@ -583,6 +628,8 @@ impl Scene {
             blocked: true,
             waited_ns: hi.copied(),
             in_cycle: false,
+            wait_lock: first.wait_lock.clone(),
+            wait_mode: first.wait_mode,
         }
     }
 
