@@ -71,7 +71,15 @@ pub fn incident_html(alert: &Alert, view: &GraphView) -> String {
     );
     html::page(
         &format!("faultline incident: {}", alert.kind.as_str()),
-        &format!("tasks {}", escape(&format!("{:?}", alert.tids))),
+        &format!(
+            "tasks {}",
+            alert
+                .tids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         &body,
         "",
     )

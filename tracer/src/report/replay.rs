@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    detect::{Alert, AlertKind, Thresholds},
+    detect::{Alert, AlertKind, Severity, Thresholds},
     engine::Engine,
     event::Event,
     trace::TraceReader,
@@ -26,6 +26,13 @@ use super::{
     svg,
     timeline::{Timeline, TimelineBuilder},
 };
+
+/// Alerts listed open in the summary; more start folded.
+const FOLD_ALERTS: usize = 12;
+/// Moments of detection drawn (each a graph).
+const MAX_PICTURES: usize = 20;
+/// Alerts of one moment written out in full above its graph.
+const SPELLED_OUT: usize = 3;
 
 /// An alert and the graph when it was raised.
 pub struct AlertPicture {
@@ -93,10 +100,21 @@ fn timeline(
     for ev in events {
         b.apply(&ev?);
     }
-    let marks = alerts
-        .iter()
-        .map(|a| (a.alert.ts_ns, a.alert.kind.as_str().to_owned()))
-        .collect();
+    // One mark per moment, named after its most severe alert.
+    let mut marks: Vec<(u64, String)> = Vec::new();
+    for group in alerts.chunk_by(|a, b| a.alert.ts_ns == b.alert.ts_ns) {
+        let worst = group
+            .iter()
+            .max_by_key(|a| a.alert.severity == Severity::Critical)
+            .map(|a| a.alert.kind.as_str())
+            .unwrap_or_default();
+        let more = if group.len() > 1 {
+            format!(" +{}", group.len() - 1)
+        } else {
+            String::new()
+        };
+        marks.push((group[0].alert.ts_ns, format!("{worst}{more}")));
+    }
     Ok(b.finish(marks))
 }
 
@@ -157,34 +175,97 @@ impl Pictures {
     /// One self-contained HTML document.
     pub fn html(&self, source: &str) -> String {
         let mut body = String::new();
-        let _ = write!(
+        // Many alerts (a convoy raises one per reader) make a long table: past a screenful it
+        // starts folded, with the count by kind in view.
+        let mut by_kind: std::collections::BTreeMap<&str, usize> = Default::default();
+        for a in &self.alerts {
+            *by_kind.entry(a.alert.kind.as_str()).or_default() += 1;
+        }
+        let counts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ =
+            write!(
             body,
             "<section id=\"summary\"><h2>Summary</h2><p>{} events replayed from <code>{}</code>, \
-             {} alert(s), trace time {}.</p>{}</section>",
+             {} alert(s){}, trace time {}.</p><details class=\"members\"{}><summary>every alert \
+             with its explanation</summary>{}</details></section>",
             self.events,
             escape(source),
             self.alerts.len(),
+            if counts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", counts.join(", "))
+            },
             short_duration(self.timeline.end_ns.saturating_sub(self.first_ts_ns)),
+            if self.alerts.len() <= FOLD_ALERTS { " open" } else { "" },
             html::alerts_table(self.alerts.iter().map(|a| &a.alert), |a| self.rel(a.ts_ns))
         );
-        for (i, a) in self.alerts.iter().enumerate() {
-            let scene = Scene::from_view(&a.view)
+        // One picture per moment of detection: alerts raised together share a graph.
+        let mut moments: Vec<&[AlertPicture]> = self
+            .alerts
+            .chunk_by(|a, b| a.alert.ts_ns == b.alert.ts_ns)
+            .collect();
+        let dropped = moments.len().saturating_sub(MAX_PICTURES);
+        moments.truncate(MAX_PICTURES);
+        for (i, group) in moments.iter().enumerate() {
+            let first = &group[0];
+            let scene = Scene::from_view(&first.view)
                 .grouped(&BTreeSet::new())
                 .capped(MAX_NODES);
-            let sev = html::severity_str(a.alert.severity);
+            // The most severe first; a handful are spelled out, the rest listed.
+            let mut order: Vec<&AlertPicture> = group.iter().collect();
+            order.sort_by_key(|a| std::cmp::Reverse(a.alert.severity == Severity::Critical));
+            let mut kind_counts: std::collections::BTreeMap<&str, usize> = Default::default();
+            for a in &order {
+                *kind_counts.entry(a.alert.kind.as_str()).or_default() += 1;
+            }
+            let kinds: Vec<String> = kind_counts
+                .iter()
+                .map(|(k, n)| {
+                    if *n == 1 {
+                        (*k).to_owned()
+                    } else {
+                        format!("{n} {k}")
+                    }
+                })
+                .collect();
+            let mut explain = String::new();
+            for a in order.iter().take(SPELLED_OUT) {
+                let sev = html::severity_str(a.alert.severity);
+                let _ = write!(
+                    explain,
+                    "<div class=\"explain {sev}\" data-kind=\"{}\"><b>{} ({sev})</b>: {}</div>",
+                    a.alert.kind.as_str(),
+                    a.alert.kind.as_str(),
+                    escape(&a.alert.summary)
+                );
+            }
+            if order.len() > SPELLED_OUT {
+                let _ = write!(
+                    explain,
+                    "<details class=\"members\"><summary>{} more alerts at this moment</summary>{}</details>",
+                    order.len() - SPELLED_OUT,
+                    html::alerts_table(order[SPELLED_OUT..].iter().map(|a| &a.alert), |a| self.rel(a.ts_ns))
+                );
+            }
             let _ = write!(
                 body,
-                "<section class=\"alert-picture\" id=\"alert-{i}\" data-kind=\"{}\">\
-                 <h2>{} at {} ({sev})</h2><div class=\"explain {sev}\">{}</div>{}{}\
-                 <div class=\"graph\">{}</div>{}</section>",
-                a.alert.kind.as_str(),
-                a.alert.kind.as_str(),
-                self.rel(a.alert.ts_ns),
-                escape(&a.alert.summary),
+                "<section class=\"alert-picture\" id=\"moment-{i}\" data-kind=\"{}\">\
+                 <h2>{} at {}</h2>{explain}{}{}<div class=\"graph\">{}</div>{}</section>",
+                first.alert.kind.as_str(),
+                escape(&kinds.join(", ")),
+                self.rel(first.alert.ts_ns),
                 html::legend(),
                 html::cycles_line(&scene),
                 svg::render(&scene, &format!("a{i}")),
                 html::member_lists(&scene)
+            );
+        }
+        if dropped > 0 {
+            let _ = write!(
+                body,
+                "<p class=\"hidden-note\">{dropped} later moments with alerts are not drawn; \
+                 the table above lists every alert.</p>"
             );
         }
         if self.alerts.is_empty() {

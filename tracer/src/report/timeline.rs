@@ -361,6 +361,7 @@ impl Timeline {
              .timeline .grid {{ stroke: #e3e6ea; }} .timeline .mark {{ stroke: #c62828; stroke-dasharray: 4 3; stroke-width: 1.5; }}\
              .timeline .marklabel {{ fill: #c62828; font-weight: bold; }}\
              .timeline .rowlabel {{ fill: #1a1a1a; }} .timeline .barlabel {{ fill: #fff; }}\
+             .timeline .sidelabel {{ fill: #333; }}\
              </style>"
         );
         // Time axis: five ticks.
@@ -410,11 +411,21 @@ impl Timeline {
                     escape(&format!("{}: {dur}{more}", b.label))
                 );
                 let text = format!("{} · {dur}{more}", b.label);
-                if w > text.chars().count() as f64 * 6.6 + 6.0 {
+                let text_w = text.chars().count() as f64 * 6.6 + 6.0;
+                // Inside the bar when it fits, else beside it where there is room.
+                let place = if w > text_w {
+                    Some(("barlabel", x0 + 4.0, "start"))
+                } else if x0 - LEFT > text_w {
+                    Some(("sidelabel", x0 - 4.0, "end"))
+                } else if LEFT + PLOT_W - x1 > text_w {
+                    Some(("sidelabel", x1 + 4.0, "start"))
+                } else {
+                    None
+                };
+                if let Some((class, tx, anchor)) = place {
                     let _ = write!(
                         s,
-                        "<text class=\"barlabel\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-                        x0 + 4.0,
+                        "<text class=\"{class}\" x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
                         yy + ROW_H / 2.0 - 8.0,
                         escape(&text)
                     );
