@@ -59,6 +59,13 @@ fn run_chromium(browser: &str, url: &str, extra: &[&str]) -> String {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start chromium");
+    // Drain stdout while it runs: a large DOM would fill the pipe and stall the browser.
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+        out
+    });
     // Bounded: a browser that hangs fails the test instead of stalling the suite.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -72,8 +79,8 @@ fn run_chromium(browser: &str, url: &str, extra: &[&str]) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().expect("chromium output");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = reader.join().expect("stdout reader");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The DOM after the page's scripts ran for `budget_ms` of virtual time.
@@ -312,4 +319,69 @@ fn the_html_report_of_the_seed_deadlock_shows_the_cycle_the_timeline_and_the_ale
     assert_eq!(picture.matches(" cycle\" id=\"t").count(), 4, "{picture}");
     let svg_shot = screenshot(browser, &svg_url, "seed-graph.png", "700,700");
     eprintln!("screenshots: {}, {}", shot.display(), svg_shot.display());
+}
+
+#[test]
+fn hundreds_of_readers_behind_one_writer_read_as_one_box_with_a_list_to_expand() {
+    let test = "hundreds_of_readers_behind_one_writer_read_as_one_box_with_a_list_to_expand";
+    let Some(browser) = chromium(test) else {
+        return;
+    };
+    // A convoy: one long reader, a writer queued behind it, 300 readers behind the writer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("convoy.jsonl");
+    let mm = "0xffff888100001000";
+    let mut lines = vec![
+        format!(
+            r#"{{"ts_ns":1000000000,"tid":100,"pid":100,"comm":"checkpoint","kind":"mmap_lock_acquire","mm":"{mm}","write":false,"success":true}}"#
+        ),
+        format!(
+            r#"{{"ts_ns":1010000000,"tid":101,"pid":100,"comm":"mapper","kind":"mmap_lock_start","mm":"{mm}","write":true}}"#
+        ),
+    ];
+    for i in 0..300u64 {
+        lines.push(format!(
+            r#"{{"ts_ns":{},"tid":{},"pid":100,"comm":"{}","kind":"mmap_lock_start","mm":"{mm}","write":false}}"#,
+            1_020_000_000 + i * 100_000,
+            1000 + i,
+            if i % 4 == 0 { "ps" } else { "worker" }
+        ));
+    }
+    lines.push(r#"{"ts_ns":3000000000,"tid":9,"pid":9,"comm":"clock","kind":"page_fault","addr":"0x1000","user":true,"error_code":6}"#.into());
+    std::fs::write(&trace, lines.join("\n")).expect("write the trace");
+    let html = dir.path().join("convoy.html");
+    let out = Command::new(FAULTLINE)
+        .args(["replay", "--html"])
+        .arg(&html)
+        .arg(&trace)
+        .output()
+        .expect("run replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let url = format!("file://{}", html.display());
+    let dom = dump_dom(browser, &url, 100);
+    // The first moment's picture: three boxes, the 300 readers being one of them.
+    let first = dom
+        .split("<section class=\"alert-picture\"")
+        .nth(1)
+        .expect("a picture of the first alerts");
+    assert_eq!(first.matches("<g class=\"node").count(), 3, "{first}");
+    assert!(first.contains("300 readers"), "the group says how many");
+    assert!(first.contains("queued behind writer 101 (mapper)"));
+    assert!(first.contains("worker ×225, ps ×75"));
+    assert!(
+        first.contains("×300 mmap_lock of pid 100"),
+        "its arrow counts them"
+    );
+    let list = first
+        .split("<details class=\"members\" data-group=")
+        .nth(1)
+        .expect("the group's list of tasks");
+    assert_eq!(list.matches("<tr><td class=\"num\">").count(), 300);
+    let shot = screenshot(browser, &url, "convoy-report.png", "1300,1300");
+    eprintln!("screenshot: {}", shot.display());
 }

@@ -154,10 +154,10 @@ pub fn member_lists(scene: &Scene) -> String {
     for n in scene.nodes.iter().filter(|n| n.group) {
         let _ = write!(
             s,
-            "<details class=\"members\" data-group=\"{}\"><summary>{} — {} tasks</summary>\
+            "<details class=\"members\" data-group=\"{}\"><summary>{}: show all {} tasks</summary>\
              <table><tr><th>tid</th><th>pid</th><th>comm</th><th>blocked</th></tr>",
             escape(&n.id),
-            escape(&n.lines.join(" ")),
+            escape(&n.lines[..n.lines.len().min(3)].join(" ")),
             n.members.len()
         );
         for m in &n.members {
@@ -201,11 +201,11 @@ pub fn alerts_table<'a>(
         n += 1;
         let tids: Vec<String> = a.tids.iter().map(u32::to_string).collect();
         let sev = severity_str(a.severity);
-        let _ = write!(
+        let _ = writeln!(
             rows,
             "<tr class=\"alert\" data-kind=\"{}\" data-tids=\"{}\"><td class=\"num\">{}</td>\
              <td class=\"sev-{sev}\">{sev}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td class=\"summary\">{}</td></tr>\n",
+             <td class=\"summary\">{}</td></tr>",
             a.kind.as_str(),
             tids.join(" "),
             escape(&when(a)),

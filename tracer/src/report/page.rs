@@ -153,16 +153,15 @@ async fn render_off_thread(snap: Snapshot, expand: BTreeSet<String>) -> String {
 /// `GET /`.
 pub async fn index(State(shared): State<Shared>) -> Html<String> {
     let snap = snapshot(&shared);
-    let meta = format!(
-        "live · refreshes every 2 s · <label><input type=\"checkbox\" id=\"pause\"> pause</label> \
-         · <span id=\"status\">rendered by the agent</span> · <a style=\"color:#cfd8dc\" \
-         href=\"/api/graph\">JSON</a> · <a style=\"color:#cfd8dc\" href=\"/api/graph.dot\">DOT</a>"
-    );
+    let meta = "live · refreshes every 2 s · <label><input type=\"checkbox\" id=\"pause\"> \
+         pause</label> · <span id=\"status\">rendered by the agent</span> · <a \
+         style=\"color:#cfd8dc\" href=\"/api/graph\">JSON</a> · <a style=\"color:#cfd8dc\" \
+         href=\"/api/graph.dot\">DOT</a>";
     let body = format!(
         "<div id=\"live\">{}</div>",
         render_off_thread(snap, BTreeSet::new()).await
     );
-    Html(html::page("faultline", &meta, &body, SCRIPT))
+    Html(html::page("faultline", meta, &body, SCRIPT))
 }
 
 /// `GET /ui/live?expand=…`: the refreshing part of the page.

@@ -52,6 +52,8 @@ pub struct Timeline {
     pub rows: Vec<Row>,
     /// (time, label) of each alert.
     pub marks: Vec<(u64, String)>,
+    /// Tasks left out (over `MAX_ROWS`).
+    pub hidden: usize,
 }
 
 fn mm_name(owners: &HashMap<Addr, u32>, mm: Addr) -> String {
@@ -263,12 +265,14 @@ impl TimelineBuilder {
 
     pub fn finish(self, marks: Vec<(u64, String)>) -> Timeline {
         let mut rows: Vec<Row> = self.rows.into_values().collect();
+        let hidden = rows.len().saturating_sub(MAX_ROWS);
         rows.truncate(MAX_ROWS);
         Timeline {
             start_ns: self.start_ns.unwrap_or(0),
             end_ns: self.end_ns,
             rows,
             marks,
+            hidden,
         }
     }
 }
@@ -289,6 +293,7 @@ impl Timeline {
             })
             .collect();
         let mut start = view.now_ns;
+        let hidden = view.tasks.len().saturating_sub(MAX_ROWS);
         let rows: Vec<Row> = view
             .tasks
             .iter()
@@ -336,6 +341,7 @@ impl Timeline {
             end_ns: view.now_ns,
             rows,
             marks,
+            hidden,
         }
     }
 
@@ -447,6 +453,13 @@ impl Timeline {
             );
         }
         s.push_str("</svg>");
+        if self.hidden > 0 {
+            let _ = write!(
+                s,
+                "<p class=\"hidden-note\">{} more tasks are not shown in the timeline.</p>",
+                self.hidden
+            );
+        }
         s
     }
 }
