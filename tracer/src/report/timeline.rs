@@ -56,6 +56,14 @@ pub struct Timeline {
     pub hidden: usize,
 }
 
+/// "mutex", "rwsem_write", …: the trace format's names.
+fn type_name(t: &crate::event::LockType) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "lock".into())
+}
+
 fn mm_name(owners: &HashMap<Addr, u32>, mm: Addr) -> String {
     match owners.get(&mm) {
         Some(p) => format!("mmap_lock of pid {p}"),
@@ -223,10 +231,7 @@ impl TimelineBuilder {
             EventKind::LockWaitBegin {
                 lock, lock_type, ..
             } => {
-                let kind = serde_json::to_value(lock_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "lock".into());
+                let kind = type_name(lock_type);
                 // The slow path of an mmap_lock wait reports itself again: one bar is enough.
                 if !self.open_wait.contains_key(&tid) {
                     self.start_wait(tid, ts, format!("waits for {kind} {lock}"), true);
@@ -318,7 +323,9 @@ impl Timeline {
                         Blocked::MmapLock { mm, mode, .. } => {
                             format!("waits for {} ({mode})", mm_name(&owners, *mm))
                         }
-                        Blocked::KernelLock { lock, .. } => format!("waits for lock {lock}"),
+                        Blocked::KernelLock {
+                            lock, lock_type, ..
+                        } => format!("waits for {} {lock}", type_name(lock_type)),
                         Blocked::Uffd { uffd, .. } => format!("waits for userfaultfd {uffd}"),
                     };
                     bars.push(Bar {
