@@ -158,7 +158,16 @@ fn the_live_page_shows_a_real_deadlock_as_a_marked_cycle_and_lists_the_alert() {
         &["--deadlock-confirm", "300ms", "--snapshot-interval", "50ms"],
     );
     // Two threads that really deadlock (f_pos_lock ↔ userfaultfd) until a rescuer steps in.
-    let (mut workload, r) = scenario_lingering(&["uffd-deadlock", "--hold-ms", "15000"]);
+    // Four more writers queue on the same lock: identical waiters, drawn as one box.
+    let (mut workload, r) = scenario_lingering(&[
+        "uffd-deadlock",
+        "--hold-ms",
+        "20000",
+        "--extra-writers",
+        "4",
+    ]);
+    let writers = common::u64s(&r, "writer_tids");
+    assert_eq!(writers.len(), 4, "{r}");
     let (holder, handler) = (u64_at(&r, &["holder_tid"]), u64_at(&r, &["handler_tid"]));
     agent.wait_for("deadlock:", Duration::from_secs(5));
 
@@ -175,11 +184,25 @@ fn the_live_page_shows_a_real_deadlock_as_a_marked_cycle_and_lists_the_alert() {
         String::from_utf8_lossy(&out.stderr)
     );
     let drawn = std::fs::read_to_string(&svg).expect("diagnose wrote the SVG");
-    for tid in [holder, handler] {
-        assert!(
-            drawn.contains(&format!("id=\"t{tid}\"")),
-            "task {tid} in {drawn}"
-        );
+    assert!(
+        drawn.contains(&format!("id=\"t{holder}\"")),
+        "the holder has its box: {drawn}"
+    );
+    // The kernel does not say the handler serves the userfaultfd (diagnose names the rescuer,
+    // the only thread not blocked), so for diagnose the handler is one more waiter of the
+    // mutex, grouped with the writers.
+    let drawn_tids: Vec<u64> = drawn
+        .split("data-tids=\"")
+        .skip(1)
+        .filter_map(|v| v.split('"').next())
+        .flat_map(|v| {
+            v.split(' ')
+                .filter_map(|t| t.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    for tid in writers.iter().chain([&handler]) {
+        assert!(drawn_tids.contains(tid), "task {tid} is drawn: {drawn}");
     }
     assert!(
         drawn.contains("class=\"edge owner"),
@@ -188,7 +211,6 @@ fn the_live_page_shows_a_real_deadlock_as_a_marked_cycle_and_lists_the_alert() {
 
     let url = format!("http://{addr}/");
     let dom = dump_dom(browser, &url, 2600);
-    let shot = screenshot(browser, &url, "live-deadlock.png", "1300,1000");
 
     for tid in [holder, handler] {
         let classes = box_classes(&dom, tid);
@@ -221,6 +243,38 @@ fn the_live_page_shows_a_real_deadlock_as_a_marked_cycle_and_lists_the_alert() {
         dom.contains("data-refreshes=\""),
         "the page refreshed itself from the agent at least once"
     );
+    // The four writers are one dashed box; asking to expand it draws them one by one.
+    let tids: Vec<String> = writers.iter().map(u64::to_string).collect();
+    let group_at = dom
+        .find(&format!("data-tids=\"{}\"", tids.join(" ")))
+        .unwrap_or_else(|| panic!("no box grouping the writers {tids:?}"));
+    let tag = &dom[dom[..group_at].rfind("<g ").expect("a <g>")..group_at];
+    assert!(
+        tag.contains(" group\""),
+        "the writers' box is a group: {tag}"
+    );
+    assert!(dom.contains("4 waiters"), "the group says how many");
+    let id = tag
+        .split("data-node=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .expect("the group's id");
+    let (status, expanded) = common::http_get(&addr, &format!("/ui/live?expand={id}"));
+    assert_eq!(status, 200);
+    for w in &writers {
+        assert!(
+            expanded.contains(&format!("id=\"t{w}\"")),
+            "writer {w} has its own box once expanded ({id}): {}",
+            expanded
+                .split("data-tids=\"")
+                .skip(1)
+                .filter_map(|v| v.split('"').next())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    assert!(expanded.contains(&format!("<button class=\"collapse\" data-group=\"{id}\"")));
+    let shot = screenshot(browser, &url, "live-deadlock.png", "1300,1000");
 
     // The incident written for it has its page too, showing the same cycle.
     let incident = std::fs::read_dir(state.path())

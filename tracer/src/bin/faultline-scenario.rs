@@ -113,6 +113,10 @@ enum Scenario {
     UffdDeadlock {
         #[arg(long, default_value_t = 4000)]
         hold_ms: u64,
+        /// More threads that write the same file and queue on the same f_pos_lock (identical
+        /// waiters outside the cycle).
+        #[arg(long, default_value_t = 0)]
+        extra_writers: u32,
     },
     /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
     Threads {
@@ -912,6 +916,8 @@ struct DeadlockReport {
     holder_tid: u32,
     /// Breaks the deadlock after `hold_ms`.
     rescuer_tid: u32,
+    /// Queued on the same f_pos_lock, outside the cycle.
+    writer_tids: Vec<u32>,
 }
 
 fn set_thread_name(name: &str) {
@@ -921,7 +927,7 @@ fn set_thread_name(name: &str) {
     }
 }
 
-fn uffd_deadlock(hold_ms: u64) -> Result<()> {
+fn uffd_deadlock(hold_ms: u64, extra_writers: u32) -> Result<()> {
     set_thread_name("dl-handler");
     // This thread does UFFDIO_API and REGISTER: it is the userfaultfd's handler.
     let (fd, region) = uffd_with_page()?;
@@ -988,12 +994,35 @@ fn uffd_deadlock(hold_ms: u64) -> Result<()> {
         while rescuer_tid.load(Ordering::SeqCst) == 0 {
             thread::yield_now();
         }
+        let mut writers = Vec::new();
+        let mut writer_tids = Vec::new();
+        for _ in 0..extra_writers {
+            let tid = Arc::new(AtomicU64::new(0));
+            let f = dup.try_clone().context("dup")?;
+            let t = tid.clone();
+            writers.push(
+                thread::Builder::new()
+                    .name("dl-writer".into())
+                    .spawn(move || -> Result<()> {
+                        use std::io::Write as _;
+                        t.store(u64::from(gettid()), Ordering::SeqCst);
+                        (&f).write_all(b"y").context("extra write")?;
+                        Ok(())
+                    })
+                    .context("spawn a writer")?,
+            );
+            while tid.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            writer_tids.push(tid.load(Ordering::SeqCst) as u32);
+        }
         let report = DeadlockReport {
             scenario: "uffd-deadlock",
             pid: std::process::id(),
             handler_tid,
             holder_tid: htid,
             rescuer_tid: rescuer_tid.load(Ordering::SeqCst) as u32,
+            writer_tids,
         };
         {
             use std::io::Write as _;
@@ -1015,6 +1044,10 @@ fn uffd_deadlock(hold_ms: u64) -> Result<()> {
         holder
             .join()
             .map_err(|_| anyhow::anyhow!("holder panicked"))??;
+        for w in writers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        }
         Ok(report)
     })();
     // SAFETY: our own fd.
@@ -1162,7 +1195,10 @@ fn main() {
         } => uffd_stall(delay_ms, fresh_source),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
         Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
-        Scenario::UffdDeadlock { hold_ms } => uffd_deadlock(hold_ms),
+        Scenario::UffdDeadlock {
+            hold_ms,
+            extra_writers,
+        } => uffd_deadlock(hold_ms, extra_writers),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
     };
     if let Err(e) = result {

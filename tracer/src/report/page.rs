@@ -11,7 +11,7 @@ use axum::{
 };
 
 use crate::{
-    detect::Alert,
+    detect::{Alert, Severity},
     http::{lock, Shared},
     views::GraphView,
 };
@@ -97,9 +97,13 @@ fn live_fragment(snap: &Snapshot, expand: &BTreeSet<String>) -> String {
         html::member_lists(&scene)
     ));
     let now = snap.view.now_ns;
+    // Critical alerts (deadlocks) on top, each part newest first (the table lists in reverse).
+    let mut alerts: Vec<&Alert> = snap.alerts.iter().collect();
+    alerts.sort_by_key(|a| a.severity == Severity::Critical);
     s.push_str(&format!(
-        "<section id=\"alerts-section\"><h2>Recent alerts</h2>{}</section>",
-        html::alerts_table(snap.alerts.iter(), |a| {
+        "<section id=\"alerts-section\"><h2>Recent alerts</h2><p class=\"note\">Critical \
+         first, then the newest; all of them at /api/alerts.</p>{}</section>",
+        html::alerts_table(alerts.into_iter(), |a| {
             format!("{} ago", short_duration(now.saturating_sub(a.ts_ns)))
         })
     ));

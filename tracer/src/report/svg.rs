@@ -179,22 +179,24 @@ fn node_attrs(n: &Node) -> String {
 fn layered(scene: &Scene, canvas: &mut Canvas) {
     let mut vg = VisualGraph::new(Orientation::TopToBottom);
     let look = StyleAttr::new(Color::new(PLAIN_RGBA), 1, None, 4, 12);
-    let handles: Vec<_> = scene
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            // The box's label is its index: the canvas draws the real lines itself.
-            let shape = ShapeKind::new_box(&i.to_string());
-            vg.add_node(Element::create_with_properties(
-                shape,
-                look.clone(),
-                Orientation::TopToBottom,
-                node_size(n),
-                node_attrs(n),
-            ))
-        })
-        .collect();
+    // Cycles first: layout-rs keeps the order of insertion within a rank, so the deadlock is
+    // drawn at the left, in view before any scrolling.
+    let mut order: Vec<usize> = (0..scene.nodes.len()).collect();
+    order.sort_by_key(|&i| !scene.nodes[i].in_cycle);
+    let mut handles = vec![None; scene.nodes.len()];
+    for i in order {
+        let n = &scene.nodes[i];
+        // The box's label is its index: the canvas draws the real lines itself.
+        let shape = ShapeKind::new_box(&i.to_string());
+        handles[i] = Some(vg.add_node(Element::create_with_properties(
+            shape,
+            look.clone(),
+            Orientation::TopToBottom,
+            node_size(n),
+            node_attrs(n),
+        )));
+    }
+    let handles: Vec<_> = handles.into_iter().flatten().collect();
     for (from, to, es) in arrows(scene) {
         let cycle = es.iter().any(|e| e.in_cycle);
         let color = if cycle { CYCLE_RGBA } else { PLAIN_RGBA };
