@@ -210,7 +210,20 @@ fn the_live_page_shows_a_real_deadlock_as_a_marked_cycle_and_lists_the_alert() {
     );
 
     let url = format!("http://{addr}/");
-    let dom = dump_dom(browser, &url, 2600);
+    // The page shows the graph of the moment: a snapshot that caught a member between two
+    // kernel events can show it unblocked, as a person would see until the next refresh. Look
+    // again, a few times, before failing.
+    let in_cycle = |dom: &str, tid: u64| {
+        dom.contains(&format!("id=\"t{tid}\"")) && box_classes(dom, tid).contains("cycle")
+    };
+    let mut dom = String::new();
+    for _ in 0..4 {
+        dom = dump_dom(browser, &url, 2600);
+        if in_cycle(&dom, holder) && in_cycle(&dom, handler) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     for tid in [holder, handler] {
         let classes = box_classes(&dom, tid);
