@@ -281,14 +281,15 @@ impl Scene {
                     to: *index.get(&e.to)?,
                     lock: lock_name(&e.lock),
                     kind: match e.reason {
-                        Reason::Holds => EdgeKind::Holds,
+                        Reason::Holds | Reason::HoldsInferred => EdgeKind::Holds,
                         Reason::QueuedBehindWriter => EdgeKind::QueuedBehindWriter,
                         Reason::LockOwner => EdgeKind::LockOwner,
                         Reason::UffdHandler => EdgeKind::UffdHandler,
                     },
                     wants: e.wants,
                     held: e.held,
-                    inferred: None,
+                    // Not seen acquiring it: the agent's default mode infers read holders.
+                    inferred: (e.reason == Reason::HoldsInferred).then_some("inferred"),
                     in_cycle: false,
                     count: 1,
                 })
@@ -413,6 +414,7 @@ impl Scene {
                     inferred: match e.source {
                         Source::Kernel => None,
                         Source::Agent => Some("from the agent"),
+                        Source::AgentInferred => Some("inferred by the agent"),
                         Source::Heuristic => Some("guess from /proc"),
                     },
                     in_cycle: false,
