@@ -425,12 +425,20 @@ impl Timeline {
                 );
                 let text = format!("{} · {dur}{more}", b.label);
                 let text_w = text.chars().count() as f64 * 6.6 + 6.0;
-                // Inside the bar when it fits, else beside it where there is room.
+                // Inside the bar when it fits, else beside it where no other bar of its lane is
+                // (words over a bar are unreadable; the tooltip still has them).
+                let lane_free = |from: f64, to: f64| {
+                    row.bars.iter().filter(|o| !std::ptr::eq(*o, b)).all(|o| {
+                        let same_lane = (o.kind == BarKind::Wait) == (b.kind == BarKind::Wait);
+                        let (o0, o1) = (x(o.start_ns), x(o.end_ns.unwrap_or(self.end_ns)));
+                        !same_lane || o1 < from || o0 > to
+                    })
+                };
                 let place = if w > text_w {
                     Some(("barlabel", x0 + 4.0, "start"))
-                } else if x0 - LEFT > text_w {
+                } else if x0 - LEFT > text_w && lane_free(x0 - text_w, x0) {
                     Some(("sidelabel", x0 - 4.0, "end"))
-                } else if LEFT + PLOT_W - x1 > text_w {
+                } else if LEFT + PLOT_W - x1 > text_w && lane_free(x1, x1 + text_w) {
                     Some(("sidelabel", x1 + 4.0, "start"))
                 } else {
                     None
