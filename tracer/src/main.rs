@@ -107,8 +107,8 @@ struct AgentArgs {
     probes: ProbeArgs,
     #[command(flatten)]
     detect: DetectArgs,
-    /// Address of the HTTP API and live page (/, /api/graph, /api/graph.svg, /api/alerts). Loopback by default:
-    /// the graph names processes and their locks.
+    /// Address of the live page and HTTP API (/, /api/graph, /api/graph.svg, /api/alerts).
+    /// Loopback by default: the graph names processes and their locks.
     #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
     listen: std::net::SocketAddr,
     /// Directory for incident files (each alert with the graph at detection, JSON + DOT + HTML).
