@@ -6,6 +6,7 @@
 //! Used by the kernel tests and by `cargo xtask bench`; also handy for demos:
 //! `faultline-scenario rwr` while `faultline agent` runs.
 
+mod deadlock;
 mod file_writers;
 mod loops;
 mod rwr;
@@ -14,7 +15,7 @@ mod util;
 
 use clap::{Parser, Subcommand};
 
-use crate::{file_writers::*, loops::*, rwr::*, uffd::*};
+use crate::{deadlock::*, file_writers::*, loops::*, rwr::*, uffd::*};
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +101,19 @@ enum Scenario {
         #[arg(long, default_value_t = 3000)]
         hold_ms: u64,
     },
+    /// A real deadlock of two threads: the holder write()s a shared file from a
+    /// userfaultfd-registered page (holding the file's f_pos_lock while its fault waits for the
+    /// handler); the handler, the thread that set the userfaultfd up, then writes the same file
+    /// and blocks on that f_pos_lock. Neither can move on. After `hold_ms` a rescue thread
+    /// resolves the fault with UFFDIO_COPY and both finish.
+    UffdDeadlock {
+        #[arg(long, default_value_t = 4000)]
+        hold_ms: u64,
+        /// More threads that write the same file and queue on the same f_pos_lock (identical
+        /// waiters outside the cycle).
+        #[arg(long, default_value_t = 0)]
+        extra_writers: u32,
+    },
     /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
     Threads {
         #[arg(long, default_value_t = 10_000)]
@@ -146,6 +160,10 @@ fn main() {
         } => uffd_stall(delay_ms, fresh_source),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
         Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
+        Scenario::UffdDeadlock {
+            hold_ms,
+            extra_writers,
+        } => uffd_deadlock(hold_ms, extra_writers),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
     };
     if let Err(e) = result {

@@ -23,26 +23,26 @@ pub(crate) const UFFDIO_COPY: libc::c_ulong = tracer_common::uffd_op::UFFDIO_COP
 
 #[repr(C)]
 pub(crate) struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
+    pub(crate) api: u64,
+    pub(crate) features: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
 pub(crate) struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) mode: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
 pub(crate) struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
+    pub(crate) dst: u64,
+    pub(crate) src: u64,
+    pub(crate) len: u64,
+    pub(crate) mode: u64,
+    pub(crate) copy: i64,
 }
 
 #[derive(Serialize)]

@@ -14,4 +14,4 @@ pub use faultline_core::{detect, engine, event, graph, model, trace, views};
 // The adapters under their own names too, so a path names the module, not its layer.
 pub use commands::{agent, diagnose, record, replay};
 pub use kernel::{check, decode, live, probes, stats, stream};
-pub use sinks::{alerts, http, metrics};
+pub use sinks::{alerts, http, metrics, report};

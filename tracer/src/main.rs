@@ -8,8 +8,13 @@ use tracer::{
     detect::Thresholds,
     probes::{AttachMode, Detail, ProbeOptions},
     record::{self, RecordOptions},
-    replay,
+    replay, report,
 };
+
+/// Writes a report file, naming it in the error.
+fn write_file(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// faultline: find who blocks whom on mmap_lock, page faults and userfaultfd.
 #[derive(Parser)]
@@ -106,11 +111,11 @@ struct AgentArgs {
     probes: ProbeArgs,
     #[command(flatten)]
     detect: DetectArgs,
-    /// Address of the HTTP API (/api/graph, /api/graph.dot, /api/alerts). Loopback by default:
-    /// the graph names processes and their locks.
+    /// Address of the live page and HTTP API (/, /api/graph, /api/graph.svg, /api/alerts).
+    /// Loopback by default: the graph names processes and their locks.
     #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
     listen: std::net::SocketAddr,
-    /// Directory for incident files (each alert with the graph at detection, JSON + DOT).
+    /// Directory for incident files (each alert with the graph at detection, JSON + DOT + HTML).
     #[arg(
         long,
         default_value = "/var/lib/faultline",
@@ -184,6 +189,9 @@ struct DiagnoseArgs {
     /// Print the graph in Graphviz DOT.
     #[arg(long)]
     dot: bool,
+    /// Also write the graph as an SVG picture to this file.
+    #[arg(long, value_name = "OUT")]
+    svg: Option<PathBuf>,
     /// The agent's API address, asked for what only it knows (mmap_lock read holders).
     #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
     agent: String,
@@ -199,6 +207,14 @@ struct ReplayArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report: the graph at each alert, a timeline of the
+    /// tasks involved, the explanations.
+    #[arg(long, value_name = "OUT")]
+    html: Option<PathBuf>,
+    /// Also write the graph as an SVG picture: at the first deadlock, else at the last alert,
+    /// else at the end of the trace.
+    #[arg(long, value_name = "OUT")]
+    svg: Option<PathBuf>,
     #[command(flatten)]
     detect: DetectArgs,
 }
@@ -261,6 +277,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay(r) if r.html.is_some() || r.svg.is_some() => {
+            // Pictures need the graph at each alert: the report module replays for itself.
+            let pictures = report::replay::from_path(&r.file, r.detect.thresholds())?;
+            if let Some(out) = &r.html {
+                write_file(out, &pictures.html(&r.file.display().to_string()))?;
+            }
+            if let Some(out) = &r.svg {
+                write_file(out, &pictures.svg())?;
+            }
+            eprintln!(
+                "faultline: {} events, {} alerts",
+                pictures.events,
+                pictures.alerts.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay(r) => {
             let report = replay::replay_path(&r.file, r.detect.thresholds())?;
             let stdout = std::io::stdout();
@@ -279,6 +311,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 min_blocked: d.min_blocked,
                 agent: (!d.no_agent).then(|| d.agent.clone()),
             })?;
+            if let Some(out) = &d.svg {
+                write_file(out, &report::diagnosis_svg(&report))?;
+            }
             if d.json {
                 println!(
                     "{}",

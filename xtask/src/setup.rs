@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 11] = [
+const PACKAGES: [(&str, &str); 12] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -52,6 +52,10 @@ const PACKAGES: [(&str, &str); 11] = [
     (
         "bpftrace",
         "the hand-written peer scripts `cargo xtask bench overhead` measures faultline against",
+    ),
+    (
+        "chromium",
+        "a headless browser for the tests that look at the live page and the HTML reports",
     ),
 ];
 

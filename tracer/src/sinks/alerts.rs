@@ -1,5 +1,6 @@
 //! The alert sink: each alert logged once, counted, kept for the API, and written as an
-//! incident (the alert and the graph at detection, JSON + DOT) into the state directory.
+//! incident (the alert and the graph at detection, JSON + DOT + a self-contained HTML page)
+//! into the state directory.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -107,12 +108,16 @@ impl AlertSink {
             .with_context(|| json.display().to_string())?;
         f.write_all(b"\n")?;
         fs::write(&dot, graph.to_dot()).with_context(|| dot.display().to_string())?;
+        let html = dir.join(format!("{stem}.html"));
+        fs::write(&html, crate::report::incident_html(alert, graph))
+            .with_context(|| html.display().to_string())?;
         self.incidents.push_back(json);
         // Bounded disk use: the oldest incidents go first.
         while self.incidents.len() > self.max_incidents {
             if let Some(old) = self.incidents.pop_front() {
                 let _ = fs::remove_file(&old);
                 let _ = fs::remove_file(old.with_extension("dot"));
+                let _ = fs::remove_file(old.with_extension("html"));
             }
         }
         Ok(())
@@ -164,5 +169,15 @@ mod tests {
         assert_eq!(doc["alert"]["ts_ns"], 3);
         assert!(doc["graph"]["edges"].is_array());
         assert!(files[1].with_extension("dot").exists());
+        assert!(files[1].with_extension("html").exists());
+        let html_files = fs::read_dir(dir.path())
+            .expect("state dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "html"))
+            .count();
+        assert_eq!(
+            html_files, 2,
+            "the oldest incident's page is deleted with it"
+        );
     }
 }

@@ -221,6 +221,9 @@ async fn healthz() -> &'static str {
 
 pub fn router(shared: Shared) -> Router {
     Router::new()
+        .route("/", get(crate::report::page::index))
+        .route("/ui/live", get(crate::report::page::live))
+        .route("/api/graph.svg", get(crate::report::page::graph_svg))
         .route("/api/graph", get(graph))
         .route("/api/graph.dot", get(graph_dot))
         .route("/api/alerts", get(alerts))

@@ -1,0 +1,197 @@
+//! The agent's live page at `/`: the waits-for graph drawn now, the recent alerts, refreshed
+//! every two seconds from `/ui/live` (an HTML fragment rendered here, so the page's script only
+//! swaps it in). Self-contained: no CDN, no external asset.
+
+use std::collections::BTreeSet;
+
+use axum::{
+    extract::{RawQuery, State},
+    http::{header, StatusCode},
+    response::{Html, IntoResponse},
+};
+
+use crate::{
+    detect::{Alert, Severity},
+    http::{lock, Shared},
+    views::GraphView,
+};
+
+use super::{
+    html::{self, escape},
+    scene::{short_duration, Scene, MAX_NODES},
+    svg,
+};
+
+/// Alerts listed on the page, newest first (all of them stay at /api/alerts).
+const PAGE_ALERTS: usize = 50;
+
+/// Group ids the viewer asked to expand: `expand=g…,g…` (anything else is ignored).
+pub fn expand_set(query: Option<&str>) -> BTreeSet<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("expand="))
+        .flat_map(|v| {
+            v.replace("%2C", ",")
+                .replace("%2c", ",")
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|id| {
+            id.len() == 17 && id.starts_with('g') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .take(256)
+        .collect()
+}
+
+/// What the page needs, copied out under the agent's lock (rendering happens outside it).
+struct Snapshot {
+    view: GraphView,
+    alerts: Vec<Alert>,
+    events: u64,
+}
+
+fn snapshot(shared: &Shared) -> Snapshot {
+    let st = lock(shared);
+    let engine = st.feed.engine();
+    let recent: Vec<&Alert> = st.sink.recent().collect();
+    let skip = recent.len().saturating_sub(PAGE_ALERTS);
+    Snapshot {
+        view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
+        alerts: recent.into_iter().skip(skip).cloned().collect(),
+        events: engine.events(),
+    }
+}
+
+/// The part of the page that refreshes: summary, graph, groups, alerts.
+fn live_fragment(snap: &Snapshot, expand: &BTreeSet<String>) -> String {
+    let scene = Scene::from_view(&snap.view)
+        .grouped(expand)
+        .capped(MAX_NODES);
+    let blocked = snap
+        .view
+        .tasks
+        .iter()
+        .filter(|t| t.blocked.is_some())
+        .count();
+    let mut s = format!(
+        "<section id=\"graph-section\"><h2>Waits-for graph</h2><p class=\"note\" id=\"counts\" \
+         data-blocked=\"{blocked}\" data-cycles=\"{}\">{blocked} blocked task(s), {} cycle(s), \
+         {} events seen. Click a dashed box to show its tasks one by one.</p>{}{}",
+        snap.view.cycles.len(),
+        snap.view.cycles.len(),
+        snap.events,
+        html::legend(),
+        html::cycles_line(&scene)
+    );
+    for (id, n) in &scene.expanded {
+        s.push_str(&format!(
+            "<button class=\"collapse\" data-group=\"{}\">group these {n} tasks again</button> ",
+            escape(id)
+        ));
+    }
+    s.push_str(&format!(
+        "<div class=\"graph\" id=\"graph\">{}</div>{}</section>",
+        svg::render(&scene, "live"),
+        html::member_lists(&scene)
+    ));
+    let now = snap.view.now_ns;
+    // Critical alerts (deadlocks) on top, each part newest first (the table lists in reverse).
+    let mut alerts: Vec<&Alert> = snap.alerts.iter().collect();
+    alerts.sort_by_key(|a| a.severity == Severity::Critical);
+    s.push_str(&format!(
+        "<section id=\"alerts-section\"><h2>Recent alerts</h2><p class=\"note\">Critical \
+         first, then the newest; all of them at /api/alerts.</p>{}</section>",
+        html::alerts_table(alerts.into_iter(), |a| {
+            format!("{} ago", short_duration(now.saturating_sub(a.ts_ns)))
+        })
+    ));
+    s
+}
+
+const SCRIPT: &str = r#"
+(function () {
+  const expanded = new Set(JSON.parse(sessionStorage.getItem('faultline-expand') || '[]'));
+  let refreshes = 0;
+  const status = document.getElementById('status');
+  const save = () => sessionStorage.setItem('faultline-expand', JSON.stringify([...expanded]));
+  async function refresh() {
+    try {
+      const r = await fetch('/ui/live?expand=' + [...expanded].join(','), { cache: 'no-store' });
+      if (!r.ok) { status.textContent = 'the agent answered ' + r.status; return; }
+      const text = await r.text();
+      document.getElementById('live').innerHTML = text;
+      refreshes += 1;
+      document.body.dataset.refreshes = String(refreshes);
+      status.textContent = 'updated ' + new Date().toLocaleTimeString();
+    } catch (e) {
+      status.textContent = 'the agent does not answer (' + e + ')';
+    }
+  }
+  document.addEventListener('click', (ev) => {
+    const g = ev.target.closest('g.node.group');
+    const b = ev.target.closest('button.collapse');
+    if (g) { expanded.add(g.dataset.node); save(); refresh(); }
+    if (b) { expanded.delete(b.dataset.group); save(); refresh(); }
+  });
+  const pause = document.getElementById('pause');
+  setInterval(() => { if (!pause.checked) refresh(); }, 2000);
+  if (expanded.size) refresh();
+})();
+"#;
+
+/// Lays out and draws off the async workers: a large graph takes a noticeable fraction of a
+/// second, which must not stall the API or the ring-buffer reader.
+async fn render_off_thread(snap: Snapshot, expand: BTreeSet<String>) -> String {
+    tokio::task::spawn_blocking(move || live_fragment(&snap, &expand))
+        .await
+        .unwrap_or_else(|e| {
+            format!(
+                "<p class=\"hidden-note\">drawing the graph failed: {}</p>",
+                escape(&e.to_string())
+            )
+        })
+}
+
+/// `GET /`.
+pub async fn index(State(shared): State<Shared>) -> Html<String> {
+    let snap = snapshot(&shared);
+    let meta = "live · refreshes every 2 s · <label><input type=\"checkbox\" id=\"pause\"> \
+         pause</label> · <span id=\"status\">rendered by the agent</span> · <a \
+         style=\"color:#cfd8dc\" href=\"/api/graph\">JSON</a> · <a style=\"color:#cfd8dc\" \
+         href=\"/api/graph.dot\">DOT</a>";
+    let body = format!(
+        "<div id=\"live\">{}</div>",
+        render_off_thread(snap, BTreeSet::new()).await
+    );
+    Html(html::page("faultline", meta, &body, SCRIPT))
+}
+
+/// `GET /ui/live?expand=…`: the refreshing part of the page.
+pub async fn live(State(shared): State<Shared>, RawQuery(q): RawQuery) -> Html<String> {
+    let snap = snapshot(&shared);
+    Html(render_off_thread(snap, expand_set(q.as_deref())).await)
+}
+
+/// `GET /api/graph.svg?expand=…`: the picture alone.
+pub async fn graph_svg(State(shared): State<Shared>, RawQuery(q): RawQuery) -> impl IntoResponse {
+    let view = snapshot(&shared).view;
+    let expand = expand_set(q.as_deref());
+    let drawn = tokio::task::spawn_blocking(move || {
+        svg::document(&Scene::from_view(&view).grouped(&expand).capped(MAX_NODES))
+    })
+    .await;
+    match drawn {
+        Ok(svg) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
+            svg,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("drawing the graph failed: {e}\n"),
+        ),
+    }
+}

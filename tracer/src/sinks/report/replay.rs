@@ -1,0 +1,295 @@
+//! `faultline replay --html/--svg`: a trace replayed into pictures. The engine runs once to find
+//! the alerts and the graph at each; the trace is read a second time to draw the timeline of
+//! the tasks involved (a file is read twice; standard input is kept in memory).
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    fs::File,
+    io::{self, BufReader},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    detect::{Alert, AlertKind, Severity, Thresholds},
+    engine::Engine,
+    event::Event,
+    trace::TraceReader,
+    views::GraphView,
+};
+
+use super::{
+    html::{self, escape},
+    scene::{short_duration, Scene, MAX_NODES},
+    svg,
+    timeline::{Timeline, TimelineBuilder},
+};
+
+/// Alerts listed open in the summary; more start folded.
+const FOLD_ALERTS: usize = 12;
+/// Moments of detection drawn (each a graph).
+const MAX_PICTURES: usize = 20;
+/// Alerts of one moment written out in full above its graph.
+const SPELLED_OUT: usize = 3;
+
+/// An alert and the graph when it was raised.
+pub struct AlertPicture {
+    pub alert: Alert,
+    pub view: GraphView,
+}
+
+pub struct Pictures {
+    pub events: u64,
+    pub first_ts_ns: u64,
+    pub alerts: Vec<AlertPicture>,
+    /// The graph at the end of the trace.
+    pub end_view: GraphView,
+    pub timeline: Timeline,
+}
+
+fn run_engine(
+    events: impl Iterator<Item = Result<Event>>,
+    thresholds: Thresholds,
+) -> Result<(u64, u64, Vec<AlertPicture>, GraphView)> {
+    let mut engine = Engine::new(thresholds);
+    let mut first = None;
+    let mut pictures = Vec::new();
+    let mut take = |engine: &Engine, alerts: Vec<Alert>| {
+        // The graph at the moment of each alert, as the agent's incident files keep it.
+        for alert in alerts {
+            pictures.push(AlertPicture {
+                alert,
+                view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
+            });
+        }
+    };
+    for ev in events {
+        let ev = ev?;
+        first.get_or_insert(ev.ts_ns);
+        let alerts = engine.apply(&ev);
+        take(&engine, alerts);
+    }
+    let alerts = engine.check();
+    take(&engine, alerts);
+    let end = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    Ok((engine.events(), first.unwrap_or(0), pictures, end))
+}
+
+fn involved(alerts: &[AlertPicture], end: &GraphView) -> BTreeSet<u32> {
+    let mut tids: BTreeSet<u32> = alerts
+        .iter()
+        .flat_map(|a| a.alert.tids.iter().copied())
+        .collect();
+    for a in alerts {
+        tids.extend(a.view.tasks.iter().map(|t| t.tid));
+    }
+    if alerts.is_empty() {
+        tids.extend(end.tasks.iter().map(|t| t.tid));
+    }
+    tids
+}
+
+fn timeline(
+    events: impl Iterator<Item = Result<Event>>,
+    tids: BTreeSet<u32>,
+    alerts: &[AlertPicture],
+) -> Result<Timeline> {
+    let mut b = TimelineBuilder::new(tids);
+    for ev in events {
+        b.apply(&ev?);
+    }
+    // One mark per moment, named after its most severe alert.
+    let mut marks: Vec<(u64, String)> = Vec::new();
+    for group in alerts.chunk_by(|a, b| a.alert.ts_ns == b.alert.ts_ns) {
+        let worst = group
+            .iter()
+            .max_by_key(|a| a.alert.severity == Severity::Critical)
+            .map(|a| a.alert.kind.as_str())
+            .unwrap_or_default();
+        let more = if group.len() > 1 {
+            format!(" +{}", group.len() - 1)
+        } else {
+            String::new()
+        };
+        marks.push((group[0].alert.ts_ns, format!("{worst}{more}")));
+    }
+    Ok(b.finish(marks))
+}
+
+fn read_events(path: &Path) -> Result<impl Iterator<Item = Result<Event>>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let name = path.display().to_string();
+    Ok(TraceReader::new(BufReader::new(file)).map(move |r| r.with_context(|| name.clone())))
+}
+
+/// Replays `path` (`-`: standard input) into pictures.
+pub fn from_path(path: &Path, thresholds: Thresholds) -> Result<Pictures> {
+    let (events, first_ts_ns, alerts, end_view, timeline) = if path == Path::new("-") {
+        let all: Vec<Event> = TraceReader::new(io::stdin().lock())
+            .collect::<Result<_, _>>()
+            .context("<stdin>")?;
+        let (n, first, alerts, end) = run_engine(all.iter().cloned().map(Ok), thresholds)?;
+        let tids = involved(&alerts, &end);
+        let tl = timeline(all.into_iter().map(Ok), tids, &alerts)?;
+        (n, first, alerts, end, tl)
+    } else {
+        let (n, first, alerts, end) = run_engine(read_events(path)?, thresholds)?;
+        let tids = involved(&alerts, &end);
+        let tl = timeline(read_events(path)?, tids, &alerts)?;
+        (n, first, alerts, end, tl)
+    };
+    Ok(Pictures {
+        events,
+        first_ts_ns,
+        alerts,
+        end_view,
+        timeline,
+    })
+}
+
+impl Pictures {
+    /// The graph `--svg` draws: at the first deadlock, else at the last alert, else at the end.
+    pub fn main_view(&self) -> &GraphView {
+        self.alerts
+            .iter()
+            .find(|a| a.alert.kind == AlertKind::Deadlock)
+            .or(self.alerts.last())
+            .map(|a| &a.view)
+            .unwrap_or(&self.end_view)
+    }
+
+    pub fn svg(&self) -> String {
+        svg::document(
+            &Scene::from_view(self.main_view())
+                .grouped(&BTreeSet::new())
+                .capped(MAX_NODES),
+        )
+    }
+
+    fn rel(&self, ts: u64) -> String {
+        format!("+{:.3}s", ts.saturating_sub(self.first_ts_ns) as f64 / 1e9)
+    }
+
+    /// One self-contained HTML document.
+    pub fn html(&self, source: &str) -> String {
+        let mut body = String::new();
+        // Many alerts (a convoy raises one per reader) make a long table: past a screenful it
+        // starts folded, with the count by kind in view.
+        let mut by_kind: std::collections::BTreeMap<&str, usize> = Default::default();
+        for a in &self.alerts {
+            *by_kind.entry(a.alert.kind.as_str()).or_default() += 1;
+        }
+        let counts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ =
+            write!(
+            body,
+            "<section id=\"summary\"><h2>Summary</h2><p>{} events replayed from <code>{}</code>, \
+             {} alert(s){}, trace time {}.</p><details class=\"members\"{}><summary>every alert \
+             with its explanation</summary>{}</details></section>",
+            self.events,
+            escape(source),
+            self.alerts.len(),
+            if counts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", counts.join(", "))
+            },
+            short_duration(self.timeline.end_ns.saturating_sub(self.first_ts_ns)),
+            if self.alerts.len() <= FOLD_ALERTS { " open" } else { "" },
+            html::alerts_table(self.alerts.iter().map(|a| &a.alert), |a| self.rel(a.ts_ns))
+        );
+        // One picture per moment of detection: alerts raised together share a graph.
+        let mut moments: Vec<&[AlertPicture]> = self
+            .alerts
+            .chunk_by(|a, b| a.alert.ts_ns == b.alert.ts_ns)
+            .collect();
+        let dropped = moments.len().saturating_sub(MAX_PICTURES);
+        moments.truncate(MAX_PICTURES);
+        for (i, group) in moments.iter().enumerate() {
+            let first = &group[0];
+            let scene = Scene::from_view(&first.view)
+                .grouped(&BTreeSet::new())
+                .capped(MAX_NODES);
+            // The most severe first; a handful are spelled out, the rest listed.
+            let mut order: Vec<&AlertPicture> = group.iter().collect();
+            order.sort_by_key(|a| std::cmp::Reverse(a.alert.severity == Severity::Critical));
+            let mut kind_counts: std::collections::BTreeMap<&str, usize> = Default::default();
+            for a in &order {
+                *kind_counts.entry(a.alert.kind.as_str()).or_default() += 1;
+            }
+            let kinds: Vec<String> = kind_counts
+                .iter()
+                .map(|(k, n)| {
+                    if *n == 1 {
+                        (*k).to_owned()
+                    } else {
+                        format!("{n} {k}")
+                    }
+                })
+                .collect();
+            let mut explain = String::new();
+            for a in order.iter().take(SPELLED_OUT) {
+                let sev = html::severity_str(a.alert.severity);
+                let _ = write!(
+                    explain,
+                    "<div class=\"explain {sev}\" data-kind=\"{}\"><b>{} ({sev})</b>: {}</div>",
+                    a.alert.kind.as_str(),
+                    a.alert.kind.as_str(),
+                    escape(&a.alert.summary)
+                );
+            }
+            if order.len() > SPELLED_OUT {
+                let _ = write!(
+                    explain,
+                    "<details class=\"members\"><summary>{} more alerts at this moment</summary>{}</details>",
+                    order.len() - SPELLED_OUT,
+                    html::alerts_table(order[SPELLED_OUT..].iter().map(|a| &a.alert), |a| self.rel(a.ts_ns))
+                );
+            }
+            let _ = write!(
+                body,
+                "<section class=\"alert-picture\" id=\"moment-{i}\" data-kind=\"{}\">\
+                 <h2>{} at {}</h2>{explain}{}{}<div class=\"graph\">{}</div>{}</section>",
+                first.alert.kind.as_str(),
+                escape(&kinds.join(", ")),
+                self.rel(first.alert.ts_ns),
+                html::legend(),
+                html::cycles_line(&scene),
+                svg::render(&scene, &format!("a{i}")),
+                html::member_lists(&scene)
+            );
+        }
+        if dropped > 0 {
+            let _ = write!(
+                body,
+                "<p class=\"hidden-note\">{dropped} later moments with alerts are not drawn; \
+                 the table above lists every alert.</p>"
+            );
+        }
+        if self.alerts.is_empty() {
+            let scene = Scene::from_view(&self.end_view)
+                .grouped(&BTreeSet::new())
+                .capped(MAX_NODES);
+            let _ = write!(
+                body,
+                "<section id=\"end-graph\"><h2>Graph at the end of the trace</h2>{}{}\
+                 <div class=\"graph\">{}</div>{}</section>",
+                html::legend(),
+                html::cycles_line(&scene),
+                svg::render(&scene, "end"),
+                html::member_lists(&scene)
+            );
+        }
+        let _ = write!(
+            body,
+            "<section id=\"timeline\"><h2>Timeline of the tasks involved</h2>\
+             <p class=\"note\">Each row is a task: red bars are waits, blue bars write holds, \
+             green bars read holds; the dashed lines are the alerts. Hover a bar for its lock and \
+             length.</p><div class=\"graph\">{}</div></section>",
+            self.timeline.render()
+        );
+        html::page("faultline replay report", &escape(source), &body, "")
+    }
+}
