@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 14] = [
+pub const KEYS: [(&str, &str); 15] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -21,6 +21,7 @@ pub const KEYS: [(&str, &str); 14] = [
     ("snapshot_interval", "FAULTLINE_SNAPSHOT_INTERVAL"),
     ("summary_interval", "FAULTLINE_SUMMARY_INTERVAL"),
     ("max_log_lines", "FAULTLINE_MAX_LOG_LINES"),
+    ("scope", "FAULTLINE_SCOPE"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -103,6 +103,10 @@ struct AgentArgs {
     /// Most slow-event lines logged per summary interval; the rest are counted.
     #[arg(long, default_value_t = 20, env = "FAULTLINE_MAX_LOG_LINES")]
     max_log_lines: u32,
+    /// Which processes to report on: the whole host, or only this agent's network namespace
+    /// (one agent per namespace sharing a kernel; the probes themselves are host-wide).
+    #[arg(long, value_enum, default_value_t = tracer::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
+    scope: tracer::scope::Scope,
 }
 
 #[derive(Args)]
@@ -199,6 +203,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 snapshot_interval: a.snapshot_interval,
                 summary_interval: a.summary_interval,
                 max_log_lines: a.max_log_lines,
+                scope: a.scope,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
