@@ -94,6 +94,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3000)]
         hold_ms: u64,
     },
+    /// A real deadlock between two processes: each registers a page with its own userfaultfd,
+    /// takes the other's (pidfd_getfd) and serves it from one thread (UFFDIO_WAKE), and that
+    /// same thread then faults on its own page. Each fault waits for a handler that waits for
+    /// the other. Reports once both are asleep in handle_userfault, then after `hold_ms` both
+    /// processes exit (the only way out).
+    UffdDeadlock {
+        #[arg(long, default_value_t = 5000)]
+        hold_ms: u64,
+    },
     /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
     Threads {
         #[arg(long, default_value_t = 10_000)]
@@ -709,6 +718,162 @@ fn uffd_with_page() -> Result<(i32, Mapping)> {
     Ok((fd, region))
 }
 
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+fn pipe_pair() -> Result<(i32, i32)> {
+    let mut p = [0i32; 2];
+    // SAFETY: valid array for pipe2.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    Ok((p[0], p[1]))
+}
+
+fn send_u64s(fd: i32, v: &[u64]) -> Result<()> {
+    let len = std::mem::size_of_val(v);
+    // SAFETY: writing our own slice.
+    if unsafe { libc::write(fd, v.as_ptr().cast(), len) } != len as isize {
+        bail!("pipe write: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn recv_u64s<const N: usize>(fd: i32) -> Result<[u64; N]> {
+    let mut v = [0u64; N];
+    let len = std::mem::size_of_val(&v);
+    // SAFETY: reading into our own array (pipe writes this small are atomic).
+    if unsafe { libc::read(fd, v.as_mut_ptr().cast(), len) } != len as isize {
+        bail!("the other process of the deadlock went away");
+    }
+    Ok(v)
+}
+
+/// One side of the userfaultfd deadlock: returns (this side's blocked thread, the peer's).
+fn deadlock_side(wr: i32, rd: i32) -> Result<(u32, u32)> {
+    let (fd, region) = uffd_with_page()?;
+    send_u64s(
+        wr,
+        &[u64::from(std::process::id()), fd as u64, region.addr as u64],
+    )?;
+    let [peer_pid, peer_fd, peer_page] = recv_u64s::<3>(rd)?;
+    // SAFETY: plain syscalls on our own child/parent; their results are checked.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, peer_pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        bail!("pidfd_open: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let theirs = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, peer_fd as i32, 0) };
+    if theirs < 0 {
+        bail!("pidfd_getfd: {}", std::io::Error::last_os_error());
+    }
+    let own_page = region.addr as usize;
+    // The page must stay mapped while the thread waits on it; the process exits to end it.
+    std::mem::forget(region);
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(gettid());
+        // Serve the other side's userfaultfd once: this thread becomes its handler.
+        let mut range = UffdioRange {
+            start: peer_page,
+            len: 4096,
+        };
+        let _ = uffd_ioctl(theirs as i32, UFFDIO_WAKE, &mut range);
+        // SAFETY: a registered page of our own mapping: the read waits for our handler, which
+        // is the other side's thread, which waits for us.
+        unsafe { (own_page as *const u8).read_volatile() };
+    });
+    let tid = rx.recv().context("the deadlocking thread did not start")?;
+    send_u64s(wr, &[u64::from(tid)])?;
+    let [peer_tid] = recv_u64s::<1>(rd)?;
+    Ok((tid, peer_tid as u32))
+}
+
+#[derive(Serialize)]
+struct DeadlockReport {
+    scenario: &'static str,
+    pid: u32,
+    peer_pid: u32,
+    /// The two threads that wait on each other.
+    tids: [u32; 2],
+    /// Both were seen asleep in handle_userfault.
+    deadlocked: bool,
+}
+
+/// Kills the peer and exits: the only way out of the deadlock (exiting ends our blocked thread).
+fn end_deadlock(child: libc::pid_t, code: i32) -> ! {
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, ptr::null_mut(), 0);
+    }
+    std::process::exit(code)
+}
+
+fn uffd_deadlock(hold_ms: u64) -> Result<()> {
+    let (p_rd, q_wr) = pipe_pair()?;
+    let (q_rd, p_wr) = pipe_pair()?;
+    // SAFETY: still single-threaded; the child only runs its side and sleeps.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: our own process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        let code = match deadlock_side(q_wr, q_rd) {
+            Ok(_) => {
+                // Backstop: the parent kills us after hold_ms.
+                libc_sleep_ms(hold_ms + 5000);
+                0
+            }
+            Err(e) => {
+                eprintln!("faultline-scenario: deadlock peer: {e:#}");
+                1
+            }
+        };
+        // SAFETY: leaving the child.
+        unsafe { libc::_exit(code) };
+    }
+    let (mine, theirs) = match deadlock_side(p_wr, p_rd) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("faultline-scenario: error: {e:#}");
+            end_deadlock(child, 1)
+        }
+    };
+    let asleep = |pid: i32, tid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan"))
+            .is_ok_and(|w| w.trim() == "handle_userfault")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut deadlocked = false;
+    while std::time::Instant::now() < deadline {
+        if asleep(std::process::id() as i32, mine) && asleep(child, theirs) {
+            deadlocked = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let report = DeadlockReport {
+        scenario: "uffd-deadlock",
+        pid: std::process::id(),
+        peer_pid: child as u32,
+        tids: [mine, theirs],
+        deadlocked,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    libc_sleep_ms(hold_ms);
+    end_deadlock(child, 0)
+}
+
 fn wchan_of(tid: u32) -> String {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).unwrap_or_default()
 }
@@ -960,6 +1125,7 @@ fn main() {
         } => uffd_stall(delay_ms, fresh_source),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
         Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
+        Scenario::UffdDeadlock { hold_ms } => uffd_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
     };
     if let Err(e) = result {
