@@ -1,0 +1,193 @@
+//! Workload attribution on the real kernel: processes in cgroups shaped like systemd, Docker and
+//! kubepods/CRI trees are named by their workload, and a convoy run inside a pod's container
+//! cgroup is named by that pod and container in the alert, the graph and the metrics.
+
+#[path = "common/cgroup.rs"]
+mod cgroup;
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use cgroup::{container_id, pod_uid, TestCgroups};
+use common::{http_get, require_root, u64_at, u64s, Faultline, SCENARIO};
+use tracer::workload::{Resolver, Runtime, Workload};
+
+#[test]
+fn processes_in_systemd_docker_and_kubepods_cgroups_resolve_to_their_workload() {
+    if !require_root("processes_in_systemd_docker_and_kubepods_cgroups_resolve_to_their_workload") {
+        return;
+    }
+    let mut cg = TestCgroups::new("shapes");
+    let (docker, cri, uid) = (container_id(1), container_id(2), pod_uid());
+    let shapes = [
+        (
+            "system.slice/fltest.service".to_string(),
+            Workload::Systemd {
+                unit: "fltest.service".into(),
+            },
+        ),
+        (
+            format!("system.slice/docker-{docker}.scope"),
+            Workload::Container {
+                runtime: Runtime::Docker,
+                id: docker.clone(),
+            },
+        ),
+        (
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cri}.scope",
+                uid.replace('-', "_")
+            ),
+            Workload::Pod {
+                uid: uid.clone(),
+                qos: Some("burstable".into()),
+                container_id: Some(cri.clone()),
+                runtime: Some(Runtime::Containerd),
+            },
+        ),
+        (
+            format!("kubepods/besteffort/pod{uid}/{docker}"),
+            Workload::Pod {
+                uid: uid.clone(),
+                qos: Some("besteffort".into()),
+                container_id: Some(docker.clone()),
+                runtime: None,
+            },
+        ),
+    ];
+    let mut resolver = Resolver::new("/proc");
+    for (rel, expected) in &shapes {
+        let path = cg.make(rel);
+        let mut child = cg.spawn_in(rel, "sleep", &["30"], Stdio::null());
+        // The shell moves itself, then execs: wait until /proc shows the move.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let pid = child.id();
+        let attribution = loop {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if tracer::workload::cgroup_v2_path(&text) == Some(path.as_str()) {
+                break Resolver::new("/proc").resolve(pid);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never showed cgroup {path}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let a = attribution.expect("a live process resolves");
+        assert_eq!(a.cgroup, path);
+        assert_eq!(a.workload.as_ref(), Some(expected), "{path}");
+        assert_eq!(resolver.resolve(pid), Some(a));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_metrics() {
+    if !require_root(
+        "a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_metrics",
+    ) {
+        return;
+    }
+    let mut cg = TestCgroups::new("convoy");
+    let (cid, uid) = (container_id(3), pod_uid());
+    let rel = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+        uid.replace('-', "_")
+    );
+    let path = cg.make(&rel);
+    let label = format!("pod:{uid}/{}", &cid[..12]);
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let (mut agent, addr) = Faultline::agent(
+        state.path(),
+        &[
+            "--wait-threshold",
+            "1ms",
+            "--hold-threshold",
+            "20ms",
+            "--stall-threshold",
+            "150ms",
+            "--rwr-threshold",
+            "100ms",
+            "--snapshot-interval",
+            "50ms",
+        ],
+    );
+    let out = cg
+        .spawn_in(
+            &rel,
+            SCENARIO,
+            &["rwr", "--hold-mib", "2048"],
+            Stdio::piped(),
+        )
+        .wait_with_output()
+        .expect("run the convoy");
+    assert!(out.status.success(), "the convoy scenario failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scenario report");
+    assert_eq!(report["convoy"], true, "no convoy formed: {report}");
+    let reader = u64_at(&report, &["reader", "tid"]);
+    agent.wait_for("rwr_inversion:", Duration::from_secs(10));
+
+    // The alert names the pod and the container.
+    let (status, body) = http_get(&addr, "/api/alerts");
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+    let alert = doc["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["kind"] == "rwr_inversion" && u64s(a, "tids").first() == Some(&reader))
+        .unwrap_or_else(|| panic!("no rwr_inversion for reader {reader}: {doc:#}"))
+        .clone();
+    assert_eq!(alert["cgroup"], path.as_str(), "{alert:#}");
+    assert_eq!(alert["workload"]["type"], "pod", "{alert:#}");
+    assert_eq!(alert["workload"]["uid"], uid.as_str(), "{alert:#}");
+    assert_eq!(alert["workload"]["container_id"], cid.as_str(), "{alert:#}");
+    assert_eq!(alert["workload"]["runtime"], "containerd", "{alert:#}");
+
+    // The graph at detection (the incident) names it for every task of the convoy.
+    let incident = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-rwr_inversion.json"))
+        .expect("an rwr_inversion incident");
+    let inc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&incident).expect("read incident"))
+            .expect("incident JSON");
+    let tasks = inc["graph"]["tasks"].as_array().expect("graph tasks");
+    assert!(tasks.len() >= 2, "{inc:#}");
+    for t in tasks {
+        assert_eq!(t["cgroup"], path.as_str(), "every convoy task: {t:#}");
+        assert_eq!(t["workload"]["uid"], uid.as_str(), "{t:#}");
+    }
+    let dot = std::fs::read_to_string(incident.with_extension("dot")).expect("incident DOT");
+    assert!(
+        dot.contains(&label),
+        "the DOT graph names the workload: {dot}"
+    );
+
+    // The metrics count the alert and the slow waits under the workload.
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in the scrape:\n{metrics}"))
+    };
+    assert!(
+        value(&format!(
+            "faultline_workload_alerts_total{{workload=\"{label}\",kind=\"rwr_inversion\"}}"
+        )) >= 1.0
+    );
+    assert!(
+        value(&format!(
+            "faultline_workload_slow_waits_total{{workload=\"{label}\"}}"
+        )) >= 1.0
+    );
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
