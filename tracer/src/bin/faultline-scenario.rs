@@ -777,21 +777,24 @@ fn deadlock_side(wr: i32, rd: i32) -> Result<(u32, u32)> {
     std::mem::forget(region);
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
-        let _ = tx.send(gettid());
+        let tid = gettid();
         // Serve the other side's userfaultfd once: this thread becomes its handler.
         let mut range = UffdioRange {
             start: peer_page,
             len: 4096,
         };
         let _ = uffd_ioctl(theirs as i32, UFFDIO_WAKE, &mut range);
+        // Both handlers exist before either faults: a WAKE after the other side's fault would
+        // wake it, and the deadlock would form through a retried fault instead.
+        let peer = send_u64s(wr, &[u64::from(tid)]).and_then(|()| recv_u64s::<1>(rd));
+        let _ = tx.send(peer.map(|[p]| (tid, p as u32)));
         // SAFETY: a registered page of our own mapping: the read waits for our handler, which
         // is the other side's thread, which waits for us.
         unsafe { (own_page as *const u8).read_volatile() };
     });
-    let tid = rx.recv().context("the deadlocking thread did not start")?;
-    send_u64s(wr, &[u64::from(tid)])?;
-    let [peer_tid] = recv_u64s::<1>(rd)?;
-    Ok((tid, peer_tid as u32))
+    rx.recv()
+        .context("the deadlocking thread did not start")?
+        .context("exchanging thread ids with the other side")
 }
 
 #[derive(Serialize)]
