@@ -48,10 +48,16 @@ fn of_kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Val
 #[test]
 fn the_manifests_pass_strict_validation_against_the_kubernetes_schemas() {
     let out = validate(&manifest());
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    for kind in ["daemonset", "service", "configmap", "serviceaccount", "networkpolicy"] {
+    for kind in [
+        "daemonset",
+        "service",
+        "configmap",
+        "serviceaccount",
+        "networkpolicy",
+    ] {
         assert!(
             text.contains(&format!("passed for resource {kind}/faultline")),
             "{kind} validated: {text}"
@@ -133,8 +139,14 @@ fn the_service_monitor_selects_the_agents_service_and_port() {
     let sm = documents(&repo().join("deploy/kubernetes/servicemonitor.yaml"));
     let sm = of_kind(&sm, "ServiceMonitor");
     assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
-    assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]);
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"],
+        svc["metadata"]["labels"]
+    );
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        svc["spec"]["ports"][0]["name"]
+    );
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
 }
 
@@ -143,9 +155,15 @@ fn the_containerfile_copies_what_exists_and_runs_the_agent() {
     let text = std::fs::read_to_string(repo().join("Containerfile")).expect("Containerfile");
     assert!(text.contains(" AS build"), "multi-stage");
     assert!(text.contains("cargo xtask setup"), "the eBPF toolchain");
-    for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let src = line.split_whitespace().nth(1).expect("source");
         assert!(repo().join(src).exists(), "{line}: {src} exists");
     }
-    assert!(text.contains("ENTRYPOINT [\"/usr/bin/faultline\"]"), "{text}");
+    assert!(
+        text.contains("ENTRYPOINT [\"/usr/bin/faultline\"]"),
+        "{text}"
+    );
 }

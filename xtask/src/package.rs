@@ -88,10 +88,12 @@ fn du_kib(dir: &Path) -> u64 {
     walk(dir)
 }
 
-/// Stages the package tree under `stage` and returns the control file's text.
+/// Stages the package tree under `stage`, the control file included.
 fn stage_tree(root: &Path, binary: &Path, stage: &Path, version: &str, arch: &str) -> Result<()> {
     let bin = stage.join("usr/bin/faultline");
     copy(binary, &bin)?;
+    // Symbols and debug info are most of the file; the embedded eBPF object is data and stays.
+    run(Command::new("strip").arg(&bin)).context("strip (binutils)")?;
     let unit = fs::read_to_string(root.join("tracer/packaging/faultline.service"))
         .context("reading the systemd unit")?;
     let unit_path = stage.join("lib/systemd/system/faultline.service");
