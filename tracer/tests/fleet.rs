@@ -16,110 +16,20 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use cgroup::{container_id, TestCgroups};
-use common::{http_get, require_root, u64s, FAULTLINE, SCENARIO};
-use netns::Netns;
+use common::{http_get, require_root, u64s, SCENARIO};
+use netns::{Netns, NsAgent, Proc};
 
-const AGENT_PORT: u16 = 9720;
 const RULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../dashboards/alerts/faultline.rules.yml"
 );
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `faultline agent --scope netns` inside a network namespace, listening on its veth address.
-struct NsAgent {
-    _proc: Proc,
-    addr: String,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    _state: tempfile::TempDir,
-}
-
-impl NsAgent {
-    fn start(ns: &Netns) -> Self {
-        let state = tempfile::tempdir().expect("tempdir");
-        let addr = format!("{}:{AGENT_PORT}", ns.ns_ip);
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg(FAULTLINE)
-            .args([
-                "agent",
-                "--scope",
-                "netns",
-                "--listen",
-                &addr,
-                "--state-dir",
-            ])
-            .arg(state.path())
-            .args([
-                "--deadlock-confirm",
-                "500ms",
-                "--snapshot-interval",
-                "100ms",
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nsenter (util-linux) runs faultline in the namespace");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent = Self {
-            _proc: Proc(child),
-            addr,
-            lines,
-            seen: Vec::new(),
-            _state: state,
-        };
-        agent.wait_for("probes attached", Duration::from_secs(60));
-        agent
-    }
-
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.iter().any(|l| l.contains(needle)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!(
-                    "agent {} never printed {needle:?}:\n{}",
-                    self.addr,
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn alerts(&self) -> Vec<serde_json::Value> {
-        let (status, body) = http_get(&self.addr, "/api/alerts");
-        assert_eq!(status, 200, "{body}");
-        let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
-        doc["alerts"].as_array().cloned().unwrap_or_default()
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -293,8 +203,14 @@ fn a_deadlock_in_one_namespace_reaches_alertmanager_with_its_instance_and_worklo
     let dir = tempfile::tempdir().expect("tempdir");
     let (hook, received) = webhook();
     let (_am, am_addr) = start_alertmanager(dir.path(), &hook);
-    let mut a = NsAgent::start(&ns_a);
-    let b = NsAgent::start(&ns_b);
+    let fast = [
+        "--deadlock-confirm",
+        "500ms",
+        "--snapshot-interval",
+        "100ms",
+    ];
+    let mut a = NsAgent::start(&ns_a, &fast);
+    let b = NsAgent::start(&ns_b, &fast);
     let (_prom, prom) = start_prometheus(dir.path(), &[&a.addr, &b.addr], &am_addr);
 
     // The deadlock, in namespace A and the container's cgroup; it lasts until the cgroups are

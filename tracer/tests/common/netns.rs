@@ -2,7 +2,18 @@
 //! deleted when dropped (a panic included). The veth pair goes with its namespace.
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::common::{http_get, FAULTLINE};
+
+/// The port agents listen on, on their namespace's veth address.
+pub const AGENT_PORT: u16 = 9720;
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -78,5 +89,95 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.host_veth]);
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `faultline agent --scope netns` inside a network namespace, listening on its veth address.
+pub struct NsAgent {
+    _proc: Proc,
+    pub addr: String,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    _state: tempfile::TempDir,
+}
+
+impl NsAgent {
+    /// Starts the agent with `extra` flags and waits until its probes are attached.
+    pub fn start(ns: &Netns, extra: &[&str]) -> Self {
+        let state = tempfile::tempdir().expect("tempdir");
+        let addr = format!("{}:{AGENT_PORT}", ns.ns_ip);
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(FAULTLINE)
+            .args([
+                "agent",
+                "--scope",
+                "netns",
+                "--listen",
+                &addr,
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nsenter (util-linux) runs faultline in the namespace");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Self {
+            _proc: Proc(child),
+            addr,
+            lines,
+            seen: Vec::new(),
+            _state: state,
+        };
+        agent.wait_for("probes attached", Duration::from_secs(60));
+        agent
+    }
+
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "agent {} never printed {needle:?}:\n{}",
+                    self.addr,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The agent's state directory (incident files).
+    pub fn state(&self) -> &std::path::Path {
+        self._state.path()
+    }
+
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(&self.addr, "/api/alerts");
+        assert_eq!(status, 200, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+        doc["alerts"].as_array().cloned().unwrap_or_default()
     }
 }
