@@ -1,5 +1,11 @@
 //! `lock:contention_begin/end`: waits on kernel locks, typed from their flags, with the owner
-//! read at contention time (mutex owner, writer-owned rwsem owner).
+//! read at contention time (mutex owner, writer-owned rwsem owner, or the last reader of a
+//! reader-owned rwsem as a hint).
+//!
+//! These fire only on the slow path, so they are the default mode's source of `mmap_lock` waits
+//! too: an rwsem whose address is `mm + offsetof(mm_struct, mmap_lock)` of the current task's mm
+//! (or of a foreign mm, checked through `mm->owner->mm`) is an `mmap_lock` wait, recorded in the
+//! task's `wait_mm` like an attempt in flight.
 //!
 //! Spinning locks (spinlocks, rwlocks) only feed histograms: their waits are short, never sleep,
 //! and would flood the ring buffer. Sleeping locks get per-task state, so a snapshot shows who
@@ -7,19 +13,19 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::map,
+    macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
+    programs::BtfTracePointContext,
 };
-use tracer_common::{lock_type, reason, Counter, EventKind, LockWaitEvent, HIST_LOCK_BASE};
+use tracer_common::{
+    config_flags, lock_type, mode, names, reason, Counter, EventKind, Histogram, LockWaitEvent,
+    HIST_LOCK_BASE,
+};
 
 use crate::{
-    maps::{count, header, observe_at, offsets, output, read_at, task_tid, TASK_STATE},
-    mmap_lock::{record_flag, task_state, traced},
+    maps::{count, finish, header, observe, observe_at, offsets, output, read_at},
+    task::{existing_state, mm_owner, own_mm, record_flag, task_state, task_tid, traced},
 };
-
-/// `contention_begin` flags that mark percpu rwsems and rt locks, whose owner field differs.
-const LCB_F_RT: u32 = 1 << 3;
-const LCB_F_PERCPU: u32 = 1 << 4;
 
 /// A spinning wait in flight on this CPU: (lock, type, since). Spinners do not migrate.
 #[repr(C)]
@@ -35,13 +41,25 @@ pub struct SpinWait {
 static SPIN_WAIT: PerCpuArray<SpinWait> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tasks named owner of a contended sleeping lock → that lock, until a waiter's wait ends (the
-/// lock moved on). 4096 owners; when full the newest owner is not recorded, so a fault it takes
-/// under that lock is not flagged.
+/// lock moved on). When full the newest owner is not recorded (`Counter::OwnersFull`), so a
+/// fault it takes under that lock is not flagged.
 #[map]
-static OWNERS: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+static OWNERS: HashMap<u32, u64> = HashMap::with_max_entries(names::OWNERS_CAPACITY, 0);
+
+#[btf_tracepoint(function = "contention_begin")]
+pub fn contention_begin_btf(ctx: BtfTracePointContext) -> i32 {
+    finish(on_begin(ctx.arg(0), ctx.arg(1)));
+    0
+}
+
+#[btf_tracepoint(function = "contention_end")]
+pub fn contention_end_btf(ctx: BtfTracePointContext) -> i32 {
+    finish(on_end(ctx.arg(0), ctx.arg(1)));
+    0
+}
 
 /// An exiting task owns nothing.
-pub fn forget_owner(tid: u32) {
+pub fn on_task_exit(tid: u32) {
     let _ = OWNERS.remove(tid);
 }
 
@@ -51,31 +69,48 @@ pub fn owns_contended_lock(tid: u32) -> bool {
     unsafe { OWNERS.get(tid) }.is_some()
 }
 
-/// The tid owning `lock` right now, when the lock records one (0 otherwise).
-fn owner_of(lock: u64, t: u8, flags: u32) -> u32 {
-    if flags & (LCB_F_RT | LCB_F_PERCPU) != 0 {
-        return 0;
+/// The owner of `lock` right now as (tid, reader hint), when the lock records one.
+fn owner_of(lock: u64, t: u8, flags: u32) -> Result<(u32, bool), Counter> {
+    if flags & (lock_type::LCB_F_RT | lock_type::LCB_F_PERCPU) != 0 {
+        return Ok((0, false));
     }
     let off = offsets();
     let owner_field = match t {
         // `owner` is the first member of struct mutex: offset 0 is a real offset here.
         lock_type::MUTEX if off.task_pid != 0 => off.mutex_owner,
         lock_type::RWSEM_READ | lock_type::RWSEM_WRITE if off.task_pid != 0 => off.rwsem_owner,
-        _ => return 0,
+        _ => return Ok((0, false)),
     };
-    let Some(owner) = read_at::<u64>(lock, owner_field) else {
-        return 0;
-    };
-    // rwsem: bit 0 set means reader-owned, and readers are not recorded there.
-    if t != lock_type::MUTEX && owner & 1 != 0 {
-        return 0;
-    }
+    let owner = read_at::<u64>(lock, owner_field)?;
+    // rwsem: bit 0 set means reader-owned; the rest, when not cleared, is the last reader to
+    // take it, which may have released it since: a hint, not an owner.
+    let reader = t != lock_type::MUTEX && owner & 1 != 0;
     // The low bits of both owner words are flags; the rest is the task_struct pointer.
-    task_tid(owner & !0x7)
+    Ok((task_tid(owner & !0x7)?, reader))
 }
 
-pub fn on_begin(lock: u64, flags: u32) {
-    let t = if flags & (LCB_F_RT | LCB_F_PERCPU) != 0 && flags & lock_type::LCB_F_SPIN == 0 {
+/// The mm whose `mmap_lock` `lock` is, and whether it is the current task's own mm.
+fn mmap_lock_of(lock: u64) -> Result<Option<u64>, Counter> {
+    let off = offsets();
+    if off.mm_mmap_lock == 0 || lock < off.mm_mmap_lock as u64 {
+        return Ok(None);
+    }
+    let mm = lock - off.mm_mmap_lock as u64;
+    if own_mm()? == mm {
+        return Ok(Some(mm));
+    }
+    // A foreign mm (process_vm_readv, /proc/PID/mem, a uffd copy): an mm is one whose owner
+    // task points back at it. Any rwsem that is not an mm fails this check (or its reads).
+    match mm_owner(mm) {
+        Ok(Some((owner, _))) if read_at::<u64>(owner, off.task_mm) == Ok(mm) => Ok(Some(mm)),
+        _ => Ok(None),
+    }
+}
+
+fn on_begin(lock: u64, flags: u32) -> Result<(), Counter> {
+    let t = if flags & (lock_type::LCB_F_RT | lock_type::LCB_F_PERCPU) != 0
+        && flags & lock_type::LCB_F_SPIN == 0
+    {
         lock_type::OTHER
     } else {
         lock_type::from_flags(flags)
@@ -93,51 +128,54 @@ pub fn on_begin(lock: u64, flags: u32) {
                 }
             };
         }
-        return;
+        return Ok(());
     }
-    let Some((cfg, tid, tgid)) = traced() else {
-        return;
+    let Some((cfg, tid, tgid)) = traced()? else {
+        return Ok(());
     };
-    let Some(state) = task_state(tid, tgid) else {
-        return;
-    };
-    // SAFETY: this task's own entry, valid for this program run.
-    let state = unsafe { &mut *state };
-    let owner = owner_of(lock, t, flags);
+    let state = task_state(tid, tgid)?;
+    let (owner, reader_hint) = owner_of(lock, t, flags).unwrap_or((0, false));
     state.lock = lock;
     state.lock_since_ns = now;
     state.lock_type = t;
     state.lock_owner = owner;
-    if owner != 0 {
-        let _ = OWNERS.insert(owner, lock, 0);
-    }
+    state.lock_owner_reader = reader_hint as u8;
     count(Counter::LockContended);
+    let rwsem = matches!(t, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
+    let mm = if rwsem { mmap_lock_of(lock)? } else { None };
+    if let Some(mm) = mm {
+        count(Counter::MmapLockContended);
+        // With `start_locking` hooked (full mode) the attempt is already known since its start.
+        if state.wait_mm != mm {
+            state.wait_mm = mm;
+            state.wait_since_ns = now;
+            state.wait_mode = if t == lock_type::RWSEM_WRITE {
+                mode::WRITE
+            } else {
+                mode::READ
+            };
+        }
+    }
+    if owner != 0 && !reader_hint && OWNERS.insert(owner, lock, 0).is_err() {
+        count(Counter::OwnersFull);
+    }
     let flags = record_flag(&cfg);
-    if flags != 0 {
-        output(LockWaitEvent {
-            header: header(EventKind::LockWaitBegin, flags, now),
-            lock,
-            since_ns: 0,
-            mm: mmap_lock_mm(state.wait_mm, lock),
-            owner_tid: owner,
-            ret: 0,
-            lock_type: t,
-            _pad: [0; 7],
-        });
+    if flags == 0 {
+        return Ok(());
     }
+    output(LockWaitEvent {
+        header: header(EventKind::LockWaitBegin, flags, now),
+        lock,
+        since_ns: 0,
+        mm: mm.unwrap_or(0),
+        owner_tid: if reader_hint { 0 } else { owner },
+        ret: 0,
+        lock_type: t,
+        _pad: [0; 7],
+    })
 }
 
-/// The mm whose `mmap_lock` `lock` is, when the task is in an attempt on that mm.
-fn mmap_lock_mm(wait_mm: u64, lock: u64) -> u64 {
-    let off = offsets().mm_mmap_lock;
-    if wait_mm != 0 && off != 0 && wait_mm + off as u64 == lock {
-        wait_mm
-    } else {
-        0
-    }
-}
-
-pub fn on_end(lock: u64, ret: i32) {
+fn on_end(lock: u64, ret: i32) -> Result<(), Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = SPIN_WAIT.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
@@ -145,45 +183,66 @@ pub fn on_end(lock: u64, ret: i32) {
         if spin.lock == lock && spin.lock != 0 {
             observe_at(HIST_LOCK_BASE + spin.lock_type as u32, now - spin.since_ns);
             spin.lock = 0;
-            return;
+            return Ok(());
         }
     }
-    let Some((cfg, tid, _)) = traced() else {
-        return;
+    let Some((cfg, tid, _)) = traced()? else {
+        return Ok(());
     };
-    let Some(state) = TASK_STATE.get_ptr_mut(tid) else {
-        return;
+    let Some(state) = existing_state(tid) else {
+        return Ok(());
     };
-    // SAFETY: see on_begin.
-    let state = unsafe { &mut *state };
     if state.lock != lock {
-        return;
+        return Ok(());
     }
     let since = state.lock_since_ns;
     let waited = now - since;
     observe_at(HIST_LOCK_BASE + state.lock_type as u32, waited);
+    let off = offsets().mm_mmap_lock as u64;
+    let mm = if state.wait_mm != 0 && off != 0 && state.wait_mm + off == lock {
+        state.wait_mm
+    } else {
+        0
+    };
+    if mm != 0 && cfg.flags & config_flags::MMAP_LOCK_HOOKS == 0 {
+        // No acquire hook will end this attempt: the wait ends here, and its time is the
+        // mmap_lock wait histogram's (contended waits only in this mode).
+        observe(
+            if state.wait_mode == mode::WRITE {
+                Histogram::WaitWrite
+            } else {
+                Histogram::WaitRead
+            },
+            now - state.wait_since_ns,
+        );
+        state.wait_mm = 0;
+    }
     let mut flags = record_flag(&cfg);
     if waited >= cfg.wait_threshold_ns {
         count(Counter::LockSlowWait);
         flags |= reason::SLOW_WAIT;
     }
-    if flags != 0 {
-        output(LockWaitEvent {
-            header: header(EventKind::LockWaitEnd, flags, now),
-            lock,
-            since_ns: since,
-            mm: mmap_lock_mm(state.wait_mm, lock),
-            owner_tid: state.lock_owner,
-            ret,
-            lock_type: state.lock_type,
-            _pad: [0; 7],
-        });
-    }
-    if state.lock_owner != 0 {
+    let owner = state.lock_owner;
+    let reader_hint = state.lock_owner_reader != 0;
+    let t = state.lock_type;
+    state.lock = 0;
+    if owner != 0 && !reader_hint {
         // SAFETY: a plain read of a map value.
-        if unsafe { OWNERS.get(state.lock_owner) }.is_some_and(|l| *l == lock) {
-            let _ = OWNERS.remove(state.lock_owner);
+        if unsafe { OWNERS.get(owner) }.is_some_and(|l| *l == lock) {
+            let _ = OWNERS.remove(owner);
         }
     }
-    state.lock = 0;
+    if flags == 0 {
+        return Ok(());
+    }
+    output(LockWaitEvent {
+        header: header(EventKind::LockWaitEnd, flags, now),
+        lock,
+        since_ns: since,
+        mm,
+        owner_tid: if reader_hint { 0 } else { owner },
+        ret,
+        lock_type: t,
+        _pad: [0; 7],
+    })
 }

@@ -35,7 +35,8 @@ static DIAG_OFFSETS: DiagOffsets = DiagOffsets {
 /// The userfaultfd descriptors user space found (/proc/PID/fd → anon_inode:[userfaultfd]).
 /// 1024 descriptors: more than any host has.
 #[map]
-static DIAG_UFFD_FDS: HashMap<FdKey, u8> = HashMap::with_max_entries(1024, 0);
+static DIAG_UFFD_FDS: HashMap<FdKey, u8> =
+    HashMap::with_max_entries(tracer_common::names::DIAG_UFFD_FDS_CAPACITY, 0);
 
 /// Longest wait queue walked per lock or context.
 const MAX_WAITERS: u32 = 128;

@@ -1,57 +1,125 @@
-//! The per-task `mmap_lock` state machine.
+//! The `mmap_lock` tracepoints: exact holder sets, hold times, recursive reads. Attached only in
+//! the heavier modes (`--detail holders` hooks acquire and release, `--detail full` also
+//! `start_locking`); the default mode learns `mmap_lock` waits from `contention.rs` alone, so the
+//! uncontended fast path runs nothing of ours.
 //!
 //! Kernel facts it relies on (6.18): a trylock also emits `start_locking`; failed trylocks and
 //! killable locks give `acquire_returned(success = false)`; a write downgrade gives
 //! `acquire_returned(write = false)` with no `start_locking` and no `released(write = true)`;
-//! `mmap_read_unlock_non_owner` releases from a task (or irq) that never acquired.
+//! `mmap_read_unlock_non_owner` releases from a task (or irq) that never acquired. Both
+//! `acquire_returned` and `released` run inside the critical section: keep them short.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::{
-    config_flags, mode, reason, Config, Counter, EventKind, Histogram, Hold, MmapLockEvent,
-    TaskExitEvent, TaskState, HOLD_SLOTS,
+    mode, reason, Counter, EventKind, Histogram, Hold, MmapLockEvent, TaskState, TracepointLayout,
+    HOLD_SLOTS,
 };
 
-use crate::maps::{
-    config, count, current_ids, foreign_mm_tgid, header, observe, EVENTS, TASK_STATE,
+use crate::{
+    faults,
+    maps::{count, finish, header, observe, output},
+    task::{existing_state, foreign_mm_tgid, mode_of, record_flag, task_state, traced},
 };
 
-/// The task's state entry, created on first use. `None` when this is the agent itself, the
-/// config is missing, or the map is full (counted).
-#[inline(always)]
-pub(crate) fn task_state(tid: u32, tgid: u32) -> Option<*mut TaskState> {
-    if let Some(ptr) = TASK_STATE.get_ptr_mut(tid) {
-        return Some(ptr);
-    }
-    let fresh = TaskState {
-        tgid,
-        ..TaskState::default()
+/// Field offsets of the classic tracepoints, set by the loader from tracefs before load.
+#[no_mangle]
+static TP_LAYOUT: TracepointLayout = TracepointLayout {
+    mm: 0,
+    write: 0,
+    success: 0,
+    _pad: 0,
+};
+
+/// The `tp_btf` programs for one prototype layout: `write` at `$w`, `success` at `$s`. The
+/// verifier refuses any context access that is not a constant offset within the running
+/// kernel's prototype, so each layout is its own set of programs and the loader loads the set
+/// that matches the kernel's BTF (`names::program::MMAP_LOCK_*`).
+macro_rules! btf_programs {
+    ($start:ident, $acquire:ident, $release:ident, $w:literal, $s:literal) => {
+        #[btf_tracepoint(function = "mmap_lock_start_locking")]
+        pub fn $start(ctx: BtfTracePointContext) -> i32 {
+            let write: u8 = ctx.arg($w);
+            finish(on_start(ctx.arg(0), write != 0));
+            0
+        }
+
+        #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+        pub fn $acquire(ctx: BtfTracePointContext) -> i32 {
+            let write: u8 = ctx.arg($w);
+            let success: u8 = ctx.arg($s);
+            finish(on_acquire(ctx.arg(0), write != 0, success != 0));
+            0
+        }
+
+        #[btf_tracepoint(function = "mmap_lock_released")]
+        pub fn $release(ctx: BtfTracePointContext) -> i32 {
+            let write: u8 = ctx.arg($w);
+            finish(on_release(ctx.arg(0), write != 0));
+            0
+        }
     };
-    // BPF_NOEXIST: another CPU cannot race us for our own tid, so EEXIST never happens; any error
-    // is the map being full.
-    if TASK_STATE.insert(tid, fresh, 1).is_err() {
-        count(Counter::TaskStateFull);
-        return None;
-    }
-    TASK_STATE.get_ptr_mut(tid)
 }
 
-/// The config when the current task is traced; `None` for the agent's own process.
-#[inline(always)]
-pub(crate) fn traced() -> Option<(Config, u32, u32)> {
-    let cfg = config()?;
-    let (tid, tgid) = current_ids();
-    if tgid == cfg.self_tgid {
-        return None;
+// 6.14+: (mm, write[, success]).
+btf_programs!(
+    mmap_lock_start_btf,
+    mmap_lock_acquire_btf,
+    mmap_lock_release_btf,
+    1,
+    2
+);
+// Before 6.14: (mm, memcg_path, write[, success]).
+btf_programs!(
+    mmap_lock_start_btf_memcg,
+    mmap_lock_acquire_btf_memcg,
+    mmap_lock_release_btf_memcg,
+    2,
+    3
+);
+
+/// Reads `(mm, write, success)` from a classic tracepoint record at the offsets tracefs gave.
+fn tp_fields(ctx: &TracePointContext, with_success: bool) -> Result<(u64, bool, bool), Counter> {
+    // SAFETY: a global the loader may rewrite before load.
+    let layout = unsafe { core::ptr::read_volatile(&TP_LAYOUT) };
+    // SAFETY: offsets come from the tracepoint's own format file; read_at goes through
+    // bpf_probe_read.
+    unsafe {
+        let mm: u64 = ctx
+            .read_at(layout.mm as usize)
+            .map_err(|_| Counter::ReadError)?;
+        let write: u8 = ctx
+            .read_at(layout.write as usize)
+            .map_err(|_| Counter::ReadError)?;
+        let success: u8 = if with_success {
+            ctx.read_at(layout.success as usize)
+                .map_err(|_| Counter::ReadError)?
+        } else {
+            1
+        };
+        Ok((mm, write != 0, success != 0))
     }
-    Some((cfg, tid, tgid))
 }
 
-fn mode_of(write: bool) -> u8 {
-    if write {
-        mode::WRITE
-    } else {
-        mode::READ
-    }
+#[tracepoint(category = "mmap_lock", name = "mmap_lock_start_locking")]
+pub fn mmap_lock_start_tp(ctx: TracePointContext) -> u32 {
+    finish(tp_fields(&ctx, false).and_then(|(mm, write, _)| on_start(mm, write)));
+    0
+}
+
+#[tracepoint(category = "mmap_lock", name = "mmap_lock_acquire_returned")]
+pub fn mmap_lock_acquire_tp(ctx: TracePointContext) -> u32 {
+    finish(tp_fields(&ctx, true).and_then(|(mm, write, ok)| on_acquire(mm, write, ok)));
+    0
+}
+
+#[tracepoint(category = "mmap_lock", name = "mmap_lock_released")]
+pub fn mmap_lock_release_tp(ctx: TracePointContext) -> u32 {
+    finish(tp_fields(&ctx, false).and_then(|(mm, write, _)| on_release(mm, write)));
+    0
 }
 
 /// What one `mmap_lock` record says; passed by reference because BPF calls take at most five
@@ -66,29 +134,16 @@ struct Record {
     success: bool,
 }
 
-fn emit(r: &Record) {
-    let Some(mut entry) = EVENTS.reserve::<MmapLockEvent>(0) else {
-        count(Counter::RingbufFull);
-        return;
-    };
-    entry.write(MmapLockEvent {
+fn emit(r: &Record) -> Result<(), Counter> {
+    output(MmapLockEvent {
         header: header(r.kind, r.flags, r.now),
         mm: r.mm,
         since_ns: r.since_ns,
-        mm_tgid: foreign_mm_tgid(r.mm),
+        mm_tgid: foreign_mm_tgid(r.mm)?,
         mode: mode_of(r.write),
         success: r.success as u8,
         _pad: [0; 2],
-    });
-    entry.submit(0);
-}
-
-pub(crate) fn record_flag(cfg: &Config) -> u32 {
-    if cfg.flags & config_flags::RECORD_ALL != 0 {
-        reason::RECORD
-    } else {
-        0
-    }
+    })
 }
 
 /// Index of the slot holding `mm`, if any.
@@ -97,15 +152,11 @@ fn find_hold(state: &TaskState, mm: u64) -> Option<usize> {
     (0..HOLD_SLOTS).find(|&i| state.holds[i].mm == mm)
 }
 
-pub fn on_start(mm: u64, write: bool) {
-    let Some((cfg, tid, tgid)) = traced() else {
-        return;
+fn on_start(mm: u64, write: bool) -> Result<(), Counter> {
+    let Some((cfg, tid, tgid)) = traced()? else {
+        return Ok(());
     };
-    let Some(state) = task_state(tid, tgid) else {
-        return;
-    };
-    // SAFETY: a map value pointer valid for this program run; only this task writes its entry.
-    let state = unsafe { &mut *state };
+    let state = task_state(tid, tgid)?;
     let now = unsafe { bpf_ktime_get_ns() };
     state.wait_mm = mm;
     state.wait_since_ns = now;
@@ -113,7 +164,7 @@ pub fn on_start(mm: u64, write: bool) {
 
     let mut flags = record_flag(&cfg);
     if !write {
-        crate::faults::fault_took_mmap_lock(tid, now);
+        faults::fault_took_mmap_lock(tid, now);
         if let Some(i) = find_hold(state, mm) {
             if state.holds[i].mode == mode::READ {
                 // A second read on a lock this task already reads: deadlocks as soon as a writer
@@ -123,31 +174,30 @@ pub fn on_start(mm: u64, write: bool) {
             }
         }
     }
-    if flags != 0 {
-        emit(&Record {
-            kind: EventKind::MmapLockStart,
-            flags,
-            now,
-            mm,
-            since_ns: 0,
-            write,
-            success: true,
-        });
+    if flags == 0 {
+        return Ok(());
     }
+    emit(&Record {
+        kind: EventKind::MmapLockStart,
+        flags,
+        now,
+        mm,
+        since_ns: 0,
+        write,
+        success: true,
+    })
 }
 
-pub fn on_acquire(mm: u64, write: bool, success: bool) {
-    let Some((cfg, tid, tgid)) = traced() else {
-        return;
+fn on_acquire(mm: u64, write: bool, success: bool) -> Result<(), Counter> {
+    let Some((cfg, tid, tgid)) = traced()? else {
+        return Ok(());
     };
-    let Some(state) = task_state(tid, tgid) else {
-        return;
-    };
-    // SAFETY: see on_start.
-    let state = unsafe { &mut *state };
+    let state = task_state(tid, tgid)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = record_flag(&cfg);
 
+    // The attempt's start: `start_locking` (full mode) or the contention program (a contended
+    // wait); 0 for an uncontended acquisition without `start_locking`.
     let since = if state.wait_mm == mm {
         state.wait_mm = 0;
         state.wait_since_ns
@@ -167,18 +217,18 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
         });
         // A slow attempt that failed (a killable wait interrupted) still ends a wait user space
         // may be showing.
-        if flags != 0 {
-            emit(&Record {
-                kind: EventKind::MmapLockAcquire,
-                flags,
-                now,
-                mm,
-                since_ns: since,
-                write,
-                success: false,
-            });
+        if flags == 0 {
+            return Ok(());
         }
-        return;
+        return emit(&Record {
+            kind: EventKind::MmapLockAcquire,
+            flags,
+            now,
+            mm,
+            since_ns: since,
+            write,
+            success: false,
+        });
     }
 
     let held = find_hold(state, mm);
@@ -192,25 +242,23 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
                 if state.holds[i].streamed != 0 {
                     flags |= reason::FOLLOW_UP;
                 }
-                if flags & (reason::RECORD | reason::FOLLOW_UP) != 0 {
-                    emit(&Record {
-                        kind: EventKind::MmapLockAcquire,
-                        flags,
-                        now,
-                        mm,
-                        since_ns: 0,
-                        write: false,
-                        success: true,
-                    });
+                if flags & (reason::RECORD | reason::FOLLOW_UP) == 0 {
+                    return Ok(());
                 }
-                return;
+                return emit(&Record {
+                    kind: EventKind::MmapLockAcquire,
+                    flags,
+                    now,
+                    mm,
+                    since_ns: 0,
+                    write: false,
+                    success: true,
+                });
             }
         }
     }
 
-    if since == 0 {
-        count(Counter::UnmatchedAcquire);
-    } else {
+    if since != 0 {
         observe(
             if write {
                 Histogram::WaitWrite
@@ -228,8 +276,12 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
 
     let slot = match held {
         Some(i) => {
-            // Recursive read (already counted at start): one more level on the same hold.
+            // Recursive read: one more level on the same hold. Always streamed. Counted here
+            // unless `start_locking` (full mode, which sets `since`) counted it already.
             state.holds[i].depth = state.holds[i].depth.saturating_add(1);
+            if !write && since == 0 {
+                count(Counter::RecursiveRead);
+            }
             flags |= reason::RECURSIVE;
             Some(i)
         }
@@ -251,25 +303,26 @@ pub fn on_acquire(mm: u64, write: bool, success: bool) {
             free
         }
     };
-    if flags != 0 {
-        if let Some(i) = slot {
-            state.holds[i].streamed = 1;
-        }
-        emit(&Record {
-            kind: EventKind::MmapLockAcquire,
-            flags,
-            now,
-            mm,
-            since_ns: since,
-            write,
-            success: true,
-        });
+    if flags == 0 {
+        return Ok(());
     }
+    if let Some(i) = slot {
+        state.holds[i].streamed = 1;
+    }
+    emit(&Record {
+        kind: EventKind::MmapLockAcquire,
+        flags,
+        now,
+        mm,
+        since_ns: since,
+        write,
+        success: true,
+    })
 }
 
-pub fn on_release(mm: u64, write: bool) {
-    let Some((cfg, tid, _)) = traced() else {
-        return;
+fn on_release(mm: u64, write: bool) -> Result<(), Counter> {
+    let Some((cfg, tid, _)) = traced()? else {
+        return Ok(());
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = record_flag(&cfg);
@@ -281,13 +334,9 @@ pub fn on_release(mm: u64, write: bool) {
 
     let mut since = 0;
     // Look up without creating: a task with no entry holds nothing we know of.
-    // SAFETY: see on_start.
-    let slot = TASK_STATE
-        .get_ptr_mut(tid)
-        .and_then(|s| unsafe { find_hold(&*s, mm).map(|i| (s, i)) });
+    let slot = existing_state(tid).and_then(|s| find_hold(s, mm).map(|i| (s, i)));
     match slot {
         Some((state, i)) => {
-            let state = unsafe { &mut *state };
             let hold = &mut state.holds[i];
             if hold.streamed != 0 {
                 flags |= reason::FOLLOW_UP;
@@ -319,51 +368,16 @@ pub fn on_release(mm: u64, write: bool) {
             flags |= reason::UNMATCHED;
         }
     }
-    if flags != 0 {
-        emit(&Record {
-            kind: EventKind::MmapLockRelease,
-            flags,
-            now,
-            mm,
-            since_ns: since,
-            write,
-            success: true,
-        });
+    if flags == 0 {
+        return Ok(());
     }
-}
-
-pub fn on_task_exit(group_dead: bool) {
-    let Some((cfg, tid, tgid)) = traced() else {
-        return;
-    };
-    if group_dead {
-        let _ = crate::maps::PROC_FAULTS.remove(tgid);
-        // The mm dies with the group: a later mm at the same address must not inherit its
-        // userfaultfd context. (6.18 runs this tracepoint before exit_mm.)
-        let off = crate::maps::offsets();
-        if off.task_mm != 0 {
-            let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-            if let Some(mm) = crate::maps::read_at::<u64>(task, off.task_mm).filter(|&m| m != 0) {
-                let _ = crate::maps::UFFD_BY_MM.remove(mm);
-            }
-        }
-    }
-    crate::contention::forget_owner(tid);
-    let had_state = TASK_STATE.get_ptr(tid).is_some();
-    if had_state {
-        let _ = TASK_STATE.remove(tid);
-    }
-    count(Counter::TaskExit);
-    // Only tasks we tracked matter to the graph; in record mode every exit is part of the trace.
-    if had_state || cfg.flags & config_flags::RECORD_ALL != 0 {
-        let Some(mut entry) = EVENTS.reserve::<TaskExitEvent>(0) else {
-            count(Counter::RingbufFull);
-            return;
-        };
-        let now = unsafe { bpf_ktime_get_ns() };
-        entry.write(TaskExitEvent {
-            header: header(EventKind::TaskExit, record_flag(&cfg), now),
-        });
-        entry.submit(0);
-    }
+    emit(&Record {
+        kind: EventKind::MmapLockRelease,
+        flags,
+        now,
+        mm,
+        since_ns: since,
+        write,
+        success: true,
+    })
 }

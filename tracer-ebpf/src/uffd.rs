@@ -1,25 +1,162 @@
 //! userfaultfd: ioctls (who serves which context, latency, errors), creation, and the waiting
 //! side (a task asleep in `handle_userfault`, and the handler's wake-up that ends it).
+//!
+//! Cost: the scheduler hooks return after one array read on hosts that never used userfaultfd;
+//! after that, a sleeping task pays a stack walk only when it just faulted, holds an
+//! `mmap_lock`, or its own mm is registered with a userfaultfd, and a wake-up pays a per-CPU
+//! read unless the waker is inside a userfaultfd ioctl.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_get_stack, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, TracePointContext},
     EbpfContext,
 };
-use tracer_common::{reason, uffd_op, Counter, EventKind, TaskState, UffdEvent, HIST_UFFD_BASE};
-
-use crate::{
-    maps::{
-        count, current_ids, header, mark_uffd_seen, observe_at, offsets, output, read_at, task_tid,
-        uffd_seen, UffdHandlerKey, LAST_FAULT, TASK_STATE, UFFD_BY_MM, UFFD_ERRORS, UFFD_HANDLERS,
-    },
-    mmap_lock::{record_flag, task_state, traced},
+use tracer_common::{
+    names, reason, uffd_op, Counter, EventHeader, EventKind, SyscallLayout, TaskState, UffdEvent,
+    HIST_UFFD_BASE, TASK_COMM_LEN, UFFD_ERROR_SLOTS,
 };
 
+use crate::{
+    faults::LAST_FAULT,
+    maps::{count, current_ids, finish, header, observe_at, offsets, output, read_at},
+    task::{existing_state, own_mm, record_flag, task_state, task_tid, traced},
+};
+
+/// userfaultfd ioctl errors per op and errno bucket.
+#[map]
+static UFFD_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(UFFD_ERROR_SLOTS, 0);
+
+/// Registered mm → userfaultfd context, learnt from ioctls (the context names its mm). When
+/// full, faults on new mms are not tied to a context (`Counter::UffdHandlersFull`). An entry
+/// dies with its process (`on_group_exit`).
+#[map]
+static UFFD_BY_MM: HashMap<u64, u64> = HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
+
+/// (context, tid) pairs already reported as handlers, so only a new handler is streamed. When
+/// full, every ioctl of an unknown pair is streamed (safe, only noisier). A handler's entries
+/// are not found by tid at exit; they age out by LRU-free replacement only when full.
+#[map]
+static UFFD_HANDLERS: HashMap<UffdHandlerKey, u64> =
+    HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
+
+/// [0]: 1 once any userfaultfd ioctl was seen. Lets the scheduler hooks return at once on hosts
+/// that never use userfaultfd (a plain store: it only ever goes from 0 to 1).
+#[map]
+static UFFD_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The tid in a userfaultfd ioctl on this CPU (0: none), so `sched_waking` knows without a hash
+/// lookup whether the waker is a handler. A handler migrated mid-ioctl is missed here; the
+/// agent's wchan check ends that waiter's wait instead.
+#[map]
+static IOCTL_ON_CPU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UffdHandlerKey {
+    pub ctx: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
+/// Field offsets of the syscall tracepoints, set by the loader from tracefs before load.
+#[no_mangle]
+static SYSCALL_LAYOUT: SyscallLayout = SyscallLayout {
+    ioctl_fd: 0,
+    ioctl_cmd: 0,
+    exit_ret: 0,
+    _pad: 0,
+};
+
+fn syscall_layout() -> SyscallLayout {
+    // SAFETY: a global the loader may rewrite before load; volatile keeps it from being folded.
+    unsafe { core::ptr::read_volatile(&SYSCALL_LAYOUT) }
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    let preempt: u8 = ctx.arg(0);
+    let prev_state: u32 = ctx.arg(3);
+    // Only a task that goes to sleep (not one preempted while runnable) can be waiting.
+    if preempt == 0 && prev_state != 0 {
+        finish(on_sleep(&ctx));
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_waking")]
+pub fn sched_waking_btf(ctx: BtfTracePointContext) -> i32 {
+    finish(on_waking(ctx.arg(0)));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
+pub fn sys_enter_ioctl_tp(ctx: TracePointContext) -> u32 {
+    let layout = syscall_layout();
+    // SAFETY: offsets from the tracepoint's own format file.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u64>(layout.ioctl_fd as usize),
+            ctx.read_at::<u64>(layout.ioctl_cmd as usize),
+        )
+    };
+    finish(match fields {
+        (Ok(fd), Ok(cmd)) => on_ioctl_enter(fd as u32, cmd as u32),
+        _ => Err(Counter::ReadError),
+    });
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
+pub fn sys_exit_ioctl_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the tracepoint's own format file.
+    finish(
+        match unsafe { ctx.read_at::<i64>(syscall_layout().exit_ret as usize) } {
+            Ok(ret) => on_ioctl_exit(ret),
+            Err(_) => Err(Counter::ReadError),
+        },
+    );
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_userfaultfd")]
+pub fn sys_exit_userfaultfd_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the tracepoint's own format file.
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(syscall_layout().exit_ret as usize) } {
+        if ret >= 0 {
+            count(Counter::UffdCreated);
+        }
+    }
+    0
+}
+
+/// The mm dies with the group: a later mm at the same address must not inherit its
+/// userfaultfd context. (6.18 runs `sched_process_exit` before `exit_mm`.)
+pub fn on_group_exit() {
+    if let Ok(mm) = own_mm() {
+        if mm != 0 {
+            let _ = UFFD_BY_MM.remove(mm);
+        }
+    }
+}
+
+fn uffd_seen() -> bool {
+    UFFD_ACTIVE.get(0).is_some_and(|v| *v != 0)
+}
+
+fn set_ioctl_on_cpu(tid: u32) {
+    if let Some(p) = IOCTL_ON_CPU.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p = tid };
+    }
+}
+
 /// The userfaultfd context behind `fd` of the current task: files->fdt->fd[fd]->private_data.
-fn ctx_of_fd(fd: u32) -> Option<u64> {
+fn ctx_of_fd(fd: u32) -> Result<Option<u64>, Counter> {
     let off = offsets();
     if off.task_files == 0 || off.files_fdt == 0 || off.file_private == 0 {
-        return None;
+        return Ok(None);
     }
     let task = unsafe { bpf_get_current_task() };
     let files = read_at::<u64>(task, off.task_files)?;
@@ -27,53 +164,62 @@ fn ctx_of_fd(fd: u32) -> Option<u64> {
     let fds = read_at::<u64>(fdt, off.fdt_fd)?;
     let file = read_at::<u64>(fds, fd.wrapping_mul(8))?;
     if file == 0 {
-        return None;
+        return Ok(None);
     }
-    read_at::<u64>(file, off.file_private).filter(|&c| c != 0)
+    Ok(Some(read_at::<u64>(file, off.file_private)?).filter(|&c| c != 0))
 }
 
-fn event(kind: EventKind, flags: u32, now: u64, ctx: u64, addr: u64, since: u64, ret: i64, op: u8) {
+struct Ioctl {
+    kind: EventKind,
+    flags: u32,
+    now: u64,
+    ctx: u64,
+    since: u64,
+    ret: i64,
+    op: u8,
+}
+
+fn emit(i: &Ioctl) -> Result<(), Counter> {
     output(UffdEvent {
-        header: header(kind, flags, now),
-        ctx,
-        addr,
-        since_ns: since,
-        ret,
-        op,
+        header: header(i.kind, i.flags, i.now),
+        ctx: i.ctx,
+        addr: 0,
+        since_ns: i.since,
+        ret: i.ret,
+        op: i.op,
         _pad: [0; 7],
-    });
+    })
 }
 
-pub fn on_ioctl_enter(fd: u32, cmd: u32) {
+fn on_ioctl_enter(fd: u32, cmd: u32) -> Result<(), Counter> {
     let Some(op) = uffd_op::from_cmd(cmd) else {
-        return;
+        return Ok(());
     };
-    let Some((cfg, tid, tgid)) = traced() else {
-        return;
+    let Some((cfg, tid, tgid)) = traced()? else {
+        return Ok(());
     };
-    let Some(ctx) = ctx_of_fd(fd) else {
-        return;
+    let Some(ctx) = ctx_of_fd(fd)? else {
+        return Ok(());
     };
-    let Some(state) = task_state(tid, tgid) else {
-        return;
-    };
-    // SAFETY: this task's own entry.
-    let state = unsafe { &mut *state };
+    let state = task_state(tid, tgid)?;
     let now = unsafe { bpf_ktime_get_ns() };
     state.ioctl_ctx = ctx;
     state.ioctl_since_ns = now;
     state.ioctl_op = op;
+    set_ioctl_on_cpu(tid);
     count(Counter::UffdIoctl);
     if !uffd_seen() {
-        mark_uffd_seen();
+        if let Some(p) = UFFD_ACTIVE.get_ptr_mut(0) {
+            // SAFETY: a single word written only with 1; racing writers agree.
+            unsafe { *p = 1 };
+        }
     }
     // The context names its mm: faults on that mm wait on this context.
     let off = offsets();
     if off.uffd_ctx_mm != 0 {
-        if let Some(mm) = read_at::<u64>(ctx, off.uffd_ctx_mm) {
-            if mm != 0 && UFFD_BY_MM.insert(mm, ctx, 0).is_err() {
-                count(Counter::UffdHandlersFull);
-            }
+        let mm = read_at::<u64>(ctx, off.uffd_ctx_mm)?;
+        if mm != 0 && UFFD_BY_MM.insert(mm, ctx, 0).is_err() {
+            count(Counter::UffdHandlersFull);
         }
     }
     let mut flags = record_flag(&cfg);
@@ -85,23 +231,31 @@ pub fn on_ioctl_enter(fd: u32, cmd: u32) {
         }
         flags |= reason::NEW_HANDLER;
     }
-    if flags != 0 {
-        event(EventKind::UffdIoctlBegin, flags, now, ctx, 0, 0, 0, op);
+    if flags == 0 {
+        return Ok(());
     }
+    emit(&Ioctl {
+        kind: EventKind::UffdIoctlBegin,
+        flags,
+        now,
+        ctx,
+        since: 0,
+        ret: 0,
+        op,
+    })
 }
 
-pub fn on_ioctl_exit(ret: i64) {
-    let Some((cfg, tid, _)) = traced() else {
-        return;
+fn on_ioctl_exit(ret: i64) -> Result<(), Counter> {
+    let Some((cfg, tid, _)) = traced()? else {
+        return Ok(());
     };
-    let Some(state) = TASK_STATE.get_ptr_mut(tid) else {
-        return;
+    let Some(state) = existing_state(tid) else {
+        return Ok(());
     };
-    // SAFETY: this task's own entry.
-    let state = unsafe { &mut *state };
     if state.ioctl_ctx == 0 {
-        return;
+        return Ok(());
     }
+    set_ioctl_on_cpu(0);
     let now = unsafe { bpf_ktime_get_ns() };
     let (ctx, since, op) = (state.ioctl_ctx, state.ioctl_since_ns, state.ioctl_op);
     state.ioctl_ctx = 0;
@@ -120,31 +274,29 @@ pub fn on_ioctl_exit(ret: i64) {
     if took >= cfg.wait_threshold_ns {
         flags |= reason::SLOW_WAIT;
     }
-    if flags != 0 {
-        event(EventKind::UffdIoctlEnd, flags, now, ctx, 0, since, ret, op);
+    if flags == 0 {
+        return Ok(());
     }
-}
-
-pub fn on_userfaultfd_exit(ret: i64) {
-    if ret >= 0 {
-        count(Counter::UffdCreated);
-    }
+    emit(&Ioctl {
+        kind: EventKind::UffdIoctlEnd,
+        flags,
+        now,
+        ctx,
+        since,
+        ret,
+        op,
+    })
 }
 
 /// How many return addresses of the sleeping task's kernel stack are checked for
 /// `handle_userfault` (it sits a few frames under `schedule`).
 const STACK_DEPTH: usize = 24;
 
-/// The context a fault of this task on `mm`-space waits on: its own mm's, else a foreign mm it
-/// holds (GUP on another process: process_vm_readv, /proc/PID/mem).
-fn ctx_for(state: Option<&TaskState>) -> u64 {
-    let off = offsets();
-    let task = unsafe { bpf_get_current_task() };
-    if let Some(mm) = read_at::<u64>(task, off.task_mm) {
-        // SAFETY: a plain read of a map value.
-        if let Some(ctx) = unsafe { UFFD_BY_MM.get(mm) } {
-            return *ctx;
-        }
+/// The context a fault of this task waits on: its own mm's, else a foreign mm it holds (GUP on
+/// another process: process_vm_readv, /proc/PID/mem; known only with the mmap_lock hooks).
+fn ctx_for(own_ctx: Option<u64>, state: Option<&TaskState>) -> u64 {
+    if let Some(ctx) = own_ctx {
+        return ctx;
     }
     if let Some(st) = state {
         for h in st.holds.iter() {
@@ -160,35 +312,39 @@ fn ctx_for(state: Option<&TaskState>) -> u64 {
 }
 
 /// `sched_switch` with the current task going to sleep: is it asleep in `handle_userfault`?
-pub fn on_sleep<C: EbpfContext>(ctx: &C) {
+fn on_sleep<C: EbpfContext>(ctx: &C) -> Result<(), Counter> {
     if !uffd_seen() {
-        return;
+        return Ok(());
     }
     let off = offsets();
     if off.handle_userfault_start == 0 {
-        return;
+        return Ok(());
     }
     let (tid, tgid) = current_ids();
     let now = unsafe { bpf_ktime_get_ns() };
-    // Cheap filters first: a fault just taken on this CPU by this task, or a task holding an
-    // mmap_lock (a GUP fault, which raises no exception).
+    // Cheap filters first: a fault just taken on this CPU by this task, a task whose own mm is
+    // registered with a userfaultfd, or a task holding an mmap_lock (a GUP fault, which raises
+    // no exception).
     let last = LAST_FAULT.get(0).copied();
     let faulted = last.is_some_and(|l| l.tid == tid && now - l.ts_ns < 10_000_000);
-    let state = TASK_STATE.get_ptr_mut(tid);
-    // SAFETY: this task's own entry.
-    let st = state.map(|p| unsafe { &mut *p });
+    let mm = own_mm()?;
+    // SAFETY: a plain read of a map value.
+    let own_ctx = (mm != 0)
+        .then(|| unsafe { UFFD_BY_MM.get(mm) }.copied())
+        .flatten();
+    let st = existing_state(tid);
     let holds = st
         .as_ref()
         .is_some_and(|s| s.holds.iter().any(|h| h.mm != 0));
-    if !faulted && !holds {
-        return;
+    if !faulted && !holds && own_ctx.is_none() {
+        return Ok(());
     }
     // Already known to wait, unless this is a new fault (a signal kicked the task out of its
     // previous wait and it faulted again).
     let newer_fault =
         last.is_some_and(|l| faulted && st.as_ref().is_some_and(|s| l.ts_ns > s.uffd_since_ns));
     if st.as_ref().is_some_and(|s| s.uffd_ctx != 0) && !newer_fault {
-        return;
+        return Ok(());
     }
     let mut stack = [0u64; STACK_DEPTH];
     // SAFETY: the buffer is ours and its size is passed.
@@ -201,85 +357,78 @@ pub fn on_sleep<C: EbpfContext>(ctx: &C) {
         )
     };
     if n <= 0 {
-        return;
+        return Ok(());
     }
     let in_uffd = stack
         .iter()
         .any(|&ip| ip >= off.handle_userfault_start && ip < off.handle_userfault_end);
     if !in_uffd {
-        return;
+        return Ok(());
     }
-    let uctx = ctx_for(st.as_deref());
+    let uctx = ctx_for(own_ctx, st.as_deref());
     let addr = last.filter(|_| faulted).map(|l| l.addr).unwrap_or(0);
     let st = match st {
         Some(s) => s,
-        None => match task_state(tid, tgid) {
-            // SAFETY: this task's own, just created entry.
-            Some(p) => unsafe { &mut *p },
-            None => return,
-        },
+        None => task_state(tid, tgid)?,
     };
     st.uffd_ctx = if uctx != 0 { uctx } else { u64::MAX };
     st.uffd_addr = addr;
     st.uffd_since_ns = now;
     count(Counter::UffdWaitBegin);
     // Always streamed: a task stuck on a userfaultfd is what the graph is for, and it is rare.
-    event(
-        EventKind::UffdWaitBegin,
-        reason::RECORD,
-        now,
-        uctx,
+    output(UffdEvent {
+        header: header(EventKind::UffdWaitBegin, reason::RECORD, now),
+        ctx: uctx,
         addr,
-        0,
-        0,
-        0,
-    );
+        since_ns: 0,
+        ret: 0,
+        op: 0,
+        _pad: [0; 7],
+    })
 }
 
 /// `sched_waking` of `wakee` by the current task: a handler's ioctl waking a faulting task ends
 /// that task's userfaultfd wait.
-pub fn on_waking(wakee: u64) {
-    if !uffd_seen() {
-        return;
-    }
+fn on_waking(wakee: u64) -> Result<(), Counter> {
     let (tid, _) = current_ids();
-    // SAFETY: plain reads of map values.
-    let Some(waker) = (unsafe { TASK_STATE.get(tid) }) else {
-        return;
+    if tid == 0 || IOCTL_ON_CPU.get(0).is_none_or(|t| *t != tid) {
+        return Ok(());
+    }
+    let Some(waker) = existing_state(tid) else {
+        return Ok(());
     };
     if waker.ioctl_ctx == 0 {
-        return;
+        return Ok(());
     }
-    let wakee_tid = task_tid(wakee);
-    let Some(p) = TASK_STATE.get_ptr_mut(wakee_tid) else {
-        return;
+    let (ioctl_ctx, ioctl_op) = (waker.ioctl_ctx, waker.ioctl_op);
+    let wakee_tid = task_tid(wakee)?;
+    let Some(st) = existing_state(wakee_tid) else {
+        return Ok(());
     };
-    // SAFETY: the wakee's entry; it is asleep, so nothing else writes it now.
-    let st = unsafe { &mut *p };
     if st.uffd_ctx == 0 {
-        return;
+        return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
     count(Counter::UffdWaitEnd);
-    let header_for_wakee = tracer_common::EventHeader {
-        tid: wakee_tid,
-        tgid: st.tgid,
-        comm: [0; tracer_common::TASK_COMM_LEN],
-        ..header(EventKind::UffdWaitEnd, reason::RECORD, now)
-    };
     let ctx = if st.uffd_ctx == u64::MAX {
-        waker.ioctl_ctx
+        ioctl_ctx
     } else {
         st.uffd_ctx
     };
-    output(UffdEvent {
-        header: header_for_wakee,
-        ctx,
-        addr: st.uffd_addr,
-        since_ns: st.uffd_since_ns,
-        ret: 0,
-        op: waker.ioctl_op,
-        _pad: [0; 7],
-    });
+    let (addr, since, tgid) = (st.uffd_addr, st.uffd_since_ns, st.tgid);
     st.uffd_ctx = 0;
+    output(UffdEvent {
+        header: EventHeader {
+            tid: wakee_tid,
+            tgid,
+            comm: [0; TASK_COMM_LEN],
+            ..header(EventKind::UffdWaitEnd, reason::RECORD, now)
+        },
+        ctx,
+        addr,
+        since_ns: since,
+        ret: 0,
+        op: ioctl_op,
+        _pad: [0; 7],
+    })
 }

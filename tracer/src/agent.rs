@@ -38,6 +38,8 @@ pub struct AgentOptions {
     pub summary_interval: Duration,
     /// Most slow-event lines logged per summary interval; the rest are counted.
     pub max_log_lines: u32,
+    /// Turn on the kernel's BPF run-time statistics for the probes' self-metrics.
+    pub self_metrics: bool,
     /// Which processes to report on: the whole host, or this agent's network namespace.
     pub scope: Scope,
 }
@@ -166,6 +168,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut probes = Probes::load(&opts.probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
     let attached = probes.attached();
+    let detail = probes.detail();
+    for lost in detail.gives_up() {
+        log::info!("detail {detail}: without {lost}");
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
@@ -191,14 +197,19 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         task_entries: 0,
         scope: ScopeFilter::new(opts.scope)?,
     }));
-    // Per-program run time for the self-metrics: the kernel counts it only while someone holds
-    // this fd (cheaper than the global sysctl, and undone when the agent exits).
-    let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            log::warn!("BPF run-time statistics unavailable ({e}); faultline_probe_run_seconds_total stays 0");
-            None
+    // Per-program run time for the self-metrics, only when asked: the kernel counts it only
+    // while someone holds this fd (undone when the agent exits), and counting costs two clock
+    // reads on every run of every program.
+    let _stats = if opts.self_metrics {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!("BPF run-time statistics unavailable ({e}); faultline_probe_run_seconds_total stays 0");
+                None
+            }
         }
+    } else {
+        None
     };
     let local = listener.local_addr().context("listening address")?;
     let server = {
@@ -206,8 +217,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         tokio::spawn(async move { axum::serve(listener, app).await })
     };
     log::info!(
-        "faultline agent: probes attached ({}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
+        "faultline agent: probes attached ({}, detail {}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
+        detail,
         local,
         match opts.scope {
             Scope::Host => "host",

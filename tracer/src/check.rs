@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::probes::{
     kernel::{self, KernelBtf},
-    AttachMode, ProbeOptions, Probes,
+    AttachMode, Detail, ProbeOptions, Probes,
 };
 
 #[derive(Debug, Serialize)]
@@ -159,6 +159,26 @@ pub fn run() -> Vec<Item> {
                     Err(e) => e.clone(),
                 },
                 feature.without(),
+            ));
+        }
+    }
+
+    // What each detail mode gives up, and the flag that brings it back.
+    for d in [Detail::Contention, Detail::Holders, Detail::Full] {
+        let name = if d == Detail::default() {
+            format!("detail {d} (default)")
+        } else {
+            format!("detail {d}")
+        };
+        if d.gives_up().is_empty() {
+            items.push(item(name.clone(), true, "everything is tracked", "nothing"));
+        }
+        for lost in d.gives_up() {
+            items.push(item(
+                name.clone(),
+                true,
+                format!("gives up {lost}"),
+                "nothing",
             ));
         }
     }

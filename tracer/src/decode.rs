@@ -216,7 +216,14 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 (at(header.ts_ns, begin), None, None)
             } else {
                 (
-                    at(header.ts_ns, EventKind::LockWaitEnd { lock, ret: ev.ret }),
+                    at(
+                        header.ts_ns,
+                        EventKind::LockWaitEnd {
+                            lock,
+                            ret: ev.ret,
+                            mm: nonzero(ev.mm).map(Addr),
+                        },
+                    ),
                     since,
                     since.map(|s| at(s, begin)),
                 )

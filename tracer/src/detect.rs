@@ -121,6 +121,19 @@ impl Narrator<'_> {
                 "waits for {}{wants}, queued behind writer {to}",
                 self.whose_mm(*mm, *owner_pid)
             ),
+            (LockRef::MmapLock { mm, owner_pid }, Reason::HoldsInferred) => {
+                let why = self
+                    .model
+                    .mm_locks
+                    .get(mm)
+                    .and_then(|l| l.inferred_readers.get(&e.to))
+                    .copied()
+                    .unwrap_or("no detail");
+                format!(
+                    "waits for {}{wants}, held for read by {to} (inferred: {why})",
+                    self.whose_mm(*mm, *owner_pid)
+                )
+            }
             (LockRef::MmapLock { mm, owner_pid }, _) => format!(
                 "waits for {}{wants}, held{} by {to}",
                 self.whose_mm(*mm, *owner_pid),
@@ -340,7 +353,8 @@ impl Detector {
                     let inversion = out.iter().find(|e| {
                         e.reason == Reason::QueuedBehindWriter
                             && graph.out(e.to).iter().any(|w| {
-                                w.reason == Reason::Holds && w.held == Some(LockMode::Read)
+                                matches!(w.reason, Reason::Holds | Reason::HoldsInferred)
+                                    && w.held == Some(LockMode::Read)
                             })
                     });
                     if let Some(first) = inversion {

@@ -70,6 +70,16 @@ impl Engine {
         &self.model
     }
 
+    /// Replaces the inferred read holders of `mm` (live only: see `Model::infer_readers`).
+    pub fn infer_readers(
+        &mut self,
+        mm: crate::event::Addr,
+        readers: &[(crate::model::Tid, u32, Option<String>, &'static str)],
+        ts_ns: u64,
+    ) {
+        self.model.infer_readers(mm, readers, ts_ns);
+    }
+
     pub fn graph(&self) -> WaitsFor {
         WaitsFor::build(&self.model)
     }

@@ -150,6 +150,9 @@ pub enum EventKind {
     LockWaitEnd {
         lock: Addr,
         ret: i32,
+        /// When the lock is an mm's `mmap_lock`: that mm (the wait's end ends that attempt).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mm: Option<Addr>,
     },
     PageFault {
         addr: Addr,

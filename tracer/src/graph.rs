@@ -35,6 +35,9 @@ pub enum LockRef {
 pub enum Reason {
     /// `to` holds the lock `from` wants.
     Holds,
+    /// `to` is inferred to hold the lock for read (not seen acquiring it; the evidence is in
+    /// the lock's `inferred_readers`).
+    HoldsInferred,
     /// `from` asks for read and is queued behind writer `to` (rwsem fairness / handoff).
     QueuedBehindWriter,
     /// `to` owns the contended kernel lock.
@@ -125,6 +128,12 @@ pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
                             .keys()
                             .filter(|&&r| r != tid)
                             .map(|&r| edge(r, Some(LockMode::Read), Reason::Holds)),
+                    );
+                    out.extend(
+                        lock.inferred_readers
+                            .keys()
+                            .filter(|&&r| r != tid)
+                            .map(|&r| edge(r, Some(LockMode::Read), Reason::HoldsInferred)),
                     );
                     out.extend(
                         queued

@@ -13,6 +13,7 @@ use axum::{
     Json, Router,
 };
 use serde::Serialize;
+use tracer_common::ProcFaults;
 
 use crate::{
     alerts::{AlertSink, RaisedAlert},
@@ -139,20 +140,40 @@ const NAMED_PROCESSES: usize = 3 * metrics::TOP_PROCESSES;
 
 fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
     let snap = stats::snapshot(&st.probes).map_err(|e| e.to_string())?;
-    let mut faults = st.probes.proc_faults().map_err(|e| e.to_string())?;
-    let proc_fault_entries = faults.len();
+    // Per-fault counters exist in full mode only; otherwise the kernel's own per-process
+    // counts (minor + major faults, /proc) stand in, with the mode label saying so.
+    let kernel_faults = st.probes.proc_faults().map_err(|e| e.to_string())?;
+    let proc_fault_entries = kernel_faults.len();
+    let per_fault = st.probes.detail() == crate::probes::Detail::Full;
+    let mut faults: Vec<(u32, Option<String>, ProcFaults)> = if per_fault {
+        kernel_faults
+            .into_iter()
+            .map(|(p, f)| (p, None, f))
+            .collect()
+    } else {
+        crate::diagnose::procfs::process_faults()
+            .into_iter()
+            .map(|(pid, comm, minor, major)| {
+                let f = ProcFaults {
+                    user: minor + major,
+                    ..ProcFaults::default()
+                };
+                (pid, Some(comm), f)
+            })
+            .collect()
+    };
     if !st.scope.is_host() {
-        faults.retain(|(pid, _)| st.scope.admits(*pid));
+        faults.retain(|(pid, _, _)| st.scope.admits(*pid));
     }
-    faults.sort_by_key(|(_, f)| std::cmp::Reverse(f.user + f.kernel));
+    faults.sort_by_key(|(_, _, f)| std::cmp::Reverse(f.user + f.kernel));
     let (proc_faults, faults_by_workload) = faults
         .into_iter()
         .enumerate()
-        .map(|(i, (pid, f))| {
+        .map(|(i, (pid, comm, f))| {
             if i < NAMED_PROCESSES {
                 let workload =
                     workload::attribute(pid).map_or_else(|| "unknown".into(), |a| a.label());
-                ((comm_of(pid), f), (workload, f))
+                ((comm.unwrap_or_else(|| comm_of(pid)), f), (workload, f))
             } else {
                 (("other".into(), f), ("other".into(), f))
             }
@@ -179,6 +200,7 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         hists: snap.hists.clone(),
         uffd_errors: st.probes.uffd_errors().map_err(|e| e.to_string())?,
         proc_faults,
+        proc_faults_per_mode: per_fault,
         slow_waits_by_process: st
             .telemetry
             .slow_waits_by_process

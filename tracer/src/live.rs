@@ -8,22 +8,43 @@
 //!   time, likewise;
 //! - a periodic snapshot of the kernel's per-task map shows waits and holds in progress; those
 //!   past the streaming thresholds (whose ends the kernel will therefore stream) are applied
-//!   with their real start times.
+//!   with their real start times;
+//! - in the default mode nothing sees an uncontended `mmap_lock` acquisition, so the read
+//!   holders a contended lock waits for are inferred at each snapshot (the rwsem owner word's
+//!   last reader, else threads whose kernel stack is inside a function that holds the lock for
+//!   read), labelled as inferred, and replaced by the next snapshot's inference.
 
-use tracer_common::{mode, TaskState};
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracer_common::{lock_type, mode, TaskState};
 
 use crate::{
     decode::Decoded,
     detect::{Alert, Thresholds},
+    diagnose::procfs,
     engine::Engine,
     event::{Addr, Event, EventKind, LockMode},
     model::Blocked,
 };
 
+const HINT_EVIDENCE: &str = "the rwsem owner word names it as the last reader to take the lock";
+const HINT_AND_STACK_EVIDENCE: &str =
+    "the rwsem owner word names it as the last reader, and its kernel stack is inside a function that holds mmap_lock for read";
+const STACK_EVIDENCE: &str = "its kernel stack is inside a function that holds mmap_lock for read";
+
 pub struct LiveFeed {
     engine: Engine,
     wait_threshold_ns: u64,
     hold_threshold_ns: u64,
+}
+
+/// The process of thread `tid`, when it still exists.
+fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn comm_of(tid: u32) -> Option<String> {
@@ -140,8 +161,28 @@ impl LiveFeed {
                     alerts.extend(self.engine.apply(&ev));
                 }
             }
+            let mm = Addr(st.wait_mm);
+            // Past the wait threshold the kernel will stream this attempt's end.
+            if st.wait_mm != 0
+                && now_ns.saturating_sub(st.wait_since_ns) >= self.wait_threshold_ns
+                && !self.waiting_on(*tid, mm)
+            {
+                let ev = base(
+                    st.wait_since_ns,
+                    EventKind::MmapLockStart {
+                        mm,
+                        mode: lock_mode(st.wait_mode),
+                        mm_pid: self.known_owner(mm),
+                    },
+                );
+                alerts.extend(self.engine.apply(&ev));
+            }
             // A contended sleeping lock past the wait threshold: its end will be streamed.
+            // The contended rwsem of an mmap_lock attempt is that attempt: already applied.
+            let mmap_attempt = st.wait_mm != 0
+                && matches!(st.lock_type, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
             if st.lock != 0
+                && !mmap_attempt
                 && now_ns.saturating_sub(st.lock_since_ns) >= self.wait_threshold_ns
                 && !matches!(
                     self.engine.model().task(*tid).and_then(|t| t.blocked.as_ref()),
@@ -161,26 +202,97 @@ impl LiveFeed {
                     alerts.extend(self.engine.apply(&ev));
                 }
             }
-            let mm = Addr(st.wait_mm);
-            // Past the wait threshold the kernel will stream this attempt's end.
-            if st.wait_mm != 0
-                && now_ns.saturating_sub(st.wait_since_ns) >= self.wait_threshold_ns
-                && !self.waiting_on(*tid, mm)
-            {
-                let ev = base(
-                    st.wait_since_ns,
-                    EventKind::MmapLockStart {
-                        mm,
-                        mode: lock_mode(st.wait_mode),
-                        mm_pid: self.known_owner(mm),
-                    },
-                );
-                alerts.extend(self.engine.apply(&ev));
-            }
         }
+        self.infer_read_holders(states, now_ns);
         alerts.extend(self.uffd_waits_ended(now_ns));
         alerts.extend(self.engine.advance_to(now_ns));
         alerts
+    }
+
+    /// Infers the read holders of every contended `mmap_lock` whose holders nobody saw
+    /// acquiring it, and drops the inference of locks nobody waits for any more.
+    fn infer_read_holders(&mut self, states: &[(u32, TaskState)], now_ns: u64) {
+        // The last reader named by the owner word when each waiter began to wait.
+        let mut hints: BTreeMap<Addr, BTreeSet<u32>> = BTreeMap::new();
+        for (tid, st) in states {
+            if st.wait_mm != 0 && st.lock_owner_reader != 0 && ![0, *tid].contains(&st.lock_owner) {
+                hints
+                    .entry(Addr(st.wait_mm))
+                    .or_default()
+                    .insert(st.lock_owner);
+            }
+        }
+        let model = self.engine.model();
+        let mut work: Vec<(Addr, Vec<u32>)> = Vec::new();
+        for (mm, lock) in &model.mm_locks {
+            let waited_for = lock.waiters.values().any(|(m, _)| *m == LockMode::Write)
+                || !lock.waiters.is_empty() && lock.writer.is_none();
+            if !waited_for || !lock.readers.is_empty() || lock.writer.is_some() {
+                if !lock.inferred_readers.is_empty() {
+                    work.push((*mm, Vec::new()));
+                }
+                continue;
+            }
+            let waiters: Vec<u32> = lock.waiters.keys().copied().collect();
+            work.push((*mm, waiters));
+        }
+        for (mm, waiters) in work {
+            let readers = if waiters.is_empty() {
+                Vec::new()
+            } else {
+                self.read_holders_of(mm, &waiters, hints.get(&mm))
+            };
+            self.engine.infer_readers(mm, &readers, now_ns);
+        }
+    }
+
+    /// Candidates for the read holders of `mm`, each with its evidence.
+    fn read_holders_of(
+        &self,
+        mm: Addr,
+        waiters: &[u32],
+        hints: Option<&BTreeSet<u32>>,
+    ) -> Vec<(u32, u32, Option<String>, &'static str)> {
+        let in_holder_frame = |pid: u32, tid: u32| {
+            procfs::stack(pid, tid)
+                .iter()
+                .any(|f| procfs::READ_HOLDER_FRAMES.contains(&f.as_str()))
+        };
+        let mut out = Vec::new();
+        for &h in hints.into_iter().flatten() {
+            if waiters.contains(&h) {
+                continue;
+            }
+            let Some(pid) = tgid_of(h) else {
+                continue; // gone: it holds nothing
+            };
+            let why = if in_holder_frame(pid, h) {
+                HINT_AND_STACK_EVIDENCE
+            } else {
+                HINT_EVIDENCE
+            };
+            out.push((h, pid, comm_of(h), why));
+        }
+        if !out.is_empty() {
+            return out;
+        }
+        // No hint: threads of the processes involved whose stack shows a read hold.
+        let model = self.engine.model();
+        let pids: BTreeSet<u32> = model
+            .mm_locks
+            .get(&mm)
+            .and_then(|l| l.owner_pid)
+            .into_iter()
+            .chain(waiters.iter().filter_map(|w| model.task(*w).map(|t| t.pid)))
+            .collect();
+        for pid in pids {
+            for tid in procfs::threads(pid) {
+                if !waiters.contains(&tid) && in_holder_frame(pid, tid) {
+                    out.push((tid, pid, comm_of(tid), STACK_EVIDENCE));
+                }
+            }
+        }
+        out
     }
 
     /// A signal, not a handler, can end a userfaultfd wait, and then no wake-up marks its end:

@@ -6,7 +6,7 @@ use tracer::{
     agent::{self, AgentOptions},
     check,
     detect::Thresholds,
-    probes::{AttachMode, ProbeOptions},
+    probes::{AttachMode, Detail, ProbeOptions},
     record::{self, RecordOptions},
     replay,
 };
@@ -30,6 +30,10 @@ enum Command {
     /// Explain hung tasks now: who is blocked, on what, behind whom, and the root holder.
     /// Works without a running agent; asks it for mmap_lock read holders when one answers.
     Diagnose(DiagnoseArgs),
+    /// Attach empty programs on the default mode's hooks until SIGTERM or Ctrl-C: the floor
+    /// `cargo xtask bench overhead` compares against.
+    #[command(hide = true)]
+    BenchFloor,
     /// Report which tracepoints, attach types and BTF features this kernel offers.
     Check {
         /// Print JSON instead of text.
@@ -52,9 +56,29 @@ struct ProbeArgs {
     /// Tasks tracked at once in the kernel (per-task state map size).
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u32).range(64..=4_194_304), env = "FAULTLINE_MAX_TASKS")]
     max_tasks: u32,
-    /// Trace only mmap_lock: skip lock contention, page faults and userfaultfd.
+    /// Trace only mmap_lock: skip lock contention, page faults and userfaultfd (implies
+    /// `--detail holders` at least, since contention is then not there to show waits).
     #[arg(long, env = "FAULTLINE_MMAP_LOCK_ONLY")]
     mmap_lock_only: bool,
+    /// How much the kernel side tracks: `contention` (default, nearly free when nothing is
+    /// contended; read holders of a contended mmap_lock are inferred), `holders` (exact
+    /// read-holder sets and hold times of every hold), `full` (also per-fault counters).
+    /// `faultline check` lists what each mode gives up.
+    #[arg(long, value_enum, default_value_t = Detail::Contention, env = "FAULTLINE_DETAIL")]
+    detail: Detail,
+    /// Size of the event ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = tracer_common::names::EVENTS_BYTES, value_parser = parse_ring_size, env = "FAULTLINE_RING_BUFFER_SIZE")]
+    ring_buffer_size: u32,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two of at least 4096"));
+    }
+    Ok(n)
 }
 
 impl ProbeArgs {
@@ -65,7 +89,9 @@ impl ProbeArgs {
             wait_threshold: self.wait_threshold,
             hold_threshold: self.hold_threshold,
             max_tasks: self.max_tasks,
+            detail: self.detail,
             extras: !self.mmap_lock_only,
+            ring_bytes: self.ring_buffer_size,
         }
     }
 }
@@ -103,6 +129,10 @@ struct AgentArgs {
     /// Most slow-event lines logged per summary interval; the rest are counted.
     #[arg(long, default_value_t = 20, env = "FAULTLINE_MAX_LOG_LINES")]
     max_log_lines: u32,
+    /// Measure the probes' own run time (faultline_probe_run_seconds_total). Off by default:
+    /// the kernel's BPF statistics add two clock reads to every run of every program.
+    #[arg(long, env = "FAULTLINE_SELF_METRICS")]
+    self_metrics: bool,
     /// Which processes to report on: the whole host, or only this agent's network namespace
     /// (one agent per namespace sharing a kernel; the probes themselves are host-wide).
     #[arg(long, value_enum, default_value_t = tracer::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
@@ -203,6 +233,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 snapshot_interval: a.snapshot_interval,
                 summary_interval: a.summary_interval,
                 max_log_lines: a.max_log_lines,
+                self_metrics: a.self_metrics,
                 scope: a.scope,
             })
             .await?;
@@ -262,6 +293,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", report.to_dot());
             } else {
                 print!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchFloor => {
+            let _floor = tracer::probes::Floor::attach()?;
+            eprintln!("faultline: floor programs attached");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing a SIGTERM handler")?;
+            tokio::select! {
+                _ = term.recv() => {}
+                r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
             }
             Ok(ExitCode::SUCCESS)
         }

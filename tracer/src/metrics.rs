@@ -38,6 +38,9 @@ pub struct MetricsInput {
     pub uffd_errors: Vec<u64>,
     /// (process name, faults) per live process.
     pub proc_faults: Vec<(String, ProcFaults)>,
+    /// Whether `proc_faults` splits user and kernel faults (full mode's per-fault counters);
+    /// otherwise `user` holds all of a process's faults from /proc (mode "all").
+    pub proc_faults_per_mode: bool,
     /// (process name, slow waits) observed by the agent.
     pub slow_waits_by_process: Vec<(String, u64)>,
     pub task_entries: usize,
@@ -319,15 +322,19 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
     );
     f.push(family(
         "faultline_top_process_page_faults",
-        "Page faults of live processes so far, for the top processes by faults (the rest as \"other\"), by mode. A gauge: processes come and go.",
+        "Page faults of live processes so far, for the top processes by faults (the rest as \"other\"), by mode: user and kernel with --detail full, otherwise \"all\" (the kernel's own minor+major counts from /proc). A gauge: processes come and go.",
         MetricType::GAUGE,
         faults
             .iter()
             .flat_map(|(name, p)| {
-                [
-                    gauge(&[("process", name), ("mode", "user")], p.user as f64),
-                    gauge(&[("process", name), ("mode", "kernel")], p.kernel as f64),
-                ]
+                if m.proc_faults_per_mode {
+                    vec![
+                        gauge(&[("process", name), ("mode", "user")], p.user as f64),
+                        gauge(&[("process", name), ("mode", "kernel")], p.kernel as f64),
+                    ]
+                } else {
+                    vec![gauge(&[("process", name), ("mode", "all")], p.user as f64)]
+                }
             })
             .collect(),
     ));
@@ -543,6 +550,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            proc_faults_per_mode: true,
             slow_waits_by_process: vec![("a".into(), 2), ("a".into(), 3)],
             task_entries: 1,
             task_capacity: 32768,

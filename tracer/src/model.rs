@@ -82,6 +82,10 @@ pub struct MmLock {
     pub writer: Option<(Tid, u64)>,
     /// Tasks blocked acquiring it: tid → (mode, since).
     pub waiters: BTreeMap<Tid, (LockMode, u64)>,
+    /// Read holders inferred, not seen acquiring (the default mode does not hook uncontended
+    /// acquisitions): tid → the evidence. Replaced wholesale by each inference, dropped by any
+    /// real evidence about the lock.
+    pub inferred_readers: BTreeMap<Tid, &'static str>,
     /// The waiting writers by (since, tid): queue order, so "writers queued before me" is a
     /// range query rather than a scan of every waiter (convoys have thousands of readers).
     waiting_writers: BTreeSet<(u64, Tid)>,
@@ -89,7 +93,10 @@ pub struct MmLock {
 
 impl MmLock {
     fn is_idle(&self) -> bool {
-        self.readers.is_empty() && self.writer.is_none() && self.waiters.is_empty()
+        self.readers.is_empty()
+            && self.writer.is_none()
+            && self.waiters.is_empty()
+            && self.inferred_readers.is_empty()
     }
 
     /// Waiting writers that queued before `since` (rwsem FIFO order).
@@ -243,6 +250,32 @@ impl Model {
         }
     }
 
+    /// Replaces the inferred read holders of `mm` with `readers` (tid, pid, comm, evidence).
+    /// Tasks with a real hold on `mm` keep it and are not inferred again.
+    pub fn infer_readers(
+        &mut self,
+        mm: Addr,
+        readers: &[(Tid, u32, Option<String>, &'static str)],
+        ts_ns: u64,
+    ) {
+        for (tid, pid, comm, _) in readers {
+            self.touch(&Event {
+                ts_ns,
+                tid: *tid,
+                pid: *pid,
+                comm: comm.clone(),
+                kind: EventKind::TaskExit {},
+            });
+        }
+        let lock = self.mm_locks.entry(mm).or_default();
+        lock.inferred_readers = readers
+            .iter()
+            .filter(|(tid, ..)| !lock.readers.contains_key(tid))
+            .map(|(tid, _, _, why)| (*tid, *why))
+            .collect();
+        self.gc_mm(mm);
+    }
+
     /// Applies one event; returns what it noticed.
     pub fn apply(&mut self, ev: &Event) -> Option<Notice> {
         self.touch(ev);
@@ -288,6 +321,37 @@ impl Model {
                 self.unblock(tid);
                 self.released(tid, *mm, *mode);
                 self.gc_mm(*mm);
+            }
+            // The slow path of an mmap_lock attempt seen through lock contention (the default
+            // mode's only view of it): an mmap_lock wait, unless an attempt is already known.
+            EventKind::LockWaitBegin {
+                lock_type: lock_type @ (LockType::RwsemRead | LockType::RwsemWrite),
+                mm: Some(mm),
+                ..
+            } => {
+                let known = matches!(
+                    self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                    Some(Blocked::MmapLock { mm: m, .. }) if m == mm
+                );
+                if !known {
+                    self.block(
+                        tid,
+                        Blocked::MmapLock {
+                            mm: *mm,
+                            mode: LockMode::from_write(*lock_type == LockType::RwsemWrite),
+                            since_ns: ev.ts_ns,
+                        },
+                    );
+                }
+            }
+            EventKind::LockWaitEnd { mm: Some(mm), .. } => {
+                let ends_it = matches!(
+                    self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                    Some(Blocked::MmapLock { mm: m, .. }) if m == mm
+                );
+                if ends_it {
+                    self.unblock(tid);
+                }
             }
             EventKind::LockWaitBegin {
                 lock,
@@ -356,6 +420,11 @@ impl Model {
     fn acquired(&mut self, tid: Tid, mm: Addr, mode: LockMode, ts: u64) {
         let current = self.tasks.get(&tid).and_then(|t| t.holds.get(&mm)).copied();
         let lock = self.mm_locks.entry(mm).or_default();
+        // Real evidence replaces inference: this task's own, and a writer's for everyone.
+        lock.inferred_readers.remove(&tid);
+        if mode == LockMode::Write {
+            lock.inferred_readers.clear();
+        }
         match (mode, current) {
             // Downgrade: the write hold continues as a read hold from the same moment.
             (
@@ -454,6 +523,14 @@ impl Model {
 
     fn exit(&mut self, tid: Tid) {
         self.unblock(tid);
+        let inferred: Vec<Addr> = self
+            .mm_locks
+            .iter_mut()
+            .filter_map(|(mm, l)| l.inferred_readers.remove(&tid).map(|_| *mm))
+            .collect();
+        for mm in inferred {
+            self.gc_mm(mm);
+        }
         if let Some(task) = self.tasks.remove(&tid) {
             for mm in task.holds.keys() {
                 if let Some(l) = self.mm_locks.get_mut(mm) {

@@ -38,8 +38,10 @@ fn create(path: &Path) -> Result<TraceWriter<BufWriter<File>>> {
 }
 
 pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
+    // A trace is for replay, which wants every acquisition and release: record everything.
     let probe_opts = ProbeOptions {
         record_all: true,
+        detail: crate::probes::Detail::Full,
         ..opts.probes.clone()
     };
     let mut probes = Probes::load(&probe_opts)?;

@@ -150,6 +150,7 @@ impl GraphView {
                     "held{}",
                     e.held.map(|m| format!(" ({m})")).unwrap_or_default()
                 ),
+                Reason::HoldsInferred => "held (read, inferred)".into(),
                 Reason::QueuedBehindWriter => "queued behind writer".into(),
                 Reason::LockOwner => "owner".into(),
                 Reason::UffdHandler => "handler".into(),

@@ -11,7 +11,9 @@ use common::{
 };
 use tracer::{
     event::{Addr, Event, EventKind, LockMode},
-    probes::{kernel::KernelBtf, program_names, AttachMode, Attached, ProbeOptions, Probes},
+    probes::{
+        kernel::KernelBtf, program_names, AttachMode, Attached, Detail, ProbeOptions, Probes,
+    },
 };
 
 #[test]
@@ -19,25 +21,43 @@ fn every_program_passes_the_verifier_in_both_attach_modes() {
     if !require_root("every_program_passes_the_verifier_in_both_attach_modes") {
         return;
     }
-    for (mode, expect) in [
-        (AttachMode::Btf, Attached::Btf),
-        (AttachMode::Tracepoint, Attached::Tracepoint),
-    ] {
-        let probes = Probes::load(&ProbeOptions {
-            attach: mode,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("loading in {mode:?} mode: {e}"));
-        assert_eq!(probes.attached(), expect);
-        // The optional programs (contention, faults, userfaultfd) load and attach here too.
-        assert_eq!(probes.features().len(), 4, "{:?}", probes.features());
-        for (feature, result) in probes.features() {
-            assert!(result.is_ok(), "{}: {result:?}", feature.name());
+    for detail in [Detail::Contention, Detail::Holders, Detail::Full] {
+        for (mode, expect) in [
+            (AttachMode::Btf, Attached::Btf),
+            (AttachMode::Tracepoint, Attached::Tracepoint),
+        ] {
+            let probes = Probes::load(&ProbeOptions {
+                attach: mode,
+                detail,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("loading {detail} in {mode:?} mode: {e}"));
+            assert_eq!(probes.attached(), expect);
+            assert_eq!(
+                probes.detail(),
+                detail,
+                "no fallback to a heavier mode here"
+            );
+            // The optional programs (contention, faults, userfaultfd; user faults in full mode)
+            // load and attach here too.
+            let expected = if detail == Detail::Full { 5 } else { 4 };
+            assert_eq!(
+                probes.features().len(),
+                expected,
+                "{detail}: {:?}",
+                probes.features()
+            );
+            for (feature, result) in probes.features() {
+                assert!(result.is_ok(), "{detail}: {}: {result:?}", feature.name());
+            }
         }
     }
+    // 3 tp_btf layouts (two mmap_lock prototypes, two exit prototypes) and the classic
+    // tracepoints, plus the optional programs. The pre-6.14 mmap_lock variants only verify on
+    // such kernels: `cargo xtask vmtest` loads them there.
     assert_eq!(
         program_names().count(),
-        17,
+        21,
         "every program of the object is covered"
     );
 }
@@ -364,6 +384,12 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
         tids_of(inversion),
         vec![reader, writer, holder],
         "reader, writer, root holder: {inversion:#}"
+    );
+    // The default mode does not see the holder acquire: it names it as inferred, with why.
+    let summary = inversion["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("{holder} (")) && summary.contains("(inferred: "),
+        "the holder is named as inferred: {summary}"
     );
     let stall = alerts
         .iter()

@@ -10,7 +10,7 @@ use common::{
 };
 use tracer::{
     event::{Event, EventKind, LockMode, LockType, UffdOp},
-    probes::{ProbeOptions, Probes},
+    probes::{Detail, ProbeOptions, Probes},
 };
 use tracer_common::uffd_op;
 
@@ -47,7 +47,7 @@ fn a_contended_rwsem_names_its_owner() {
                 .find(|e| {
                     e.tid == waiter
                         && e.ts_ns >= b.ts_ns
-                        && matches!(e.kind, EventKind::LockWaitEnd { lock: l, ret: 0 } if l == lock)
+                        && matches!(e.kind, EventKind::LockWaitEnd { lock: l, ret: 0, .. } if l == lock)
                 })
                 .map(|end| (b, end))
         })
@@ -175,7 +175,12 @@ fn ioctl_errors_and_page_faults_are_counted_in_the_kernel() {
     if !require_root("ioctl_errors_and_page_faults_are_counted_in_the_kernel") {
         return;
     }
-    let probes = Probes::load(&ProbeOptions::default()).expect("load probes");
+    // Per-fault counters per process are the full mode's (the default reads /proc instead).
+    let probes = Probes::load(&ProbeOptions {
+        detail: Detail::Full,
+        ..Default::default()
+    })
+    .expect("load probes");
     let before = probes.uffd_errors().expect("uffd errors");
     let uffd = scenario(&["uffd-stall", "--delay-ms", "20"]);
     assert_eq!(uffd["retry_ret"], -17);

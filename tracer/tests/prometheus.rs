@@ -121,7 +121,9 @@ fn prometheus_scrapes_the_agent_and_sees_contention_in_the_histograms() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let (agent, target) = Faultline::agent(state.path(), &[]);
+    // Hold-time histograms of every hold need the mmap_lock hooks (`--detail holders`); the
+    // default mode times contended waits only.
+    let (agent, target) = Faultline::agent(state.path(), &["--detail", "holders"]);
     let prom = Prometheus::start(&target);
     prom.wait_for("the agent up", r#"up{job="faultline"}"#, |v| v == 1.0);
 

@@ -342,6 +342,7 @@ fn healthy_traces_with_every_tricky_semantic_raise_nothing() {
         EventKind::LockWaitEnd {
             lock: Addr(0xb8),
             ret: 0,
+            mm: None,
         },
     );
     t.acquire(14, 1, MM_B, Write, true)
@@ -442,7 +443,8 @@ fn arb_event() -> impl Strategy<Value = (u64, u32, EventKind)> {
         }),
         Just(EventKind::LockWaitEnd {
             lock: MUTEX,
-            ret: 0
+            ret: 0,
+            mm: None,
         }),
         Just(EventKind::UffdWaitBegin {
             uffd: UFFD,

@@ -31,6 +31,8 @@ enum Cmd {
     },
     /// Set up, then run formatting, lints, unit tests and the kernel tests.
     Test,
+    /// Formatting and clippy on every crate, the eBPF crate with its own toolchain.
+    Lint,
     /// Set up, then run the benchmarks and print ratios measured side by side.
     Bench(bench::BenchArgs),
     /// Build a Debian package (binary, systemd unit, config, dashboards, alert rules).
@@ -52,10 +54,41 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn test() -> Result<()> {
-    setup::ensure()?;
+/// `cargo fmt --check` and clippy with warnings denied, on the user-space crates and on the
+/// eBPF crate (which only builds for the BPF target, with build-std).
+fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    let (toolchain, bootstrap) = setup::ebpf_toolchain();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut ebpf = Command::new("cargo");
+    ebpf.current_dir(root.join("tracer-ebpf"))
+        .arg(format!("+{toolchain}"))
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        // Its own target dir: the BPF target's artifacts never mix with the host's.
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf-lint"))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    if bootstrap {
+        ebpf.env("RUSTC_BOOTSTRAP", "1");
+    }
+    run(&mut ebpf)
+}
+
+fn test() -> Result<()> {
+    setup::ensure()?;
+    lint()?;
     // One test at a time: the kernel tests share tracepoints and the machine has two cores, so
     // parallelism buys little. In CI the kernel tests never skip (tests/common/mod.rs).
     let (passed, failed) =
@@ -132,6 +165,10 @@ fn main() -> Result<()> {
                 .args(args))
         }
         Cmd::Test => test(),
+        Cmd::Lint => {
+            setup::ensure()?;
+            lint()
+        }
         Cmd::Bench(args) => {
             setup::ensure()?;
             bench::run(&args)

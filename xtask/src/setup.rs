@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 9] = [
+const PACKAGES: [(&str, &str); 12] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -40,6 +40,18 @@ const PACKAGES: [(&str, &str); 9] = [
     (
         "prometheus",
         "a real Prometheus server and promtool for the metrics, dashboard and rule tests",
+    ),
+    (
+        "rust-web-clippy",
+        "clippy for Debian's compiler, to lint the eBPF crate with the toolchain that builds it",
+    ),
+    (
+        "stress-ng",
+        "third-party workloads (mprotect, fault, userfaultfd, ...) for the benchmark and soak",
+    ),
+    (
+        "bpftrace",
+        "the hand-written peer scripts `cargo xtask bench overhead` measures faultline against",
     ),
     (
         "prometheus-alertmanager",
@@ -126,6 +138,16 @@ fn ensure_packages(needed: &[(&str, &str)]) -> Result<()> {
         .args(missing.iter().map(|(p, _)| *p))
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("installing the eBPF build packages (setup needs root)")
+}
+
+/// The toolchain that builds (and lints) the eBPF crate: the same choice `tracer/build.rs`
+/// makes, and `RUSTC_BOOTSTRAP` when it is not a nightly.
+pub fn ebpf_toolchain() -> (&'static str, bool) {
+    if nightly_has_rust_src() {
+        ("nightly", false)
+    } else {
+        (SYSTEM_TOOLCHAIN, true)
+    }
 }
 
 pub fn ensure() -> Result<()> {

@@ -56,10 +56,21 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         count: u32,
     },
+    /// T threads of one process each mmap a page, write it, mprotect it and munmap it, N times
+    /// in all: write acquisitions of one mm from several threads, which contend.
+    Storm {
+        #[arg(long, default_value_t = 100_000)]
+        count: u32,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+    },
     /// Fault in N fresh anonymous pages (one write each), then unmap them: the page-fault path.
     FaultIn {
         #[arg(long, default_value_t = 65536)]
         pages: u32,
+        /// Threads sharing the pages (one mm): each faults in its own slice.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
         /// Stay alive this long after reporting (per-process counters vanish at exit).
         #[arg(long, default_value_t = 0)]
         linger_ms: u64,
@@ -413,18 +424,74 @@ fn report_and_linger(report: &impl Serialize, linger_ms: u64) -> Result<()> {
     Ok(())
 }
 
-fn fault_in(pages: u32, linger_ms: u64) -> Result<()> {
+/// Runs `work(thread index)` on `threads` threads at once (all started before any begins) and
+/// returns (start, end) in CLOCK_MONOTONIC ns.
+fn timed_threads(threads: u32, work: impl Fn(u32) + Sync) -> (u64, u64) {
+    let threads = threads.max(1);
+    let gate = std::sync::Barrier::new(threads as usize + 1);
+    // The scope returns once every thread has finished its work.
+    let start = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (gate, work) = (&gate, &work);
+            s.spawn(move || {
+                gate.wait();
+                work(t);
+            });
+        }
+        gate.wait();
+        now_ns()
+    });
+    (start, now_ns())
+}
+
+/// `threads` threads share `count` iterations of mmap, write, mprotect, munmap of one page.
+fn storm(count: u32, threads: u32) -> Result<()> {
+    let per = count / threads.max(1);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let (start_ns, end_ns) = timed_threads(threads, |_| {
+        for _ in 0..per {
+            let Ok(page) = Mapping::new(4096) else {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            };
+            // SAFETY: inside our own writable mapping.
+            unsafe { page.addr.cast::<u8>().write_volatile(1) };
+            if page.mprotect(libc::PROT_READ).is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("storm: an mmap or mprotect failed");
+    }
+    let report = LoopReport {
+        scenario: "storm",
+        pid: std::process::id(),
+        tid: gettid(),
+        count: per * threads.max(1),
+        start_ns,
+        end_ns,
+        target_pid: None,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn fault_in(pages: u32, threads: u32, linger_ms: u64) -> Result<()> {
     let len = pages as usize * 4096;
     let region = Mapping::new(len)?;
     // Small pages: one fault per page, the path the budget is about.
     let _ = region.madvise(libc::MADV_NOHUGEPAGE);
-    let base = region.addr.cast::<u8>();
-    let start_ns = now_ns();
-    for i in 0..pages as usize {
-        // SAFETY: inside our own writable mapping.
-        unsafe { base.add(i * 4096).write_volatile(1) };
-    }
-    let end_ns = now_ns();
+    let base = region.addr as usize;
+    let threads = threads.max(1);
+    let per = pages as usize / threads as usize;
+    let (start_ns, end_ns) = timed_threads(threads, |t| {
+        let first = t as usize * per;
+        for i in first..first + per {
+            // SAFETY: inside our own writable mapping; threads touch disjoint pages.
+            unsafe { (base as *mut u8).add(i * 4096).write_volatile(1) };
+        }
+    });
     drop(region);
     let report = LoopReport {
         scenario: "fault-in",
@@ -1120,7 +1187,12 @@ fn main() {
         } => rwr(hold_mib, writer_delay_ms, reader_delay_ms, announce),
         Scenario::MprotectLoop { count } => mprotect_loop(count),
         Scenario::ForeignRead { count } => foreign_read(count),
-        Scenario::FaultIn { pages, linger_ms } => fault_in(pages, linger_ms),
+        Scenario::FaultIn {
+            pages,
+            threads,
+            linger_ms,
+        } => fault_in(pages, threads, linger_ms),
+        Scenario::Storm { count, threads } => storm(count, threads),
         Scenario::FileWriters { mib, fresh_source } => file_writers(mib, fresh_source),
         Scenario::UffdStall {
             delay_ms,

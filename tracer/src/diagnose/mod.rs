@@ -25,8 +25,11 @@ use crate::{event::Addr, probes::ProbeError};
 pub enum Source {
     /// Kernel memory, read with BPF iterators.
     Kernel,
-    /// The running agent's waits-for graph.
+    /// The running agent's waits-for graph, which tracked the hold.
     Agent,
+    /// The running agent's waits-for graph, which inferred the hold (its default mode does not
+    /// see uncontended acquisitions; the agent's alert says on what evidence).
+    AgentInferred,
     /// A guess from /proc (state, stacks): the kernel does not record mmap_lock read holders.
     Heuristic,
 }
@@ -117,19 +120,8 @@ pub struct DiagnoseOptions {
     pub agent: Option<String>,
 }
 
-/// Functions that run with an mmap_lock held for read, for guessing holders from stacks.
-const READ_HOLDER_FRAMES: [&str; 7] = [
-    "madvise_populate",
-    "faultin_page_range",
-    "__get_user_pages",
-    "get_user_pages_remote",
-    "access_remote_vm",
-    "__access_remote_vm",
-    "process_vm_rw_core",
-];
-
 /// What the agent's graph says: tid → [(holder tid)] for mmap_lock waits.
-fn agent_holders(addr: &str) -> Option<BTreeMap<u32, Vec<u32>>> {
+fn agent_holders(addr: &str) -> Option<BTreeMap<u32, Vec<(u32, Source)>>> {
     let agent = ureq::Agent::new_with_config(
         ureq::config::Config::builder()
             .timeout_global(Some(Duration::from_millis(500)))
@@ -143,12 +135,17 @@ fn agent_holders(addr: &str) -> Option<BTreeMap<u32, Vec<u32>>> {
         .read_to_string()
         .ok()?;
     let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut out: BTreeMap<u32, Vec<(u32, Source)>> = BTreeMap::new();
     for e in doc["edges"].as_array()? {
-        if e["reason"] == "holds" {
-            if let (Some(from), Some(to)) = (e["from"].as_u64(), e["to"].as_u64()) {
-                out.entry(from as u32).or_default().push(to as u32);
-            }
+        let source = match e["reason"].as_str() {
+            Some("holds") => Source::Agent,
+            Some("holds_inferred") => Source::AgentInferred,
+            _ => continue,
+        };
+        if let (Some(from), Some(to)) = (e["from"].as_u64(), e["to"].as_u64()) {
+            out.entry(from as u32)
+                .or_default()
+                .push((to as u32, source));
         }
     }
     Some(out)
@@ -251,10 +248,9 @@ pub fn diagnose(opts: &DiagnoseOptions) -> Result<Diagnosis, ProbeError> {
                 // Read holders: the kernel keeps only their count.
                 let mm_pid = w.tgid;
                 match agent.as_ref().and_then(|a| a.get(&t.tid)) {
-                    Some(holders) => edges.extend(holders.iter().map(|&h| Edge {
-                        tid: h,
-                        source: Source::Agent,
-                    })),
+                    Some(holders) => {
+                        edges.extend(holders.iter().map(|&(h, source)| Edge { tid: h, source }))
+                    }
                     None => {
                         // Running threads of the owning process, and sleeping threads anywhere
                         // stopped inside a function that holds an mmap_lock for read.
@@ -266,7 +262,7 @@ pub fn diagnose(opts: &DiagnoseOptions) -> Result<Diagnosis, ProbeError> {
                                 .filter(|c| {
                                     procfs::stack(c.pid, c.tid)
                                         .iter()
-                                        .any(|f| READ_HOLDER_FRAMES.contains(&f.as_str()))
+                                        .any(|f| procfs::READ_HOLDER_FRAMES.contains(&f.as_str()))
                                 })
                                 .map(|c| c.tid)
                                 .collect()
@@ -529,6 +525,7 @@ impl Diagnosis {
         let pad = "  ".repeat(depth);
         let src = match via {
             Some(Source::Agent) => " [agent]",
+            Some(Source::AgentInferred) => " [agent, inferred]",
             Some(Source::Heuristic) => " [guess from /proc]",
             _ => "",
         };
@@ -611,7 +608,7 @@ impl Diagnosis {
             for e in &t.blocked_on_sources {
                 let style = match e.source {
                     Source::Kernel => "",
-                    Source::Agent => ", style=dashed",
+                    Source::Agent | Source::AgentInferred => ", style=dashed",
                     Source::Heuristic => ", style=dotted",
                 };
                 let _ = writeln!(s, "  t{} -> t{}{style};", t.tid, e.tid);

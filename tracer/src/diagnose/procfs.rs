@@ -60,6 +60,23 @@ pub fn tasks(only_pid: Option<u32>) -> Vec<ProcTask> {
     out
 }
 
+/// (pid, comm, minor faults, major faults) of every process, from /proc/PID/stat: the kernel's
+/// own per-process fault counts (threads included), which cost faultline nothing to keep.
+pub fn process_faults() -> Vec<(u32, String, u64, u64)> {
+    numeric_entries("/proc")
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = read(format!("/proc/{pid}/stat"))?;
+            let (comm, _) = parse_stat(&stat)?;
+            // Fields after the parenthesised comm: state is field 3, minflt 10, majflt 12.
+            let rest: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+            let minflt = rest.get(7)?.parse().ok()?;
+            let majflt = rest.get(9)?.parse().ok()?;
+            Some((pid, comm, minflt, majflt))
+        })
+        .collect()
+}
+
 pub fn wchan(pid: u32, tid: u32) -> String {
     read(format!("/proc/{pid}/task/{tid}/wchan"))
         .map(|w| w.trim().to_owned())
@@ -67,6 +84,11 @@ pub fn wchan(pid: u32, tid: u32) -> String {
 }
 
 /// The kernel stack as function names (offsets dropped), innermost first.
+/// The threads of process `pid` (empty when it is gone).
+pub fn threads(pid: u32) -> Vec<u32> {
+    numeric_entries(format!("/proc/{pid}/task"))
+}
+
 pub fn stack(pid: u32, tid: u32) -> Vec<String> {
     read(format!("/proc/{pid}/task/{tid}/stack"))
         .map(|s| {
@@ -110,6 +132,17 @@ pub fn uffd_fds() -> BTreeMap<u32, Vec<u32>> {
     }
     out
 }
+
+/// Functions that run with an mmap_lock held for read, for guessing holders from stacks.
+pub const READ_HOLDER_FRAMES: [&str; 7] = [
+    "madvise_populate",
+    "faultin_page_range",
+    "__get_user_pages",
+    "get_user_pages_remote",
+    "access_remote_vm",
+    "__access_remote_vm",
+    "process_vm_rw_core",
+];
 
 #[cfg(test)]
 mod tests {

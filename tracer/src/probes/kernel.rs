@@ -31,6 +31,27 @@ pub enum KernelError {
     },
 }
 
+/// The layout of the `mmap_lock_*` tracepoint prototypes on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MmapLockProto {
+    /// 6.14+: `(mm, write[, success])`.
+    Current,
+    /// Before 6.14: `(mm, memcg_path, write[, success])`.
+    MemcgPath,
+    /// A layout faultline has no programs for (the argument names, for the report).
+    Unknown(Vec<String>),
+    /// No `mmap_lock` tracepoints in BTF (before 5.8, or not built).
+    Missing,
+}
+
+/// Tracepoint prototypes that differ between kernels, read from BTF at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prototypes {
+    pub mmap_lock: MmapLockProto,
+    /// `sched_process_exit` passes `group_dead` (recent kernels).
+    pub exit_group_dead: bool,
+}
+
 /// The kernel's BTF, parsed once.
 pub struct KernelBtf {
     btf: Btf,
@@ -86,6 +107,54 @@ impl KernelBtf {
             .resolve_ids_by_name(name)
             .map(|ids| !ids.is_empty())
             .unwrap_or(false)
+    }
+
+    /// The argument names of tracepoint `name` as a `tp_btf` program sees them. The kernel's
+    /// `__bpf_trace_<name>` function carries them (its first parameter, `void *__data`, is the
+    /// probe's own and not passed to BPF); the `btf_trace_<name>` typedef has the same
+    /// prototype without names. `None` when the kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<String>> {
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("__bpf_trace_{name}"))
+            .ok()?;
+        let proto = types.into_iter().find_map(|t| match t {
+            Type::Func(f) => match self.btf.resolve_chained_type(&f) {
+                Ok(Type::FuncProto(p)) => Some(p),
+                _ => None,
+            },
+            _ => None,
+        })?;
+        Some(
+            proto
+                .parameters
+                .iter()
+                .skip(1)
+                .map(|p| self.btf.resolve_name(p).unwrap_or_default())
+                .collect(),
+        )
+    }
+
+    /// The tracepoint prototypes whose layout changed between kernels, as this one has them.
+    pub fn prototypes(&self) -> Prototypes {
+        let mmap_lock = match self.tracepoint_args("mmap_lock_acquire_returned") {
+            None => MmapLockProto::Missing,
+            Some(args) => {
+                let names: Vec<&str> = args.iter().map(String::as_str).collect();
+                match names.as_slice() {
+                    ["mm", "write", "success"] => MmapLockProto::Current,
+                    ["mm", "memcg_path", "write", "success"] => MmapLockProto::MemcgPath,
+                    _ => MmapLockProto::Unknown(args),
+                }
+            }
+        };
+        let exit_group_dead = self
+            .tracepoint_args("sched_process_exit")
+            .is_some_and(|a| a.get(1).is_some_and(|n| n == "group_dead"));
+        Prototypes {
+            mmap_lock,
+            exit_group_dead,
+        }
     }
 
     /// The offsets the programs use; a missing one stays 0 and disables only what needs it.
@@ -270,5 +339,25 @@ mod tests {
         assert_eq!(parse_field_offset(FORMAT, "write"), Some(24));
         assert_eq!(parse_field_offset(FORMAT, "success"), Some(25));
         assert_eq!(parse_field_offset(FORMAT, "memcg"), None);
+    }
+
+    /// This machine's kernel (6.18): `(mm, write, success)`, `(task, group_dead)`.
+    #[test]
+    fn tracepoint_prototypes_come_from_the_running_kernels_btf() {
+        let Ok(btf) = KernelBtf::load() else {
+            panic!("no kernel BTF at {VMLINUX_BTF}: these machines have it");
+        };
+        let args = btf
+            .tracepoint_args("mmap_lock_acquire_returned")
+            .expect("mmap_lock_acquire_returned prototype");
+        let expected = if args.len() == 4 {
+            MmapLockProto::MemcgPath
+        } else {
+            MmapLockProto::Current
+        };
+        assert_eq!(btf.prototypes().mmap_lock, expected, "{args:?}");
+        assert_eq!(args.first().map(String::as_str), Some("mm"), "{args:?}");
+        assert_eq!(args.last().map(String::as_str), Some("success"), "{args:?}");
+        assert!(btf.tracepoint_args("no_such_tracepoint_here").is_none());
     }
 }

@@ -13,51 +13,106 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    config_flags, Config, Counter, KernelOffsets, ProcFaults, TaskState, COUNTER_COUNT,
-    HIST_BUCKETS, HIST_COUNT,
+    config_flags,
+    names::{self, global, map, program},
+    Config, Counter, KernelOffsets, ProcFaults, TaskState, COUNTER_COUNT, HIST_BUCKETS, HIST_COUNT,
 };
 
-use self::kernel::{KernelBtf, KernelError};
+use self::kernel::{KernelBtf, KernelError, MmapLockProto, Prototypes};
 
 /// The eBPF object built by `build.rs`, embedded so the binary is self-contained.
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// One traced event source: the `tp_btf` program, the classic tracepoint program, and the
-/// tracepoint both hook.
+/// One traced event source with a classic-tracepoint fallback: the `tp_btf` program, the
+/// classic tracepoint program, and the tracepoint both hook.
 struct ProgramSpec {
+    /// The `tp_btf` program for the 6.14+ prototypes; `btf_program_for` picks the variant.
     btf_program: &'static str,
     tp_program: &'static str,
     category: &'static str,
     tracepoint: &'static str,
 }
 
-const PROGRAMS: [ProgramSpec; 4] = [
-    ProgramSpec {
-        btf_program: "mmap_lock_start_btf",
-        tp_program: "mmap_lock_start_tp",
-        category: "mmap_lock",
-        tracepoint: "mmap_lock_start_locking",
-    },
-    ProgramSpec {
-        btf_program: "mmap_lock_acquire_btf",
-        tp_program: "mmap_lock_acquire_tp",
-        category: "mmap_lock",
-        tracepoint: "mmap_lock_acquire_returned",
-    },
-    ProgramSpec {
-        btf_program: "mmap_lock_release_btf",
-        tp_program: "mmap_lock_release_tp",
-        category: "mmap_lock",
-        tracepoint: "mmap_lock_released",
-    },
-    ProgramSpec {
-        btf_program: "task_exit_btf",
-        tp_program: "task_exit_tp",
-        category: "sched",
-        tracepoint: "sched_process_exit",
-    },
+const TASK_EXIT: ProgramSpec = ProgramSpec {
+    btf_program: program::TASK_EXIT_BTF,
+    tp_program: program::TASK_EXIT_TP,
+    category: "sched",
+    tracepoint: "sched_process_exit",
+};
+const MMAP_LOCK_START: ProgramSpec = ProgramSpec {
+    btf_program: program::MMAP_LOCK_START_BTF,
+    tp_program: program::MMAP_LOCK_START_TP,
+    category: "mmap_lock",
+    tracepoint: "mmap_lock_start_locking",
+};
+const MMAP_LOCK_ACQUIRE: ProgramSpec = ProgramSpec {
+    btf_program: program::MMAP_LOCK_ACQUIRE_BTF,
+    tp_program: program::MMAP_LOCK_ACQUIRE_TP,
+    category: "mmap_lock",
+    tracepoint: "mmap_lock_acquire_returned",
+};
+const MMAP_LOCK_RELEASE: ProgramSpec = ProgramSpec {
+    btf_program: program::MMAP_LOCK_RELEASE_BTF,
+    tp_program: program::MMAP_LOCK_RELEASE_TP,
+    category: "mmap_lock",
+    tracepoint: "mmap_lock_released",
+};
+const CORE_PROGRAMS: [&ProgramSpec; 4] = [
+    &TASK_EXIT,
+    &MMAP_LOCK_START,
+    &MMAP_LOCK_ACQUIRE,
+    &MMAP_LOCK_RELEASE,
 ];
+
+/// The `tp_btf` program of `spec` for the running kernel's prototypes, or why there is none.
+fn btf_program_for(spec: &ProgramSpec, protos: &Prototypes) -> Result<&'static str, String> {
+    if spec.category == "mmap_lock" {
+        let memcg = match spec.btf_program {
+            program::MMAP_LOCK_START_BTF => program::MMAP_LOCK_START_BTF_MEMCG,
+            program::MMAP_LOCK_ACQUIRE_BTF => program::MMAP_LOCK_ACQUIRE_BTF_MEMCG,
+            _ => program::MMAP_LOCK_RELEASE_BTF_MEMCG,
+        };
+        return match &protos.mmap_lock {
+            MmapLockProto::Current => Ok(spec.btf_program),
+            MmapLockProto::MemcgPath => Ok(memcg),
+            MmapLockProto::Unknown(args) => Err(format!(
+                "unsupported mmap_lock tracepoint prototype ({})",
+                args.join(", ")
+            )),
+            MmapLockProto::Missing => {
+                Err("no mmap_lock tracepoints in this kernel's BTF (they appeared in 5.8)".into())
+            }
+        };
+    }
+    if spec.btf_program == program::TASK_EXIT_BTF && !protos.exit_group_dead {
+        return Ok(program::TASK_EXIT_BTF_TASK_ONLY);
+    }
+    Ok(spec.btf_program)
+}
+
+/// Every `tp_btf` variant of `spec` (to unload whichever was loaded).
+fn btf_variants(spec: &ProgramSpec) -> [&'static str; 2] {
+    match spec.btf_program {
+        program::MMAP_LOCK_START_BTF => [spec.btf_program, program::MMAP_LOCK_START_BTF_MEMCG],
+        program::MMAP_LOCK_ACQUIRE_BTF => [spec.btf_program, program::MMAP_LOCK_ACQUIRE_BTF_MEMCG],
+        program::MMAP_LOCK_RELEASE_BTF => [spec.btf_program, program::MMAP_LOCK_RELEASE_BTF_MEMCG],
+        _ => [spec.btf_program, program::TASK_EXIT_BTF_TASK_ONLY],
+    }
+}
+
+/// The programs with a fallback that `detail` attaches: task exit always; the `mmap_lock`
+/// acquire/release hooks from `holders` on; `start_locking` in `full` only.
+fn core_programs(detail: Detail) -> Vec<&'static ProgramSpec> {
+    let mut out = vec![&TASK_EXIT];
+    if detail >= Detail::Holders {
+        out.extend([&MMAP_LOCK_ACQUIRE, &MMAP_LOCK_RELEASE]);
+    }
+    if detail == Detail::Full {
+        out.push(&MMAP_LOCK_START);
+    }
+    out
+}
 
 /// Where an optional program attaches.
 enum Hook {
@@ -65,61 +120,130 @@ enum Hook {
     Tracepoint(&'static str, &'static str),
 }
 
-/// Programs beyond `mmap_lock`: each feature works when its programs attach, and is reported
-/// (never required) when they do not.
+/// Programs without a fallback: each feature works when its programs attach, and is reported
+/// (never required) when they do not. `page_fault_user` is attached in full mode only.
 const OPTIONAL: [(&str, Hook, Feature); 9] = [
     (
-        "contention_begin_btf",
+        program::CONTENTION_BEGIN_BTF,
         Hook::Btf("contention_begin"),
         Feature::LockContention,
     ),
     (
-        "contention_end_btf",
+        program::CONTENTION_END_BTF,
         Hook::Btf("contention_end"),
         Feature::LockContention,
     ),
     (
-        "page_fault_user_btf",
-        Hook::Btf("page_fault_user"),
-        Feature::PageFaults,
-    ),
-    (
-        "page_fault_kernel_btf",
+        program::PAGE_FAULT_KERNEL_BTF,
         Hook::Btf("page_fault_kernel"),
         Feature::PageFaults,
     ),
     (
-        "sched_switch_btf",
+        program::PAGE_FAULT_USER_BTF,
+        Hook::Btf("page_fault_user"),
+        Feature::PerFaultCounts,
+    ),
+    (
+        program::SCHED_SWITCH_BTF,
         Hook::Btf("sched_switch"),
         Feature::UffdWaits,
     ),
     (
-        "sched_waking_btf",
+        program::SCHED_WAKING_BTF,
         Hook::Btf("sched_waking"),
         Feature::UffdWaits,
     ),
     (
-        "sys_enter_ioctl_tp",
+        program::SYS_ENTER_IOCTL_TP,
         Hook::Tracepoint("syscalls", "sys_enter_ioctl"),
         Feature::UffdIoctls,
     ),
     (
-        "sys_exit_ioctl_tp",
+        program::SYS_EXIT_IOCTL_TP,
         Hook::Tracepoint("syscalls", "sys_exit_ioctl"),
         Feature::UffdIoctls,
     ),
     (
-        "sys_exit_userfaultfd_tp",
+        program::SYS_EXIT_USERFAULTFD_TP,
         Hook::Tracepoint("syscalls", "sys_exit_userfaultfd"),
         Feature::UffdIoctls,
     ),
 ];
+
+/// How much the kernel side tracks, from cheapest to dearest. `cargo xtask bench overhead`
+/// measures each; docs/design.md says why the default is what it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Detail {
+    /// Slow paths only: `mmap_lock` waits from lock contention, kernel-mode faults,
+    /// userfaultfd, exits. Nothing runs on an uncontended `mmap_lock` acquisition or a user
+    /// fault. Read holders of a contended `mmap_lock` are inferred (and labelled so).
+    #[default]
+    Contention,
+    /// Also hooks `mmap_lock` acquire/release: exact read-holder sets, long holds, hold-time
+    /// histograms of every hold, recursive reads as they happen.
+    Holders,
+    /// Also hooks `start_locking` and user page faults: per-fault counters per process, faults
+    /// that took `mmap_lock`, wait histograms of uncontended acquisitions. `record` uses it.
+    Full,
+}
+
+impl Detail {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Contention => "contention",
+            Self::Holders => "holders",
+            Self::Full => "full",
+        }
+    }
+
+    /// What this mode gives up compared with the next heavier one, and the flag that brings
+    /// it back (for `check` and the agent's start-up line).
+    pub fn gives_up(self) -> &'static [&'static str] {
+        match self {
+            Self::Contention => &[
+                "exact mmap_lock read-holder sets: read holders of a contended mmap_lock are inferred from the rwsem owner hint and kernel stacks, and alerts say so (--detail holders)",
+                "hold-time histograms and long-hold events of uncontended holds (--detail holders)",
+                "recursive reads that do not block (a blocking one still shows as a cycle) (--detail holders)",
+                "per-fault counters per process: fault counts come from /proc min_flt/maj_flt (--detail full)",
+                "wait histograms of uncontended mmap_lock acquisitions: only contended waits are timed (--detail full)",
+            ],
+            Self::Holders => &[
+                "per-fault counters per process: fault counts come from /proc min_flt/maj_flt (--detail full)",
+                "faults that took mmap_lock, and wait histograms of uncontended acquisitions (--detail full)",
+            ],
+            Self::Full => &[],
+        }
+    }
+
+    fn config_flags(self) -> u32 {
+        let mut flags = 0;
+        if self >= Self::Holders {
+            flags |= config_flags::MMAP_LOCK_HOOKS;
+        }
+        if self == Self::Full {
+            flags |= config_flags::PER_FAULT;
+        }
+        flags
+    }
+
+    /// Whether this mode attaches an optional feature at all.
+    fn wants(self, f: Feature) -> bool {
+        f != Feature::PerFaultCounts || self == Self::Full
+    }
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What the optional programs give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Feature {
     LockContention,
     PageFaults,
+    PerFaultCounts,
     UffdWaits,
     UffdIoctls,
 }
@@ -128,7 +252,8 @@ impl Feature {
     pub fn name(self) -> &'static str {
         match self {
             Self::LockContention => "lock contention (mutex/rwsem waits and owners)",
-            Self::PageFaults => "page faults (per-process counts, faults under lock)",
+            Self::PageFaults => "kernel-mode page faults (faults under lock)",
+            Self::PerFaultCounts => "user page faults (per-fault counters per process)",
             Self::UffdWaits => "userfaultfd waits (handle_userfault sleeps and wake-ups)",
             Self::UffdIoctls => "userfaultfd ioctls (handlers, latency, errors)",
         }
@@ -136,8 +261,9 @@ impl Feature {
 
     pub fn without(self) -> &'static str {
         match self {
-            Self::LockContention => "no mutex/rwsem edges: the graph covers mmap_lock only",
-            Self::PageFaults => "no fault counts and no fault-under-lock evidence",
+            Self::LockContention => "no mutex/rwsem edges, and mmap_lock waits need the mmap_lock hooks (--detail holders is used instead)",
+            Self::PageFaults => "no fault-under-lock evidence",
+            Self::PerFaultCounts => "per-process fault counts come from /proc",
             Self::UffdWaits => "tasks stuck on a userfaultfd are not seen waiting",
             Self::UffdIoctls => "userfaultfd handlers are not named",
         }
@@ -146,9 +272,11 @@ impl Feature {
 
 /// Every program name in the object, for the verifier test and `check`.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
-    PROGRAMS
-        .iter()
-        .flat_map(|p| [p.btf_program, p.tp_program])
+    CORE_PROGRAMS
+        .into_iter()
+        .flat_map(|p| btf_variants(p).into_iter().chain([p.tp_program]))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .chain(OPTIONAL.iter().map(|(p, _, _)| *p))
 }
 
@@ -217,8 +345,13 @@ pub struct ProbeOptions {
     pub hold_threshold: Duration,
     /// Capacity of the per-task state map.
     pub max_tasks: u32,
-    /// Attach the programs beyond mmap_lock (contention, faults, userfaultfd).
+    /// How much to track (what is hooked).
+    pub detail: Detail,
+    /// Attach the optional programs (contention, faults, userfaultfd). Without them the
+    /// `mmap_lock` hooks are the only source, so `detail` is raised to `holders` at least.
     pub extras: bool,
+    /// Size of the ring buffer in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
 }
 
 impl Default for ProbeOptions {
@@ -228,8 +361,10 @@ impl Default for ProbeOptions {
             record_all: false,
             wait_threshold: Duration::from_millis(1),
             hold_threshold: Duration::from_millis(100),
-            max_tasks: 32768,
+            max_tasks: names::TASK_STATE_CAPACITY,
+            detail: Detail::default(),
             extras: true,
+            ring_bytes: names::EVENTS_BYTES,
         }
     }
 }
@@ -237,7 +372,10 @@ impl Default for ProbeOptions {
 /// Loaded and attached programs.
 pub struct Probes {
     ebpf: Ebpf,
+    protos: Prototypes,
     attached: Attached,
+    /// The detail in effect (raised from the requested one when contention is unavailable).
+    detail: Detail,
     offsets: KernelOffsets,
     max_tasks: u32,
     /// Each optional feature and, when it did not attach, why.
@@ -274,11 +412,12 @@ fn raise_memlock() {
 }
 
 impl Probes {
-    /// Loads the object, writes the config and attaches every program.
+    /// Loads the object, writes the config and attaches every program `opts.detail` asks for.
     pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
         raise_memlock();
         let kbtf = KernelBtf::load()?;
         let offsets = kbtf.offsets();
+        let protos = kbtf.prototypes();
         // Only the classic fallback needs tracefs; without it that fallback is simply unavailable.
         let layout = match opts.attach {
             AttachMode::Btf => Err(None),
@@ -291,49 +430,91 @@ impl Probes {
         let syscall_value = syscalls.as_ref().copied().unwrap_or_default();
 
         let ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("TP_LAYOUT", &layout_value, true)
-            .override_global("SYSCALL_LAYOUT", &syscall_value, true)
-            .map_max_entries("TASK_STATE", opts.max_tasks)
+            .override_global(global::OFFSETS, &offsets, true)
+            .override_global(global::TP_LAYOUT, &layout_value, true)
+            .override_global(global::SYSCALL_LAYOUT, &syscall_value, true)
+            .map_max_entries(map::TASK_STATE, opts.max_tasks)
+            .map_max_entries(map::EVENTS, opts.ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::load)?;
 
+        // Without the optional programs there is no contention source: track holders instead.
+        let detail = if opts.extras {
+            opts.detail
+        } else {
+            opts.detail.max(Detail::Holders)
+        };
         let mut probes = Self {
             ebpf,
+            protos,
             attached: Attached::Btf,
+            detail,
             offsets,
             max_tasks: opts.max_tasks,
             features: Vec::new(),
         };
-        probes.set_config(&config_for(opts))?;
+        probes.set_config(&config_for(opts, detail))?;
+        probes.attached = probes.attach_core(&core_programs(detail), opts.attach, &layout)?;
+        if opts.extras {
+            probes.attach_optional(syscalls.map_err(|e| e.to_string()));
+        }
+        let contention = probes
+            .features
+            .iter()
+            .any(|(f, r)| *f == Feature::LockContention && r.is_ok());
+        if probes.detail == Detail::Contention && !contention {
+            // The default mode learns mmap_lock waits from lock contention: without it, the
+            // mmap_lock hooks are the only way to see them.
+            log::warn!(
+                "lock contention tracepoints unavailable: tracking mmap_lock holders instead (--detail holders), which costs more on the uncontended path"
+            );
+            probes.detail = Detail::Holders;
+            let extra = [&MMAP_LOCK_ACQUIRE, &MMAP_LOCK_RELEASE];
+            let how = match probes.attached {
+                Attached::Btf => AttachMode::Btf,
+                Attached::Tracepoint => AttachMode::Tracepoint,
+            };
+            probes.attach_core(&extra, how, &layout)?;
+            probes.set_config(&config_for(opts, probes.detail))?;
+        }
+        Ok(probes)
+    }
 
-        let btf_result = match opts.attach {
+    /// Attaches `specs` as tp_btf, or as classic tracepoints when tp_btf fails (or as `mode`
+    /// says); returns which way they went.
+    fn attach_core(
+        &mut self,
+        specs: &[&ProgramSpec],
+        mode: AttachMode,
+        layout: &Result<tracer_common::TracepointLayout, Option<kernel::KernelError>>,
+    ) -> Result<Attached, ProbeError> {
+        let btf_result = match mode {
             AttachMode::Tracepoint => {
                 Err(ProbeError::Load("not tried (--attach tracepoint)".into()))
             }
-            _ => probes.attach_btf(),
+            _ => self.attach_btf(specs),
         };
-        let probes = match btf_result {
-            Ok(()) => Ok(probes),
+        match btf_result {
+            Ok(()) => Ok(Attached::Btf),
             Err(ProbeError::Privileges) => Err(ProbeError::Privileges),
-            Err(btf_err) if opts.attach != AttachMode::Btf => {
-                probes.unload_all(|p| p.btf_program);
+            Err(btf_err) if mode != AttachMode::Btf => {
+                self.unload_btf(specs);
                 let tp_result = match layout {
-                    Ok(_) => probes.attach_tracepoints(),
+                    Ok(_) => self.attach_tracepoints(specs),
                     Err(e) => Err(ProbeError::Load(
-                        e.map(|e| e.to_string())
+                        e.as_ref()
+                            .map(|e| e.to_string())
                             .unwrap_or_else(|| "not tried".into()),
                     )),
                 };
                 match tp_result {
                     Ok(()) => {
-                        if opts.attach == AttachMode::Auto {
+                        if mode == AttachMode::Auto {
                             log::warn!(
                                 "tp_btf programs unavailable ({btf_err}); using classic tracepoints"
                             );
                         }
-                        probes.attached = Attached::Tracepoint;
-                        Ok(probes)
+                        Ok(Attached::Tracepoint)
                     }
                     Err(ProbeError::Privileges) => Err(ProbeError::Privileges),
                     Err(tp_err) => Err(ProbeError::NoAttach {
@@ -343,12 +524,7 @@ impl Probes {
                 }
             }
             Err(e) => Err(e),
-        };
-        let mut probes = probes?;
-        if opts.extras {
-            probes.attach_optional(syscalls.map_err(|e| e.to_string()));
         }
-        Ok(probes)
     }
 
     /// Attaches the optional programs; a feature any of whose programs fails is reported with
@@ -357,7 +533,7 @@ impl Probes {
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
         let mut failed: std::collections::BTreeMap<Feature, String> = Default::default();
         for (name, hook, feature) in &OPTIONAL {
-            if failed.contains_key(feature) {
+            if failed.contains_key(feature) || !self.detail.wants(*feature) {
                 continue;
             }
             let result = (|| -> Result<(), String> {
@@ -400,7 +576,11 @@ impl Probes {
                 }
             }
         }
-        let mut all: Vec<Feature> = OPTIONAL.iter().map(|(_, _, f)| *f).collect();
+        let mut all: Vec<Feature> = OPTIONAL
+            .iter()
+            .map(|(_, _, f)| *f)
+            .filter(|f| self.detail.wants(*f))
+            .collect();
         all.dedup();
         self.features = all
             .into_iter()
@@ -414,7 +594,10 @@ impl Probes {
     }
 
     fn program_error(program: &str, e: ProgramError) -> ProbeError {
-        if is_eperm(&e) {
+        // The verifier answers EACCES when it rejects a program: with a verifier log it is a
+        // rejection, never a privilege problem.
+        let rejected = matches!(&e, ProgramError::LoadError { verifier_log, .. } if !verifier_log.to_string().trim().is_empty());
+        if is_eperm(&e) && !rejected {
             ProbeError::Privileges
         } else {
             ProbeError::Program {
@@ -424,25 +607,29 @@ impl Probes {
         }
     }
 
-    fn attach_btf(&mut self) -> Result<(), ProbeError> {
+    fn attach_btf(&mut self, specs: &[&ProgramSpec]) -> Result<(), ProbeError> {
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
-        for spec in &PROGRAMS {
+        for spec in specs {
+            let name =
+                btf_program_for(spec, &self.protos).map_err(|message| ProbeError::Program {
+                    program: spec.btf_program.into(),
+                    message,
+                })?;
             let prog: &mut BtfTracePoint = self
                 .ebpf
-                .program_mut(spec.btf_program)
-                .ok_or_else(|| ProbeError::Load(format!("program {} missing", spec.btf_program)))?
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?
                 .try_into()
-                .map_err(|e| Self::program_error(spec.btf_program, e))?;
+                .map_err(|e| Self::program_error(name, e))?;
             prog.load(spec.tracepoint, &btf)
-                .map_err(|e| Self::program_error(spec.btf_program, e))?;
-            prog.attach()
-                .map_err(|e| Self::program_error(spec.btf_program, e))?;
+                .map_err(|e| Self::program_error(name, e))?;
+            prog.attach().map_err(|e| Self::program_error(name, e))?;
         }
         Ok(())
     }
 
-    fn attach_tracepoints(&mut self) -> Result<(), ProbeError> {
-        for spec in &PROGRAMS {
+    fn attach_tracepoints(&mut self, specs: &[&ProgramSpec]) -> Result<(), ProbeError> {
+        for spec in specs {
             let prog: &mut TracePoint = self
                 .ebpf
                 .program_mut(spec.tp_program)
@@ -457,20 +644,21 @@ impl Probes {
         Ok(())
     }
 
-    fn unload_all(&mut self, name: impl Fn(&ProgramSpec) -> &'static str) {
-        for spec in &PROGRAMS {
-            if let Some(prog) = self.ebpf.program_mut(name(spec)) {
-                let _ = match prog {
-                    aya::programs::Program::BtfTracePoint(p) => p.unload(),
-                    aya::programs::Program::TracePoint(p) => p.unload(),
-                    _ => Ok(()),
-                };
+    fn unload_btf(&mut self, specs: &[&ProgramSpec]) {
+        for name in specs.iter().flat_map(|s| btf_variants(s)) {
+            if let Some(aya::programs::Program::BtfTracePoint(p)) = self.ebpf.program_mut(name) {
+                let _ = p.unload();
             }
         }
     }
 
     pub fn attached(&self) -> Attached {
         self.attached
+    }
+
+    /// The detail in effect.
+    pub fn detail(&self) -> Detail {
+        self.detail
     }
 
     pub fn offsets(&self) -> KernelOffsets {
@@ -481,14 +669,14 @@ impl Probes {
     pub fn set_config(&mut self, config: &Config) -> Result<(), ProbeError> {
         let map = self
             .ebpf
-            .map_mut("CONFIG")
-            .ok_or(ProbeError::MissingMap("CONFIG"))?;
+            .map_mut(map::CONFIG)
+            .ok_or(ProbeError::MissingMap(map::CONFIG))?;
         let mut array: Array<_, Config> = Array::try_from(map).map_err(|e| ProbeError::Map {
-            map: "CONFIG",
+            map: map::CONFIG,
             message: e.to_string(),
         })?;
         array.set(0, config, 0).map_err(|e| ProbeError::Map {
-            map: "CONFIG",
+            map: map::CONFIG,
             message: e.to_string(),
         })
     }
@@ -497,10 +685,10 @@ impl Probes {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+            .take_map(map::EVENTS)
+            .ok_or(ProbeError::MissingMap(map::EVENTS))?;
         RingBuf::try_from(map).map_err(|e| ProbeError::Map {
-            map: "EVENTS",
+            map: map::EVENTS,
             message: e.to_string(),
         })
     }
@@ -530,11 +718,11 @@ impl Probes {
     pub fn task_states(&self) -> Result<Vec<(u32, TaskState)>, ProbeError> {
         let map = self
             .ebpf
-            .map("TASK_STATE")
-            .ok_or(ProbeError::MissingMap("TASK_STATE"))?;
+            .map(map::TASK_STATE)
+            .ok_or(ProbeError::MissingMap(map::TASK_STATE))?;
         let states: HashMap<_, u32, TaskState> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map {
-                map: "TASK_STATE",
+                map: map::TASK_STATE,
                 message: e.to_string(),
             })?;
         Ok(states.iter().filter_map(Result::ok).collect())
@@ -542,18 +730,18 @@ impl Probes {
 
     /// userfaultfd ioctl errors summed over CPUs, indexed `op * ERRNO_BUCKETS + errno bucket`.
     pub fn uffd_errors(&self) -> Result<Vec<u64>, ProbeError> {
-        self.per_cpu_sums("UFFD_ERRORS", tracer_common::UFFD_ERROR_SLOTS)
+        self.per_cpu_sums(map::UFFD_ERRORS, tracer_common::UFFD_ERROR_SLOTS)
     }
 
     /// Per-process page-fault counters summed over CPUs: (tgid, counters).
     pub fn proc_faults(&self) -> Result<Vec<(u32, ProcFaults)>, ProbeError> {
         let map = self
             .ebpf
-            .map("PROC_FAULTS")
-            .ok_or(ProbeError::MissingMap("PROC_FAULTS"))?;
+            .map(map::PROC_FAULTS)
+            .ok_or(ProbeError::MissingMap(map::PROC_FAULTS))?;
         let faults: PerCpuHashMap<_, u32, ProcFaults> =
             PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map {
-                map: "PROC_FAULTS",
+                map: map::PROC_FAULTS,
                 message: e.to_string(),
             })?;
         Ok(faults
@@ -633,12 +821,13 @@ impl Probes {
 
     /// Counters summed over CPUs, indexed by `Counter`.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
-        self.per_cpu_sums("COUNTERS", COUNTER_COUNT).map(Counters)
+        self.per_cpu_sums(map::COUNTERS, COUNTER_COUNT)
+            .map(Counters)
     }
 
     /// Histograms summed over CPUs: `HIST_COUNT` rows of `HIST_BUCKETS` log2 buckets.
     pub fn histograms(&self) -> Result<Vec<[u64; HIST_BUCKETS as usize]>, ProbeError> {
-        let flat = self.per_cpu_sums("HISTOGRAMS", HIST_COUNT * HIST_BUCKETS)?;
+        let flat = self.per_cpu_sums(map::HISTOGRAMS, HIST_COUNT * HIST_BUCKETS)?;
         Ok(flat
             .chunks_exact(HIST_BUCKETS as usize)
             .map(|c| {
@@ -662,15 +851,16 @@ fn verifier_log(e: &ProgramError) -> String {
     }
 }
 
-/// The runtime config for these options, with this process filtered out.
-pub fn config_for(opts: &ProbeOptions) -> Config {
+/// The runtime config for these options at `detail`, with this process filtered out.
+pub fn config_for(opts: &ProbeOptions, detail: Detail) -> Config {
     Config {
         self_tgid: std::process::id(),
-        flags: if opts.record_all {
-            config_flags::RECORD_ALL
-        } else {
-            0
-        },
+        flags: detail.config_flags()
+            | if opts.record_all {
+                config_flags::RECORD_ALL
+            } else {
+                0
+            },
         wait_threshold_ns: opts
             .wait_threshold
             .as_nanos()
@@ -702,5 +892,40 @@ impl Counters {
                 .map(|(i, v)| v.saturating_sub(earlier.0.get(i).copied().unwrap_or(0)))
                 .collect(),
         )
+    }
+}
+
+/// The benchmark floor: empty programs attached on every hook the default mode uses. Held
+/// attached while the value lives.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+impl Floor {
+    pub fn attach() -> Result<Self, ProbeError> {
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::load)?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
+        for (name, hook) in program::FLOOR {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))?;
+            let err = |e: ProgramError| Probes::program_error(name, e);
+            match hook.split_once('/') {
+                Some((category, tp)) => {
+                    let p: &mut TracePoint = prog.try_into().map_err(err)?;
+                    p.load().map_err(err)?;
+                    p.attach(category, tp).map_err(err)?;
+                }
+                None => {
+                    let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+                    p.load(hook, &btf).map_err(err)?;
+                    p.attach().map_err(err)?;
+                }
+            }
+        }
+        Ok(Self { _ebpf: ebpf })
     }
 }

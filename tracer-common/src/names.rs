@@ -1,0 +1,104 @@
+//! Names and capacities both sides must agree on: the loader looks maps and programs up by
+//! these names and resizes maps to these capacities, and the eBPF crate declares them with the
+//! same identifiers and sizes. `tracer`'s object test checks every name against the built
+//! object, so a rename on one side fails the build's tests rather than a production start.
+
+/// Map names (the `static` identifiers in `tracer-ebpf`).
+pub mod map {
+    pub const CONFIG: &str = "CONFIG";
+    pub const TASK_STATE: &str = "TASK_STATE";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const HISTOGRAMS: &str = "HISTOGRAMS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const PROC_FAULTS: &str = "PROC_FAULTS";
+    pub const LAST_FAULT: &str = "LAST_FAULT";
+    pub const UFFD_ERRORS: &str = "UFFD_ERRORS";
+    pub const UFFD_BY_MM: &str = "UFFD_BY_MM";
+    pub const UFFD_HANDLERS: &str = "UFFD_HANDLERS";
+    pub const UFFD_ACTIVE: &str = "UFFD_ACTIVE";
+    pub const OWNERS: &str = "OWNERS";
+    pub const SPIN_WAIT: &str = "SPIN_WAIT";
+    pub const DIAG_UFFD_FDS: &str = "DIAG_UFFD_FDS";
+
+    /// Every map of the object, for the object test.
+    pub const ALL: [&str; 14] = [
+        CONFIG,
+        TASK_STATE,
+        COUNTERS,
+        HISTOGRAMS,
+        EVENTS,
+        PROC_FAULTS,
+        LAST_FAULT,
+        UFFD_ERRORS,
+        UFFD_BY_MM,
+        UFFD_HANDLERS,
+        UFFD_ACTIVE,
+        OWNERS,
+        SPIN_WAIT,
+        DIAG_UFFD_FDS,
+    ];
+}
+
+/// Globals the loader rewrites before load.
+pub mod global {
+    pub const OFFSETS: &str = "OFFSETS";
+    pub const TP_LAYOUT: &str = "TP_LAYOUT";
+    pub const SYSCALL_LAYOUT: &str = "SYSCALL_LAYOUT";
+    pub const DIAG_OFFSETS: &str = "DIAG_OFFSETS";
+}
+
+/// Program names (the functions in `tracer-ebpf`).
+pub mod program {
+    pub const MMAP_LOCK_START_BTF: &str = "mmap_lock_start_btf";
+    pub const MMAP_LOCK_ACQUIRE_BTF: &str = "mmap_lock_acquire_btf";
+    pub const MMAP_LOCK_RELEASE_BTF: &str = "mmap_lock_release_btf";
+    /// The same three for the pre-6.14 prototypes, `(mm, memcg_path, write[, success])`.
+    pub const MMAP_LOCK_START_BTF_MEMCG: &str = "mmap_lock_start_btf_memcg";
+    pub const MMAP_LOCK_ACQUIRE_BTF_MEMCG: &str = "mmap_lock_acquire_btf_memcg";
+    pub const MMAP_LOCK_RELEASE_BTF_MEMCG: &str = "mmap_lock_release_btf_memcg";
+    pub const MMAP_LOCK_START_TP: &str = "mmap_lock_start_tp";
+    pub const MMAP_LOCK_ACQUIRE_TP: &str = "mmap_lock_acquire_tp";
+    pub const MMAP_LOCK_RELEASE_TP: &str = "mmap_lock_release_tp";
+    pub const TASK_EXIT_BTF: &str = "task_exit_btf";
+    /// `sched_process_exit` before it gained `group_dead`: `(task)`.
+    pub const TASK_EXIT_BTF_TASK_ONLY: &str = "task_exit_btf_task_only";
+    pub const TASK_EXIT_TP: &str = "task_exit_tp";
+    pub const CONTENTION_BEGIN_BTF: &str = "contention_begin_btf";
+    pub const CONTENTION_END_BTF: &str = "contention_end_btf";
+    pub const PAGE_FAULT_USER_BTF: &str = "page_fault_user_btf";
+    pub const PAGE_FAULT_KERNEL_BTF: &str = "page_fault_kernel_btf";
+    pub const SCHED_SWITCH_BTF: &str = "sched_switch_btf";
+    pub const SCHED_WAKING_BTF: &str = "sched_waking_btf";
+    pub const SYS_ENTER_IOCTL_TP: &str = "sys_enter_ioctl_tp";
+    pub const SYS_EXIT_IOCTL_TP: &str = "sys_exit_ioctl_tp";
+    pub const SYS_EXIT_USERFAULTFD_TP: &str = "sys_exit_userfaultfd_tp";
+    pub const DIAG_TASKS: &str = "diag_tasks";
+    /// The benchmark floor: empty programs on the default mode's hooks, as (program, hook):
+    /// a tp_btf name, or `category/name` of a classic tracepoint.
+    pub const FLOOR: [(&str, &str); 8] = [
+        ("floor_contention_begin", "contention_begin"),
+        ("floor_contention_end", "contention_end"),
+        ("floor_page_fault_kernel", "page_fault_kernel"),
+        ("floor_sched_switch", "sched_switch"),
+        ("floor_sched_waking", "sched_waking"),
+        ("floor_task_exit", "sched_process_exit"),
+        ("floor_sys_enter_ioctl", "syscalls/sys_enter_ioctl"),
+        ("floor_sys_exit_ioctl", "syscalls/sys_exit_ioctl"),
+    ];
+    pub const DIAG_FILES: &str = "diag_files";
+}
+
+/// Default capacity of `TASK_STATE` (tasks tracked at once; the loader may resize it). 32768 is
+/// the default `pid_max`: every task of a default host fits.
+pub const TASK_STATE_CAPACITY: u32 = 32768;
+/// `PROC_FAULTS` (processes with fault counters, full mode only).
+pub const PROC_FAULTS_CAPACITY: u32 = 16384;
+/// `UFFD_BY_MM` and `UFFD_HANDLERS`: far more userfaultfd users than any host has.
+pub const UFFD_CAPACITY: u32 = 4096;
+/// `OWNERS`: owners of contended sleeping locks at one time.
+pub const OWNERS_CAPACITY: u32 = 4096;
+/// `DIAG_UFFD_FDS`: userfaultfd descriptors diagnose passes in.
+pub const DIAG_UFFD_FDS_CAPACITY: u32 = 1024;
+/// Default size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page).
+/// 4 MiB holds ~65k records: seconds of a busy host in record mode.
+pub const EVENTS_BYTES: u32 = 4 << 20;

@@ -1,0 +1,81 @@
+//! Aggregates kept in the kernel: counters and log2 histograms, both per CPU.
+
+use crate::{lock::lock_type, uffd::uffd_op};
+
+/// Indexes of the per-CPU `COUNTERS` array. Also the error type of every program's `try_*`
+/// function: a failure is counted once, at the entry point.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    AcquireRead = 0,
+    AcquireWrite,
+    FailedRead,
+    FailedWrite,
+    ReleaseRead,
+    ReleaseWrite,
+    Downgrade,
+    RecursiveRead,
+    /// A release with no matching hold for the current task.
+    UnmatchedRelease,
+    /// An acquisition without a `start_locking` before it (attached mid-attempt).
+    UnmatchedAcquire,
+    /// `TASK_STATE` was full: a task could not be tracked.
+    TaskStateFull,
+    /// All `HOLD_SLOTS` were in use.
+    HoldSlotsFull,
+    /// The ring buffer had no room: an event was lost.
+    RingbufFull,
+    SlowWait,
+    LongHold,
+    TaskExit,
+    /// A kernel read (`bpf_probe_read_kernel`) failed.
+    ReadError,
+    /// Sleeping-lock contentions.
+    LockContended,
+    /// Contended sleeping locks whose wait reached the wait threshold.
+    LockSlowWait,
+    PageFaultUser,
+    PageFaultKernel,
+    /// Kernel-mode faults taken while holding a known lock.
+    FaultUnderLock,
+    /// Faults that took `mmap_lock`.
+    FaultMmapLock,
+    /// `PROC_FAULTS` was full.
+    ProcFaultsFull,
+    UffdIoctl,
+    UffdIoctlError,
+    /// userfaultfd() calls that returned a descriptor.
+    UffdCreated,
+    UffdWaitBegin,
+    UffdWaitEnd,
+    /// `UFFD_HANDLERS` or `UFFD_BY_MM` was full: a handler or context may go unnamed.
+    UffdHandlersFull,
+    /// The `CONFIG` entry was missing (never written by the loader).
+    NoConfig,
+    /// `OWNERS` was full: a lock owner is not remembered.
+    OwnersFull,
+    /// Contended `mmap_lock` waits (the slow path of an `mmap_lock` acquisition).
+    MmapLockContended,
+}
+pub const COUNTER_COUNT: u32 = Counter::MmapLockContended as u32 + 1;
+
+/// Per-CPU `UFFD_ERRORS` is indexed `op * uffd_op::ERRNO_BUCKETS + errno bucket`.
+pub const UFFD_ERROR_SLOTS: u32 = uffd_op::COUNT as u32 * uffd_op::ERRNO_BUCKETS;
+
+/// Histograms kept in the kernel, `HIST_BUCKETS` log2 buckets each, in one per-CPU array indexed
+/// `hist * HIST_BUCKETS + bucket`. Bucket `b` counts durations `d` (ns) with `ilog2(d) == b`
+/// (`d == 0` in bucket 0).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Histogram {
+    WaitRead = 0,
+    WaitWrite,
+    HoldRead,
+    HoldWrite,
+}
+/// The mmap_lock histograms, then one per `lock_type` (contention waits), then one per
+/// `uffd_op` (ioctl latency).
+pub const HIST_LOCK_BASE: u32 = Histogram::HoldWrite as u32 + 1;
+pub const HIST_UFFD_BASE: u32 = HIST_LOCK_BASE + lock_type::COUNT as u32;
+pub const HIST_COUNT: u32 = HIST_UFFD_BASE + uffd_op::COUNT as u32;
+pub const HIST_BUCKETS: u32 = 64;
