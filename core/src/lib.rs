@@ -13,3 +13,4 @@ pub mod graph;
 pub mod model;
 pub mod trace;
 pub mod views;
+pub mod workload;

@@ -1,6 +1,6 @@
 //! Read-only views of the engine for sinks: the graph as JSON and as Graphviz DOT.
 
-use std::{collections::BTreeSet, fmt::Write as _};
+use std::{collections::BTreeSet, fmt::Write as _, sync::Arc};
 
 use serde::Serialize;
 
@@ -8,6 +8,7 @@ use crate::{
     event::{Addr, LockMode},
     graph::{Edge, LockRef, Reason, WaitsFor},
     model::{Blocked, Model, Tid},
+    workload::{Attribution, Workload},
 };
 
 #[derive(Debug, Serialize)]
@@ -26,6 +27,11 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<Blocked>,
     pub holds: Vec<HoldView>,
+    /// The process's cgroup v2 path (live agent only: a replayed trace's pids are not ours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 /// The waits-for graph at one moment: every task on an edge, every edge, every cycle.
@@ -58,6 +64,8 @@ impl GraphView {
                             since_ns: h.since_ns,
                         })
                         .collect(),
+                    cgroup: None,
+                    workload: None,
                 },
                 None => TaskView {
                     tid,
@@ -65,6 +73,8 @@ impl GraphView {
                     comm: None,
                     blocked: None,
                     holds: Vec::new(),
+                    cgroup: None,
+                    workload: None,
                 },
             })
             .collect();
@@ -73,6 +83,17 @@ impl GraphView {
             tasks,
             edges: graph.all_edges().cloned().collect(),
             cycles: graph.cycles(),
+        }
+    }
+
+    /// Names each task's cgroup and workload (`attribute(pid)`: a /proc lookup, so the live
+    /// agent calls this, not the core).
+    pub fn attribute(&mut self, mut attribute: impl FnMut(u32) -> Option<Arc<Attribution>>) {
+        for t in self.tasks.iter_mut().filter(|t| t.pid != 0) {
+            if let Some(a) = attribute(t.pid) {
+                t.cgroup = Some(a.cgroup.clone());
+                t.workload = a.workload.clone();
+            }
         }
     }
 
@@ -99,13 +120,19 @@ impl GraphView {
             } else {
                 ""
             };
+            let workload = t
+                .workload
+                .as_ref()
+                .map(|w| format!("\\n{}", escape(&w.to_string())))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  t{} [label=\"{}\\n{} (pid {})\"{}];",
+                "  t{} [label=\"{}\\n{} (pid {}){}\"{}];",
                 t.tid,
                 t.tid,
                 escape(comm),
                 t.pid,
+                workload,
                 style
             );
         }

@@ -6,6 +6,7 @@
 //! Used by the kernel tests and by `cargo xtask bench`; also handy for demos:
 //! `faultline-scenario rwr` while `faultline agent` runs.
 
+mod cross_deadlock;
 mod deadlock;
 mod file_writers;
 mod loops;
@@ -15,7 +16,7 @@ mod util;
 
 use clap::{Parser, Subcommand};
 
-use crate::{deadlock::*, file_writers::*, loops::*, rwr::*, uffd::*};
+use crate::{cross_deadlock::*, deadlock::*, file_writers::*, loops::*, rwr::*, uffd::*};
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +115,15 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         extra_writers: u32,
     },
+    /// A real deadlock between two processes: each registers a page with its own userfaultfd,
+    /// takes the other's (pidfd_getfd) and serves it from one thread (UFFDIO_WAKE), and that
+    /// same thread then faults on its own page. Each fault waits for a handler that waits for
+    /// the other. Reports once both are asleep in handle_userfault, then after `hold_ms` both
+    /// processes exit (the only way out).
+    UffdCrossDeadlock {
+        #[arg(long, default_value_t = 5000)]
+        hold_ms: u64,
+    },
     /// N sleeping threads (small stacks) for `linger_ms`: a host with many tasks to diagnose.
     Threads {
         #[arg(long, default_value_t = 10_000)]
@@ -164,6 +174,7 @@ fn main() {
             hold_ms,
             extra_writers,
         } => uffd_deadlock(hold_ms, extra_writers),
+        Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
     };
     if let Err(e) = result {

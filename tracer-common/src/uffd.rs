@@ -19,6 +19,7 @@ pub mod uffd_op {
     pub const UFFDIO_API: u32 = 0xc018_aa3f;
     pub const UFFDIO_REGISTER: u32 = 0xc020_aa00;
     pub const UFFDIO_COPY: u32 = 0xc028_aa03;
+    pub const UFFDIO_WAKE: u32 = 0x8010_aa02;
     /// `uffdio_api.api`, and the register mode for missing pages.
     pub const UFFD_API: u64 = 0xaa;
     pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;

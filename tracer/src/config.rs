@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 17] = [
+pub const KEYS: [(&str, &str); 18] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -24,6 +24,7 @@ pub const KEYS: [(&str, &str); 17] = [
     ("detail", "FAULTLINE_DETAIL"),
     ("ring_buffer_size", "FAULTLINE_RING_BUFFER_SIZE"),
     ("self_metrics", "FAULTLINE_SELF_METRICS"),
+    ("scope", "FAULTLINE_SCOPE"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -138,6 +138,10 @@ struct AgentArgs {
     /// the kernel's BPF statistics add two clock reads to every run of every program.
     #[arg(long, env = "FAULTLINE_SELF_METRICS")]
     self_metrics: bool,
+    /// Which processes to report on: the whole host, or only this agent's network namespace
+    /// (one agent per namespace sharing a kernel; the probes themselves are host-wide).
+    #[arg(long, value_enum, default_value_t = tracer::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
+    scope: tracer::scope::Scope,
 }
 
 #[derive(Args)]
@@ -246,6 +250,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 summary_interval: a.summary_interval,
                 max_log_lines: a.max_log_lines,
                 self_metrics: a.self_metrics,
+                scope: a.scope,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

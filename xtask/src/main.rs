@@ -1,9 +1,10 @@
 //! Build and test orchestration for faultline: what cargo alone cannot do.
 //!
 //! `cargo xtask setup` installs the eBPF toolchain (idempotent), `run` builds and starts the
-//! agent, `test` runs every check CI runs, `bench` measures.
+//! agent, `test` runs every check CI runs, `bench` measures, `package` builds a .deb.
 
 mod bench;
+mod package;
 mod setup;
 
 use std::process::Command;
@@ -34,6 +35,8 @@ enum Cmd {
     Lint,
     /// Set up, then run the benchmarks and print ratios measured side by side.
     Bench(bench::BenchArgs),
+    /// Build a Debian package (binary, systemd unit, config, dashboards, alert rules).
+    Package(package::PackageArgs),
 }
 
 /// Runs a command, failing with its command line when it fails.
@@ -170,6 +173,7 @@ fn main() -> Result<()> {
             setup::ensure()?;
             bench::run(&args)
         }
+        Cmd::Package(args) => package::run_package(&args).map(|_| ()),
     }
 }
 

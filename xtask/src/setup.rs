@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 12] = [
+const PACKAGES: [(&str, &str); 13] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -57,7 +57,40 @@ const PACKAGES: [(&str, &str); 12] = [
         "chromium",
         "a headless browser for the tests that look at the live page and the HTML reports",
     ),
+    (
+        "prometheus-alertmanager",
+        "a real Alertmanager for the end-to-end alert routing test (tracer/tests/fleet.rs)",
+    ),
 ];
+
+/// PyPI's kubernetes-validate, pinned: checks deploy/kubernetes against the Kubernetes schemas
+/// offline (its schemas ship in the package).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn kubernetes_validate_ok() -> bool {
+    output_ok(Command::new("kubernetes-validate").arg("--version"))
+        .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE.rsplit('=').next().unwrap_or_default())
+}
+
+fn ensure_kubernetes_validate() -> Result<()> {
+    if kubernetes_validate_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing {KUBERNETES_VALIDATE} from PyPI: offline validation of the Kubernetes manifests");
+    // Debian's python3 lacks pip until python3-pip is installed; a pyenv or venv python has it.
+    if output_ok(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
+        ensure_packages(&[("python3-pip", "pip, to install kubernetes-validate")])?;
+    }
+    // Debian marks its python as externally managed; this is a tool for the tests, installed
+    // for root like bpf-linker is.
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--break-system-packages"])
+        .arg(KUBERNETES_VALIDATE))?;
+    if !kubernetes_validate_ok() {
+        bail!("{KUBERNETES_VALIDATE} installed but `kubernetes-validate --version` does not say so (is pip's bin directory on PATH?)");
+    }
+    Ok(())
+}
 
 fn output_ok(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
@@ -159,5 +192,5 @@ pub fn ensure() -> Result<()> {
             bail!("bpf-linker {BPF_LINKER_VERSION} still not runnable after installing it");
         }
     }
-    Ok(())
+    ensure_kubernetes_validate()
 }

@@ -18,9 +18,11 @@ use crate::{
     http::{self, AgentState, Shared, Telemetry},
     live::{monotonic_ns, LiveFeed},
     probes::{kernel::KernelBtf, ProbeOptions, Probes},
+    scope::{Scope, ScopeFilter},
     stats::{self, Summary},
     stream::EventStream,
     views::GraphView,
+    workload,
 };
 
 pub struct AgentOptions {
@@ -38,6 +40,8 @@ pub struct AgentOptions {
     pub max_log_lines: u32,
     /// Turn on the kernel's BPF run-time statistics for the probes' self-metrics.
     pub self_metrics: bool,
+    /// Which processes to report on: the whole host, or this agent's network namespace.
+    pub scope: Scope,
 }
 
 /// One human line for a record worth reporting, or `None` for one that is not.
@@ -147,7 +151,8 @@ fn raise_all(st: &mut AgentState, alerts: Vec<crate::detect::Alert>) {
         return;
     }
     let engine = st.feed.engine();
-    let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    view.attribute(workload::attribute);
     for a in alerts {
         st.sink.raise(a, &view);
     }
@@ -190,6 +195,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         telemetry: Telemetry::default(),
         kernel_release: kernel_release(),
         task_entries: 0,
+        scope: ScopeFilter::new(opts.scope)?,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock
@@ -211,10 +217,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         tokio::spawn(async move { axum::serve(listener, app).await })
     };
     log::info!(
-        "faultline agent: probes attached ({}, detail {}), API on http://{}, wait threshold {}, hold threshold {}, stall threshold {}",
+        "faultline agent: probes attached ({}, detail {}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
         detail,
         local,
+        match opts.scope {
+            Scope::Host => "host",
+            Scope::Netns => "netns",
+        },
         humantime::format_duration(opts.probes.wait_threshold),
         humantime::format_duration(opts.probes.hold_threshold),
         humantime::format_duration(opts.thresholds.stall),
@@ -232,6 +242,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let on_record = |r: Result<Decoded, DecodeError>| {
         {
             let mut st = http::lock(&shared);
+            // Out of scope (another network namespace's process): not ours to report.
+            if let Ok(d) = &r {
+                if !st.scope.admits(d.event.pid) {
+                    return;
+                }
+            }
             match &r {
                 Ok(d) => {
                     st.telemetry.on_record(d);
@@ -250,8 +266,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = snapshot_tick.tick() => {
                 let mut st = http::lock(&shared);
-                let states = st.probes.task_states()?;
+                let mut states = st.probes.task_states()?;
                 st.task_entries = states.len();
+                if !st.scope.is_host() {
+                    states.retain(|(_, s)| st.scope.admits(s.tgid));
+                }
                 let now = monotonic_ns();
                 let alerts = st.feed.on_snapshot(&states, now);
                 raise_all(&mut st, alerts);

@@ -15,20 +15,48 @@ use serde::Serialize;
 use crate::{
     detect::{Alert, AlertKind, Severity},
     views::GraphView,
+    workload::Workload,
 };
 
 /// Alerts kept in memory for `/api/alerts`; older ones stay on disk as incidents.
 const RECENT: usize = 1000;
+/// Distinct (workload, kind) counters kept; past this, new workloads count as "other".
+const MAX_WORKLOADS: usize = 4096;
+
+/// An alert as the agent reports it: with the cgroup and workload of its first task (the one
+/// the alert is about), when the graph knows them.
+#[derive(Clone, Debug, Serialize)]
+pub struct RaisedAlert {
+    #[serde(flatten)]
+    pub alert: Alert,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+}
+
+impl RaisedAlert {
+    /// The workload label the alert counts under (see `Attribution::label`).
+    pub fn workload_label(&self) -> String {
+        match (&self.workload, self.cgroup.as_deref()) {
+            (Some(w), _) => w.to_string(),
+            (None, Some("/")) => "host".into(),
+            (None, Some(c)) => format!("cgroup:{c}"),
+            (None, None) => "unknown".into(),
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct Incident<'a> {
-    alert: &'a Alert,
+    alert: &'a RaisedAlert,
     graph: &'a GraphView,
 }
 
 pub struct AlertSink {
-    recent: VecDeque<Alert>,
+    recent: VecDeque<RaisedAlert>,
     counts: BTreeMap<AlertKind, u64>,
+    by_workload: BTreeMap<(String, AlertKind), u64>,
     state_dir: Option<PathBuf>,
     /// Incident files (JSON paths) in the state directory, oldest first.
     incidents: VecDeque<PathBuf>,
@@ -68,6 +96,7 @@ impl AlertSink {
         Ok(Self {
             recent: VecDeque::new(),
             counts: AlertKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            by_workload: BTreeMap::new(),
             state_dir,
             incidents,
             max_incidents,
@@ -81,6 +110,20 @@ impl AlertSink {
             Severity::Warning => log::warn!("{}: {}", alert.kind.as_str(), alert.summary),
         }
         *self.counts.entry(alert.kind).or_default() += 1;
+        let task = alert
+            .tids
+            .first()
+            .and_then(|tid| graph.tasks.iter().find(|t| t.tid == *tid));
+        let alert = RaisedAlert {
+            cgroup: task.and_then(|t| t.cgroup.clone()),
+            workload: task.and_then(|t| t.workload.clone()),
+            alert,
+        };
+        let mut key = (alert.workload_label(), alert.alert.kind);
+        if self.by_workload.len() >= MAX_WORKLOADS && !self.by_workload.contains_key(&key) {
+            key.0 = "other".into();
+        }
+        *self.by_workload.entry(key).or_default() += 1;
         if let Err(e) = self.write_incident(&alert, graph) {
             log::warn!("incident not written: {e:#}");
         }
@@ -90,10 +133,11 @@ impl AlertSink {
         self.recent.push_back(alert);
     }
 
-    fn write_incident(&mut self, alert: &Alert, graph: &GraphView) -> Result<()> {
+    fn write_incident(&mut self, raised: &RaisedAlert, graph: &GraphView) -> Result<()> {
         let Some(dir) = &self.state_dir else {
             return Ok(());
         };
+        let alert = &raised.alert;
         self.seq += 1;
         let stem = format!(
             "incident-{:020}-{:04}-{}",
@@ -104,8 +148,14 @@ impl AlertSink {
         let json = dir.join(format!("{stem}.json"));
         let dot = dir.join(format!("{stem}.dot"));
         let mut f = fs::File::create(&json).with_context(|| json.display().to_string())?;
-        serde_json::to_writer_pretty(&mut f, &Incident { alert, graph })
-            .with_context(|| json.display().to_string())?;
+        serde_json::to_writer_pretty(
+            &mut f,
+            &Incident {
+                alert: raised,
+                graph,
+            },
+        )
+        .with_context(|| json.display().to_string())?;
         f.write_all(b"\n")?;
         fs::write(&dot, graph.to_dot()).with_context(|| dot.display().to_string())?;
         let html = dir.join(format!("{stem}.html"));
@@ -123,8 +173,13 @@ impl AlertSink {
         Ok(())
     }
 
-    pub fn recent(&self) -> impl Iterator<Item = &Alert> {
+    pub fn recent(&self) -> impl Iterator<Item = &RaisedAlert> {
         self.recent.iter()
+    }
+
+    /// Alerts raised, by (workload label, kind).
+    pub fn counts_by_workload(&self) -> &BTreeMap<(String, AlertKind), u64> {
+        &self.by_workload
     }
 
     pub fn counts(&self) -> &BTreeMap<AlertKind, u64> {
@@ -178,6 +233,42 @@ mod tests {
         assert_eq!(
             html_files, 2,
             "the oldest incident's page is deleted with it"
+        );
+    }
+
+    #[test]
+    fn an_alert_carries_the_workload_of_its_first_task_and_counts_under_it() {
+        use crate::{views::TaskView, workload::Attribution};
+        let mut sink = AlertSink::new(None, 10).expect("sink");
+        let a = Attribution::from_path("/system.slice/db.service");
+        let task = |tid, pid| TaskView {
+            tid,
+            pid,
+            comm: None,
+            blocked: None,
+            holds: Vec::new(),
+            cgroup: Some(a.cgroup.clone()),
+            workload: a.workload.clone(),
+        };
+        let view = GraphView {
+            now_ns: 0,
+            tasks: vec![task(1, 1)],
+            edges: Vec::new(),
+            cycles: Vec::new(),
+        };
+        sink.raise(alert(1), &view);
+        let raised = sink.recent().next().expect("kept");
+        assert_eq!(raised.cgroup.as_deref(), Some("/system.slice/db.service"));
+        let json = serde_json::to_value(raised).expect("JSON");
+        assert_eq!(json["workload"]["unit"], "db.service", "{json}");
+        assert_eq!(
+            json["kind"], "stall",
+            "the alert's own fields stay flat: {json}"
+        );
+        assert_eq!(
+            sink.counts_by_workload()
+                .get(&("systemd:db.service".to_string(), AlertKind::Stall)),
+            Some(&1)
         );
     }
 }

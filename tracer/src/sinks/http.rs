@@ -16,15 +16,16 @@ use serde::Serialize;
 use tracer_common::ProcFaults;
 
 use crate::{
-    alerts::AlertSink,
+    alerts::{AlertSink, RaisedAlert},
     decode::Decoded,
-    detect::Alert,
     live::LiveFeed,
     metrics::{self, MetricsInput},
     model::Blocked,
     probes::{kernel::KernelBtf, Probes},
+    scope::ScopeFilter,
     stats,
     views::GraphView,
+    workload,
 };
 
 /// Process names counted for slow waits; past this many distinct names, new ones count as
@@ -37,6 +38,17 @@ pub struct Telemetry {
     pub events_received: u64,
     pub decode_errors: u64,
     pub slow_waits_by_process: HashMap<String, u64>,
+    pub slow_waits_by_workload: HashMap<String, u64>,
+}
+
+/// Counts one more under `name`, or under "other" once `MAX_NAMES` names are known.
+fn count_bounded(map: &mut HashMap<String, u64>, name: String) {
+    let key = if map.len() < MAX_NAMES || map.contains_key(&name) {
+        name
+    } else {
+        "other".into()
+    };
+    *map.entry(key).or_default() += 1;
 }
 
 impl Telemetry {
@@ -52,6 +64,9 @@ impl Telemetry {
                 "other".into()
             };
             *self.slow_waits_by_process.entry(key).or_default() += 1;
+            let workload =
+                workload::attribute(d.event.pid).map_or_else(|| "unknown".into(), |a| a.label());
+            count_bounded(&mut self.slow_waits_by_workload, workload);
         }
     }
 }
@@ -67,6 +82,8 @@ pub struct AgentState {
     /// Entries of the kernel's per-task map at the last snapshot (walking the map again for
     /// every scrape would repeat the snapshot's work).
     pub task_entries: usize,
+    /// Which processes this agent reports on (`--scope`).
+    pub scope: ScopeFilter,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -80,13 +97,17 @@ pub fn lock(shared: &Shared) -> MutexGuard<'_, AgentState> {
 #[derive(Serialize)]
 pub struct AlertsDoc {
     pub events: u64,
-    pub alerts: Vec<Alert>,
+    pub alerts: Vec<RaisedAlert>,
 }
 
 fn graph_view(shared: &Shared) -> GraphView {
-    let st = lock(shared);
-    let engine = st.feed.engine();
-    GraphView::build(engine.model(), &engine.graph(), engine.now_ns())
+    let mut view = {
+        let st = lock(shared);
+        let engine = st.feed.engine();
+        GraphView::build(engine.model(), &engine.graph(), engine.now_ns())
+    };
+    view.attribute(workload::attribute);
+    view
 }
 
 async fn graph(State(shared): State<Shared>) -> Json<GraphView> {
@@ -117,7 +138,7 @@ fn comm_of(pid: u32) -> String {
 /// Names only the processes that can make the top N: the rest are "other" without a /proc read.
 const NAMED_PROCESSES: usize = 3 * metrics::TOP_PROCESSES;
 
-fn metrics_input(st: &AgentState) -> Result<MetricsInput, String> {
+fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
     let snap = stats::snapshot(&st.probes).map_err(|e| e.to_string())?;
     // Per-fault counters exist in full mode only; otherwise the kernel's own per-process
     // counts (minor + major faults, /proc) stand in, with the mode label saying so.
@@ -141,19 +162,23 @@ fn metrics_input(st: &AgentState) -> Result<MetricsInput, String> {
             })
             .collect()
     };
+    if !st.scope.is_host() {
+        faults.retain(|(pid, _, _)| st.scope.admits(*pid));
+    }
     faults.sort_by_key(|(_, _, f)| std::cmp::Reverse(f.user + f.kernel));
-    let proc_faults = faults
+    let (proc_faults, faults_by_workload) = faults
         .into_iter()
         .enumerate()
         .map(|(i, (pid, comm, f))| {
-            let name = if i < NAMED_PROCESSES {
-                comm.unwrap_or_else(|| comm_of(pid))
+            if i < NAMED_PROCESSES {
+                let workload =
+                    workload::attribute(pid).map_or_else(|| "unknown".into(), |a| a.label());
+                ((comm.unwrap_or_else(|| comm_of(pid)), f), (workload, f))
             } else {
-                "other".into()
-            };
-            (name, f)
+                (("other".into(), f), ("other".into(), f))
+            }
         })
-        .collect();
+        .unzip();
     let mut blocked: BTreeMap<&'static str, u64> = ["mmap_lock", "kernel_lock", "uffd"]
         .iter()
         .map(|k| (*k, 0))
@@ -190,13 +215,21 @@ fn metrics_input(st: &AgentState) -> Result<MetricsInput, String> {
         blocked,
         events_received: st.telemetry.events_received,
         decode_errors: st.telemetry.decode_errors,
+        faults_by_workload,
+        slow_waits_by_workload: st
+            .telemetry
+            .slow_waits_by_workload
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        alerts_by_workload: st.sink.counts_by_workload().clone(),
     })
 }
 
 async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
     let rendered = {
-        let st = lock(&shared);
-        metrics_input(&st).and_then(|m| metrics::render(&m).map_err(|e| e.to_string()))
+        let mut st = lock(&shared);
+        metrics_input(&mut st).and_then(|m| metrics::render(&m).map_err(|e| e.to_string()))
     };
     match rendered {
         Ok(text) => (

@@ -26,6 +26,8 @@ const FIRST_BUCKET: usize = 9;
 const LAST_BUCKET: usize = 35;
 /// Processes named individually in per-process series; the rest are summed as "other".
 pub const TOP_PROCESSES: usize = 10;
+/// Workloads (systemd units, containers, pods) named individually; the rest are "other".
+pub const TOP_WORKLOADS: usize = 10;
 
 /// Everything one scrape exposes, gathered by the agent.
 pub struct MetricsInput {
@@ -51,6 +53,12 @@ pub struct MetricsInput {
     pub blocked: BTreeMap<&'static str, u64>,
     pub events_received: u64,
     pub decode_errors: u64,
+    /// (workload label, faults) per live process (see `workload::Attribution::label`).
+    pub faults_by_workload: Vec<(String, ProcFaults)>,
+    /// (workload label, slow waits) observed by the agent.
+    pub slow_waits_by_workload: Vec<(String, u64)>,
+    /// Alerts raised, by (workload label, kind).
+    pub alerts_by_workload: BTreeMap<(String, AlertKind), u64>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -147,6 +155,17 @@ fn top_n<T: Copy>(
     add: impl Fn(T, T) -> T,
     zero: T,
 ) -> Vec<(String, T)> {
+    top_n_of(TOP_PROCESSES, items, key, add, zero)
+}
+
+/// The top `n` names by `key`, the rest summed as "other".
+fn top_n_of<T: Copy>(
+    n: usize,
+    items: &[(String, T)],
+    key: impl Fn(&T) -> u64,
+    add: impl Fn(T, T) -> T,
+    zero: T,
+) -> Vec<(String, T)> {
     let mut by_name: HashMap<&str, T> = HashMap::new();
     for (name, v) in items {
         let e = by_name.entry(name.as_str()).or_insert(zero);
@@ -156,13 +175,10 @@ fn top_n<T: Copy>(
     sorted.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then(a.0.cmp(b.0)));
     let mut out: Vec<(String, T)> = sorted
         .iter()
-        .take(TOP_PROCESSES)
-        .map(|(n, v)| ((*n).to_owned(), *v))
+        .take(n)
+        .map(|(name, v)| ((*name).to_owned(), *v))
         .collect();
-    let rest = sorted
-        .iter()
-        .skip(TOP_PROCESSES)
-        .fold(zero, |a, (_, v)| add(a, *v));
+    let rest = sorted.iter().skip(n).fold(zero, |a, (_, v)| add(a, *v));
     // "other" is always there: the series stays stable as processes come and go, and the
     // family is never empty.
     out.push(("other".to_owned(), rest));
@@ -332,6 +348,7 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             .map(|(name, v)| counter(&[("process", name)], *v))
             .collect(),
     ));
+    f.extend(workload_families(m));
     f.push(family(
         "faultline_blocked_tasks",
         "Tasks the waits-for graph shows blocked now, by what they wait on.",
@@ -407,6 +424,94 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
     f
 }
 
+fn add_faults(a: ProcFaults, b: ProcFaults) -> ProcFaults {
+    ProcFaults {
+        user: a.user + b.user,
+        kernel: a.kernel + b.kernel,
+        under_lock: a.under_lock + b.under_lock,
+        mmap_lock: a.mmap_lock + b.mmap_lock,
+    }
+}
+
+/// Per-workload series: the top `TOP_WORKLOADS` workloads, the rest as "other" (which is always
+/// there, so every family renders on a quiet host and its series stay put).
+fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
+    let faults = top_n_of(
+        TOP_WORKLOADS,
+        &m.faults_by_workload,
+        |p| p.user + p.kernel,
+        add_faults,
+        ProcFaults::default(),
+    );
+    let waits = top_n_of(
+        TOP_WORKLOADS,
+        &m.slow_waits_by_workload,
+        |v| *v,
+        |a, b| a + b,
+        0,
+    );
+    // Alerts: the workloads with the most alerts of any kind; each named one gets every kind.
+    let totals: Vec<(String, u64)> = m
+        .alerts_by_workload
+        .iter()
+        .map(|((w, _), n)| (w.clone(), *n))
+        .collect();
+    let top: Vec<String> = top_n_of(TOP_WORKLOADS, &totals, |v| *v, |a, b| a + b, 0)
+        .into_iter()
+        .map(|(w, _)| w)
+        .filter(|w| w != "other")
+        .collect();
+    let mut alerts: BTreeMap<(String, AlertKind), u64> = BTreeMap::new();
+    for kind in AlertKind::ALL {
+        alerts.insert(("other".into(), kind), 0);
+        for w in &top {
+            alerts.insert((w.clone(), kind), 0);
+        }
+    }
+    for ((w, kind), n) in &m.alerts_by_workload {
+        let w = if top.contains(w) {
+            w.clone()
+        } else {
+            "other".into()
+        };
+        *alerts.entry((w, *kind)).or_default() += n;
+    }
+    vec![
+        family(
+            "faultline_workload_page_faults",
+            "Page faults of live processes so far, summed by workload (systemd unit, container, pod; top workloads, the rest as \"other\"), by mode. A gauge: processes come and go.",
+            MetricType::GAUGE,
+            faults
+                .iter()
+                .flat_map(|(w, p)| {
+                    [
+                        gauge(&[("workload", w), ("mode", "user")], p.user as f64),
+                        gauge(&[("workload", w), ("mode", "kernel")], p.kernel as f64),
+                    ]
+                })
+                .collect(),
+        ),
+        family(
+            "faultline_workload_slow_waits_total",
+            "Slow lock waits seen by the agent, by workload (top workloads, the rest as \"other\").",
+            MetricType::COUNTER,
+            waits
+                .iter()
+                .map(|(w, v)| counter(&[("workload", w)], *v))
+                .collect(),
+        ),
+        family(
+            "faultline_workload_alerts_total",
+            "Alerts raised, by the workload of the task each is about (top workloads, the rest as \"other\") and kind.",
+            MetricType::COUNTER,
+            alerts
+                .iter()
+                .map(|((w, kind), n)| counter(&[("workload", w), ("kind", kind.as_str())], *n))
+                .collect(),
+        ),
+    ]
+}
+
 /// The text exposition format.
 pub fn render(m: &MetricsInput) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
@@ -455,7 +560,57 @@ mod tests {
             blocked: BTreeMap::from([("mmap_lock", 2)]),
             events_received: 5,
             decode_errors: 0,
+            faults_by_workload: (0..15)
+                .map(|i| {
+                    (
+                        format!("systemd:s{i}.service"),
+                        ProcFaults {
+                            user: i,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+            slow_waits_by_workload: vec![("docker:0123456789ab".into(), 4)],
+            alerts_by_workload: BTreeMap::from([
+                (("pod:u/c".to_string(), AlertKind::Deadlock), 2),
+                (("host".to_string(), AlertKind::Stall), 1),
+            ]),
         }
+    }
+
+    #[test]
+    fn workload_series_are_bounded_and_name_the_workload() {
+        let text = render(&input()).expect("render");
+        let named = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("faultline_workload_page_faults{") && l.contains("mode=\"user\"")
+            })
+            .count();
+        assert_eq!(named, TOP_WORKLOADS + 1, "{text}");
+        assert!(
+            text.contains("faultline_workload_page_faults{workload=\"other\",mode=\"user\"} 10"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "faultline_workload_slow_waits_total{workload=\"docker:0123456789ab\"} 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "faultline_workload_alerts_total{workload=\"pod:u/c\",kind=\"deadlock\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "faultline_workload_alerts_total{workload=\"other\",kind=\"deadlock\"} 0"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ struct Snapshot {
 fn snapshot(shared: &Shared) -> Snapshot {
     let st = lock(shared);
     let engine = st.feed.engine();
-    let recent: Vec<&Alert> = st.sink.recent().collect();
+    let recent: Vec<&Alert> = st.sink.recent().map(|r| &r.alert).collect();
     let skip = recent.len().saturating_sub(PAGE_ALERTS);
     Snapshot {
         view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
