@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use tracer_common::Counter;
 
 use crate::{
     alerts::AlertSink,
@@ -223,7 +224,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             match &r {
                 Ok(d) => {
                     st.telemetry.on_record(d);
-                    let alerts = st.feed.on_record(d);
+                    let mut alerts = st.feed.on_record(d);
+                    if !alerts.is_empty() {
+                        // Alerts are rare: read the loss counter only for them, so one resting
+                        // on a lost record waits for the next snapshot to confirm it.
+                        let lost = st
+                            .probes
+                            .counters()
+                            .ok()
+                            .map(|c| c.get(Counter::RingbufFull));
+                        alerts = st.feed.vet(alerts, lost);
+                    }
                     raise_all(&mut st, alerts);
                 }
                 Err(_) => st.telemetry.decode_errors += 1,
@@ -237,11 +248,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 r.context("reading the ring buffer")?;
             }
             _ = snapshot_tick.tick() => {
+                // Records already in the ring buffer first, so the model is as of the moment
+                // the walk starts; that moment (not the walk's end) dates the snapshot.
+                stream.drain_now(on_record);
                 let mut st = http::lock(&shared);
+                let lost = st.probes.counters()?.get(Counter::RingbufFull);
+                let taken = monotonic_ns();
                 let states = st.probes.task_states()?;
                 st.task_entries = states.len();
-                let now = monotonic_ns();
-                let alerts = st.feed.on_snapshot(&states, now);
+                let alerts = st.feed.on_snapshot(&states, taken, lost);
                 raise_all(&mut st, alerts);
             }
             _ = summary_tick.tick() => {

@@ -70,6 +70,12 @@ impl Engine {
         &self.model
     }
 
+    /// The model, for a source that reconciles it with evidence outside the event stream (the
+    /// live feed's kernel snapshots). Detectors see the result at the next check.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
     pub fn graph(&self) -> WaitsFor {
         WaitsFor::build(&self.model)
     }
