@@ -19,6 +19,7 @@ use crate::{
     http::{self, AgentState, Shared, Telemetry},
     live::{monotonic_ns, LiveFeed},
     probes::{kernel::KernelBtf, ProbeOptions, Probes},
+    single,
     stats::{self, Summary},
     stream::EventStream,
     views::GraphView,
@@ -159,6 +160,8 @@ fn kernel_release() -> String {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
+    // Before anything is loaded: a second agent must leave the first one's programs alone.
+    let _claim = single::claim(&single::instance_name())?;
     let mut probes = Probes::load(&opts.probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
     let attached = probes.attached();

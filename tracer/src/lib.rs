@@ -22,6 +22,7 @@ pub mod model;
 pub mod probes;
 pub mod record;
 pub mod replay;
+pub mod single;
 pub mod stats;
 pub mod stream;
 pub mod trace;
