@@ -162,6 +162,11 @@ fn kernel_release() -> String {
 pub async fn run(opts: AgentOptions) -> Result<()> {
     // Before anything is loaded: a second agent must leave the first one's programs alone.
     let _claim = single::claim(&single::instance_name())?;
+    // Before the start line: a stop request that follows it must find the handlers in place.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing a SIGINT handler")?;
     let mut probes = Probes::load(&opts.probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
     let attached = probes.attached();
@@ -219,8 +224,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // The ring-buffer future borrows the reporter for as long as it waits, and the summary tick
     // needs it too; both run on this one task, so a RefCell is enough.
     let reporter = RefCell::new(Reporter::new(opts.max_log_lines));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
     let on_record = |r: Result<Decoded, DecodeError>| {
         {
             let mut st = http::lock(&shared);
@@ -252,15 +255,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = snapshot_tick.tick() => {
                 // Records already in the ring buffer first, so the model is as of the moment
-                // the walk starts; that moment (not the walk's end) dates the snapshot.
+                // the walk starts.
                 stream.drain_now(on_record);
-                let mut st = http::lock(&shared);
-                let lost = st.probes.counters()?.get(Counter::RingbufFull);
-                let taken = monotonic_ns();
-                let states = st.probes.task_states()?;
-                st.task_entries = states.len();
-                let alerts = st.feed.on_snapshot(&states, taken, lost);
-                raise_all(&mut st, alerts);
+                snapshot_into(&shared)?;
             }
             _ = summary_tick.tick() => {
                 let now = stats::snapshot(&http::lock(&shared).probes)?;
@@ -275,14 +272,31 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 reporter.borrow_mut().end_interval();
                 last = now;
             }
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for Ctrl-C")?;
-                break;
-            }
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
+    // Flush: what the kernel already sent, and a last snapshot, which also confirms or drops
+    // alerts held after a loss; every alert raised is written as an incident before exit.
     server.abort();
-    log::info!("faultline agent: stopping");
+    stream.drain_now(on_record);
+    if let Err(e) = snapshot_into(&shared) {
+        log::warn!("last snapshot at shutdown failed: {e:#}");
+    }
+    let raised: u64 = http::lock(&shared).sink.counts().values().sum();
+    log::info!("faultline agent: stopping ({raised} alerts raised)");
+    Ok(())
+}
+
+/// Reads the kernel's per-task map into the feed. The lost-record counter is read first and
+/// the time the walk starts (not its end) dates the snapshot.
+fn snapshot_into(shared: &Shared) -> Result<()> {
+    let mut st = http::lock(shared);
+    let lost = st.probes.counters()?.get(Counter::RingbufFull);
+    let taken = monotonic_ns();
+    let states = st.probes.task_states()?;
+    st.task_entries = states.len();
+    let alerts = st.feed.on_snapshot(&states, taken, lost);
+    raise_all(&mut st, alerts);
     Ok(())
 }

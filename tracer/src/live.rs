@@ -410,7 +410,7 @@ impl LiveFeed {
             .tasks
             .keys()
             .copied()
-            .filter(|&t| model.is_idle(t) && !shown.get(&t).is_some_and(|s| s.uffd_ctx != 0))
+            .filter(|&t| model.is_idle(t) && shown.get(&t).is_none_or(|s| s.uffd_ctx == 0))
             .collect();
         let mut pids: BTreeSet<u32> = model.pids().collect();
         pids.extend(model.mm_locks.values().filter_map(|l| l.owner_pid));

@@ -148,14 +148,14 @@ proptest! {
 const MS: u64 = 1_000_000;
 const MMS: [Addr; 2] = [Addr(0xa000), Addr(0xb000)];
 
+/// One kernel entry of a generated snapshot: tid, tgid, a wait and a hold (mm index, write).
+type Entry = (u32, u32, Option<(usize, bool)>, Option<(usize, bool)>);
+
 #[derive(Clone, Debug)]
 enum Step {
     Record(Event),
     /// (tid, tgid, wait on mm index, hold on mm index) per task; taken `back` ms before now.
-    Snapshot(
-        Vec<(u32, u32, Option<(usize, bool)>, Option<(usize, bool)>)>,
-        u64,
-    ),
+    Snapshot(Vec<Entry>, u64),
     Lost,
 }
 
