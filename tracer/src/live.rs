@@ -37,7 +37,7 @@ use crate::{
     model::{Blocked, Model},
 };
 
-/// Whether a process still exists (live: `/proc/PID`). Replaceable for tests.
+/// Whether a process or task still exists (live: `/proc/ID`). Replaceable for tests.
 pub type Liveness = Box<dyn Fn(u32) -> bool + Send>;
 
 pub struct LiveFeed {
@@ -124,7 +124,7 @@ impl LiveFeed {
         }
     }
 
-    /// Uses `alive` instead of /proc to tell whether a process exists.
+    /// Uses `alive` instead of /proc to tell whether a process or task exists.
     pub fn with_liveness(mut self, alive: Liveness) -> Self {
         self.alive = alive;
         self
@@ -331,6 +331,9 @@ impl LiveFeed {
             // State from before the task's exit record cannot be in progress: the kernel drops
             // a task's entry at exit, so this is a stale read, or the tid was reused later.
             let exited = self.exits.get(tid).copied();
+            // Only entries with something to apply cost a /proc lookup (most have nothing).
+            let mut gone: Option<bool> = None;
+            let mut is_gone = |alive: &Liveness| *gone.get_or_insert_with(|| !alive(*tid));
             let after_exit = |since: u64| exited.is_none_or(|e| since > e);
             let lock_mode = |m: u8| LockMode::from_write(m == mode::WRITE);
             let base = |ts_ns, kind| Event {
@@ -347,6 +350,7 @@ impl LiveFeed {
                 if past(h.since_ns, self.hold_threshold_ns)
                     && after_exit(h.since_ns)
                     && !self.holding(*tid, mm)
+                    && !is_gone(&self.alive)
                 {
                     let ev = base(
                         h.since_ns,
@@ -367,6 +371,7 @@ impl LiveFeed {
                     self.engine.model().task(*tid).and_then(|t| t.blocked.as_ref()),
                     Some(Blocked::KernelLock { lock, .. }) if lock.0 == st.lock
                 )
+                && !is_gone(&self.alive)
             {
                 if let Ok(lock_type) = crate::decode::lock_type_of(st.lock_type) {
                     let ev = base(
@@ -386,6 +391,7 @@ impl LiveFeed {
                 && past(st.wait_since_ns, self.wait_threshold_ns)
                 && after_exit(st.wait_since_ns)
                 && !self.waiting_on(*tid, mm)
+                && !is_gone(&self.alive)
             {
                 let ev = base(
                     st.wait_since_ns,
@@ -401,16 +407,23 @@ impl LiveFeed {
         alerts
     }
 
-    /// Reclaims what the kernel has let go: tasks that carry nothing the graph needs (the
-    /// kernel entry of a task that exited after its exit record can outlive it), and processes
-    /// gone from the host, with their tasks and their mm's identity.
+    /// Reclaims what the kernel has let go: tasks that carry nothing the graph needs, tasks
+    /// gone from the host (the kernel's entry of a task can outlive it, showing a wait that
+    /// never ends: observed under stress-ng), and processes gone from the host, with their
+    /// tasks and their mm's identity. Only tasks with state cost a /proc lookup.
     fn reclaim(&mut self, shown: &HashMap<u32, &TaskState>) {
         let model = self.engine.model();
         let idle: Vec<u32> = model
             .tasks
             .keys()
             .copied()
-            .filter(|&t| model.is_idle(t) && shown.get(&t).is_none_or(|s| s.uffd_ctx == 0))
+            .filter(|&t| {
+                if model.is_idle(t) {
+                    shown.get(&t).is_none_or(|s| s.uffd_ctx == 0)
+                } else {
+                    !(self.alive)(t)
+                }
+            })
             .collect();
         let mut pids: BTreeSet<u32> = model.pids().collect();
         pids.extend(model.mm_locks.values().filter_map(|l| l.owner_pid));

@@ -166,6 +166,32 @@ fn a_wait_the_next_snapshot_no_longer_shows_ends_and_raises_no_stall() {
 }
 
 #[test]
+fn a_kernel_entry_that_outlives_its_task_is_not_a_waiter() {
+    // Seen under stress-ng: the kernel's per-task entry of a task that is gone still shows a
+    // read attempt in flight, snapshot after snapshot. Its task is gone from the host: the wait
+    // is not taken, and a task that was taken while it lived is dropped once it is gone.
+    let dead = Dead::default();
+    let mut feed = feed(&dead);
+    let stale = [(81, task(80, Some((LockMode::Read, 10 * MS)), &[]))];
+    feed.on_snapshot(&stale, 100 * MS, 0);
+    assert_eq!(blocked(&feed), vec![81]);
+    dead.kill(81);
+    let mut alerts = feed.on_snapshot(&stale, 350 * MS, 0);
+    assert!(
+        blocked(&feed).is_empty(),
+        "phantom waiter: {:?}",
+        blocked(&feed)
+    );
+    alerts.extend(feed.on_snapshot(&stale, 3_000 * MS, 0));
+    assert!(
+        blocked(&feed).is_empty(),
+        "taken again: {:?}",
+        blocked(&feed)
+    );
+    assert!(!names_any(&alerts, 81), "{alerts:#?}");
+}
+
+#[test]
 fn a_hold_the_snapshot_no_longer_shows_ends() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
