@@ -80,6 +80,12 @@ impl Engine {
         self.model.infer_readers(mm, readers, ts_ns);
     }
 
+    /// The model, for a source that reconciles it with evidence outside the event stream (the
+    /// live feed's kernel snapshots). Detectors see the result at the next check.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
     pub fn graph(&self) -> WaitsFor {
         WaitsFor::build(&self.model)
     }

@@ -8,7 +8,10 @@
 //!   is not blocked on anything;
 //! - a release by a task that holds nothing there is a non-owner release
 //!   (`mmap_read_unlock_non_owner`) or the end of a hold taken before the trace began;
-//! - an exited task holds and waits for nothing.
+//! - an exited task holds and waits for nothing;
+//! - an mm's identity ends with its process: once no task of the process that owned an mm is
+//!   left, a different process using that address owns a fresh lock table (the kernel reuses
+//!   freed `mm_struct`s), so the dead process's waiters, holders and queue are not inherited.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -78,6 +81,8 @@ pub struct Task {
 pub struct MmLock {
     /// The process owning the mm, when known.
     pub owner_pid: Option<u32>,
+    /// That process is gone: the next claim by another process is a reused address.
+    pub owner_gone: bool,
     pub readers: BTreeMap<Tid, u64>,
     pub writer: Option<(Tid, u64)>,
     /// Tasks blocked acquiring it: tid → (mode, since).
@@ -158,6 +163,8 @@ pub struct Model {
     pub blocked: BTreeSet<Tid>,
     /// Evidence the model had to repair (lost or missing events).
     pub repairs: u64,
+    /// Tasks known per process (pid → count): a process with none left is gone for the model.
+    procs: HashMap<u32, u32>,
 }
 
 impl Model {
@@ -182,21 +189,57 @@ impl Model {
         }
     }
 
-    fn touch(&mut self, ev: &Event) -> &mut Task {
-        let t = self.tasks.entry(ev.tid).or_insert_with(|| Task {
-            tid: ev.tid,
-            pid: ev.pid,
-            comm: None,
-            last_ns: ev.ts_ns,
-            blocked: None,
-            holds: BTreeMap::new(),
-        });
-        t.pid = ev.pid;
-        t.last_ns = t.last_ns.max(ev.ts_ns);
-        if ev.comm.is_some() {
-            t.comm.clone_from(&ev.comm);
+    /// Whether any task of process `pid` is known.
+    pub fn process_known(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|&n| n > 0)
+    }
+
+    /// The processes that have tasks in the model.
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.keys().copied()
+    }
+
+    fn count_proc(&mut self, pid: u32, delta: i64) {
+        let n = self.procs.entry(pid).or_default();
+        *n = (i64::from(*n) + delta).max(0) as u32;
+        if *n == 0 {
+            self.procs.remove(&pid);
         }
-        t
+    }
+
+    fn touch(&mut self, ev: &Event) {
+        let old_pid = match self.tasks.get_mut(&ev.tid) {
+            Some(t) => {
+                let old = t.pid;
+                t.pid = ev.pid;
+                t.last_ns = t.last_ns.max(ev.ts_ns);
+                if ev.comm.is_some() {
+                    t.comm.clone_from(&ev.comm);
+                }
+                Some(old)
+            }
+            None => {
+                self.tasks.insert(
+                    ev.tid,
+                    Task {
+                        tid: ev.tid,
+                        pid: ev.pid,
+                        comm: ev.comm.clone(),
+                        last_ns: ev.ts_ns,
+                        blocked: None,
+                        holds: BTreeMap::new(),
+                    },
+                );
+                None
+            }
+        };
+        // A thread that execs becomes its group's leader: it moves process.
+        if old_pid != Some(ev.pid) {
+            if let Some(old) = old_pid {
+                self.count_proc(old, -1);
+            }
+            self.count_proc(ev.pid, 1);
+        }
     }
 
     /// The task is running: it is blocked on nothing.
@@ -233,8 +276,60 @@ impl Model {
         }
     }
 
+    /// Records who owns `mm`. A claim by another process while the recorded owner has no task
+    /// left means the address was freed and reused: the new mm starts with a clean table.
     fn note_owner(&mut self, mm: Addr, ev_pid: u32, mm_pid: Option<u32>) {
-        self.mm_locks.entry(mm).or_default().owner_pid = Some(mm_pid.unwrap_or(ev_pid));
+        let claimed = mm_pid.unwrap_or(ev_pid);
+        let reused = self
+            .mm_locks
+            .get(&mm)
+            .is_some_and(|l| l.owner_gone && l.owner_pid != Some(claimed));
+        if reused {
+            self.forget_mm(mm);
+        }
+        let lock = self.mm_locks.entry(mm).or_default();
+        if lock.owner_pid != Some(claimed) {
+            lock.owner_gone = false;
+        }
+        lock.owner_pid = Some(claimed);
+    }
+
+    /// Process `pid` is gone: the mms it owned end with it (dropped now when unused).
+    fn owner_gone(&mut self, pid: u32) {
+        let owned: Vec<Addr> = self
+            .mm_locks
+            .iter_mut()
+            .filter(|(_, l)| l.owner_pid == Some(pid))
+            .map(|(mm, l)| {
+                l.owner_gone = true;
+                *mm
+            })
+            .collect();
+        for mm in owned {
+            self.gc_mm(mm);
+        }
+    }
+
+    /// Drops `mm`'s lock table: its waiters wait for nothing known, its holders hold nothing.
+    fn forget_mm(&mut self, mm: Addr) {
+        let Some(lock) = self.mm_locks.remove(&mm) else {
+            return;
+        };
+        let waiters = lock.waiters.keys();
+        let holders = lock
+            .readers
+            .keys()
+            .chain(lock.writer.as_ref().map(|(w, _)| w));
+        for &tid in waiters.chain(holders) {
+            self.repairs += 1;
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                t.holds.remove(&mm);
+                if matches!(t.blocked, Some(Blocked::MmapLock { mm: m, .. }) if m == mm) {
+                    t.blocked = None;
+                    self.blocked.remove(&tid);
+                }
+            }
+        }
     }
 
     /// Drops `tid`'s hold on `mm` entirely (evidence says it is gone).
@@ -412,7 +507,7 @@ impl Model {
                 }
             }
             EventKind::PageFault { .. } => self.unblock(tid),
-            EventKind::TaskExit {} => self.exit(tid),
+            EventKind::TaskExit {} => self.exit(tid, true),
         }
         None
     }
@@ -521,7 +616,9 @@ impl Model {
         }
     }
 
-    fn exit(&mut self, tid: Tid) {
+    /// Removes `tid` with everything it held or waited for. `exited`: it really exited (not
+    /// merely forgotten), so a process left without tasks is gone.
+    fn exit(&mut self, tid: Tid, exited: bool) {
         self.unblock(tid);
         let inferred: Vec<Addr> = self
             .mm_locks
@@ -532,6 +629,10 @@ impl Model {
             self.gc_mm(mm);
         }
         if let Some(task) = self.tasks.remove(&tid) {
+            self.count_proc(task.pid, -1);
+            if exited && !self.process_known(task.pid) {
+                self.owner_gone(task.pid);
+            }
             for mm in task.holds.keys() {
                 if let Some(l) = self.mm_locks.get_mut(mm) {
                     l.readers.remove(&tid);
@@ -546,5 +647,78 @@ impl Model {
             ctx.resolvers.remove(&tid);
             ctx.setup.remove(&tid);
         }
+        self.gc_uffds();
+    }
+
+    /// userfaultfd contexts nobody serves or waits on are forgotten, as the kernel frees them.
+    fn gc_uffds(&mut self) {
+        let waited: BTreeSet<Addr> = self
+            .blocked
+            .iter()
+            .filter_map(|t| match self.tasks.get(t)?.blocked {
+                Some(Blocked::Uffd { uffd, .. }) => Some(uffd),
+                _ => None,
+            })
+            .collect();
+        self.uffds.retain(|addr, ctx| {
+            !ctx.resolvers.is_empty() || !ctx.setup.is_empty() || waited.contains(addr)
+        });
+    }
+
+    /// Evidence from outside the event stream (a kernel snapshot) says `tid` no longer waits:
+    /// the wait ends without an acquisition.
+    pub fn end_wait(&mut self, tid: Tid) {
+        if self.blocked.contains(&tid) {
+            self.repairs += 1;
+            self.unblock(tid);
+            self.gc_uffds();
+        }
+    }
+
+    /// Evidence from outside the event stream says `tid` no longer holds `mm`'s lock.
+    pub fn end_hold(&mut self, tid: Tid, mm: Addr) {
+        if self
+            .tasks
+            .get(&tid)
+            .is_some_and(|t| t.holds.contains_key(&mm))
+        {
+            self.repairs += 1;
+            self.drop_hold(tid, mm);
+            self.gc_mm(mm);
+        }
+    }
+
+    /// The task is gone (its exit record was lost, or it is known only to have existed).
+    pub fn forget_task(&mut self, tid: Tid) {
+        if self.tasks.contains_key(&tid) {
+            self.exit(tid, false);
+        }
+    }
+
+    /// Every task of process `pid` is gone, and with them the process's hold on its mm: lock
+    /// tables it owned that nobody else uses are dropped, so a reused address starts clean.
+    pub fn process_exit(&mut self, pid: u32) {
+        let tids: Vec<Tid> = self
+            .tasks
+            .values()
+            .filter(|t| t.pid == pid)
+            .map(|t| t.tid)
+            .collect();
+        for tid in tids {
+            self.exit(tid, false);
+        }
+        self.owner_gone(pid);
+    }
+
+    /// Whether a task carries nothing the graph needs: not blocked, holding nothing, serving
+    /// no userfaultfd. Such a task is only a name, and can be forgotten.
+    pub fn is_idle(&self, tid: Tid) -> bool {
+        self.tasks
+            .get(&tid)
+            .is_some_and(|t| t.blocked.is_none() && t.holds.is_empty())
+            && !self
+                .uffds
+                .values()
+                .any(|c| c.resolvers.contains(&tid) || c.setup.contains(&tid))
     }
 }

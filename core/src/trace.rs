@@ -1,13 +1,35 @@
 //! Trace files: JSON Lines of trace format v1, read and written.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read as _, Write};
 
 use crate::event::Event;
+
+/// Longest line accepted. An event is a few hundred bytes; a longer line is not a trace (a
+/// binary file, a missing newline), and reading it whole would let one line take any memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// How far `ts_ns` may step back from the latest earlier event. Across CPUs the kernel delivers
+/// events a few microseconds out of order; a step back of a second is a corrupt or spliced file.
+pub const MAX_STEP_BACK_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("line {line}: {message}")]
     Malformed { line: usize, message: String },
+    #[error("line {line}: longer than {MAX_LINE_BYTES} bytes; a trace line is one event of a few hundred bytes (is this a faultline trace?)")]
+    TooLong { line: usize },
+    #[error("line {line}: not UTF-8 text; a trace is JSON Lines (is this a faultline trace?)")]
+    NotUtf8 { line: usize },
+    #[error("line {line}: the file ends in the middle of an event (truncated: {message})")]
+    Truncated { line: usize, message: String },
+    #[error("line {line}: ts_ns {ts_ns} is {back_ms} ms before line {earlier_line}'s {earlier_ts_ns}; events must be in time order (a corrupt or concatenated file?)")]
+    OutOfOrder {
+        line: usize,
+        ts_ns: u64,
+        earlier_line: usize,
+        earlier_ts_ns: u64,
+        back_ms: u64,
+    },
     #[error("line {line}: read failed: {source}")]
     Io {
         line: usize,
@@ -16,11 +38,15 @@ pub enum TraceError {
     },
 }
 
-/// Reads events one line at a time; blank lines are skipped. Errors name the 1-based line.
+/// Reads events one line at a time; blank lines are skipped. Errors name the 1-based line, and
+/// the first error ends the iteration (what follows a corrupt line cannot be trusted).
 pub struct TraceReader<R> {
     input: R,
     line: usize,
-    buf: String,
+    buf: Vec<u8>,
+    /// The latest timestamp so far and its line.
+    latest: Option<(u64, usize)>,
+    failed: bool,
 }
 
 impl<R: BufRead> TraceReader<R> {
@@ -28,7 +54,9 @@ impl<R: BufRead> TraceReader<R> {
         Self {
             input,
             line: 0,
-            buf: String::new(),
+            buf: Vec::new(),
+            latest: None,
+            failed: false,
         }
     }
 
@@ -36,36 +64,91 @@ impl<R: BufRead> TraceReader<R> {
     pub fn line(&self) -> usize {
         self.line
     }
+
+    fn next_event(&mut self) -> Option<Result<Event, TraceError>> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            let line = self.line;
+            // Bounded read: at most one byte past the limit, so a huge line costs no memory.
+            let limit = MAX_LINE_BYTES as u64 + 1;
+            match (&mut self.input)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+            {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(source) => return Some(Err(TraceError::Io { line, source })),
+            }
+            let complete = self.buf.last() == Some(&b'\n');
+            if !complete && self.buf.len() > MAX_LINE_BYTES {
+                return Some(Err(TraceError::TooLong { line }));
+            }
+            let Ok(text) = std::str::from_utf8(&self.buf) else {
+                return Some(Err(TraceError::NotUtf8 { line }));
+            };
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let ev: Event = match serde_json::from_str(text) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let message = json_message(&e);
+                    return Some(Err(if !complete && e.is_eof() {
+                        TraceError::Truncated { line, message }
+                    } else {
+                        TraceError::Malformed { line, message }
+                    }));
+                }
+            };
+            if let Some((latest, earlier_line)) = self.latest {
+                if latest.saturating_sub(ev.ts_ns) > MAX_STEP_BACK_NS {
+                    return Some(Err(TraceError::OutOfOrder {
+                        line,
+                        ts_ns: ev.ts_ns,
+                        earlier_line,
+                        earlier_ts_ns: latest,
+                        back_ms: (latest - ev.ts_ns) / 1_000_000,
+                    }));
+                }
+            }
+            if self.latest.is_none_or(|(t, _)| ev.ts_ns >= t) {
+                self.latest = Some((ev.ts_ns, line));
+            }
+            return Some(Ok(ev));
+        }
+    }
+}
+
+/// serde_json's message without its "at line 1 column N" (the line is ours; the column helps).
+fn json_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let base = full
+        .rsplit_once(" at line ")
+        .map(|(m, _)| m.to_owned())
+        .unwrap_or(full);
+    let base = match base.strip_prefix("unknown variant ") {
+        Some(rest) => format!("unknown kind {rest}"),
+        None => base,
+    };
+    if e.column() > 0 {
+        format!("{base} (column {})", e.column())
+    } else {
+        base
+    }
 }
 
 impl<R: BufRead> Iterator for TraceReader<R> {
     type Item = Result<Event, TraceError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            self.buf.clear();
-            self.line += 1;
-            match self.input.read_line(&mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(source) => {
-                    return Some(Err(TraceError::Io {
-                        line: self.line,
-                        source,
-                    }))
-                }
-            }
-            let text = self.buf.trim();
-            if text.is_empty() {
-                continue;
-            }
-            return Some(
-                serde_json::from_str(text).map_err(|e| TraceError::Malformed {
-                    line: self.line,
-                    message: e.to_string(),
-                }),
-            );
+        if self.failed {
+            return None;
         }
+        let item = self.next_event();
+        self.failed = matches!(item, Some(Err(_)));
+        item
     }
 }
 
@@ -135,10 +218,91 @@ mod tests {
         assert!(results[0].is_ok());
         let unknown = results[1].as_ref().expect_err("unknown kind");
         assert!(
-            unknown.to_string().starts_with("line 3:") && unknown.to_string().contains("teleport"),
+            unknown
+                .to_string()
+                .starts_with("line 3: unknown kind `teleport`"),
             "{unknown}"
         );
-        let garbage = results[2].as_ref().expect_err("not json");
-        assert!(garbage.to_string().starts_with("line 4:"), "{garbage}");
+        assert_eq!(results.len(), 2, "the first error ends the trace");
+        let garbage =
+            first_error("{\"ts_ns\":1,\"tid\":1,\"pid\":1,\"kind\":\"task_exit\"}\nnot json\n");
+        assert!(garbage.starts_with("line 2:"), "{garbage}");
+    }
+
+    fn first_error(input: &str) -> String {
+        TraceReader::new(input.as_bytes())
+            .find_map(Result::err)
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    const EXIT: &str = r#"{"ts_ns":5000000000,"tid":1,"pid":1,"kind":"task_exit"}"#;
+
+    #[test]
+    fn a_huge_line_is_one_error_naming_its_line_without_reading_it_whole() {
+        let mut input = format!("{EXIT}\n");
+        input.push_str(&"x".repeat(10 * MAX_LINE_BYTES));
+        let err = first_error(&input);
+        assert!(err.starts_with("line 2: longer than 65536 bytes"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_line_and_the_field() {
+        let err = first_error(&format!(
+            "{EXIT}\n{{\"ts_ns\":\"soon\",\"tid\":1,\"pid\":1,\"kind\":\"task_exit\"}}\n"
+        ));
+        assert!(
+            err.starts_with("line 2: invalid type: string \"soon\", expected u64"),
+            "{err}"
+        );
+        assert!(!err.contains("line 1 column"), "{err}");
+        let err = first_error(r#"{"ts_ns":1,"tid":4294967296,"pid":1,"kind":"task_exit"}"#);
+        assert!(err.starts_with("line 1: invalid value"), "{err}");
+    }
+
+    #[test]
+    fn a_big_step_back_in_time_is_an_error_and_a_small_one_is_not() {
+        let at =
+            |ts: u64| format!("{{\"ts_ns\":{ts},\"tid\":1,\"pid\":1,\"kind\":\"task_exit\"}}\n");
+        let jitter = format!(
+            "{}{}{}",
+            at(5_000_000_000),
+            at(4_999_990_000),
+            at(5_000_000_001)
+        );
+        assert!(TraceReader::new(jitter.as_bytes()).all(|r| r.is_ok()));
+        let err = first_error(&format!(
+            "{}{}{}",
+            at(5_000_000_000),
+            at(6_000_000_000),
+            at(1_000)
+        ));
+        assert!(
+            err.starts_with("line 3: ts_ns 1000 is 5999 ms before line 2's 6000000000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_last_line_says_so() {
+        let err = first_error(&format!("{EXIT}\n{}", &EXIT[..30]));
+        assert!(
+            err.starts_with("line 2: the file ends in the middle of an event"),
+            "{err}"
+        );
+        // A complete last event without its newline is fine.
+        assert!(TraceReader::new(EXIT.as_bytes()).all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn binary_input_is_not_utf8_text() {
+        let err = first_error("\u{0}\u{1}\n");
+        assert!(err.starts_with("line 1:"), "{err}");
+        let bytes = [0xffu8, 0xfe, b'\n'];
+        let err = TraceReader::new(&bytes[..])
+            .find_map(Result::err)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("line 1: not UTF-8"), "{err}");
     }
 }

@@ -12,6 +12,6 @@ pub mod sinks;
 
 pub use faultline_core::{detect, engine, event, graph, model, trace, views};
 // The adapters under their own names too, so a path names the module, not its layer.
-pub use commands::{agent, diagnose, record, replay};
+pub use commands::{agent, diagnose, record, replay, single};
 pub use kernel::{check, decode, live, pidcache, probes, scope, stats, stream, workload};
 pub use sinks::{alerts, http, metrics, report};

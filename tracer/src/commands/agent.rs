@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use tracer_common::Counter;
 
 use crate::{
     alerts::AlertSink,
@@ -19,6 +20,7 @@ use crate::{
     live::{monotonic_ns, LiveFeed},
     probes::{kernel::KernelBtf, ProbeOptions, Probes},
     scope::{Scope, ScopeFilter},
+    single,
     stats::{self, Summary},
     stream::EventStream,
     views::GraphView,
@@ -165,6 +167,13 @@ fn kernel_release() -> String {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
+    // Before anything is loaded: a second agent must leave the first one's programs alone.
+    let _claim = single::claim(&single::instance_name())?;
+    // Before the start line: a stop request that follows it must find the handlers in place.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing a SIGINT handler")?;
     let mut probes = Probes::load(&opts.probes)?;
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
     let attached = probes.attached();
@@ -237,8 +246,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // The ring-buffer future borrows the reporter for as long as it waits, and the summary tick
     // needs it too; both run on this one task, so a RefCell is enough.
     let reporter = RefCell::new(Reporter::new(opts.max_log_lines));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
     let on_record = |r: Result<Decoded, DecodeError>| {
         {
             let mut st = http::lock(&shared);
@@ -251,7 +258,17 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             match &r {
                 Ok(d) => {
                     st.telemetry.on_record(d);
-                    let alerts = st.feed.on_record(d);
+                    let mut alerts = st.feed.on_record(d);
+                    if !alerts.is_empty() {
+                        // Alerts are rare: read the loss counter only for them, so one resting
+                        // on a lost record waits for the next snapshot to confirm it.
+                        let lost = st
+                            .probes
+                            .counters()
+                            .ok()
+                            .map(|c| c.get(Counter::RingbufFull));
+                        alerts = st.feed.vet(alerts, lost);
+                    }
                     raise_all(&mut st, alerts);
                 }
                 Err(_) => st.telemetry.decode_errors += 1,
@@ -265,15 +282,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 r.context("reading the ring buffer")?;
             }
             _ = snapshot_tick.tick() => {
-                let mut st = http::lock(&shared);
-                let mut states = st.probes.task_states()?;
-                st.task_entries = states.len();
-                if !st.scope.is_host() {
-                    states.retain(|(_, s)| st.scope.admits(s.tgid));
-                }
-                let now = monotonic_ns();
-                let alerts = st.feed.on_snapshot(&states, now);
-                raise_all(&mut st, alerts);
+                // Records already in the ring buffer first, so the model is as of the moment
+                // the walk starts.
+                stream.drain_now(on_record);
+                snapshot_into(&shared)?;
             }
             _ = summary_tick.tick() => {
                 let now = stats::snapshot(&http::lock(&shared).probes)?;
@@ -288,14 +300,34 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 reporter.borrow_mut().end_interval();
                 last = now;
             }
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for Ctrl-C")?;
-                break;
-            }
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
+    // Flush: what the kernel already sent, and a last snapshot, which also confirms or drops
+    // alerts held after a loss; every alert raised is written as an incident before exit.
     server.abort();
-    log::info!("faultline agent: stopping");
+    stream.drain_now(on_record);
+    if let Err(e) = snapshot_into(&shared) {
+        log::warn!("last snapshot at shutdown failed: {e:#}");
+    }
+    let raised: u64 = http::lock(&shared).sink.counts().values().sum();
+    log::info!("faultline agent: stopping ({raised} alerts raised)");
+    Ok(())
+}
+
+/// Reads the kernel's per-task map into the feed. The lost-record counter is read first and
+/// the time the walk starts (not its end) dates the snapshot.
+fn snapshot_into(shared: &Shared) -> Result<()> {
+    let mut st = http::lock(shared);
+    let lost = st.probes.counters()?.get(Counter::RingbufFull);
+    let taken = monotonic_ns();
+    let mut states = st.probes.task_states()?;
+    st.task_entries = states.len();
+    if !st.scope.is_host() {
+        states.retain(|(_, s)| st.scope.admits(s.tgid));
+    }
+    let alerts = st.feed.on_snapshot(&states, taken, lost);
+    raise_all(&mut st, alerts);
     Ok(())
 }

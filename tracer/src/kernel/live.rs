@@ -13,18 +13,33 @@
 //!   holders a contended lock waits for are inferred at each snapshot (the rwsem owner word's
 //!   last reader, else threads whose kernel stack is inside a function that holds the lock for
 //!   read), labelled as inferred, and replaced by the next snapshot's inference.
+//!
+//! The snapshot is the authority for what is in progress, and records and snapshots are ordered
+//! by the kernel's monotonic clock:
+//! - a snapshot carries the time taken *before* its walk: a wait is "past the threshold" only if
+//!   it was so before the kernel entry was read, otherwise its end may already have gone by
+//!   unstreamed and the wait would never end (the phantom waiters of issue 11);
+//! - a wait or hold the model has, that began before the snapshot and that the snapshot does not
+//!   show, has ended;
+//! - a task whose exit record was processed is not brought back by state older than its exit;
+//!   snapshots older than the last one applied are ignored;
+//! - tasks carrying nothing the graph needs are reclaimed, and processes gone from /proc take
+//!   their tasks and the identity of their mm with them;
+//! - after the ring buffer lost records, the model's tasks are unknown until the next snapshot
+//!   confirms them, and alerts raised meanwhile are held until it does (dropped if it refutes
+//!   them): a lost end must not become a false alert.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tracer_common::{lock_type, mode, TaskState};
 
 use crate::{
     decode::Decoded,
-    detect::{Alert, Thresholds},
+    detect::{Alert, AlertKind, Thresholds},
     diagnose::procfs,
     engine::Engine,
     event::{Addr, Event, EventKind, LockMode},
-    model::Blocked,
+    model::{Blocked, Model},
 };
 
 const HINT_EVIDENCE: &str = "the rwsem owner word names it as the last reader to take the lock";
@@ -32,10 +47,30 @@ const HINT_AND_STACK_EVIDENCE: &str =
     "the rwsem owner word names it as the last reader, and its kernel stack is inside a function that holds mmap_lock for read";
 const STACK_EVIDENCE: &str = "its kernel stack is inside a function that holds mmap_lock for read";
 
+/// Whether a process or task still exists (live: `/proc/ID`). Replaceable for tests.
+pub type Liveness = Box<dyn Fn(u32) -> bool + Send>;
+
 pub struct LiveFeed {
     engine: Engine,
     wait_threshold_ns: u64,
     hold_threshold_ns: u64,
+    /// When the last applied snapshot was taken.
+    last_snapshot_ns: Option<u64>,
+    /// Exits processed since that snapshot: tid → exit time.
+    exits: HashMap<u32, u64>,
+    alive: Liveness,
+    /// The kernel's lost-record counter when last read.
+    lost_seen: u64,
+    /// Records lost since the feed started.
+    lost: u64,
+    /// Tasks whose state may have been touched by lost records, until a snapshot confirms.
+    unknown: BTreeSet<u32>,
+    /// A loss was noticed and no snapshot has confirmed the model since.
+    unconfirmed: bool,
+    /// Alerts raised while unconfirmed, waiting for that snapshot.
+    held: Vec<Alert>,
+    /// Alerts a snapshot refuted after a loss.
+    suppressed: u64,
 }
 
 /// The process of thread `tid`, when it still exists.
@@ -53,6 +88,10 @@ fn comm_of(tid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_owned())
 }
 
+fn proc_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -64,17 +103,69 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whether an alert raised before a loss still describes the model after a snapshot corrected it.
+fn still_true(model: &Model, a: &Alert) -> bool {
+    let blocked_since = |tid: u32| {
+        model
+            .task(tid)
+            .and_then(|t| t.blocked.as_ref())
+            .map(Blocked::since_ns)
+    };
+    let Some(&subject) = a.tids.first() else {
+        return false;
+    };
+    match a.kind {
+        AlertKind::Deadlock => a.tids.iter().all(|&t| blocked_since(t).is_some()),
+        AlertKind::RecursiveRead => model
+            .task(subject)
+            .is_some_and(|t| t.holds.values().any(|h| h.mode == LockMode::Read)),
+        AlertKind::Stall | AlertKind::UffdStall | AlertKind::RwrInversion => {
+            blocked_since(subject).is_some_and(|s| s <= a.ts_ns)
+        }
+    }
+}
+
 impl LiveFeed {
     pub fn new(thresholds: Thresholds, wait_threshold_ns: u64, hold_threshold_ns: u64) -> Self {
         Self {
             engine: Engine::new(thresholds),
             wait_threshold_ns,
             hold_threshold_ns,
+            last_snapshot_ns: None,
+            exits: HashMap::new(),
+            alive: Box::new(proc_exists),
+            lost_seen: 0,
+            lost: 0,
+            unknown: BTreeSet::new(),
+            unconfirmed: false,
+            held: Vec::new(),
+            suppressed: 0,
         }
+    }
+
+    /// Uses `alive` instead of /proc to tell whether a process or task exists.
+    pub fn with_liveness(mut self, alive: Liveness) -> Self {
+        self.alive = alive;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Records the kernel lost (ring buffer full) since the feed started.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Tasks whose state is unknown since the last loss, until a snapshot confirms them.
+    pub fn unknown(&self) -> &BTreeSet<u32> {
+        &self.unknown
+    }
+
+    /// Alerts held after a loss and dropped because the next snapshot refuted them.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
     }
 
     fn waiting_on(&self, tid: u32, mm: Addr) -> bool {
@@ -91,11 +182,14 @@ impl LiveFeed {
             .is_some_and(|t| t.holds.contains_key(&mm))
     }
 
+    /// The owner of `mm` as far as the model knows, while that process lives: a dead owner's
+    /// pid must not be stamped on a reused address.
     fn known_owner(&self, mm: Addr) -> Option<u32> {
         self.engine
             .model()
             .mm_locks
             .get(&mm)
+            .filter(|l| !l.owner_gone)
             .and_then(|l| l.owner_pid)
     }
 
@@ -118,7 +212,7 @@ impl LiveFeed {
     }
 
     /// Applies one streamed record, after the earlier event it implies when the engine has not
-    /// seen that one.
+    /// seen that one. Alerts raised while a loss is unconfirmed are held (see `vet`).
     pub fn on_record(&mut self, d: &Decoded) -> Vec<Alert> {
         let mut alerts = Vec::new();
         if let Some(implied) = &d.implied {
@@ -126,15 +220,141 @@ impl LiveFeed {
                 alerts.extend(self.engine.apply(implied));
             }
         }
+        if matches!(d.event.kind, EventKind::TaskExit {}) {
+            self.exits.insert(d.event.tid, d.event.ts_ns);
+            self.unknown.remove(&d.event.tid);
+        }
         alerts.extend(self.engine.apply(&d.event));
+        self.hold_if_unconfirmed(alerts)
+    }
+
+    fn hold_if_unconfirmed(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
+        if self.unconfirmed {
+            self.held.extend(alerts);
+            Vec::new()
+        } else {
+            alerts
+        }
+    }
+
+    /// Notes the kernel's lost-record counter. New losses make every task with state unknown
+    /// until the next snapshot; returns how many records were newly lost.
+    pub fn note_lost(&mut self, lost_total: u64) -> u64 {
+        // A counter that went backwards (the programs were reloaded) starts a new count.
+        let new = lost_total.saturating_sub(self.lost_seen);
+        self.lost_seen = lost_total;
+        if new == 0 {
+            return 0;
+        }
+        self.lost += new;
+        let model = self.engine.model();
+        self.unknown.extend(
+            model
+                .tasks
+                .values()
+                .filter(|t| t.blocked.is_some() || !t.holds.is_empty())
+                .map(|t| t.tid),
+        );
+        if !self.unconfirmed {
+            log::warn!(
+                "{new} events lost (ring buffer full): {} tasks' state unknown until the next snapshot; alerts held until it confirms them",
+                self.unknown.len()
+            );
+        }
+        self.unconfirmed = true;
+        new
+    }
+
+    /// Alerts from `on_record`, checked against the lost-record counter read after them (when
+    /// it could be read): alerts that may rest on a lost record are held for the next snapshot.
+    pub fn vet(&mut self, alerts: Vec<Alert>, lost_total: Option<u64>) -> Vec<Alert> {
+        if let Some(total) = lost_total {
+            self.note_lost(total);
+        }
+        self.hold_if_unconfirmed(alerts)
+    }
+
+    /// Applies a snapshot of the kernel's per-task map, taken (its walk started) at `taken_ns`,
+    /// with the lost-record counter read just before it; then runs the timed detectors.
+    pub fn on_snapshot(
+        &mut self,
+        states: &[(u32, TaskState)],
+        taken_ns: u64,
+        lost_total: u64,
+    ) -> Vec<Alert> {
+        if self.last_snapshot_ns.is_some_and(|last| taken_ns < last) {
+            return Vec::new();
+        }
+        self.note_lost(lost_total);
+        let shown: HashMap<u32, &TaskState> = states.iter().map(|(t, s)| (*t, s)).collect();
+        self.end_what_the_kernel_no_longer_shows(&shown, taken_ns);
+        let mut alerts = self.apply_shown(states, taken_ns);
+        self.reclaim(&shown);
+        self.infer_read_holders(states, taken_ns);
+        self.exits.retain(|_, &mut e| e >= taken_ns);
+        self.last_snapshot_ns = Some(taken_ns);
+        alerts.extend(self.uffd_waits_ended(taken_ns));
+        alerts.extend(self.engine.advance_to(taken_ns));
+        if self.unconfirmed {
+            self.confirm_held(&mut alerts);
+        }
         alerts
     }
 
-    /// Applies what a snapshot of the kernel's per-task map shows at `now_ns`, then runs the
-    /// timed detectors at that time.
-    pub fn on_snapshot(&mut self, states: &[(u32, TaskState)], now_ns: u64) -> Vec<Alert> {
+    /// The snapshot is the authority: what began before it and is not in it has ended.
+    fn end_what_the_kernel_no_longer_shows(
+        &mut self,
+        shown: &HashMap<u32, &TaskState>,
+        taken_ns: u64,
+    ) {
+        let model = self.engine.model();
+        let mut ended_waits = Vec::new();
+        let mut ended_holds = Vec::new();
+        for t in model.tasks.values() {
+            let st = shown.get(&t.tid);
+            if let Some(b) = &t.blocked {
+                let still = match (b, st) {
+                    (_, None) => false,
+                    (Blocked::MmapLock { mm, since_ns, .. }, Some(s)) => {
+                        s.wait_mm == mm.0 && s.wait_since_ns == *since_ns
+                    }
+                    (Blocked::KernelLock { lock, .. }, Some(s)) => s.lock == lock.0,
+                    // The kernel does not clear a wait a signal ended; `uffd_waits_ended`
+                    // asks the scheduler about those.
+                    (Blocked::Uffd { .. }, Some(s)) => s.uffd_ctx != 0,
+                };
+                if !still && b.since_ns() < taken_ns {
+                    ended_waits.push(t.tid);
+                }
+            }
+            for (mm, h) in &t.holds {
+                let still = st.is_some_and(|s| s.holds.iter().any(|k| k.mm == mm.0));
+                if !still && h.since_ns < taken_ns {
+                    ended_holds.push((t.tid, *mm));
+                }
+            }
+        }
+        let model = self.engine.model_mut();
+        for tid in ended_waits {
+            model.end_wait(tid);
+        }
+        for (tid, mm) in ended_holds {
+            model.end_hold(tid, mm);
+        }
+    }
+
+    /// Applies the waits and holds the snapshot shows past the streaming thresholds (whose ends
+    /// the kernel will therefore stream), with their real start times.
+    fn apply_shown(&mut self, states: &[(u32, TaskState)], taken_ns: u64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         for (tid, st) in states {
+            // State from before the task's exit record cannot be in progress: the kernel drops
+            // a task's entry at exit, so this is a stale read, or the tid was reused later.
+            let exited = self.exits.get(tid).copied();
+            // Only entries with something to apply cost a /proc lookup (most have nothing).
+            let mut gone: Option<bool> = None;
+            let mut is_gone = |alive: &Liveness| *gone.get_or_insert_with(|| !alive(*tid));
+            let after_exit = |since: u64| exited.is_none_or(|e| since > e);
             let lock_mode = |m: u8| LockMode::from_write(m == mode::WRITE);
             let base = |ts_ns, kind| Event {
                 ts_ns,
@@ -143,11 +363,14 @@ impl LiveFeed {
                 comm: comm_of(*tid),
                 kind,
             };
+            let past =
+                |since: u64, threshold: u64| since <= taken_ns && taken_ns - since >= threshold;
             for h in st.holds.iter().filter(|h| h.mm != 0) {
                 let mm = Addr(h.mm);
-                // Past the hold threshold the kernel will stream this hold's release.
-                if now_ns.saturating_sub(h.since_ns) >= self.hold_threshold_ns
+                if past(h.since_ns, self.hold_threshold_ns)
+                    && after_exit(h.since_ns)
                     && !self.holding(*tid, mm)
+                    && !is_gone(&self.alive)
                 {
                     let ev = base(
                         h.since_ns,
@@ -161,33 +384,18 @@ impl LiveFeed {
                     alerts.extend(self.engine.apply(&ev));
                 }
             }
-            let mm = Addr(st.wait_mm);
-            // Past the wait threshold the kernel will stream this attempt's end.
-            if st.wait_mm != 0
-                && now_ns.saturating_sub(st.wait_since_ns) >= self.wait_threshold_ns
-                && !self.waiting_on(*tid, mm)
-            {
-                let ev = base(
-                    st.wait_since_ns,
-                    EventKind::MmapLockStart {
-                        mm,
-                        mode: lock_mode(st.wait_mode),
-                        mm_pid: self.known_owner(mm),
-                    },
-                );
-                alerts.extend(self.engine.apply(&ev));
-            }
-            // A contended sleeping lock past the wait threshold: its end will be streamed.
-            // The contended rwsem of an mmap_lock attempt is that attempt: already applied.
+            // The contended rwsem of an mmap_lock attempt is that attempt (applied below).
             let mmap_attempt = st.wait_mm != 0
                 && matches!(st.lock_type, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
             if st.lock != 0
                 && !mmap_attempt
-                && now_ns.saturating_sub(st.lock_since_ns) >= self.wait_threshold_ns
+                && past(st.lock_since_ns, self.wait_threshold_ns)
+                && after_exit(st.lock_since_ns)
                 && !matches!(
                     self.engine.model().task(*tid).and_then(|t| t.blocked.as_ref()),
                     Some(Blocked::KernelLock { lock, .. }) if lock.0 == st.lock
                 )
+                && !is_gone(&self.alive)
             {
                 if let Ok(lock_type) = crate::decode::lock_type_of(st.lock_type) {
                     let ev = base(
@@ -202,10 +410,24 @@ impl LiveFeed {
                     alerts.extend(self.engine.apply(&ev));
                 }
             }
+            let mm = Addr(st.wait_mm);
+            if st.wait_mm != 0
+                && past(st.wait_since_ns, self.wait_threshold_ns)
+                && after_exit(st.wait_since_ns)
+                && !self.waiting_on(*tid, mm)
+                && !is_gone(&self.alive)
+            {
+                let ev = base(
+                    st.wait_since_ns,
+                    EventKind::MmapLockStart {
+                        mm,
+                        mode: lock_mode(st.wait_mode),
+                        mm_pid: self.known_owner(mm),
+                    },
+                );
+                alerts.extend(self.engine.apply(&ev));
+            }
         }
-        self.infer_read_holders(states, now_ns);
-        alerts.extend(self.uffd_waits_ended(now_ns));
-        alerts.extend(self.engine.advance_to(now_ns));
         alerts
     }
 
@@ -295,6 +517,56 @@ impl LiveFeed {
         out
     }
 
+    /// Reclaims what the kernel has let go: tasks that carry nothing the graph needs, tasks
+    /// gone from the host (the kernel's entry of a task can outlive it, showing a wait that
+    /// never ends: observed under stress-ng), and processes gone from the host, with their
+    /// tasks and their mm's identity. Only tasks with state cost a /proc lookup.
+    fn reclaim(&mut self, shown: &HashMap<u32, &TaskState>) {
+        let model = self.engine.model();
+        let idle: Vec<u32> = model
+            .tasks
+            .keys()
+            .copied()
+            .filter(|&t| {
+                if model.is_idle(t) {
+                    shown.get(&t).is_none_or(|s| s.uffd_ctx == 0)
+                } else {
+                    !(self.alive)(t)
+                }
+            })
+            .collect();
+        let mut pids: BTreeSet<u32> = model.pids().collect();
+        pids.extend(model.mm_locks.values().filter_map(|l| l.owner_pid));
+        let gone: Vec<u32> = pids.into_iter().filter(|&p| !(self.alive)(p)).collect();
+        let model = self.engine.model_mut();
+        for tid in idle {
+            model.forget_task(tid);
+        }
+        for pid in gone {
+            model.process_exit(pid);
+        }
+    }
+
+    /// After a loss, the snapshot just applied is the confirmation: held alerts it still
+    /// supports are published, the rest are dropped.
+    fn confirm_held(&mut self, alerts: &mut Vec<Alert>) {
+        let held = std::mem::take(&mut self.held);
+        let total = held.len();
+        let model = self.engine.model();
+        let kept: Vec<Alert> = held.into_iter().filter(|a| still_true(model, a)).collect();
+        let dropped = total - kept.len();
+        self.suppressed += dropped as u64;
+        if total > 0 {
+            log::info!(
+                "snapshot after the loss confirmed {} of {total} held alerts; {dropped} dropped",
+                kept.len()
+            );
+        }
+        alerts.splice(0..0, kept);
+        self.unknown.clear();
+        self.unconfirmed = false;
+    }
+
     /// A signal, not a handler, can end a userfaultfd wait, and then no wake-up marks its end:
     /// ask the scheduler (`wchan`) whether each such waiter still sleeps in handle_userfault.
     fn uffd_waits_ended(&mut self, now_ns: u64) -> Vec<Alert> {
@@ -361,7 +633,8 @@ mod tests {
 
     #[test]
     fn a_snapshot_of_a_convoy_in_progress_builds_its_graph() {
-        let mut feed = LiveFeed::new(Thresholds::default(), MS, 20 * MS);
+        let mut feed =
+            LiveFeed::new(Thresholds::default(), MS, 20 * MS).with_liveness(Box::new(|_| true));
         let snap = [
             (11, state(10, None, &[(0xa, mode::READ, 0)])),
             (12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[])),
@@ -369,7 +642,7 @@ mod tests {
             // Too young to have been streamed: left out, its end will not be streamed either.
             (14, state(10, Some((0xa, mode::READ, 1_499_900_000)), &[])),
         ];
-        let alerts = feed.on_snapshot(&snap, 1_500 * MS);
+        let alerts = feed.on_snapshot(&snap, 1_500 * MS, 0);
         let graph = feed.engine().graph();
         let edges: Vec<(u32, u32)> = graph.all_edges().map(|e| (e.from, e.to)).collect();
         assert_eq!(edges, vec![(12, 11), (13, 12)]);
@@ -383,7 +656,8 @@ mod tests {
 
     #[test]
     fn a_streamed_slow_acquisition_implies_its_start() {
-        let mut feed = LiveFeed::new(Thresholds::default(), MS, 20 * MS);
+        let mut feed =
+            LiveFeed::new(Thresholds::default(), MS, 20 * MS).with_liveness(Box::new(|_| true));
         let d = Decoded {
             event: Event {
                 ts_ns: 50 * MS,

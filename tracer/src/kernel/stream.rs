@@ -29,22 +29,34 @@ impl EventStream {
         loop {
             let mut guard = self.fd.readable_mut().await?;
             let n = drain(guard.get_inner_mut(), &mut f);
-            guard.clear_ready();
+            // A full batch may have left records behind: stay ready so the next call reads on
+            // without waiting for a wake-up that new records may never send.
+            if n < MAX_BATCH {
+                guard.clear_ready();
+            }
             if n > 0 {
                 return Ok(n);
             }
         }
     }
 
-    /// Hands every record already in the buffer to `f` without waiting.
+    /// Hands records already in the buffer (at most `MAX_BATCH`) to `f` without waiting.
     pub fn drain_now(&mut self, mut f: impl FnMut(Result<Decoded, DecodeError>)) -> usize {
         drain(self.fd.get_mut(), &mut f)
     }
 }
 
+/// Most records handed over per call. A producer faster than the consumer would otherwise keep
+/// one drain going forever and starve the agent's other work (snapshots, which are also what
+/// confirms the model after a loss).
+pub const MAX_BATCH: usize = 4096;
+
 fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(Result<Decoded, DecodeError>)) -> usize {
     let mut n = 0;
-    while let Some(item) = ring.next() {
+    while n < MAX_BATCH {
+        let Some(item) = ring.next() else {
+            break;
+        };
         f(decode(&item));
         n += 1;
     }

@@ -6,9 +6,10 @@ use std::{
 };
 
 use axum::{
-    extract::State,
-    http::{header, StatusCode},
-    response::IntoResponse,
+    extract::{Request, State},
+    http::{header, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
@@ -252,15 +253,167 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Longest request target accepted: every route is short, and queries are ignored.
+pub const MAX_URI_BYTES: usize = 1024;
+/// Most header bytes accepted (names and values): a scraper or a browser sends well under 2 KiB.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+/// The API is read-only and small: anything but a bodiless GET (or HEAD) of a short path with
+/// modest headers is refused before it reaches a handler or the shared state.
+async fn guard(req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the faultline API is read-only: only GET and HEAD",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return refuse(
+            StatusCode::URI_TOO_LONG,
+            &format!("request target longer than {MAX_URI_BYTES} bytes"),
+        );
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("request headers larger than {MAX_HEADER_BYTES} bytes"),
+        );
+    }
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "requests to the faultline API carry no body",
+        );
+    }
+    next.run(req).await
+}
+
+/// The router without state, guarded: what `router` serves, testable without the kernel.
+fn guarded<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
+        .fallback(|| async { refuse(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; try /, /api/graph, /api/graph.svg, /api/graph.dot, /api/alerts, /metrics or /healthz",
+            ) })
+        .layer(middleware::from_fn(guard))
+}
+
 pub fn router(shared: Shared) -> Router {
-    Router::new()
-        .route("/", get(crate::report::page::index))
-        .route("/ui/live", get(crate::report::page::live))
-        .route("/api/graph.svg", get(crate::report::page::graph_svg))
-        .route("/api/graph", get(graph))
-        .route("/api/graph.dot", get(graph_dot))
-        .route("/api/alerts", get(alerts))
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
-        .with_state(shared)
+    guarded(
+        Router::new()
+            .route("/", get(crate::report::page::index))
+            .route("/ui/live", get(crate::report::page::live))
+            .route("/api/graph.svg", get(crate::report::page::graph_svg))
+            .route("/api/graph", get(graph))
+            .route("/api/graph.dot", get(graph_dot))
+            .route("/api/alerts", get(alerts))
+            .route("/metrics", get(metrics_text))
+            .route("/healthz", get(healthz)),
+    )
+    .with_state(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        time::Duration,
+    };
+
+    /// Serves the guarded router (with only /healthz, which needs no state) on loopback.
+    fn serve() -> String {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                let app: Router = guarded(Router::new().route("/healthz", get(healthz)));
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+        addr
+    }
+
+    /// Sends raw bytes; returns the status code, or 0 when the server closed without one.
+    fn send(addr: &str, raw: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(raw);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    fn request(path: &str, extra: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn the_api_refuses_writes_bodies_oversized_and_malformed_requests() {
+        let addr = serve();
+        assert_eq!(send(&addr, &request("/healthz", "")).0, 200);
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            let raw = format!("{method} /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            let (status, text) = send(&addr, raw.as_bytes());
+            assert_eq!(status, 405, "{method}: {text}");
+            assert!(text.contains("GET, HEAD"), "{text}");
+        }
+        let (status, text) = send(
+            &addr,
+            &request("/healthz", "Content-Length: 5\r\n")
+                .into_iter()
+                .chain(*b"hello")
+                .collect::<Vec<u8>>(),
+        );
+        assert_eq!(status, 413, "{text}");
+        let long = format!("/healthz?{}", "a".repeat(2 * MAX_URI_BYTES));
+        assert_eq!(send(&addr, &request(&long, "")).0, 414);
+        let big = format!("X-Junk: {}\r\n", "b".repeat(2 * MAX_HEADER_BYTES));
+        assert_eq!(send(&addr, &request("/healthz", &big)).0, 431);
+        // Far past any limit: refused by the HTTP layer itself, never a 200.
+        let huge = format!("X-Junk: {}\r\n", "c".repeat(4 << 20));
+        assert_ne!(send(&addr, &request("/healthz", &huge)).0, 200);
+        assert_eq!(send(&addr, b"HELLO THERE\r\n\r\n").0, 400);
+        assert_eq!(send(&addr, &request("/nope", "")).0, 404);
+        // Still serving after all of it.
+        let (status, text) = send(&addr, &request("/healthz", ""));
+        assert_eq!(status, 200);
+        assert!(text.ends_with("ok\n"), "{text}");
+    }
 }

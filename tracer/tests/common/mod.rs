@@ -54,6 +54,12 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// The single-agent claim of this test process's agents: tests run beside other agents on the
+/// host (another checkout's suite, a real deployment) without refusing each other.
+pub fn instance() -> String {
+    format!("faultline-test-{}", std::process::id())
+}
+
 /// A faultline child process whose stderr is collected line by line.
 pub struct Faultline {
     child: Child,
@@ -67,6 +73,7 @@ impl Faultline {
         let mut child = Command::new(FAULTLINE)
             .args(args)
             .env("RUST_LOG", "info")
+            .env("FAULTLINE_INSTANCE", instance())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -122,6 +129,39 @@ impl Faultline {
             .expect("the start line names the API address")
             .to_owned();
         (agent, addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the process to exit (killing it after `timeout`), then collects its last lines.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait faultline") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().expect("wait faultline");
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        status
+    }
+
+    /// Every stderr line seen so far.
+    pub fn lines(&self) -> &[String] {
+        &self.seen
     }
 
     /// Sends SIGTERM, waits for exit, and returns the exit status and all stderr lines.
