@@ -5,6 +5,7 @@
 
 mod bench;
 mod setup;
+mod vmtest;
 
 use std::process::Command;
 
@@ -32,6 +33,8 @@ enum Cmd {
     Test,
     /// Set up, then run the benchmarks and print ratios measured side by side.
     Bench(bench::BenchArgs),
+    /// Run the kernel tests on Debian's kernels in QEMU and on the host (see xtask/src/vmtest.rs).
+    Vmtest(vmtest::VmtestArgs),
 }
 
 /// Runs a command, failing with its command line when it fails.
@@ -132,6 +135,10 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => {
             setup::ensure()?;
             bench::run(&args)
+        }
+        Cmd::Vmtest(args) => {
+            setup::ensure()?;
+            vmtest::run(&args)
         }
     }
 }

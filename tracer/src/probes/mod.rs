@@ -4,6 +4,8 @@
 //! fallback, chosen at run time when a `tp_btf` program does not load or attach.
 
 pub mod kernel;
+pub mod prototype;
+pub mod verifier;
 
 use std::{fmt, io, time::Duration};
 
