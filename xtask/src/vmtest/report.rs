@@ -287,7 +287,7 @@ pub fn splice_readme(readme: &str, table: &str) -> String {
             format!("{}{}{}", &readme[..b], body, &readme[e + README_END.len()..])
         }
         _ => format!(
-            "{}\n## Supported kernels\n\nThe kernel tests on Debian's kernel packages in QEMU and on the host \
+            "{}\n\n## Supported kernels\n\nThe kernel tests on Debian's kernel packages in QEMU and on the host \
              (`cargo xtask vmtest`); last run:\n\n{body}\n",
             readme.trim_end()
         ),
