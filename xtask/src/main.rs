@@ -6,6 +6,7 @@
 mod bench;
 mod package;
 mod setup;
+mod vmtest;
 
 use std::process::Command;
 
@@ -37,6 +38,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Build a Debian package (binary, systemd unit, config, dashboards, alert rules).
     Package(package::PackageArgs),
+    /// Run the kernel tests on Debian's kernels in QEMU and on the host (see xtask/src/vmtest.rs).
+    Vmtest(vmtest::VmtestArgs),
 }
 
 /// Runs a command, failing with its command line when it fails.
@@ -174,6 +177,10 @@ fn main() -> Result<()> {
             bench::run(&args)
         }
         Cmd::Package(args) => package::run_package(&args).map(|_| ()),
+        Cmd::Vmtest(args) => {
+            setup::ensure()?;
+            vmtest::run(&args)
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 //! fallback, chosen at run time when a `tp_btf` program does not load or attach.
 
 pub mod kernel;
+pub mod prototype;
+pub mod verifier;
 
 use std::{fmt, io, time::Duration};
 
@@ -316,6 +318,9 @@ pub enum ProbeError {
     Load(String),
     #[error("eBPF program {program}: {message}")]
     Program { program: String, message: String },
+    /// A load or attach failure, classified (verifier rejection or other).
+    #[error("{0}")]
+    Failed(verifier::LoadFailure),
     #[error("no way to attach the mmap_lock probes: tp_btf failed ({btf}); classic tracepoints failed ({tracepoint})")]
     NoAttach { btf: String, tracepoint: String },
     #[error("eBPF map {0} is missing from the object (a build mismatch)")]
@@ -593,17 +598,18 @@ impl Probes {
         &self.features
     }
 
+    /// A failed program load or attach, classified (`verifier::classify`): the verifier
+    /// answers EACCES when it rejects a program, so a rejection with a log is reported as one,
+    /// and only a refusal without a log while the process lacks the capabilities is a privilege
+    /// problem.
     fn program_error(program: &str, e: ProgramError) -> ProbeError {
-        // The verifier answers EACCES when it rejects a program: with a verifier log it is a
-        // rejection, never a privilege problem.
-        let rejected = matches!(&e, ProgramError::LoadError { verifier_log, .. } if !verifier_log.to_string().trim().is_empty());
-        if is_eperm(&e) && !rejected {
-            ProbeError::Privileges
-        } else {
-            ProbeError::Program {
-                program: program.into(),
-                message: format!("{e}{}", verifier_log(&e)),
-            }
+        let log = match &e {
+            ProgramError::LoadError { verifier_log, .. } => verifier_log.to_string(),
+            _ => String::new(),
+        };
+        match verifier::classify(program, &e, &log, verifier::Caps::current()) {
+            verifier::LoadFailure::Privileges { .. } => ProbeError::Privileges,
+            failure => ProbeError::Failed(failure),
         }
     }
 

@@ -1,0 +1,515 @@
+//! `cargo xtask vmtest`: the kernel-facing tests on Debian's own kernels, each booted in QEMU
+//! with an initramfs made of this machine's files, and on the host kernel itself.
+//!
+//! Every kernel gets one result line (version, tests passed/failed, features `faultline check`
+//! reports unavailable and why); `target/vmtest/summary.json` keeps the last result per kernel,
+//! and `--readme` turns it into the README's "Supported kernels" table.
+
+mod initramfs;
+mod kernels;
+mod qemu;
+mod report;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use self::{
+    initramfs::Cpio,
+    kernels::{Kernel, SERIES},
+    qemu::Accel,
+    report::{KernelRun, Summary},
+};
+
+/// The integration-test binaries that need the kernel. `prometheus` is left out of the VMs
+/// (see `SKIPPED_IN_VM`); `cli` and `replay` do not touch the kernel.
+const KERNEL_TESTS: [&str; 3] = ["kernel", "kernel_locks", "diagnose"];
+
+/// Test binaries not run in the VMs, with the reason printed on every run.
+const SKIPPED_IN_VM: [(&str, &str); 1] = [(
+    "prometheus",
+    "needs the prometheus and promtool binaries (~200 MB in the initramfs); the host run covers it",
+)];
+
+/// Kernel modules the tests need, loaded in the guest when the kernel has them as modules.
+/// FUSE: scenarios that hold the mmap_lock through a slow FUSE read.
+const MODULES: [&str; 1] = ["fuse"];
+
+/// A guest prints this prefix on every line the host parses.
+pub const MARK: &str = "@@VMTEST";
+
+#[derive(clap::Args)]
+pub struct VmtestArgs {
+    /// Which kernels: 5.10, 6.1, 6.12, host, or all (repeatable; default all). 5.10 is skipped
+    /// with a line saying why when bullseye cannot be reached.
+    #[arg(long, default_value = "all")]
+    kernel: Vec<String>,
+    /// Rewrite the README's "Supported kernels" section from target/vmtest/summary.json and
+    /// exit (no VM is booted).
+    #[arg(long)]
+    readme: bool,
+    /// Run this shell script in the guest instead of the tests (diagnosis); its output is in
+    /// target/vmtest/<kernel>/console.log.
+    #[arg(long)]
+    exec: Option<PathBuf>,
+    /// Extra host files (with their libraries) to put in the guest at the same path, for
+    /// --exec scripts (repeatable).
+    #[arg(long)]
+    include: Vec<PathBuf>,
+    /// Longest a VM may run before it is killed and its kernel counted as failed.
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// Echo the guest's console while it runs.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s or m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be s or m")),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask's manifest dir is <root>/xtask.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("FAULTLINE_VMTEST_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/faultline/vmtest"))
+        })
+        .unwrap_or_else(|| workspace_root().join("target/vmtest/cache"))
+}
+
+/// The binaries the guest needs, at the paths the test binaries have compiled in.
+struct Binaries {
+    faultline: PathBuf,
+    scenario: PathBuf,
+    tests: Vec<(String, PathBuf)>,
+}
+
+/// Builds the release binaries and the kernel test executables; returns their paths.
+fn build() -> Result<Binaries> {
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--no-run",
+        "--message-format=json",
+        "-p",
+        "tracer",
+    ]);
+    for t in KERNEL_TESTS
+        .iter()
+        .chain(SKIPPED_IN_VM.iter().map(|(t, _)| t))
+    {
+        cmd.args(["--test", t]);
+    }
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the kernel tests failed: {}", out.status);
+    }
+    let (mut faultline, mut scenario, mut tests) = (None, None, Vec::new());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        let name = msg["target"]["name"].as_str().unwrap_or_default();
+        let kinds: Vec<&str> = msg["target"]["kind"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        match (name, kinds.as_slice()) {
+            ("faultline", ["bin"]) => faultline = Some(PathBuf::from(exe)),
+            ("faultline-scenario", ["bin"]) => scenario = Some(PathBuf::from(exe)),
+            (t, ["test"]) => tests.push((t.to_owned(), PathBuf::from(exe))),
+            _ => {}
+        }
+    }
+    // Artifacts that were fresh are reported too, so a missing one is a real build problem.
+    let faultline = faultline.context("cargo built no faultline binary")?;
+    let scenario = scenario.context("cargo built no faultline-scenario binary")?;
+    tests.sort();
+    Ok(Binaries {
+        faultline,
+        scenario,
+        tests,
+    })
+}
+
+/// The guest's /init: mount what the tests need, load modules, run the tests (or `--exec`),
+/// print `@@VMTEST` lines, power off.
+fn init_script(bins: &Binaries, modules: &[String], exec: bool) -> String {
+    let f = bins.faultline.display();
+    let sc = bins.scenario.display();
+    let mut s = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+# Host binaries (util-linux setpriv...) before busybox applets of the same name.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true RUST_BACKTRACE=1
+export FAULTLINE={f} SCENARIO={sc}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/shm /dev/pts /tmp /run
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+echo "{MARK} kernel $(uname -r) nproc=$(nproc)"
+"#
+    );
+    for m in modules {
+        s.push_str(&format!(
+            "insmod {m} && echo \"{MARK} module {m} loaded\" || echo \"{MARK} module {m} failed\"\n"
+        ));
+    }
+    s.push_str(&format!(
+        "{f} check --json > /tmp/check.json 2>/tmp/check.err; echo \"{MARK} check rc=$? $(tr -d '\\n' < /tmp/check.json)\"\n"
+    ));
+    if exec {
+        s.push_str(&format!(
+            "echo \"{MARK} exec-begin\"\nsh /vmtest-exec.sh 2>&1\necho \"{MARK} exec-end rc=$?\"\n"
+        ));
+    } else {
+        for (name, path) in &bins.tests {
+            if !KERNEL_TESTS.contains(&name.as_str()) {
+                continue;
+            }
+            s.push_str(&format!(
+                "echo \"{MARK} begin {name}\"\ntimeout -s KILL 900 {} --test-threads=1 2>&1\necho \"{MARK} end {name} rc=$?\"\n",
+                path.display()
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "echo \"{MARK} done\"\nsync\npoweroff -f\necho o > /proc/sysrq-trigger\n"
+    ));
+    s
+}
+
+/// Builds the initramfs for one kernel.
+fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) -> Result<()> {
+    let exec = args.exec.as_deref();
+    let mut cpio = Cpio::new();
+    for d in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/root",
+        "/run",
+        "/etc",
+        "/bin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+    ] {
+        cpio.dir(d);
+    }
+    // Without /dev/console in the archive the kernel starts init with no stdio.
+    cpio.char_device("/dev/console", 5, 1);
+    cpio.file(
+        "/etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
+    cpio.file("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    let busybox = fs::read("/bin/busybox")
+        .context("reading /bin/busybox (apt-get install busybox-static)")?;
+    cpio.file("/bin/busybox", 0o755, &busybox);
+    initramfs::add_binary(&mut cpio, &bins.faultline)?;
+    initramfs::add_binary(&mut cpio, &bins.scenario)?;
+    // The privilege tests run faultline as nobody through util-linux's setpriv.
+    initramfs::add_binary(&mut cpio, Path::new("/usr/bin/setpriv"))?;
+    for (name, path) in &bins.tests {
+        if KERNEL_TESTS.contains(&name.as_str()) {
+            initramfs::add_binary(&mut cpio, path)?;
+        }
+    }
+    for extra in &args.include {
+        initramfs::add_binary(&mut cpio, extra)?;
+    }
+    let mut modules = Vec::new();
+    for m in kernels::module_files(kernel, &MODULES)? {
+        let data_name = m
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let plain = data_name
+            .trim_end_matches(".xz")
+            .trim_end_matches(".zst")
+            .to_owned();
+        let guest = format!("/lib/vmtest-modules/{plain}");
+        let data = initramfs::read_maybe_compressed(&m)?;
+        cpio.file(&guest, 0o644, &data);
+        modules.push(guest);
+    }
+    if let Some(script) = exec {
+        let text =
+            fs::read(script).with_context(|| format!("reading --exec {}", script.display()))?;
+        cpio.file("/vmtest-exec.sh", 0o755, &text);
+    }
+    let init = init_script(bins, &modules, exec.is_some());
+    cpio.file("/init", 0o755, init.as_bytes());
+    fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Whether KVM guests boot here: a tiny initramfs must print its mark within a few seconds.
+/// Some hosts have a /dev/kvm whose guests hang after the decompressor; TCG is then used.
+fn kvm_works(kernel: &Kernel, dir: &Path) -> bool {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("vmtest: /dev/kvm unavailable; using TCG");
+        return false;
+    }
+    let initrd = dir.join("kvm-probe.cpio");
+    let mut cpio = Cpio::new();
+    cpio.char_device("/dev/console", 5, 1);
+    let Ok(busybox) = fs::read("/bin/busybox") else {
+        return false;
+    };
+    cpio.file("/bin/busybox", 0o755, &busybox);
+    cpio.file(
+        "/init",
+        0o755,
+        format!("#!/bin/busybox sh\n/bin/busybox echo {MARK} kvm-ok\n/bin/busybox poweroff -f\n")
+            .as_bytes(),
+    );
+    if fs::write(&initrd, cpio.finish()).is_err() {
+        return false;
+    }
+    let ok = qemu::boot(
+        qemu::command(&kernel.vmlinuz, &initrd, Accel::Kvm, 256),
+        Duration::from_secs(20),
+        &dir.join("kvm-probe.log"),
+        None,
+        |l| l.contains(&format!("{MARK} kvm-ok")),
+    )
+    .is_ok_and(|b| {
+        b.lines
+            .iter()
+            .any(|l| l.contains(&format!("{MARK} kvm-ok")))
+    });
+    eprintln!(
+        "vmtest: KVM probe {}",
+        if ok {
+            "booted: using KVM"
+        } else {
+            "did not reach init within 20 s: using TCG"
+        }
+    );
+    ok
+}
+
+fn run_vm(
+    kernel: &Kernel,
+    bins: &Binaries,
+    args: &VmtestArgs,
+    accel: &mut Option<Accel>,
+) -> Result<KernelRun> {
+    let dir = workspace_root().join("target/vmtest").join(kernel.label);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let initrd = dir.join("initramfs.cpio");
+    initramfs(kernel, bins, args, &initrd)?;
+    let accel = *accel.get_or_insert_with(|| {
+        if kvm_works(kernel, &dir) {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    });
+    let log = dir.join("console.log");
+    let prefix = format!("[{}] ", kernel.label);
+    let boot = qemu::boot(
+        qemu::command(&kernel.vmlinuz, &initrd, accel, args.memory),
+        args.timeout,
+        &log,
+        args.verbose.then_some(prefix.as_str()),
+        |l| l.contains(&format!("{MARK} done")),
+    )?;
+    let mut run = report::parse_guest(&boot.lines);
+    run.label = kernel.label.to_owned();
+    run.package = format!("{} {}", kernel.package, kernel.version);
+    run.accel = accel.name().to_owned();
+    run.wall_secs = boot.wall.as_secs();
+    run.console_log = log.display().to_string();
+    if boot.timed_out {
+        run.problems
+            .push(format!("the VM was killed after {:?}", args.timeout));
+    }
+    if !boot
+        .lines
+        .iter()
+        .any(|l| l.contains(&format!("{MARK} done")))
+        && !boot.timed_out
+    {
+        run.problems.push(
+            "the guest stopped before finishing (panic or crash; see the console log)".into(),
+        );
+    }
+    Ok(run)
+}
+
+fn run_host(bins: &Binaries, verbose: bool) -> Result<KernelRun> {
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    let uname = Command::new("uname").arg("-r").output().context("uname")?;
+    lines.push(format!(
+        "{MARK} kernel {} nproc=?",
+        String::from_utf8_lossy(&uname.stdout).trim()
+    ));
+    let check = Command::new(&bins.faultline)
+        .args(["check", "--json"])
+        .output()
+        .context("running faultline check --json")?;
+    lines.push(format!(
+        "{MARK} check rc={} {}",
+        check.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&check.stdout).replace('\n', "")
+    ));
+    for (name, path) in &bins.tests {
+        if !KERNEL_TESTS.contains(&name.as_str()) {
+            continue;
+        }
+        lines.push(format!("{MARK} begin {name}"));
+        eprintln!("xtask: {} --test-threads=1", path.display());
+        let out = Command::new(path)
+            .arg("--test-threads=1")
+            .env("CI", "true")
+            .output()
+            .with_context(|| format!("running {}", path.display()))?;
+        for text in [&out.stdout, &out.stderr] {
+            for l in String::from_utf8_lossy(text).lines() {
+                if verbose {
+                    eprintln!("[host] {l}");
+                }
+                lines.push(l.to_owned());
+            }
+        }
+        lines.push(format!(
+            "{MARK} end {name} rc={}",
+            out.status.code().unwrap_or(-1)
+        ));
+    }
+    lines.push(format!("{MARK} done"));
+    let mut run = report::parse_guest(&lines);
+    run.label = "host".into();
+    run.package = "(this machine)".into();
+    run.accel = "none".into();
+    run.wall_secs = start.elapsed().as_secs();
+    Ok(run)
+}
+
+pub fn run(args: &VmtestArgs) -> Result<()> {
+    let summary_path = workspace_root().join("target/vmtest/summary.json");
+    if args.readme {
+        let summary = Summary::load(&summary_path)?;
+        let readme = workspace_root().join("README.md");
+        report::rewrite_readme(&readme, &summary)?;
+        eprintln!(
+            "vmtest: rewrote the Supported kernels section of {}",
+            readme.display()
+        );
+        return Ok(());
+    }
+    let wanted: Vec<&str> = if args.kernel.iter().any(|k| k == "all") {
+        SERIES.iter().map(|s| s.label).chain(["host"]).collect()
+    } else {
+        args.kernel.iter().map(String::as_str).collect()
+    };
+    for k in &wanted {
+        if *k != "host" && !SERIES.iter().any(|s| s.label == *k) {
+            bail!("--kernel {k}: unknown kernel; choose 5.10, 6.1, 6.12, host or all");
+        }
+    }
+    if args.exec.is_some() && wanted.contains(&"host") {
+        bail!("--exec runs in VMs only; name the kernels with --kernel 6.1 (or 6.12, 5.10)");
+    }
+    let bins = build()?;
+    for (name, reason) in SKIPPED_IN_VM {
+        eprintln!("vmtest: {name} tests not run in VMs: {reason}");
+    }
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let mut summary = Summary::load(&summary_path).unwrap_or_default();
+    let mut accel = None;
+    let mut runs = Vec::new();
+    for label in &wanted {
+        let run = if *label == "host" {
+            run_host(&bins, args.verbose)?
+        } else {
+            let series = SERIES
+                .iter()
+                .find(|s| s.label == *label)
+                .context("known series")?;
+            let kernel = match kernels::fetch(series, &cache) {
+                Ok(k) => k,
+                Err(e) if series.optional => {
+                    println!("vmtest {label}: skipped: {e:#}");
+                    continue;
+                }
+                Err(e) => return Err(e.context(format!("getting the {label} kernel"))),
+            };
+            run_vm(&kernel, &bins, args, &mut accel)?
+        };
+        println!("{}", run.line());
+        if args.exec.is_none() {
+            summary.record(run.clone());
+        }
+        runs.push(run);
+    }
+    if args.exec.is_some() {
+        return Ok(());
+    }
+    summary.save(&summary_path)?;
+    eprintln!("vmtest: summary in {}", summary_path.display());
+    let failed: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.ok())
+        .map(|r| r.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("kernel tests failed on: {}", failed.join(", "));
+    }
+    if runs.is_empty() {
+        bail!("no kernel was tested");
+    }
+    Ok(())
+}
