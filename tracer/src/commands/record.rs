@@ -93,7 +93,8 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
             _ = sigterm.recv() => break,
         }
     }
-    stream.drain_now(&mut handle);
+    // Everything still buffered belongs to the trace: drain in bounded batches until empty.
+    while stream.drain_now(&mut handle) > 0 {}
     if let Some(e) = io_error {
         return Err(e).with_context(|| format!("writing {}", opts.output.display()));
     }
