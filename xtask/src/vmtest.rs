@@ -156,6 +156,18 @@ fn build() -> Result<Binaries> {
     }
     // Artifacts that were fresh are reported too, so a missing one is a real build problem.
     let faultline = faultline.context("cargo built no faultline binary")?;
+    // The workloads are their own crate: built next to the tests (target/release), where the
+    // tests look for them.
+    if scenario.is_none() {
+        crate::run(crate::cargo().current_dir(workspace_root()).args([
+            "build",
+            "--release",
+            "-p",
+            "faultline-scenarios",
+        ]))?;
+        let bin = faultline.with_file_name("faultline-scenario");
+        scenario = bin.exists().then_some(bin);
+    }
     let scenario = scenario.context("cargo built no faultline-scenario binary")?;
     tests.sort();
     Ok(Binaries {
