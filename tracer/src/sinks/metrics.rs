@@ -479,15 +479,19 @@ fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
     vec![
         family(
             "faultline_workload_page_faults",
-            "Page faults of live processes so far, summed by workload (systemd unit, container, pod; top workloads, the rest as \"other\"), by mode. A gauge: processes come and go.",
+            "Page faults of live processes so far, summed by workload (systemd unit, container, pod; top workloads, the rest as \"other\"), by mode: user and kernel with --detail full, otherwise \"all\" (minor+major from /proc). A gauge: processes come and go.",
             MetricType::GAUGE,
             faults
                 .iter()
                 .flat_map(|(w, p)| {
-                    [
-                        gauge(&[("workload", w), ("mode", "user")], p.user as f64),
-                        gauge(&[("workload", w), ("mode", "kernel")], p.kernel as f64),
-                    ]
+                    if m.proc_faults_per_mode {
+                        vec![
+                            gauge(&[("workload", w), ("mode", "user")], p.user as f64),
+                            gauge(&[("workload", w), ("mode", "kernel")], p.kernel as f64),
+                        ]
+                    } else {
+                        vec![gauge(&[("workload", w), ("mode", "all")], p.user as f64)]
+                    }
                 })
                 .collect(),
         ),
