@@ -276,18 +276,18 @@ fn workloads() -> Vec<Workload> {
             target: 0.98,
         },
         Workload {
-            name: "mmap/mprotect/munmap storm, 2 threads",
-            run: best_of_2(&["storm", "--count", "400000", "--threads", "2"]),
+            name: "mmap/mprotect/munmap storm, 2 threads (60k)",
+            run: best_of_2(&["storm", "--count", "60000", "--threads", "2"]),
             target: 0.95,
         },
         Workload {
             name: "stress-ng --mprotect 2",
-            run: Box::new(|| stress_ng_rate("mprotect", 3)),
+            run: Box::new(|| stress_ng_rate("mprotect", 2)),
             target: 0.95,
         },
         Workload {
             name: "stress-ng --fault 2",
-            run: Box::new(|| stress_ng_rate("fault", 3)),
+            run: Box::new(|| stress_ng_rate("fault", 2)),
             target: 0.98,
         },
     ]
