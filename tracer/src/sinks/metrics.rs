@@ -148,6 +148,19 @@ const UFFD_OPS: [(u8, &str); 10] = [
     (uffd_op::MOVE, "MOVE"),
 ];
 
+/// The fault gauges of one process or workload: by mode (user, kernel) when per-fault counters
+/// split them (full mode), otherwise one "all" series (the kernel's own counts from /proc).
+fn fault_gauges(who: (&str, &str), p: &ProcFaults, per_mode: bool) -> Vec<Metric> {
+    if per_mode {
+        vec![
+            gauge(&[who, ("mode", "user")], p.user as f64),
+            gauge(&[who, ("mode", "kernel")], p.kernel as f64),
+        ]
+    } else {
+        vec![gauge(&[who, ("mode", "all")], p.user as f64)]
+    }
+}
+
 /// The top `TOP_PROCESSES` names by `key`, the rest summed as "other".
 fn top_n<T: Copy>(
     items: &[(String, T)],
@@ -326,16 +339,7 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         MetricType::GAUGE,
         faults
             .iter()
-            .flat_map(|(name, p)| {
-                if m.proc_faults_per_mode {
-                    vec![
-                        gauge(&[("process", name), ("mode", "user")], p.user as f64),
-                        gauge(&[("process", name), ("mode", "kernel")], p.kernel as f64),
-                    ]
-                } else {
-                    vec![gauge(&[("process", name), ("mode", "all")], p.user as f64)]
-                }
-            })
+            .flat_map(|(name, p)| fault_gauges(("process", name), p, m.proc_faults_per_mode))
             .collect(),
     ));
     let waits = top_n(&m.slow_waits_by_process, |v| *v, |a, b| a + b, 0);
@@ -483,16 +487,7 @@ fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
             MetricType::GAUGE,
             faults
                 .iter()
-                .flat_map(|(w, p)| {
-                    if m.proc_faults_per_mode {
-                        vec![
-                            gauge(&[("workload", w), ("mode", "user")], p.user as f64),
-                            gauge(&[("workload", w), ("mode", "kernel")], p.kernel as f64),
-                        ]
-                    } else {
-                        vec![gauge(&[("workload", w), ("mode", "all")], p.user as f64)]
-                    }
-                })
+                .flat_map(|(w, p)| fault_gauges(("workload", w), p, m.proc_faults_per_mode))
                 .collect(),
         ),
         family(
