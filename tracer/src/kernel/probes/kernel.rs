@@ -109,30 +109,11 @@ impl KernelBtf {
             .unwrap_or(false)
     }
 
-    /// The argument names of tracepoint `name` as a `tp_btf` program sees them. The kernel's
-    /// `__bpf_trace_<name>` function carries them (its first parameter, `void *__data`, is the
-    /// probe's own and not passed to BPF); the `btf_trace_<name>` typedef has the same
-    /// prototype without names. `None` when the kernel has no such tracepoint.
+    /// The argument names of tracepoint `name` as a `tp_btf` program sees them (see
+    /// `prototype`: names come from the event class's `__bpf_trace_<class>` function). `None`
+    /// when the kernel has no such tracepoint.
     pub fn tracepoint_args(&self, name: &str) -> Option<Vec<String>> {
-        let types = self
-            .btf
-            .resolve_types_by_name(&format!("__bpf_trace_{name}"))
-            .ok()?;
-        let proto = types.into_iter().find_map(|t| match t {
-            Type::Func(f) => match self.btf.resolve_chained_type(&f) {
-                Ok(Type::FuncProto(p)) => Some(p),
-                _ => None,
-            },
-            _ => None,
-        })?;
-        Some(
-            proto
-                .parameters
-                .iter()
-                .skip(1)
-                .map(|p| self.btf.resolve_name(p).unwrap_or_default())
-                .collect(),
-        )
+        super::prototype::tracepoint_args(&self.btf, name).ok()
     }
 
     /// The tracepoint prototypes whose layout changed between kernels, as this one has them.
@@ -359,5 +340,7 @@ mod tests {
         assert_eq!(args.first().map(String::as_str), Some("mm"), "{args:?}");
         assert_eq!(args.last().map(String::as_str), Some("success"), "{args:?}");
         assert!(btf.tracepoint_args("no_such_tracepoint_here").is_none());
+        // 6.18's sched_process_exit passes group_dead.
+        assert!(btf.prototypes().exit_group_dead, "{:?}", btf.prototypes());
     }
 }
