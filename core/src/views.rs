@@ -32,6 +32,10 @@ pub struct TaskView {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// The live agent lost ring-buffer records since this task's state was last confirmed by a
+    /// snapshot: `blocked` and `holds` are the last known, not necessarily the current, state.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub state_unknown: bool,
 }
 
 /// The waits-for graph at one moment: every task on an edge, every edge, every cycle.
@@ -66,6 +70,7 @@ impl GraphView {
                         .collect(),
                     cgroup: None,
                     workload: None,
+                    state_unknown: false,
                 },
                 None => TaskView {
                     tid,
@@ -75,6 +80,7 @@ impl GraphView {
                     holds: Vec::new(),
                     cgroup: None,
                     workload: None,
+                    state_unknown: false,
                 },
             })
             .collect();
@@ -97,6 +103,13 @@ impl GraphView {
         }
     }
 
+    /// Marks the tasks whose state is unknown since a loss (live agent only).
+    pub fn mark_unknown(&mut self, unknown: &BTreeSet<Tid>) {
+        for t in self.tasks.iter_mut() {
+            t.state_unknown = unknown.contains(&t.tid);
+        }
+    }
+
     /// Graphviz DOT: tasks as boxes (blocked ones filled), edges labelled with lock and reason,
     /// cycle edges in red.
     pub fn to_dot(&self) -> String {
@@ -115,8 +128,14 @@ impl GraphView {
         );
         for t in &self.tasks {
             let comm = t.comm.as_deref().unwrap_or("?");
-            let style = if t.blocked.is_some() {
-                ", style=filled, fillcolor=\"#ffe0e0\""
+            let style = match (t.blocked.is_some(), t.state_unknown) {
+                (true, false) => ", style=filled, fillcolor=\"#ffe0e0\"",
+                (true, true) => ", style=\"filled,dashed\", fillcolor=\"#ffe0e0\"",
+                (false, true) => ", style=dashed",
+                (false, false) => "",
+            };
+            let unknown = if t.state_unknown {
+                "\\n(state unknown: events lost)"
             } else {
                 ""
             };
@@ -127,12 +146,13 @@ impl GraphView {
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  t{} [label=\"{}\\n{} (pid {}){}\"{}];",
+                "  t{} [label=\"{}\\n{} (pid {}){}{}\"{}];",
                 t.tid,
                 t.tid,
                 escape(comm),
                 t.pid,
                 workload,
+                unknown,
                 style
             );
         }

@@ -154,6 +154,7 @@ fn raise_all(st: &mut AgentState, alerts: Vec<crate::detect::Alert>) {
     }
     let engine = st.feed.engine();
     let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    view.mark_unknown(st.feed.unknown());
     view.attribute(workload::attribute);
     for a in alerts {
         st.sink.raise(a, &view);

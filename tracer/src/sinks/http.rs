@@ -105,7 +105,9 @@ fn graph_view(shared: &Shared) -> GraphView {
     let mut view = {
         let st = lock(shared);
         let engine = st.feed.engine();
-        GraphView::build(engine.model(), &engine.graph(), engine.now_ns())
+        let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+        view.mark_unknown(st.feed.unknown());
+        view
     };
     view.attribute(workload::attribute);
     view
@@ -216,6 +218,8 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         blocked,
         events_received: st.telemetry.events_received,
         decode_errors: st.telemetry.decode_errors,
+        tasks_state_unknown: st.feed.unknown().len(),
+        alerts_refuted: st.feed.suppressed(),
         faults_by_workload,
         slow_waits_by_workload: st
             .telemetry

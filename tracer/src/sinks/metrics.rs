@@ -53,6 +53,10 @@ pub struct MetricsInput {
     pub blocked: BTreeMap<&'static str, u64>,
     pub events_received: u64,
     pub decode_errors: u64,
+    /// Tasks whose state is unknown since the last ring-buffer loss, until a snapshot confirms.
+    pub tasks_state_unknown: usize,
+    /// Alerts held after a loss and dropped because the next snapshot refuted them.
+    pub alerts_refuted: u64,
     /// (workload label, faults) per live process (see `workload::Attribution::label`).
     pub faults_by_workload: Vec<(String, ProcFaults)>,
     /// (workload label, slow waits) observed by the agent.
@@ -384,6 +388,18 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         vec![counter(&[], m.decode_errors)],
     ));
     f.push(family(
+        "faultline_tasks_state_unknown",
+        "Tasks whose state may rest on lost events, until the next snapshot confirms it.",
+        MetricType::GAUGE,
+        vec![gauge(&[], m.tasks_state_unknown as f64)],
+    ));
+    f.push(family(
+        "faultline_alerts_refuted_total",
+        "Alerts held after lost events and dropped because the next snapshot refuted them.",
+        MetricType::COUNTER,
+        vec![counter(&[], m.alerts_refuted)],
+    ));
+    f.push(family(
         "faultline_probe_run_seconds_total",
         "CPU time spent in each eBPF program (kernel BPF statistics).",
         MetricType::COUNTER,
@@ -559,6 +575,8 @@ mod tests {
             blocked: BTreeMap::from([("mmap_lock", 2)]),
             events_received: 5,
             decode_errors: 0,
+            tasks_state_unknown: 0,
+            alerts_refuted: 0,
             faults_by_workload: (0..15)
                 .map(|i| {
                     (
