@@ -249,6 +249,7 @@ mod tests {
             holds: Vec::new(),
             cgroup: Some(a.cgroup.clone()),
             workload: a.workload.clone(),
+            state_unknown: false,
         };
         let view = GraphView {
             now_ns: 0,
