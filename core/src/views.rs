@@ -103,6 +103,17 @@ impl GraphView {
         }
     }
 
+    /// Names the tasks the model never saw (a lock owner read from the kernel, a handler found
+    /// in /proc): `lookup(tid)` gives the process and comm of a task that still exists.
+    pub fn identify(&mut self, mut lookup: impl FnMut(Tid) -> Option<(u32, Option<String>)>) {
+        for t in self.tasks.iter_mut().filter(|t| t.pid == 0) {
+            if let Some((pid, comm)) = lookup(t.tid) {
+                t.pid = pid;
+                t.comm = comm;
+            }
+        }
+    }
+
     /// Marks the tasks whose state is unknown since a loss (live agent only).
     pub fn mark_unknown(&mut self, unknown: &BTreeSet<Tid>) {
         for t in self.tasks.iter_mut() {

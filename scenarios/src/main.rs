@@ -6,6 +6,7 @@
 //! Used by the kernel tests and by `cargo xtask bench`; also handy for demos:
 //! `faultline-scenario rwr` while `faultline agent` runs.
 
+mod churn;
 mod cross_deadlock;
 mod deadlock;
 mod file_writers;
@@ -16,7 +17,7 @@ mod util;
 
 use clap::{Parser, Subcommand};
 
-use crate::{cross_deadlock::*, deadlock::*, file_writers::*, loops::*, rwr::*, uffd::*};
+use crate::{churn::*, cross_deadlock::*, deadlock::*, file_writers::*, loops::*, rwr::*, uffd::*};
 
 #[derive(Parser)]
 #[command(
@@ -139,6 +140,12 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         linger_ms: u64,
     },
+    /// N short-lived processes, one after another, each writing a page and mprotecting it
+    /// before it exits: tids and mm addresses that die and get reused.
+    Churn {
+        #[arg(long, default_value_t = 100_000)]
+        count: u32,
+    },
     /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
     ForeignRead {
         #[arg(long, default_value_t = 100)]
@@ -176,6 +183,7 @@ fn main() {
         } => uffd_deadlock(hold_ms, extra_writers),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
+        Scenario::Churn { count } => churn(count),
     };
     if let Err(e) = result {
         eprintln!("faultline-scenario: error: {e:#}");

@@ -38,6 +38,16 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Build a Debian package (binary, systemd unit, config, dashboards, alert rules).
     Package(package::PackageArgs),
+    /// Run the live agent for a while under a busy host's churn and check it stayed true
+    /// (tracer/tests/soak.rs; the test suite runs it for 60 s).
+    Soak {
+        /// How long the load runs (10 is the benchmark).
+        #[arg(long, default_value_t = 10, conflicts_with = "seconds")]
+        minutes: u64,
+        /// The same in seconds (at least 30), for short runs.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Run the kernel tests on Debian's kernels in QEMU and on the host (see xtask/src/vmtest.rs).
     Vmtest(vmtest::VmtestArgs),
 }
@@ -102,6 +112,23 @@ fn test() -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The soak test, at the given length, in release mode (the agent as it is deployed).
+fn soak(seconds: u64) -> Result<()> {
+    setup::ensure()?;
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "tracer",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ])
+        .env("FAULTLINE_SOAK_SECONDS", seconds.to_string()))
 }
 
 /// Runs a `cargo test`, echoing its output, and sums its "test result" lines.
@@ -177,6 +204,7 @@ fn main() -> Result<()> {
             bench::run(&args)
         }
         Cmd::Package(args) => package::run_package(&args).map(|_| ()),
+        Cmd::Soak { minutes, seconds } => soak(seconds.unwrap_or(minutes * 60)),
         Cmd::Vmtest(args) => {
             setup::ensure()?;
             vmtest::run(&args)

@@ -17,14 +17,13 @@ use crate::{
     detect::Thresholds,
     event::EventKind,
     http::{self, AgentState, Shared, Telemetry},
-    live::{monotonic_ns, LiveFeed},
+    kernel::reclaim::TaskEntryReclaimer,
+    live::{monotonic_ns, proc_exists, LiveFeed},
     probes::{kernel::KernelBtf, ProbeOptions, Probes},
     scope::{Scope, ScopeFilter},
     single,
     stats::{self, Summary},
     stream::EventStream,
-    views::GraphView,
-    workload,
 };
 
 pub struct AgentOptions {
@@ -152,10 +151,8 @@ fn raise_all(st: &mut AgentState, alerts: Vec<crate::detect::Alert>) {
     if alerts.is_empty() {
         return;
     }
-    let engine = st.feed.engine();
-    let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
-    view.mark_unknown(st.feed.unknown());
-    view.attribute(workload::attribute);
+    let mut view = http::engine_view(st);
+    http::resolve(&mut view);
     for a in alerts {
         st.sink.raise(a, &view);
     }
@@ -205,6 +202,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         telemetry: Telemetry::default(),
         kernel_release: kernel_release(),
         task_entries: 0,
+        // Every 16 snapshots: every 4 s at the default interval.
+        reclaimer: TaskEntryReclaimer::new(16),
         scope: ScopeFilter::new(opts.scope)?,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
@@ -325,6 +324,15 @@ fn snapshot_into(shared: &Shared) -> Result<()> {
     let taken = monotonic_ns();
     let mut states = st.probes.task_states()?;
     st.task_entries = states.len();
+    let stale = st
+        .reclaimer
+        .due(states.iter().map(|(tid, _)| *tid), proc_exists);
+    if !stale.is_empty() {
+        let deleted = st.probes.forget_tasks(&stale)?;
+        st.reclaimer.deleted(deleted);
+        log::debug!("deleted {deleted} kernel task entries of tasks gone from the host");
+        states.retain(|(tid, _)| !stale.contains(tid));
+    }
     if !st.scope.is_host() {
         states.retain(|(_, s)| st.scope.admits(s.tgid));
     }

@@ -88,7 +88,13 @@ fn comm_of(tid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_owned())
 }
 
-fn proc_exists(pid: u32) -> bool {
+/// The process and comm of a task that still exists (for tasks the model never saw).
+pub fn identify(tid: u32) -> Option<(u32, Option<String>)> {
+    tgid_of(tid).map(|pid| (pid, comm_of(tid)))
+}
+
+/// Whether /proc has this process or task (threads are reachable by tid though not listed).
+pub fn proc_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 

@@ -19,7 +19,7 @@ use tracer_common::ProcFaults;
 use crate::{
     alerts::{AlertSink, RaisedAlert},
     decode::Decoded,
-    live::LiveFeed,
+    live::{self, LiveFeed},
     metrics::{self, MetricsInput},
     model::Blocked,
     probes::{kernel::KernelBtf, Probes},
@@ -83,6 +83,8 @@ pub struct AgentState {
     /// Entries of the kernel's per-task map at the last snapshot (walking the map again for
     /// every scrape would repeat the snapshot's work).
     pub task_entries: usize,
+    /// Deletes kernel per-task entries that outlived their task.
+    pub reclaimer: crate::kernel::reclaim::TaskEntryReclaimer,
     /// Which processes this agent reports on (`--scope`).
     pub scope: ScopeFilter,
 }
@@ -101,15 +103,25 @@ pub struct AlertsDoc {
     pub alerts: Vec<RaisedAlert>,
 }
 
-fn graph_view(shared: &Shared) -> GraphView {
-    let mut view = {
-        let st = lock(shared);
-        let engine = st.feed.engine();
-        let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
-        view.mark_unknown(st.feed.unknown());
-        view
-    };
+/// The live graph as the engine has it, with the tasks a loss left unknown marked (cheap: call
+/// under the lock).
+pub fn engine_view(st: &AgentState) -> GraphView {
+    let engine = st.feed.engine();
+    let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    view.mark_unknown(st.feed.unknown());
+    view
+}
+
+/// Adds what /proc says of the view's tasks: the process of tasks the model never saw, and
+/// every process's cgroup and workload (file reads: outside the lock where possible).
+pub fn resolve(view: &mut GraphView) {
+    view.identify(live::identify);
     view.attribute(workload::attribute);
+}
+
+fn graph_view(shared: &Shared) -> GraphView {
+    let mut view = engine_view(&lock(shared));
+    resolve(&mut view);
     view
 }
 
@@ -211,6 +223,7 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
         task_entries: st.task_entries,
+        task_entries_reclaimed: st.reclaimer.reclaimed(),
         task_capacity: st.probes.max_tasks(),
         proc_fault_entries,
         programs: st.probes.program_stats(&st.btf),
@@ -218,6 +231,14 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         blocked,
         events_received: st.telemetry.events_received,
         decode_errors: st.telemetry.decode_errors,
+        model_entries: {
+            let model = st.feed.engine().model();
+            [
+                ("tasks", model.tasks.len()),
+                ("mm_locks", model.mm_locks.len()),
+                ("uffds", model.uffds.len()),
+            ]
+        },
         tasks_state_unknown: st.feed.unknown().len(),
         alerts_refuted: st.feed.suppressed(),
         faults_by_workload,

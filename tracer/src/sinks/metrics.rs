@@ -44,6 +44,8 @@ pub struct MetricsInput {
     /// (process name, slow waits) observed by the agent.
     pub slow_waits_by_process: Vec<(String, u64)>,
     pub task_entries: usize,
+    /// Kernel per-task entries deleted because their task was gone from the host.
+    pub task_entries_reclaimed: u64,
     pub task_capacity: u32,
     pub proc_fault_entries: usize,
     /// (program, run time ns, run count) from the kernel's BPF statistics.
@@ -53,6 +55,8 @@ pub struct MetricsInput {
     pub blocked: BTreeMap<&'static str, u64>,
     pub events_received: u64,
     pub decode_errors: u64,
+    /// Entries of the live model: tasks, mm lock tables, userfaultfd contexts.
+    pub model_entries: [(&'static str, usize); 3],
     /// Tasks whose state is unknown since the last ring-buffer loss, until a snapshot confirms.
     pub tasks_state_unknown: usize,
     /// Alerts held after a loss and dropped because the next snapshot refuted them.
@@ -388,6 +392,15 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         vec![counter(&[], m.decode_errors)],
     ));
     f.push(family(
+        "faultline_model_entries",
+        "Entries of the agent's live model (reclaimed as processes exit).",
+        MetricType::GAUGE,
+        m.model_entries
+            .iter()
+            .map(|(kind, n)| gauge(&[("kind", kind)], *n as f64))
+            .collect(),
+    ));
+    f.push(family(
         "faultline_tasks_state_unknown",
         "Tasks whose state may rest on lost events, until the next snapshot confirms it.",
         MetricType::GAUGE,
@@ -431,6 +444,12 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             gauge(&[("map", "task_state")], m.task_entries as f64),
             gauge(&[("map", "proc_faults")], m.proc_fault_entries as f64),
         ],
+    ));
+    f.push(family(
+        "faultline_task_entries_reclaimed_total",
+        "Kernel per-task entries deleted by the agent because their task had left the host.",
+        MetricType::COUNTER,
+        vec![counter(&[], m.task_entries_reclaimed)],
     ));
     f.push(family(
         "faultline_map_capacity",
@@ -568,6 +587,7 @@ mod tests {
             proc_faults_per_mode: true,
             slow_waits_by_process: vec![("a".into(), 2), ("a".into(), 3)],
             task_entries: 1,
+            task_entries_reclaimed: 0,
             task_capacity: 32768,
             proc_fault_entries: 15,
             programs: vec![("mmap_lock_start_btf".into(), 1_500_000_000, 10)],
@@ -575,6 +595,7 @@ mod tests {
             blocked: BTreeMap::from([("mmap_lock", 2)]),
             events_received: 5,
             decode_errors: 0,
+            model_entries: [("tasks", 0), ("mm_locks", 0), ("uffds", 0)],
             tasks_state_unknown: 0,
             alerts_refuted: 0,
             faults_by_workload: (0..15)

@@ -734,6 +734,21 @@ impl Probes {
         Ok(states.iter().filter_map(Result::ok).collect())
     }
 
+    /// Deletes the per-task entries of these tids; returns how many were there.
+    pub fn forget_tasks(&mut self, tids: &[u32]) -> Result<usize, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(map::TASK_STATE)
+            .ok_or(ProbeError::MissingMap(map::TASK_STATE))?;
+        let mut states: HashMap<_, u32, TaskState> =
+            HashMap::try_from(map).map_err(|e| ProbeError::Map {
+                map: map::TASK_STATE,
+                message: e.to_string(),
+            })?;
+        // An entry already gone (the task's exit program raced us) is not an error.
+        Ok(tids.iter().filter(|t| states.remove(t).is_ok()).count())
+    }
+
     /// userfaultfd ioctl errors summed over CPUs, indexed `op * ERRNO_BUCKETS + errno bucket`.
     pub fn uffd_errors(&self) -> Result<Vec<u64>, ProbeError> {
         self.per_cpu_sums(map::UFFD_ERRORS, tracer_common::UFFD_ERROR_SLOTS)

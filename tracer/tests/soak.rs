@@ -1,0 +1,496 @@
+//! Soak: the live agent under a busy host's churn stays true (root, real kernel).
+//!
+//! Under the agent with low thresholds and its default settings otherwise, for
+//! `FAULTLINE_SOAK_SECONDS` (60 in the test suite; `cargo xtask soak --minutes 10` is the
+//! benchmark), a bounded mix runs at once:
+//! - stress-ng's exec, fork, mmapfork, mprotect, vm-rw, procfs, userfaultfd and mremap
+//!   stressors (the load of the phantom-waiter bug);
+//! - short-lived processes (`faultline-scenario churn`, 100k per 10 minutes), whose tids and mm
+//!   addresses die and get reused;
+//! - in a loop, the project's read-write-read convoy, a userfaultfd stall and a real deadlock
+//!   that the scenario's own watchdog releases.
+//!
+//! Then it checks: every convoy, stall and deadlock alerted with exactly its tasks; no alert
+//! mixing tasks of unrelated processes or naming a task the graph does not know; no blocked task
+//! once the load stops; the agent's RSS, the kernel's task map and the model flat; no event
+//! lost. One report at the end lists every check with its numbers.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{http_get, require_root, scenario, u64_at, u64s, Faultline, SCENARIO};
+
+/// How long the mix runs; the suite's default is one minute.
+fn soak_seconds() -> u64 {
+    std::env::var("FAULTLINE_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+        .max(30)
+}
+
+/// A child killed and reaped when dropped: no workload outlives the test.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Reaped {
+    /// Waits for the child to exit by itself until `deadline`; kills it after that.
+    fn finish(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(s)) if s.success() => return Ok(()),
+                Ok(Some(s)) => return Err(format!("exited with {s}")),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
+                Ok(None) => {
+                    let _ = self.0.kill();
+                    return Err("still running at its deadline (killed)".into());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// What one scenario run must have raised.
+enum Expect {
+    /// An alert of this kind with exactly these tids, in this order.
+    Exactly(&'static str, Vec<u64>),
+    /// An alert of this kind with exactly these tids, in any order (a cycle).
+    Cycle(&'static str, BTreeSet<u64>),
+    /// An alert of this kind starting at `first`, naming no task outside `within`.
+    Chain(&'static str, u64, BTreeSet<u64>),
+}
+
+struct Run {
+    what: &'static str,
+    /// The processes of the run: an alert's tasks may span these, and nothing else.
+    pids: BTreeSet<u64>,
+    expect: Option<Expect>,
+}
+
+/// An alert as written to its incident file, with the pid and comm of each of its tasks from
+/// the graph at detection (`None`: the graph did not know the task).
+struct Incident {
+    kind: String,
+    tids: Vec<u64>,
+    summary: String,
+    tasks: Vec<(u64, Option<(u64, String)>)>,
+    /// The owner pid of the mmap_lock each task waits through, from the graph's edges.
+    waits_on_mm_of: BTreeMap<u64, u64>,
+}
+
+fn incidents(dir: &std::path::Path) -> Vec<Incident> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("state dir").flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("incident file");
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let alert = &doc["alert"];
+        let tids = u64s(alert, "tids");
+        let known: BTreeMap<u64, (u64, String)> = doc["graph"]["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let tid = t["tid"].as_u64()?;
+                let pid = t["pid"].as_u64().filter(|p| *p != 0)?;
+                Some((tid, (pid, t["comm"].as_str().unwrap_or("?").to_owned())))
+            })
+            .collect();
+        let waits_on_mm_of = doc["graph"]["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["lock"]["kind"] == "mmap_lock")
+            .filter_map(|e| Some((e["from"].as_u64()?, e["lock"]["owner_pid"].as_u64()?)))
+            .collect();
+        out.push(Incident {
+            waits_on_mm_of,
+            kind: alert["kind"].as_str().unwrap_or("?").to_owned(),
+            summary: alert["summary"].as_str().unwrap_or("").to_owned(),
+            tasks: tids.iter().map(|t| (*t, known.get(t).cloned())).collect(),
+            tids,
+        });
+    }
+    out
+}
+
+/// Samples of `name{label}` (or unlabelled `name` when `label` is empty) in a text exposition.
+fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    let prefix = if label.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{label}}} ")
+    };
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The occupancy figures the soak follows, read from the agent's metrics.
+#[derive(Clone, Copy, Debug)]
+struct Occupancy {
+    rss_kib: u64,
+    task_map: f64,
+    model_tasks: f64,
+    model_mm_locks: f64,
+    lost: f64,
+    reclaimed: f64,
+}
+
+fn occupancy(agent_pid: u32, addr: &str) -> Occupancy {
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let (code, m) = http_get(addr, "/metrics");
+    assert_eq!(code, 200, "/metrics: {m}");
+    let get = |name, label| {
+        sample(&m, name, label).unwrap_or_else(|| panic!("no {name}{{{label}}} in:\n{m}"))
+    };
+    Occupancy {
+        rss_kib,
+        task_map: get("faultline_map_entries", "map=\"task_state\""),
+        model_tasks: get("faultline_model_entries", "kind=\"tasks\""),
+        model_mm_locks: get("faultline_model_entries", "kind=\"mm_locks\""),
+        lost: get("faultline_events_lost_total", ""),
+        reclaimed: get("faultline_task_entries_reclaimed_total", ""),
+    }
+}
+
+fn stress_ng(seconds: u64) -> Reaped {
+    let child = Command::new("stress-ng")
+        .args([
+            "--exec",
+            "2",
+            "--fork",
+            "2",
+            "--mmapfork",
+            "1",
+            "--mprotect",
+            "2",
+            "--vm-rw",
+            "1",
+            "--procfs",
+            "1",
+            "--userfaultfd",
+            "1",
+            "--mremap",
+            "1",
+            "--quiet",
+            "-t",
+        ])
+        .arg(format!("{seconds}s"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stress-ng (cargo xtask setup installs it)");
+    Reaped(child)
+}
+
+/// One round of the project's scenarios, each with what it must raise.
+fn scenario_round(runs: &mut Vec<Run>) {
+    let t0 = Instant::now();
+    let r = scenario(&["rwr", "--hold-mib", "1024"]);
+    let t_rwr = t0.elapsed();
+    let tid = |who: &str| u64_at(&r, &[who, "tid"]);
+    runs.push(Run {
+        what: "rwr convoy",
+        pids: [u64_at(&r, &["pid"])].into(),
+        // A convoy that did not form (the hold ended first, even after the retries) has
+        // nothing to alert; it is counted in the report.
+        expect: (r["convoy"] == true).then(|| {
+            Expect::Exactly(
+                "rwr_inversion",
+                vec![tid("reader"), tid("writer"), tid("holder")],
+            )
+        }),
+    });
+
+    let u = scenario(&["uffd-stall", "--delay-ms", "800"]);
+    let t_uffd = t0.elapsed();
+    let faulter = u64_at(&u, &["faulter", "tid"]);
+    runs.push(Run {
+        what: "uffd stall",
+        pids: [u64_at(&u, &["pid"]), u64_at(&u, &["monitor_pid"])].into(),
+        expect: Some(Expect::Chain(
+            "uffd_stall",
+            faulter,
+            // The monitor serves it; the alert may also name the thread that set it up (the
+            // scenario's main thread, whose tid is its pid).
+            [faulter, u64_at(&u, &["monitor_tid"]), u64_at(&u, &["pid"])].into(),
+        )),
+    });
+
+    // A real deadlock (f_pos_lock ↔ userfaultfd) that the scenario's rescuer breaks after 2 s.
+    let d = scenario(&["uffd-deadlock", "--hold-ms", "2000"]);
+    runs.push(Run {
+        what: "uffd deadlock",
+        pids: [u64_at(&d, &["pid"])].into(),
+        expect: Some(Expect::Cycle(
+            "deadlock",
+            [u64_at(&d, &["holder_tid"]), u64_at(&d, &["handler_tid"])].into(),
+        )),
+    });
+    eprintln!(
+        "soak: round: rwr {:.1} s (attempts {}), uffd stall until {:.1} s, deadlock until {:.1} s",
+        t_rwr.as_secs_f64(),
+        r["attempts"],
+        t_uffd.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+fn raised(expect: &Expect, all: &[Incident]) -> bool {
+    all.iter().any(|i| match expect {
+        Expect::Exactly(kind, tids) => i.kind == *kind && i.tids == *tids,
+        Expect::Cycle(kind, tids) => {
+            i.kind == *kind && i.tids.iter().copied().collect::<BTreeSet<_>>() == *tids
+        }
+        Expect::Chain(kind, first, within) => {
+            i.kind == *kind
+                && i.tids.first() == Some(first)
+                && i.tids.iter().all(|t| within.contains(t))
+        }
+    })
+}
+
+/// Why an alert names tasks it should not: a task the graph did not know, or tasks of more
+/// than one unrelated workload (a scenario run, stress-ng, or any other single process). A task
+/// of another process may head the chain when it really waits for the `mmap_lock` of one of the
+/// rest's processes (a `ps` reading a convoy's /proc/PID/cmdline joins that convoy).
+fn unrelated(i: &Incident, family_of_pid: &BTreeMap<u64, usize>) -> Option<String> {
+    let family = |pid: u64, comm: &str| match family_of_pid.get(&pid) {
+        Some(run) => format!("run {run}"),
+        None if comm.starts_with("stress-ng") => "stress-ng".into(),
+        None => format!("pid {pid}"),
+    };
+    let mut named = Vec::new();
+    for (tid, task) in &i.tasks {
+        let Some((pid, comm)) = task else {
+            return Some(format!("task {tid} is not in the graph at detection"));
+        };
+        named.push((*tid, *pid, family(*pid, comm)));
+    }
+    let rest: BTreeSet<&String> = named.iter().skip(1).map(|(_, _, f)| f).collect();
+    let rest_pids: BTreeSet<u64> = named.iter().skip(1).map(|(_, p, _)| *p).collect();
+    let families: BTreeSet<&String> = named.iter().map(|(_, _, f)| f).collect();
+    match (named.first(), rest.len()) {
+        _ if families.len() <= 1 => None,
+        (Some((head, _, _)), 1)
+            if i.waits_on_mm_of
+                .get(head)
+                .is_some_and(|owner| rest_pids.contains(owner)) =>
+        {
+            None
+        }
+        _ => Some(format!("tasks of {families:?}")),
+    }
+}
+
+#[test]
+fn under_churn_every_alert_is_true_and_nothing_leaks() {
+    if !require_root("under_churn_every_alert_is_true_and_nothing_leaks") {
+        return;
+    }
+    let seconds = soak_seconds();
+    // 100k short-lived processes per 10 minutes (stress-ng's exec and fork add their own).
+    let churn_count = (100_000 * seconds / 600).clamp(5_000, 100_000);
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = Faultline::agent(
+        state.path(),
+        &[
+            "--stall-threshold",
+            "300ms",
+            "--rwr-threshold",
+            "100ms",
+            "--deadlock-confirm",
+            "300ms",
+            "--max-incidents",
+            "100000",
+            "--summary-interval",
+            "10s",
+        ],
+    );
+    let start = Instant::now();
+    let baseline = occupancy(agent.pid(), &addr);
+
+    // The background load ends 15 s before the soak does, so the checks see it stopped.
+    let load_seconds = seconds - 15;
+    let mut stress = stress_ng(load_seconds);
+    let mut churn = Reaped(
+        Command::new(&*SCENARIO)
+            .args(["churn", "--count", &churn_count.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("faultline-scenario churn"),
+    );
+
+    let mut runs = Vec::new();
+    let mut samples = vec![(0.0, baseline)];
+    while start.elapsed() < Duration::from_secs(load_seconds) {
+        scenario_round(&mut runs);
+        samples.push((start.elapsed().as_secs_f64(), occupancy(agent.pid(), &addr)));
+    }
+    let mut failures = Vec::new();
+    let load_end = start + Duration::from_secs(load_seconds + 30);
+    if let Err(e) = stress.finish(load_end) {
+        failures.push(format!("stress-ng: {e}"));
+    }
+    if let Err(e) = churn.finish(load_end + Duration::from_secs(seconds)) {
+        failures.push(format!("churn of {churn_count} processes: {e}"));
+    }
+    let load_stopped = start.elapsed().as_secs_f64();
+
+    // Once the load has stopped, nothing stays blocked: a real wait of some host task can be
+    // caught in passing, a phantom never goes away, so look a few times.
+    let mut blocked = Vec::new();
+    for _ in 0..25 {
+        thread::sleep(Duration::from_millis(200));
+        let (code, body) = http_get(&addr, "/api/graph");
+        assert_eq!(code, 200, "/api/graph: {body}");
+        let graph: serde_json::Value = serde_json::from_str(&body).expect("graph JSON");
+        blocked = graph["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| !t["blocked"].is_null())
+            .cloned()
+            .collect();
+        if blocked.is_empty() {
+            break;
+        }
+    }
+    if !blocked.is_empty() {
+        failures.push(format!(
+            "{} tasks still blocked after the load stopped: {blocked:?}",
+            blocked.len()
+        ));
+    }
+    let end = occupancy(agent.pid(), &addr);
+    samples.push((start.elapsed().as_secs_f64(), end));
+
+    let all = incidents(state.path());
+    let mut missed = Vec::new();
+    let mut family_of_pid = BTreeMap::new();
+    for (n, run) in runs.iter().enumerate() {
+        family_of_pid.extend(run.pids.iter().map(|p| (*p, n)));
+        if let Some(expect) = &run.expect {
+            if !raised(expect, &all) {
+                let kind = match expect {
+                    Expect::Exactly(k, _) | Expect::Cycle(k, _) | Expect::Chain(k, _, _) => *k,
+                };
+                let seen: Vec<String> = all
+                    .iter()
+                    .filter(|i| i.kind == kind)
+                    .map(|i| format!("{:?} {}", i.tids, i.summary))
+                    .collect();
+                missed.push(format!(
+                    "{} (pids {:?}; {kind} alerts raised: {seen:?})",
+                    run.what, run.pids
+                ));
+            }
+        }
+    }
+    let formed = runs.iter().filter(|r| r.expect.is_some()).count();
+    if formed < 3 {
+        failures.push(format!(
+            "only {formed} scenario runs formed what they should"
+        ));
+    }
+    if !missed.is_empty() {
+        failures.push(format!("not alerted with exactly their tasks: {missed:?}"));
+    }
+    let wrong: Vec<String> = all
+        .iter()
+        .filter_map(|i| {
+            unrelated(i, &family_of_pid)
+                .map(|why| format!("{} {:?}: {why} ({})", i.kind, i.tids, i.summary))
+        })
+        .collect();
+    if !wrong.is_empty() {
+        failures.push(format!("alerts naming unrelated tasks: {wrong:#?}"));
+    }
+
+    // Flat: the last third of the run holds no more than the first third, plus slack for
+    // allocator noise (RSS) and live host tasks (maps, model).
+    let third = seconds as f64 / 3.0;
+    let max_rss = |from: f64, to: f64| {
+        samples
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|(_, o)| o.rss_kib)
+            .max()
+            .unwrap_or(0)
+    };
+    let (early_rss, late_rss) = (max_rss(0.0, third), max_rss(2.0 * third, f64::MAX));
+    if late_rss > early_rss + early_rss / 4 + 8 * 1024 {
+        failures.push(format!(
+            "agent RSS grew: {early_rss} KiB in the first third, {late_rss} KiB in the last"
+        ));
+    }
+    let peak_task_map = samples.iter().map(|(_, o)| o.task_map).fold(0.0, f64::max);
+    if end.task_map > baseline.task_map + 64.0 {
+        failures.push(format!(
+            "the kernel's task map kept {} entries after the load ({} before it; peak {peak_task_map})",
+            end.task_map, baseline.task_map
+        ));
+    }
+    if end.model_tasks > baseline.model_tasks + 64.0
+        || end.model_mm_locks > baseline.model_mm_locks + 16.0
+    {
+        failures.push(format!(
+            "the model kept {} tasks and {} mm lock tables after the load ({} and {} before it)",
+            end.model_tasks, end.model_mm_locks, baseline.model_tasks, baseline.model_mm_locks
+        ));
+    }
+    if end.lost > 0.0 {
+        failures.push(format!("{} events lost at default settings", end.lost));
+    }
+
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in &all {
+        *by_kind.entry(i.kind.as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "soak: {seconds} s (load stopped at {load_stopped:.0} s), {} scenario runs ({formed} formed), \
+         {churn_count} churned processes\n\
+         soak: alerts {by_kind:?}; missed {}; unrelated {}; blocked after load {}\n\
+         soak: agent RSS {early_rss} KiB early, {late_rss} KiB late; task map {} → peak \
+         {peak_task_map} → {} ({} entries of exited tasks reclaimed); model tasks {} → {}, mm locks {} → {}; lost {}",
+        runs.len(),
+        missed.len(),
+        wrong.len(),
+        blocked.len(),
+        baseline.task_map,
+        end.task_map,
+        end.reclaimed,
+        baseline.model_tasks,
+        end.model_tasks,
+        baseline.model_mm_locks,
+        end.model_mm_locks,
+        end.lost,
+    );
+    let (status, _) = agent.stop();
+    assert!(status.success(), "the agent exits cleanly after the soak");
+    assert!(failures.is_empty(), "soak failed:\n{}", failures.join("\n"));
+}
