@@ -227,5 +227,11 @@ fn a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_m
             "faultline_workload_slow_waits_total{{workload=\"{label}\"}}"
         )) >= 1.0
     );
+    // The per-process families carry the process's workload and cgroup path too.
+    assert!(
+        value(&format!(
+            "faultline_process_slow_waits_total{{process=\"faultline-scena\",workload=\"{label}\",cgroup=\"{path}\"}}"
+        )) >= 1.0
+    );
     drop(agent);
 }

@@ -20,7 +20,7 @@ use crate::{
     alerts::{AlertSink, RaisedAlert},
     decode::Decoded,
     live::{self, LiveFeed},
-    metrics::{self, MetricsInput},
+    metrics::{self, MetricsInput, ProcessKey},
     model::Blocked,
     probes::{kernel::KernelBtf, Probes},
     scope::ScopeFilter,
@@ -38,7 +38,7 @@ const MAX_NAMES: usize = 4096;
 pub struct Telemetry {
     pub events_received: u64,
     pub decode_errors: u64,
-    pub slow_waits_by_process: HashMap<String, u64>,
+    pub slow_waits_by_process: HashMap<ProcessKey, u64>,
     pub slow_waits_by_workload: HashMap<String, u64>,
 }
 
@@ -57,16 +57,17 @@ impl Telemetry {
         self.events_received += 1;
         if d.reasons.slow_wait() {
             let name = d.event.comm.clone().unwrap_or_else(|| "?".into());
+            let attribution = workload::attribute(d.event.pid);
+            let key = ProcessKey::new(name, attribution.as_deref());
             let key = if self.slow_waits_by_process.len() < MAX_NAMES
-                || self.slow_waits_by_process.contains_key(&name)
+                || self.slow_waits_by_process.contains_key(&key)
             {
-                name
+                key
             } else {
-                "other".into()
+                ProcessKey::other()
             };
             *self.slow_waits_by_process.entry(key).or_default() += 1;
-            let workload =
-                workload::attribute(d.event.pid).map_or_else(|| "unknown".into(), |a| a.label());
+            let workload = attribution.map_or_else(|| "unknown".into(), |a| a.label());
             count_bounded(&mut self.slow_waits_by_workload, workload);
         }
     }
@@ -186,11 +187,13 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         .enumerate()
         .map(|(i, (pid, comm, f))| {
             if i < NAMED_PROCESSES {
-                let workload =
-                    workload::attribute(pid).map_or_else(|| "unknown".into(), |a| a.label());
-                ((comm.unwrap_or_else(|| comm_of(pid)), f), (workload, f))
+                let attribution = workload::attribute(pid);
+                let key =
+                    ProcessKey::new(comm.unwrap_or_else(|| comm_of(pid)), attribution.as_deref());
+                let workload = key.workload.clone();
+                ((key, f), (workload, f))
             } else {
-                (("other".into(), f), ("other".into(), f))
+                ((ProcessKey::other(), f), ("other".into(), f))
             }
         })
         .unzip();

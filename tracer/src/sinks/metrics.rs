@@ -7,7 +7,10 @@
 //! bounded labels (modes, lock types, ops, errnos, alert kinds, and process names folded into
 //! the top N plus "other").
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+};
 
 use prometheus::{
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
@@ -17,6 +20,8 @@ use tracer_common::{
     lock_type, uffd_op, Counter as K, Histogram as H, ProcFaults, HIST_BUCKETS, HIST_LOCK_BASE,
     HIST_UFFD_BASE,
 };
+
+use faultline_core::workload::Attribution;
 
 use crate::{detect::AlertKind, stats::Log2Hist};
 
@@ -36,13 +41,13 @@ pub struct MetricsInput {
     pub counters: Vec<u64>,
     pub hists: Vec<Log2Hist>,
     pub uffd_errors: Vec<u64>,
-    /// (process name, faults) per live process.
-    pub proc_faults: Vec<(String, ProcFaults)>,
+    /// (process, faults) per live process.
+    pub proc_faults: Vec<(ProcessKey, ProcFaults)>,
     /// Whether `proc_faults` splits user and kernel faults (full mode's per-fault counters);
     /// otherwise `user` holds all of a process's faults from /proc (mode "all").
     pub proc_faults_per_mode: bool,
-    /// (process name, slow waits) observed by the agent.
-    pub slow_waits_by_process: Vec<(String, u64)>,
+    /// (process, slow waits) observed by the agent.
+    pub slow_waits_by_process: Vec<(ProcessKey, u64)>,
     pub task_entries: usize,
     /// Kernel per-task entries deleted because their task was gone from the host.
     pub task_entries_reclaimed: u64,
@@ -67,6 +72,47 @@ pub struct MetricsInput {
     pub slow_waits_by_workload: Vec<(String, u64)>,
     /// Alerts raised, by (workload label, kind).
     pub alerts_by_workload: BTreeMap<(String, AlertKind), u64>,
+}
+
+/// A process as the per-process families name it: its name and where it runs (its cgroup v2
+/// path and the workload label that path gives, see `workload::Attribution::label`). Processes
+/// of one name in one cgroup are one series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub process: String,
+    pub workload: String,
+    pub cgroup: String,
+}
+
+impl ProcessKey {
+    pub fn new(process: String, attribution: Option<&Attribution>) -> Self {
+        let (workload, cgroup) = attribution.map_or_else(
+            || ("unknown".to_owned(), "unknown".to_owned()),
+            |a| (a.label(), a.cgroup.clone()),
+        );
+        Self {
+            process,
+            workload,
+            cgroup,
+        }
+    }
+
+    /// What every process outside the top N is summed under.
+    pub fn other() -> Self {
+        Self {
+            process: "other".into(),
+            workload: "other".into(),
+            cgroup: "other".into(),
+        }
+    }
+
+    fn labels(&self) -> [(&str, &str); 3] {
+        [
+            ("process", &self.process),
+            ("workload", &self.workload),
+            ("cgroup", &self.cgroup),
+        ]
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -158,51 +204,57 @@ const UFFD_OPS: [(u8, &str); 10] = [
 
 /// The fault gauges of one process or workload: by mode (user, kernel) when per-fault counters
 /// split them (full mode), otherwise one "all" series (the kernel's own counts from /proc).
-fn fault_gauges(who: (&str, &str), p: &ProcFaults, per_mode: bool) -> Vec<Metric> {
+fn fault_gauges(who: &[(&str, &str)], p: &ProcFaults, per_mode: bool) -> Vec<Metric> {
+    let with_mode = |mode| {
+        let mut pairs = who.to_vec();
+        pairs.push(("mode", mode));
+        pairs
+    };
     if per_mode {
         vec![
-            gauge(&[who, ("mode", "user")], p.user as f64),
-            gauge(&[who, ("mode", "kernel")], p.kernel as f64),
+            gauge(&with_mode("user"), p.user as f64),
+            gauge(&with_mode("kernel"), p.kernel as f64),
         ]
     } else {
-        vec![gauge(&[who, ("mode", "all")], p.user as f64)]
+        vec![gauge(&with_mode("all"), p.user as f64)]
     }
 }
 
-/// The top `TOP_PROCESSES` names by `key`, the rest summed as "other".
+/// The top `TOP_PROCESSES` processes by `key`, the rest summed as "other".
 fn top_n<T: Copy>(
-    items: &[(String, T)],
+    items: &[(ProcessKey, T)],
     key: impl Fn(&T) -> u64,
     add: impl Fn(T, T) -> T,
     zero: T,
-) -> Vec<(String, T)> {
-    top_n_of(TOP_PROCESSES, items, key, add, zero)
+) -> Vec<(ProcessKey, T)> {
+    top_n_of(TOP_PROCESSES, items, key, add, zero, ProcessKey::other())
 }
 
-/// The top `n` names by `key`, the rest summed as "other".
-fn top_n_of<T: Copy>(
+/// The top `n` names by `key`, the rest summed under `other`.
+fn top_n_of<N: Clone + Eq + Hash + Ord, T: Copy>(
     n: usize,
-    items: &[(String, T)],
+    items: &[(N, T)],
     key: impl Fn(&T) -> u64,
     add: impl Fn(T, T) -> T,
     zero: T,
-) -> Vec<(String, T)> {
-    let mut by_name: HashMap<&str, T> = HashMap::new();
+    other: N,
+) -> Vec<(N, T)> {
+    let mut by_name: HashMap<&N, T> = HashMap::new();
     for (name, v) in items {
-        let e = by_name.entry(name.as_str()).or_insert(zero);
+        let e = by_name.entry(name).or_insert(zero);
         *e = add(*e, *v);
     }
-    let mut sorted: Vec<(&str, T)> = by_name.into_iter().collect();
+    let mut sorted: Vec<(&N, T)> = by_name.into_iter().collect();
     sorted.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then(a.0.cmp(b.0)));
-    let mut out: Vec<(String, T)> = sorted
+    let mut out: Vec<(N, T)> = sorted
         .iter()
         .take(n)
-        .map(|(name, v)| ((*name).to_owned(), *v))
+        .map(|(name, v)| ((*name).clone(), *v))
         .collect();
     let rest = sorted.iter().skip(n).fold(zero, |a, (_, v)| add(a, *v));
     // "other" is always there: the series stays stable as processes come and go, and the
     // family is never empty.
-    out.push(("other".to_owned(), rest));
+    out.push((other, rest));
     out
 }
 
@@ -347,7 +399,7 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         MetricType::GAUGE,
         faults
             .iter()
-            .flat_map(|(name, p)| fault_gauges(("process", name), p, m.proc_faults_per_mode))
+            .flat_map(|(who, p)| fault_gauges(&who.labels(), p, m.proc_faults_per_mode))
             .collect(),
     ));
     let waits = top_n(&m.slow_waits_by_process, |v| *v, |a, b| a + b, 0);
@@ -357,7 +409,7 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         MetricType::COUNTER,
         waits
             .iter()
-            .map(|(name, v)| counter(&[("process", name)], *v))
+            .map(|(who, v)| counter(&who.labels(), *v))
             .collect(),
     ));
     f.extend(workload_families(m));
@@ -481,6 +533,7 @@ fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
         |p| p.user + p.kernel,
         add_faults,
         ProcFaults::default(),
+        "other".to_owned(),
     );
     let waits = top_n_of(
         TOP_WORKLOADS,
@@ -488,6 +541,7 @@ fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
         |v| *v,
         |a, b| a + b,
         0,
+        "other".to_owned(),
     );
     // Alerts: the workloads with the most alerts of any kind; each named one gets every kind.
     let totals: Vec<(String, u64)> = m
@@ -495,11 +549,18 @@ fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
         .iter()
         .map(|((w, _), n)| (w.clone(), *n))
         .collect();
-    let top: Vec<String> = top_n_of(TOP_WORKLOADS, &totals, |v| *v, |a, b| a + b, 0)
-        .into_iter()
-        .map(|(w, _)| w)
-        .filter(|w| w != "other")
-        .collect();
+    let top: Vec<String> = top_n_of(
+        TOP_WORKLOADS,
+        &totals,
+        |v| *v,
+        |a, b| a + b,
+        0,
+        "other".to_owned(),
+    )
+    .into_iter()
+    .map(|(w, _)| w)
+    .filter(|w| w != "other")
+    .collect();
     let mut alerts: BTreeMap<(String, AlertKind), u64> = BTreeMap::new();
     for kind in AlertKind::ALL {
         alerts.insert(("other".into(), kind), 0);
@@ -522,7 +583,7 @@ fn workload_families(m: &MetricsInput) -> Vec<MetricFamily> {
             MetricType::GAUGE,
             faults
                 .iter()
-                .flat_map(|(w, p)| fault_gauges(("workload", w), p, m.proc_faults_per_mode))
+                .flat_map(|(w, p)| fault_gauges(&[("workload", w)], p, m.proc_faults_per_mode))
                 .collect(),
         ),
         family(
@@ -564,6 +625,7 @@ mod tests {
     use super::*;
 
     fn input() -> MetricsInput {
+        let db = Attribution::from_path("/system.slice/db.service");
         let mut hists = vec![Log2Hist([0; HIST_BUCKETS as usize]); 21];
         hists[H::WaitWrite as usize].0[20] = 3; // ~1-2 ms
         hists[H::WaitWrite as usize].0[40] = 1; // ~18 min: beyond the last bucket
@@ -576,7 +638,7 @@ mod tests {
             proc_faults: (0..15)
                 .map(|i| {
                     (
-                        format!("p{i}"),
+                        ProcessKey::new(format!("p{i}"), Some(&db)),
                         ProcFaults {
                             user: i,
                             ..Default::default()
@@ -585,7 +647,11 @@ mod tests {
                 })
                 .collect(),
             proc_faults_per_mode: true,
-            slow_waits_by_process: vec![("a".into(), 2), ("a".into(), 3)],
+            slow_waits_by_process: vec![
+                (ProcessKey::new("a".into(), Some(&db)), 2),
+                (ProcessKey::new("a".into(), Some(&db)), 3),
+                (ProcessKey::new("a".into(), None), 7),
+            ],
             task_entries: 1,
             task_entries_reclaimed: 0,
             task_capacity: 32768,
@@ -685,11 +751,15 @@ mod tests {
         m.programs.clear();
         let text = render(&m).expect("a scrape of a quiet host renders");
         assert!(
-            text.contains("faultline_process_slow_waits_total{process=\"other\"} 0"),
+            text.contains(
+                "faultline_process_slow_waits_total{process=\"other\",workload=\"other\",cgroup=\"other\"} 0"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("faultline_top_process_page_faults{process=\"other\",mode=\"user\"} 0"),
+            text.contains(
+                "faultline_top_process_page_faults{process=\"other\",workload=\"other\",cgroup=\"other\",mode=\"user\"} 0"
+            ),
             "{text}"
         );
     }
@@ -706,11 +776,22 @@ mod tests {
         assert_eq!(procs, TOP_PROCESSES + 1, "{text}");
         // p0..p4 are the smallest: folded into other = 0+1+2+3+4.
         assert!(
-            text.contains("faultline_top_process_page_faults{process=\"other\",mode=\"user\"} 10"),
+            text.contains(
+                "faultline_top_process_page_faults{process=\"other\",workload=\"other\",cgroup=\"other\",mode=\"user\"} 10"
+            ),
+            "{text}"
+        );
+        // One name in two cgroups is two series, each with its workload and cgroup.
+        assert!(
+            text.contains(
+                "faultline_process_slow_waits_total{process=\"a\",workload=\"systemd:db.service\",cgroup=\"/system.slice/db.service\"} 5"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("faultline_process_slow_waits_total{process=\"a\"} 5"),
+            text.contains(
+                "faultline_process_slow_waits_total{process=\"a\",workload=\"unknown\",cgroup=\"unknown\"} 7"
+            ),
             "{text}"
         );
         assert!(
