@@ -45,6 +45,18 @@ pub struct GraphView {
     pub tasks: Vec<TaskView>,
     pub edges: Vec<Edge>,
     pub cycles: Vec<Vec<Tid>>,
+    /// userfaultfd contexts in use, with who was seen serving them: `faultline diagnose` asks
+    /// for this as evidence of who handles a context (the kernel records no handler).
+    pub uffds: Vec<UffdView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UffdView {
+    pub uffd: Addr,
+    /// Tasks seen resolving faults on it (COPY, ZEROPAGE, WAKE, …).
+    pub resolvers: Vec<Tid>,
+    /// Tasks seen setting it up (API, REGISTER, UNREGISTER).
+    pub setup: Vec<Tid>,
 }
 
 impl GraphView {
@@ -89,6 +101,19 @@ impl GraphView {
             tasks,
             edges: graph.all_edges().cloned().collect(),
             cycles: graph.cycles(),
+            uffds: {
+                let mut u: Vec<UffdView> = model
+                    .uffds
+                    .iter()
+                    .map(|(uffd, ctx)| UffdView {
+                        uffd: *uffd,
+                        resolvers: ctx.resolvers.iter().copied().collect(),
+                        setup: ctx.setup.iter().copied().collect(),
+                    })
+                    .collect();
+                u.sort_by_key(|v| v.uffd);
+                u
+            },
         }
     }
 
