@@ -295,4 +295,54 @@ mod tests {
         );
         assert!(dot.contains("a\\\"b"), "{dot}");
     }
+
+    #[test]
+    fn the_graph_lists_userfaultfd_contexts_with_who_resolved_and_who_set_them_up() {
+        use crate::event::UffdOp;
+        let mut e = Engine::new(Default::default());
+        let uffd = Addr(0xc0);
+        let ev = |ts, tid, kind| Event {
+            ts_ns: ts,
+            tid,
+            pid: 1,
+            comm: None,
+            kind,
+        };
+        e.apply(&ev(
+            0,
+            1,
+            EventKind::UffdIoctlBegin {
+                uffd,
+                op: UffdOp::Register,
+            },
+        ));
+        e.apply(&ev(
+            1,
+            1,
+            EventKind::UffdIoctlEnd {
+                uffd,
+                op: UffdOp::Register,
+                ret: 0,
+            },
+        ));
+        e.apply(&ev(
+            2,
+            2,
+            EventKind::UffdIoctlBegin {
+                uffd,
+                op: UffdOp::Copy,
+            },
+        ));
+        let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+        assert_eq!(
+            view.uffds,
+            vec![UffdView {
+                uffd,
+                resolvers: vec![2],
+                setup: vec![1],
+            }]
+        );
+        let json = serde_json::to_value(&view).expect("JSON");
+        assert_eq!(json["uffds"][0]["uffd"], "0xc0", "{json}");
+    }
 }

@@ -321,3 +321,57 @@ fn a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_naming_it_n
     );
     finish(child);
 }
+
+#[test]
+fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_probable_cycle() {
+    let test =
+        "with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_probable_cycle";
+    if !require_root(test) {
+        return;
+    }
+    // uffd-deadlock: the handler sets the userfaultfd up and never reads it, then blocks on the
+    // f_pos_lock the holder keeps across its fault; a rescuer sleeps holding the descriptor.
+    // Nothing in /proc tells the handler from the rescuer; the agent saw the set-up ioctls.
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
+    let (child, r) = scenario_lingering(&["uffd-deadlock", "--hold-ms", "8000"]);
+    let (holder, handler, rescuer) = (
+        r["holder_tid"].as_u64().unwrap_or(0),
+        r["handler_tid"].as_u64().unwrap_or(0),
+        r["rescuer_tid"].as_u64().unwrap_or(0),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let without = diagnose(&["--no-agent"]);
+    assert_eq!(
+        blocked_on(task(&without, holder)),
+        vec![rescuer],
+        "without the agent, the message pending, the only free thread could read it"
+    );
+
+    let doc = diagnose(&["--agent", &addr]);
+    let h = task(&doc, holder);
+    assert_eq!(blocked_on(h), vec![handler], "{h:#}");
+    let named = h["wait"]["candidates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["tid"] == handler).cloned())
+        .unwrap_or_else(|| panic!("the handler is a candidate: {h:#}"));
+    assert!(
+        named["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "set_up")),
+        "on the agent's evidence: {named:#}"
+    );
+    let cycle = doc["cycles"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| u64s(c, "tids").contains(&holder))
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("a cycle through the holder: {doc:#}"));
+    assert_eq!(cycle["confidence"], "probable", "{cycle:#}");
+    assert!(u64s(&cycle, "tids").contains(&handler), "{cycle:#}");
+    finish(child);
+    agent.stop();
+}
