@@ -12,6 +12,14 @@ use common::{
     assert_fails_without_privileges, require_root, scenario_lingering, u64s, Faultline, FAULTLINE,
 };
 
+/// One agent per test process (its single-agent claim): tests that start one take turns, also
+/// when cargo runs this file's tests in parallel.
+static AGENT_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn agent_turn() -> std::sync::MutexGuard<'static, ()> {
+    AGENT_TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn diagnose(args: &[&str]) -> serde_json::Value {
     let out = Command::new(FAULTLINE)
         .arg("diagnose")
@@ -143,6 +151,7 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
         return;
     }
     // With an agent running, the read holder comes from what it saw; without, from /proc.
+    let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, addr) = Faultline::agent(
         state.path(),
@@ -332,6 +341,7 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
     // uffd-deadlock: the handler sets the userfaultfd up and never reads it, then blocks on the
     // f_pos_lock the holder keeps across its fault; a rescuer sleeps holding the descriptor.
     // Nothing in /proc tells the handler from the rescuer; the agent saw the set-up ioctls.
+    let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
     let (child, r) = scenario_lingering(&["uffd-deadlock", "--hold-ms", "8000"]);

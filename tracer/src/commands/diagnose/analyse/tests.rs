@@ -484,3 +484,49 @@ fn the_filters_keep_long_enough_chains_of_the_asked_process() {
     );
     assert!(d.tasks.is_empty(), "all were off CPU 5 s only");
 }
+
+#[test]
+fn a_waiter_queued_into_a_probable_cycle_reads_as_a_tree_that_comes_back_probable() {
+    // A forked child sharing the open file: it queues on the same f_pos_lock but does not hold
+    // the userfaultfd.
+    let mut snap = monitor_deadlock();
+    snap.tasks.push(task(12000, 12000, "md-child", 'D'));
+    let lock = snap.blockers[0].lock.0;
+    snap.blockers.push(mutex(12000, lock, 11983));
+    let d = analyse(&snap, &all());
+    assert_eq!(d.cycles.len(), 1);
+    assert_eq!(
+        d.cycles[0].tids,
+        vec![11982, 11983],
+        "the child waits, outside it"
+    );
+    let text = d.to_text();
+    assert!(
+        text.contains("\n12000 (md-child, pid 12000) D, waits for mutex"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[handler: holds it open (fd 3 of pid 11981); blocked itself]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> 11983 (md-faulter, pid 11981): back in the cycle (probable deadlock)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_thread_holding_the_userfaultfd_and_blocked_behind_the_fault_may_have_read_it() {
+    // Another thread of the process queues on the same f_pos_lock: it holds the descriptor too,
+    // and nothing without an agent tells which of the two read the message. Both are named;
+    // both wait for the faulter, so the deadlock stands, with both in it.
+    let mut snap = monitor_deadlock();
+    snap.tasks.push(task(11990, 11981, "md-writer", 'D'));
+    let lock = snap.blockers[0].lock.0;
+    snap.blockers.push(mutex(11990, lock, 11983));
+    let d = analyse(&snap, &all());
+    assert_eq!(named(get(&d, 11983)), vec![11982, 11990]);
+    assert_eq!(d.cycles.len(), 1);
+    assert_eq!(d.cycles[0].tids, vec![11982, 11983, 11990]);
+    assert_eq!(d.cycles[0].confidence, Confidence::Probable);
+}
