@@ -127,6 +127,10 @@ enum Scenario {
     UffdMonitorDeadlock {
         #[arg(long, default_value_t = 4000)]
         hold_ms: u64,
+        /// No deadlock: after reading the message the monitor forgets to answer and waits in
+        /// epoll_wait (on an epoll instance watching the userfaultfd) for the next one.
+        #[arg(long)]
+        forgetful_monitor: bool,
     },
     /// A real deadlock between two processes: each registers a page with its own userfaultfd,
     /// takes the other's (pidfd_getfd) and serves it from one thread (UFFDIO_WAKE), and that
@@ -193,7 +197,17 @@ fn main() {
             hold_ms,
             extra_writers,
         } => uffd_deadlock(hold_ms, extra_writers),
-        Scenario::UffdMonitorDeadlock { hold_ms } => uffd_monitor_deadlock(hold_ms),
+        Scenario::UffdMonitorDeadlock {
+            hold_ms,
+            forgetful_monitor,
+        } => uffd_monitor_deadlock(
+            hold_ms,
+            if forgetful_monitor {
+                AfterRead::Forget
+            } else {
+                AfterRead::Log
+            },
+        ),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
         Scenario::Churn { count } => churn(count),

@@ -43,6 +43,40 @@ fn state_of(tid: u32) -> char {
         .unwrap_or('?')
 }
 
+/// The system call number a thread sleeps in (None when running or unreadable).
+fn syscall_of(tid: u32) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits up to `timeout_ms` in epoll_wait on an epoll instance watching `fd`.
+fn wait_in_epoll(fd: i32, timeout_ms: u64) -> Result<()> {
+    // SAFETY: plain syscalls on descriptors this function owns or borrows.
+    unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        if ep < 0 {
+            bail!("epoll_create1: {}", std::io::Error::last_os_error());
+        }
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(ep);
+            bail!("epoll_ctl: {e}");
+        }
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        libc::epoll_wait(ep, out.as_mut_ptr(), 1, timeout_ms as i32);
+        libc::close(ep);
+    }
+    Ok(())
+}
+
 /// Spawns a named thread that stores its tid, and waits until it has.
 fn spawn_named<T: Send + 'static>(
     name: &str,
@@ -75,9 +109,25 @@ fn wait_until(what: &str, ok: impl Fn() -> bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn uffd_monitor_deadlock(hold_ms: u64) -> Result<()> {
+/// What the monitor does after reading the fault message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterRead {
+    /// Logs it to the file whose f_pos_lock the faulter holds: the deadlock.
+    Log,
+    /// Forgets to answer and waits in epoll for the next message (bounded): alive, serving,
+    /// no deadlock, only a fault nobody resolves until the watchdog does.
+    Forget,
+}
+
+pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()> {
     set_thread_name("md-main");
     let (fd, region) = uffd_with_page()?;
+    // A monitor's descriptor is non-blocking: poll on a blocking userfaultfd reports POLLERR at
+    // once, as the kernel cannot promise the read will not block.
+    // SAFETY: our own descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        bail!("O_NONBLOCK: {}", std::io::Error::last_os_error());
+    }
     let path = format!("/dev/shm/faultline-monitor-deadlock-{}", std::process::id());
     let result = (|| -> Result<()> {
         let file = std::fs::OpenOptions::new()
@@ -99,8 +149,8 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64) -> Result<()> {
             };
             // SAFETY: one valid pollfd; bounded by the watchdog's hold plus a margin.
             let n = unsafe { libc::poll(&mut pfd, 1, 70_000) };
-            if n != 1 {
-                bail!("poll on the userfaultfd: {n}");
+            if n != 1 || pfd.revents & libc::POLLIN == 0 {
+                bail!("poll on the userfaultfd: {n}, revents {:#x}", pfd.revents);
             }
             let mut msg = [0u8; 32];
             // SAFETY: reading one uffd_msg into our own buffer.
@@ -110,6 +160,9 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64) -> Result<()> {
                     "read the fault message: {}",
                     std::io::Error::last_os_error()
                 );
+            }
+            if after == AfterRead::Forget {
+                return wait_in_epoll(fd, hold_ms.min(60_000) + 1_000);
             }
             // Log it: blocks on the f_pos_lock the faulter holds across its fault.
             (&log).write_all(b"fault\n").context("monitor log write")?;
@@ -130,10 +183,17 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64) -> Result<()> {
         wait_until("the faulter in handle_userfault", || {
             wchan_of(faulter_tid).trim() == "handle_userfault"
         })?;
-        // The monitor read the message and now sleeps on the mutex (D).
-        wait_until("the monitor blocked on f_pos_lock", || {
-            state_of(monitor_tid) == 'D'
-        })?;
+        match after {
+            // The monitor read the message and now sleeps on the mutex (D).
+            AfterRead::Log => wait_until("the monitor blocked on f_pos_lock", || {
+                state_of(monitor_tid) == 'D'
+            })?,
+            AfterRead::Forget => wait_until("the monitor in epoll_wait", || {
+                // glibc may implement epoll_wait with epoll_pwait.
+                syscall_of(monitor_tid)
+                    .is_some_and(|n| n == libc::SYS_epoll_wait || n == libc::SYS_epoll_pwait)
+            })?,
+        }
 
         let dst = region.addr as u64;
         let (watchdog, watchdog_tid) = spawn_named("md-watchdog", move || -> i64 {
@@ -149,7 +209,10 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64) -> Result<()> {
             uffd_ioctl(fd, UFFDIO_COPY, &mut copy)
         })?;
         let report = MonitorDeadlockReport {
-            scenario: "uffd-monitor-deadlock",
+            scenario: match after {
+                AfterRead::Log => "uffd-monitor-deadlock",
+                AfterRead::Forget => "uffd-monitor-deadlock --forgetful-monitor",
+            },
             pid: std::process::id(),
             monitor_tid,
             faulter_tid,

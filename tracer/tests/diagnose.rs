@@ -385,3 +385,45 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
     finish(child);
     agent.stop();
 }
+
+#[test]
+fn a_monitor_waiting_in_epoll_on_the_userfaultfd_is_named_from_that_evidence_and_no_cycle_is_claimed(
+) {
+    let test = "a_monitor_waiting_in_epoll_on_the_userfaultfd_is_named_from_that_evidence_and_no_cycle_is_claimed";
+    if !require_root(test) {
+        return;
+    }
+    // The monitor read the fault message, forgot to answer, and waits in epoll for the next:
+    // it serves the userfaultfd (a bug, not a deadlock), and the idle watchdog is not named.
+    let (child, r) = scenario_lingering(&[
+        "uffd-monitor-deadlock",
+        "--forgetful-monitor",
+        "--hold-ms",
+        "8000",
+    ]);
+    let (monitor, faulter) = (
+        r["monitor_tid"].as_u64().unwrap_or(0),
+        r["faulter_tid"].as_u64().unwrap_or(0),
+    );
+    let uffd = r["uffd"].as_u64().unwrap_or(0);
+    let doc = diagnose(&["--no-agent"]);
+    let f = task(&doc, faulter);
+    assert_eq!(blocked_on(f), vec![monitor], "{f:#}");
+    let m = f["wait"]["candidates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["tid"] == monitor).cloned())
+        .unwrap_or_else(|| panic!("the monitor is a candidate: {f:#}"));
+    assert!(
+        m["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "epolls" && e["fd"] == uffd)),
+        "its epoll instance watches the userfaultfd's descriptor: {m:#}"
+    );
+    assert!(
+        doc["cycles"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| !u64s(c, "tids").contains(&faulter))),
+        "{doc:#}"
+    );
+    finish(child);
+}

@@ -103,7 +103,8 @@ pub struct Candidate {
     pub comm: String,
     /// Named as a handler: the waiter's edge goes to it.
     pub named: bool,
-    /// 0 (strongest) to 5: see the module documentation.
+    /// 0 (strongest) to 5: the module documentation's 1 to 5, with 5 split in two (4: holds it
+    /// open and could be handling it; 5: holds it open only).
     pub rank: u8,
     pub evidence: Vec<Evidence>,
     pub activity: Activity,
@@ -161,7 +162,8 @@ pub fn candidates(cx: &Context) -> Vec<Candidate> {
         .collect();
     // Best rank first; then other processes before the waiter's own (a monitor is usually
     // another process); then by tid, for a stable order.
-    out.sort_by_key(|c| (c.rank, c.pid == waiter_pid(cx), c.tid));
+    let own = waiter_pid(cx);
+    out.sort_by_key(|c| (c.rank, c.pid == own, c.tid));
     if let Some(best) = out.first().map(|c| c.rank) {
         for c in out.iter_mut().filter(|c| c.rank == best) {
             c.named = true;
