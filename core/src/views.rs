@@ -45,6 +45,18 @@ pub struct GraphView {
     pub tasks: Vec<TaskView>,
     pub edges: Vec<Edge>,
     pub cycles: Vec<Vec<Tid>>,
+    /// userfaultfd contexts in use, with who was seen serving them: `faultline diagnose` asks
+    /// for this as evidence of who handles a context (the kernel records no handler).
+    pub uffds: Vec<UffdView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UffdView {
+    pub uffd: Addr,
+    /// Tasks seen resolving faults on it (COPY, ZEROPAGE, WAKE, …).
+    pub resolvers: Vec<Tid>,
+    /// Tasks seen setting it up (API, REGISTER, UNREGISTER).
+    pub setup: Vec<Tid>,
 }
 
 impl GraphView {
@@ -89,6 +101,19 @@ impl GraphView {
             tasks,
             edges: graph.all_edges().cloned().collect(),
             cycles: graph.cycles(),
+            uffds: {
+                let mut u: Vec<UffdView> = model
+                    .uffds
+                    .iter()
+                    .map(|(uffd, ctx)| UffdView {
+                        uffd: *uffd,
+                        resolvers: ctx.resolvers.iter().copied().collect(),
+                        setup: ctx.setup.iter().copied().collect(),
+                    })
+                    .collect();
+                u.sort_by_key(|v| v.uffd);
+                u
+            },
         }
     }
 
@@ -269,5 +294,55 @@ mod tests {
             "{dot}"
         );
         assert!(dot.contains("a\\\"b"), "{dot}");
+    }
+
+    #[test]
+    fn the_graph_lists_userfaultfd_contexts_with_who_resolved_and_who_set_them_up() {
+        use crate::event::UffdOp;
+        let mut e = Engine::new(Default::default());
+        let uffd = Addr(0xc0);
+        let ev = |ts, tid, kind| Event {
+            ts_ns: ts,
+            tid,
+            pid: 1,
+            comm: None,
+            kind,
+        };
+        e.apply(&ev(
+            0,
+            1,
+            EventKind::UffdIoctlBegin {
+                uffd,
+                op: UffdOp::Register,
+            },
+        ));
+        e.apply(&ev(
+            1,
+            1,
+            EventKind::UffdIoctlEnd {
+                uffd,
+                op: UffdOp::Register,
+                ret: 0,
+            },
+        ));
+        e.apply(&ev(
+            2,
+            2,
+            EventKind::UffdIoctlBegin {
+                uffd,
+                op: UffdOp::Copy,
+            },
+        ));
+        let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+        assert_eq!(
+            view.uffds,
+            vec![UffdView {
+                uffd,
+                resolvers: vec![2],
+                setup: vec![1],
+            }]
+        );
+        let json = serde_json::to_value(&view).expect("JSON");
+        assert_eq!(json["uffds"][0]["uffd"], "0xc0", "{json}");
     }
 }

@@ -11,13 +11,17 @@ mod cross_deadlock;
 mod deadlock;
 mod file_writers;
 mod loops;
+mod monitor_deadlock;
 mod rwr;
 mod uffd;
 mod util;
 
 use clap::{Parser, Subcommand};
 
-use crate::{churn::*, cross_deadlock::*, deadlock::*, file_writers::*, loops::*, rwr::*, uffd::*};
+use crate::{
+    churn::*, cross_deadlock::*, deadlock::*, file_writers::*, loops::*, monitor_deadlock::*,
+    rwr::*, uffd::*,
+};
 
 #[derive(Parser)]
 #[command(
@@ -116,6 +120,18 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         extra_writers: u32,
     },
+    /// The deadlock of a real userfaultfd monitor: the monitor thread polls the userfaultfd,
+    /// reads the fault message and logs it to a file whose f_pos_lock the faulting thread holds
+    /// (its write() copies from the registered page). An idle watchdog thread holding the same
+    /// descriptor sleeps in nanosleep; after `hold_ms` it resolves the fault with UFFDIO_COPY.
+    UffdMonitorDeadlock {
+        #[arg(long, default_value_t = 4000)]
+        hold_ms: u64,
+        /// No deadlock: after reading the message the monitor forgets to answer and waits in
+        /// epoll_wait (on an epoll instance watching the userfaultfd) for the next one.
+        #[arg(long)]
+        forgetful_monitor: bool,
+    },
     /// A real deadlock between two processes: each registers a page with its own userfaultfd,
     /// takes the other's (pidfd_getfd) and serves it from one thread (UFFDIO_WAKE), and that
     /// same thread then faults on its own page. Each fault waits for a handler that waits for
@@ -181,6 +197,17 @@ fn main() {
             hold_ms,
             extra_writers,
         } => uffd_deadlock(hold_ms, extra_writers),
+        Scenario::UffdMonitorDeadlock {
+            hold_ms,
+            forgetful_monitor,
+        } => uffd_monitor_deadlock(
+            hold_ms,
+            if forgetful_monitor {
+                AfterRead::Forget
+            } else {
+                AfterRead::Log
+            },
+        ),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
         Scenario::Churn { count } => churn(count),

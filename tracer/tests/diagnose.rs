@@ -12,6 +12,14 @@ use common::{
     assert_fails_without_privileges, require_root, scenario_lingering, u64s, Faultline, FAULTLINE,
 };
 
+/// One agent per test process (its single-agent claim): tests that start one take turns, also
+/// when cargo runs this file's tests in parallel.
+static AGENT_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn agent_turn() -> std::sync::MutexGuard<'static, ()> {
+    AGENT_TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn diagnose(args: &[&str]) -> serde_json::Value {
     let out = Command::new(FAULTLINE)
         .arg("diagnose")
@@ -116,10 +124,12 @@ fn a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain() {
         blocked_on(h).contains(&monitor),
         "hop 2: the userfaultfd handler: {h:#}"
     );
-    assert_eq!(
-        doc["cycles"].as_array().map(Vec::len),
-        Some(0),
-        "a chain, not a cycle"
+    // Other hangs on the host (another test's deadlock) may have cycles of their own.
+    assert!(
+        doc["cycles"].as_array().is_some_and(|c| c
+            .iter()
+            .all(|c| !u64s(c, "tids").contains(&holder) && !u64s(c, "tids").contains(&waiter))),
+        "a chain, not a cycle: {doc:#}"
     );
 
     let text = Command::new(FAULTLINE)
@@ -141,6 +151,7 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
         return;
     }
     // With an agent running, the read holder comes from what it saw; without, from /proc.
+    let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, addr) = Faultline::agent(
         state.path(),
@@ -212,4 +223,207 @@ fn without_privileges_diagnose_says_so_and_fails() {
         return;
     }
     assert_fails_without_privileges(&["diagnose".as_ref()]);
+}
+
+#[test]
+fn a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_naming_it_not_the_idle_watchdog(
+) {
+    let test =
+        "a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_naming_it_not_the_idle_watchdog";
+    if !require_root(test) {
+        return;
+    }
+    // The monitor reads the fault message, then blocks on the f_pos_lock the faulting thread
+    // holds across its fault; a watchdog holding the same userfaultfd sleeps until it releases
+    // the deadlock after the hold.
+    let (child, r) = scenario_lingering(&["uffd-monitor-deadlock", "--hold-ms", "10000"]);
+    let (monitor, faulter, watchdog) = (
+        r["monitor_tid"].as_u64().unwrap_or(0),
+        r["faulter_tid"].as_u64().unwrap_or(0),
+        r["watchdog_tid"].as_u64().unwrap_or(0),
+    );
+    let doc = diagnose(&["--no-agent"]);
+    let m = task(&doc, monitor);
+    assert_eq!(m["wait"]["kind"], "mutex", "the f_pos_lock: {m:#}");
+    assert_eq!(m["wait"]["owner"], faulter, "{m:#}");
+    let f = task(&doc, faulter);
+    assert_eq!(f["wait"]["kind"], "uffd", "{f:#}");
+    assert_eq!(
+        f["wait"]["message_read"], true,
+        "the kernel shows the message taken: {f:#}"
+    );
+    assert_eq!(
+        blocked_on(f),
+        vec![monitor],
+        "the monitor is the handler, the watchdog is not: {f:#}"
+    );
+    let candidates = f["wait"]["candidates"].as_array().expect("candidates");
+    let named: Vec<&serde_json::Value> = candidates.iter().filter(|c| c["named"] == true).collect();
+    assert_eq!(named.len(), 1, "{f:#}");
+    assert!(
+        named[0]["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "holds_open")),
+        "with its evidence: {f:#}"
+    );
+    let w = candidates
+        .iter()
+        .find(|c| c["tid"] == watchdog)
+        .unwrap_or_else(|| panic!("the watchdog is a candidate: {f:#}"));
+    assert_eq!(w["named"], false);
+    assert_eq!(
+        w["activity"]["syscall"], "clock_nanosleep",
+        "idle in its sleep: {w:#}"
+    );
+
+    let cycle = doc["cycles"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| u64s(c, "tids").contains(&faulter))
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("a cycle through the faulter: {doc:#}"));
+    let mut tids = u64s(&cycle, "tids");
+    tids.sort_unstable();
+    let mut expected = vec![monitor, faulter];
+    expected.sort_unstable();
+    assert_eq!(tids, expected, "{cycle:#}");
+    assert_eq!(cycle["confidence"], "probable", "{cycle:#}");
+    assert!(
+        cycle["evidence"].as_array().is_some_and(|e| e.len() == 2
+            && e.iter().any(|l| l
+                .as_str()
+                .is_some_and(|l| l.contains("not named") && l.contains("clock_nanosleep")))),
+        "{cycle:#}"
+    );
+
+    let text = Command::new(FAULTLINE)
+        .args(["diagnose", "--no-agent", "--pid", &r["pid"].to_string()])
+        .output()
+        .expect("text");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("PROBABLE DEADLOCK: "), "{text}");
+    assert!(
+        !text.contains(&format!(
+            "{watchdog} (md-watchdog, pid {}) S: not blocked (root holder)",
+            r["pid"]
+        )),
+        "{text}"
+    );
+    let dot = Command::new(FAULTLINE)
+        .args([
+            "diagnose",
+            "--no-agent",
+            "--dot",
+            "--pid",
+            &r["pid"].to_string(),
+        ])
+        .output()
+        .expect("dot");
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(
+        dot.contains(&format!(
+            "t{faulter} -> t{monitor} [style=dashed, color=red, label=\"probable\"];"
+        )),
+        "{dot}"
+    );
+    finish(child);
+}
+
+#[test]
+fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_probable_cycle() {
+    let test =
+        "with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_probable_cycle";
+    if !require_root(test) {
+        return;
+    }
+    // uffd-deadlock: the handler sets the userfaultfd up and never reads it, then blocks on the
+    // f_pos_lock the holder keeps across its fault; a rescuer sleeps holding the descriptor.
+    // Nothing in /proc tells the handler from the rescuer; the agent saw the set-up ioctls.
+    let _turn = agent_turn();
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
+    let (child, r) = scenario_lingering(&["uffd-deadlock", "--hold-ms", "8000"]);
+    let (holder, handler, rescuer) = (
+        r["holder_tid"].as_u64().unwrap_or(0),
+        r["handler_tid"].as_u64().unwrap_or(0),
+        r["rescuer_tid"].as_u64().unwrap_or(0),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let without = diagnose(&["--no-agent"]);
+    assert_eq!(
+        blocked_on(task(&without, holder)),
+        vec![rescuer],
+        "without the agent, the message pending, the only free thread could read it"
+    );
+
+    let doc = diagnose(&["--agent", &addr]);
+    let h = task(&doc, holder);
+    assert_eq!(blocked_on(h), vec![handler], "{h:#}");
+    let named = h["wait"]["candidates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["tid"] == handler).cloned())
+        .unwrap_or_else(|| panic!("the handler is a candidate: {h:#}"));
+    assert!(
+        named["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "set_up")),
+        "on the agent's evidence: {named:#}"
+    );
+    let cycle = doc["cycles"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| u64s(c, "tids").contains(&holder))
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("a cycle through the holder: {doc:#}"));
+    assert_eq!(cycle["confidence"], "probable", "{cycle:#}");
+    assert!(u64s(&cycle, "tids").contains(&handler), "{cycle:#}");
+    finish(child);
+    agent.stop();
+}
+
+#[test]
+fn a_monitor_waiting_in_epoll_on_the_userfaultfd_is_named_from_that_evidence_and_no_cycle_is_claimed(
+) {
+    let test = "a_monitor_waiting_in_epoll_on_the_userfaultfd_is_named_from_that_evidence_and_no_cycle_is_claimed";
+    if !require_root(test) {
+        return;
+    }
+    // The monitor read the fault message, forgot to answer, and waits in epoll for the next:
+    // it serves the userfaultfd (a bug, not a deadlock), and the idle watchdog is not named.
+    let (child, r) = scenario_lingering(&[
+        "uffd-monitor-deadlock",
+        "--forgetful-monitor",
+        "--hold-ms",
+        "8000",
+    ]);
+    let (monitor, faulter) = (
+        r["monitor_tid"].as_u64().unwrap_or(0),
+        r["faulter_tid"].as_u64().unwrap_or(0),
+    );
+    let uffd = r["uffd"].as_u64().unwrap_or(0);
+    let doc = diagnose(&["--no-agent"]);
+    let f = task(&doc, faulter);
+    assert_eq!(blocked_on(f), vec![monitor], "{f:#}");
+    let m = f["wait"]["candidates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["tid"] == monitor).cloned())
+        .unwrap_or_else(|| panic!("the monitor is a candidate: {f:#}"));
+    assert!(
+        m["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "epolls" && e["fd"] == uffd)),
+        "its epoll instance watches the userfaultfd's descriptor: {m:#}"
+    );
+    assert!(
+        doc["cycles"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| !u64s(c, "tids").contains(&faulter))),
+        "{doc:#}"
+    );
+    finish(child);
 }

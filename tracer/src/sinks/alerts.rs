@@ -256,6 +256,7 @@ mod tests {
             tasks: vec![task(1, 1)],
             edges: Vec::new(),
             cycles: Vec::new(),
+            uffds: Vec::new(),
         };
         sink.raise(alert(1), &view);
         let raised = sink.recent().next().expect("kept");

@@ -133,6 +133,104 @@ pub fn uffd_fds() -> BTreeMap<u32, Vec<u32>> {
     out
 }
 
+/// The system call a thread sleeps in, from /proc/…/task/…/syscall (`NR a0 … a5 sp pc`; a
+/// running thread reads `running`, one stopped outside a call `-1 sp pc`: both None). For
+/// epoll waits, the descriptors the epoll instance watches come along.
+pub fn syscall(pid: u32, tid: u32) -> Option<super::snapshot::Syscall> {
+    let line = read(format!("/proc/{pid}/task/{tid}/syscall"))?;
+    let mut syscall = parse_syscall(&line)?;
+    if syscall.name.starts_with("epoll_") {
+        if let Some(epfd) = syscall.fd {
+            syscall.epoll_targets = epoll_targets(pid, epfd);
+        }
+    }
+    Some(syscall)
+}
+
+fn parse_syscall(line: &str) -> Option<super::snapshot::Syscall> {
+    let mut fields = line.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let arg0 = fields
+        .next()
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+    let name = SYSCALL_NAMES
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map(|(_, name)| (*name).to_owned());
+    // nr < 0: not in a system call.
+    if nr < 0 {
+        return None;
+    }
+    let takes_fd = name.as_deref().is_some_and(|n| FD_FIRST.contains(&n));
+    Some(super::snapshot::Syscall {
+        name: name.unwrap_or_else(|| format!("syscall {nr}")),
+        fd: arg0
+            .filter(|_| takes_fd)
+            .and_then(|a| u32::try_from(a).ok()),
+        epoll_targets: Vec::new(),
+    })
+}
+
+/// The descriptors an epoll instance watches: its fdinfo's `tfd:` lines.
+pub fn epoll_targets(pid: u32, epfd: u32) -> Vec<u32> {
+    read(format!("/proc/{pid}/fdinfo/{epfd}"))
+        .map(|s| parse_epoll_targets(&s))
+        .unwrap_or_default()
+}
+
+fn parse_epoll_targets(fdinfo: &str) -> Vec<u32> {
+    fdinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("tfd:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// System calls whose first argument is a descriptor.
+const FD_FIRST: [&str; 10] = [
+    "read",
+    "readv",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "write",
+    "ioctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+];
+
+/// Names of the system calls diagnose reasons about (the numbers are this architecture's).
+const SYSCALL_NAMES: &[(i64, &str)] = &[
+    (libc::SYS_read, "read"),
+    (libc::SYS_readv, "readv"),
+    (libc::SYS_pread64, "pread64"),
+    (libc::SYS_preadv, "preadv"),
+    (libc::SYS_preadv2, "preadv2"),
+    (libc::SYS_write, "write"),
+    (libc::SYS_ioctl, "ioctl"),
+    (libc::SYS_ppoll, "ppoll"),
+    (libc::SYS_pselect6, "pselect6"),
+    (libc::SYS_epoll_pwait, "epoll_pwait"),
+    (libc::SYS_epoll_pwait2, "epoll_pwait2"),
+    (libc::SYS_clock_nanosleep, "clock_nanosleep"),
+    (libc::SYS_nanosleep, "nanosleep"),
+    (libc::SYS_futex, "futex"),
+    (libc::SYS_waitid, "waitid"),
+    (libc::SYS_wait4, "wait4"),
+    (libc::SYS_rt_sigsuspend, "rt_sigsuspend"),
+    (libc::SYS_rt_sigtimedwait, "rt_sigtimedwait"),
+    (libc::SYS_sched_yield, "sched_yield"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_poll, "poll"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_select, "select"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_epoll_wait, "epoll_wait"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_pause, "pause"),
+];
+
 /// Functions that run with an mmap_lock held for read, for guessing holders from stacks.
 pub const READ_HOLDER_FRAMES: [&str; 7] = [
     "madvise_populate",
@@ -155,5 +253,35 @@ mod tests {
             Some(("a) b (c)".to_owned(), 'S'))
         );
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn syscall_lines_name_the_call_and_its_descriptor() {
+        let read = format!(
+            "{} 0x3 0x7ffd 0x20 0x0 0x0 0x0 0x7ffc 0x7f19",
+            libc::SYS_read
+        );
+        let s = parse_syscall(&read).expect("a call");
+        assert_eq!((s.name.as_str(), s.fd), ("read", Some(3)));
+        let sleep = format!(
+            "{} 0x0 0x0 0x7f19 0x0 0x0 0x0 0x1 0x2",
+            libc::SYS_clock_nanosleep
+        );
+        let s = parse_syscall(&sleep).expect("a call");
+        assert_eq!((s.name.as_str(), s.fd), ("clock_nanosleep", None));
+        assert_eq!(parse_syscall("running"), None);
+        assert_eq!(parse_syscall("-1 0x7ffc 0x7f19"), None);
+        assert_eq!(
+            parse_syscall("100000 0x1").map(|s| s.name),
+            Some("syscall 100000".to_owned())
+        );
+    }
+
+    #[test]
+    fn epoll_fdinfo_lists_its_targets() {
+        let info = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
+                    tfd:        3 events:       19 data:                3  pos:0 ino:41d sdev:f\n\
+                    tfd:       12 events:       19 data:                c  pos:0 ino:41e sdev:f\n";
+        assert_eq!(parse_epoll_targets(info), vec![3, 12]);
     }
 }

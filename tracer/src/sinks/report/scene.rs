@@ -416,6 +416,7 @@ impl Scene {
                         Source::Agent => Some("from the agent"),
                         Source::AgentInferred => Some("inferred by the agent"),
                         Source::Heuristic => Some("guess from /proc"),
+                        Source::Evidence => Some("handler named from evidence"),
                     },
                     in_cycle: false,
                     count: 1,
@@ -425,7 +426,7 @@ impl Scene {
         let mut scene = Self {
             nodes,
             edges,
-            cycles: d.cycles.clone(),
+            cycles: d.cycles.iter().map(|c| c.tids.clone()).collect(),
             hidden: 0,
             expanded: Vec::new(),
         };
