@@ -300,14 +300,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Replay(r) => {
             let report = replay::replay_path(&r.file, r.detect.thresholds())?;
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            if r.json {
-                serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
-                writeln!(out).context("writing the report")?;
-            } else {
-                replay::print_text(&report, &mut out).context("writing the report")?;
-            }
+            to_stdout(|out| {
+                if r.json {
+                    serde_json::to_writer_pretty(&mut *out, &report)?;
+                    writeln!(out)
+                } else {
+                    replay::print_text(&report, out)
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diagnose(d) => {
@@ -319,16 +319,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(out) = &d.svg {
                 write_file(out, &report::diagnosis_svg(&report))?;
             }
-            if d.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("serializing the report")?
-                );
-            } else if d.dot {
-                print!("{}", report.to_dot());
-            } else {
-                print!("{}", report.to_text());
-            }
+            to_stdout(|out| {
+                if d.json {
+                    serde_json::to_writer_pretty(&mut *out, &report)?;
+                    writeln!(out)
+                } else if d.dot {
+                    write!(out, "{}", report.to_dot())
+                } else {
+                    write!(out, "{}", report.to_text())
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchFloor => {
@@ -345,16 +345,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check { json } => {
             let items = check::run();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&items).context("serializing the report")?
-                );
-            } else {
-                check::print_text(&items);
-            }
+            to_stdout(|out| {
+                if json {
+                    serde_json::to_writer_pretty(&mut *out, &items)?;
+                    writeln!(out)
+                } else {
+                    check::print_text(&items, out)
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Writes a report to stdout. A reader that went away (`faultline diagnose --json | head`) is
+/// not an error: the report was for it, and it has what it wanted.
+fn to_stdout(
+    write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the report to stdout"),
     }
 }
 

@@ -164,3 +164,29 @@ fn a_config_file_with_an_unknown_key_is_one_clear_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("unknown key `stall_treshold`"), "{err}");
 }
+
+#[test]
+fn a_reader_that_closed_the_pipe_is_not_an_error() {
+    // A pipe whose read end is closed before faultline writes: every write gets EPIPE, as in
+    // `faultline replay --json trace | head -1` once head has exited.
+    let mut fds = [0i32; 2];
+    // SAFETY: a plain pipe(2) into a two-int array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: closing the read end we own; the write end goes to the child.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is a fresh descriptor owned by nothing else.
+    let write_end = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    for args in [&["replay", "--json", SEED][..], &["replay", SEED][..]] {
+        let out = Command::new(FAULTLINE)
+            .args(args)
+            .stdout(write_end.try_clone().expect("dup the write end"))
+            .output()
+            .expect("run faultline");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

@@ -222,12 +222,13 @@ pub fn run() -> Vec<Item> {
     items
 }
 
-pub fn print_text(items: &[Item]) {
+pub fn print_text(items: &[Item], out: &mut impl std::io::Write) -> std::io::Result<()> {
     for i in items {
         let mark = if i.available { "ok  " } else { "MISS" };
-        println!("{mark} {:<62} {}", i.name, i.detail);
+        writeln!(out, "{mark} {:<62} {}", i.name, i.detail)?;
         if !i.available {
-            println!("     without it: {}", i.without);
+            writeln!(out, "     without it: {}", i.without)?;
         }
     }
+    Ok(())
 }
