@@ -133,6 +133,9 @@ pub struct Scene {
     pub nodes: Vec<Node>,
     pub edges: Vec<SceneEdge>,
     pub cycles: Vec<Vec<Tid>>,
+    /// Members of cycles that rest on inferred evidence (diagnose's probable deadlocks): drawn
+    /// as cycles, titled as probable.
+    pub probable: BTreeSet<Tid>,
     /// Tasks left out of the picture (over `MAX_NODES`).
     pub hidden: usize,
     /// Groups drawn one box per task on request: (group id, tasks).
@@ -299,6 +302,7 @@ impl Scene {
             nodes,
             edges,
             cycles: view.cycles.clone(),
+            probable: BTreeSet::new(),
             hidden: 0,
             expanded: Vec::new(),
         };
@@ -427,6 +431,12 @@ impl Scene {
             nodes,
             edges,
             cycles: d.cycles.iter().map(|c| c.tids.clone()).collect(),
+            probable: d
+                .cycles
+                .iter()
+                .filter(|c| c.confidence == crate::diagnose::Confidence::Probable)
+                .flat_map(|c| c.tids.iter().copied())
+                .collect(),
             hidden: 0,
             expanded: Vec::new(),
         };
@@ -556,6 +566,7 @@ impl Scene {
             nodes,
             edges,
             cycles: self.cycles,
+            probable: self.probable,
             hidden: self.hidden,
             expanded,
         }

@@ -145,7 +145,7 @@ fn edge_classes(es: &[&SceneEdge]) -> String {
     c
 }
 
-fn node_attrs(n: &Node) -> String {
+fn node_attrs(n: &Node, scene_probable: &std::collections::BTreeSet<crate::model::Tid>) -> String {
     let mut class = String::from("node");
     if n.blocked {
         class.push_str(" blocked ");
@@ -162,7 +162,11 @@ fn node_attrs(n: &Node) -> String {
     let tids: Vec<String> = n.members.iter().map(|m| m.tid.to_string()).collect();
     let mut title = n.lines.join("\n");
     if n.in_cycle {
-        title.push_str("\npart of a deadlock cycle");
+        if n.members.iter().any(|m| scene_probable.contains(&m.tid)) {
+            title.push_str("\npart of a probable deadlock cycle (an edge rests on evidence, not a kernel fact)");
+        } else {
+            title.push_str("\npart of a deadlock cycle");
+        }
     }
     if n.group {
         title.push_str("\nclick to show every task");
@@ -193,7 +197,7 @@ fn layered(scene: &Scene, canvas: &mut Canvas) {
             look.clone(),
             Orientation::TopToBottom,
             node_size(n),
-            node_attrs(n),
+            node_attrs(n, &scene.probable),
         )));
     }
     let handles: Vec<_> = handles.into_iter().flatten().collect();
@@ -229,7 +233,13 @@ fn grid(scene: &Scene, canvas: &mut Canvas) {
             row_h = 0.0;
         }
         let look = StyleAttr::new(Color::new(PLAIN_RGBA), 1, None, 4, 12);
-        canvas.draw_rect(Point::new(x, y), size, &look, Some(node_attrs(n)), None);
+        canvas.draw_rect(
+            Point::new(x, y),
+            size,
+            &look,
+            Some(node_attrs(n, &scene.probable)),
+            None,
+        );
         canvas.draw_text(
             Point::new(x + size.x / 2.0, y + size.y / 2.0),
             &i.to_string(),

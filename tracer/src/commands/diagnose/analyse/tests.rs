@@ -336,6 +336,12 @@ fn a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_not_the_idl
         "{dot}"
     );
     assert!(dot.contains("fillcolor=\"#ffc090\""), "{dot}");
+    let svg = crate::report::diagnosis_svg(&d);
+    assert!(
+        svg.contains("part of a probable deadlock cycle")
+            && !svg.contains("part of a deadlock cycle"),
+        "the picture says probable too: {svg}"
+    );
 }
 
 #[test]
