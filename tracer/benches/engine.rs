@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use tracer::{
-    detect::Thresholds,
-    engine::Engine,
-    event::{Addr, Event, EventKind, LockMode},
+    core::detect::Thresholds,
+    core::engine::Engine,
+    core::event::{Addr, Event, EventKind, LockMode},
 };
 
 fn main() {

@@ -3,12 +3,13 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use tracer::{
-    agent::{self, AgentOptions},
-    check,
-    detect::Thresholds,
-    probes::{AttachMode, Detail, ProbeOptions},
-    record::{self, RecordOptions},
-    replay, report,
+    commands::agent::{self, AgentOptions},
+    commands::record::{self, RecordOptions},
+    commands::replay,
+    core::detect::Thresholds,
+    kernel::check,
+    kernel::probes::{AttachMode, Detail, ProbeOptions},
+    sinks::report,
 };
 
 /// Writes a report file, naming it in the error.
@@ -140,8 +141,8 @@ struct AgentArgs {
     self_metrics: bool,
     /// Which processes to report on: the whole host, or only this agent's network namespace
     /// (one agent per namespace sharing a kernel; the probes themselves are host-wide).
-    #[arg(long, value_enum, default_value_t = tracer::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
-    scope: tracer::scope::Scope,
+    #[arg(long, value_enum, default_value_t = tracer::kernel::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
+    scope: tracer::kernel::scope::Scope,
 }
 
 #[derive(Args)]
@@ -311,11 +312,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diagnose(d) => {
-            let report = tracer::diagnose::diagnose(&tracer::diagnose::DiagnoseOptions {
-                pid: d.pid,
-                min_blocked: d.min_blocked,
-                agent: (!d.no_agent).then(|| d.agent.clone()),
-            })?;
+            let report = tracer::commands::diagnose::diagnose(
+                &tracer::commands::diagnose::DiagnoseOptions {
+                    pid: d.pid,
+                    min_blocked: d.min_blocked,
+                    agent: (!d.no_agent).then(|| d.agent.clone()),
+                },
+            )?;
             if let Some(out) = &d.svg {
                 write_file(out, &report::diagnosis_svg(&report))?;
             }
@@ -332,7 +335,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchFloor => {
-            let _floor = tracer::probes::Floor::attach()?;
+            let _floor = tracer::kernel::probes::Floor::attach()?;
             eprintln!("faultline: floor programs attached");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -4,12 +4,12 @@
 
 use proptest::prelude::*;
 use tracer::{
-    decode::{Decoded, Reasons},
-    detect::Thresholds,
-    event::{Addr, Event, EventKind, LockMode, LockType, UffdOp},
-    live::LiveFeed,
-    model::{Blocked, Model},
-    replay::replay,
+    commands::replay::replay,
+    core::detect::Thresholds,
+    core::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp},
+    core::model::{Blocked, Model},
+    kernel::decode::{Decoded, Reasons},
+    kernel::live::LiveFeed,
 };
 use tracer_common::{mode, reason, Hold, TaskState};
 

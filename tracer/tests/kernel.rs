@@ -10,8 +10,8 @@ use common::{
     Recording,
 };
 use tracer::{
-    event::{Addr, Event, EventKind, LockMode},
-    probes::{
+    core::event::{Addr, Event, EventKind, LockMode},
+    kernel::probes::{
         kernel::KernelBtf, program_names, AttachMode, Attached, Detail, ProbeOptions, Probes,
     },
 };

@@ -9,8 +9,8 @@ use common::{
     http_get, require_root, scenario, scenario_lingering, u64_at, u64s, Faultline, Recording,
 };
 use tracer::{
-    event::{Event, EventKind, LockMode, LockType, UffdOp},
-    probes::{Detail, ProbeOptions, Probes},
+    core::event::{Event, EventKind, LockMode, LockType, UffdOp},
+    kernel::probes::{Detail, ProbeOptions, Probes},
 };
 use tracer_common::uffd_op;
 

@@ -8,12 +8,12 @@ use std::{
 };
 
 use tracer::{
-    decode::{Decoded, Reasons},
-    detect::{Alert, AlertKind, Thresholds},
-    engine::Engine,
-    event::{Addr, Event, EventKind, LockMode},
-    graph::Reason,
-    live::LiveFeed,
+    core::detect::{Alert, AlertKind, Thresholds},
+    core::engine::Engine,
+    core::event::{Addr, Event, EventKind, LockMode},
+    core::graph::Reason,
+    kernel::decode::{Decoded, Reasons},
+    kernel::live::LiveFeed,
 };
 use tracer_common::{mode, reason, Hold, TaskState, HOLD_SLOTS};
 

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use tracer::{
-    detect::{Alert, AlertKind, Thresholds},
-    engine::Engine,
-    event::{Addr, Event, EventKind, LockMode, LockType, UffdOp},
+    core::detect::{Alert, AlertKind, Thresholds},
+    core::engine::Engine,
+    core::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp},
 };
 
 const MS: u64 = 1_000_000;

@@ -13,7 +13,7 @@ use std::{process::Stdio, time::Duration};
 use cgroup::{container_id, pod_uid, TestCgroups};
 use common::{http_get, require_root, u64_at, u64s, SCENARIO};
 use netns::{Netns, NsAgent};
-use tracer::workload::{Resolver, Runtime, Workload};
+use tracer::kernel::workload::{Resolver, Runtime, Workload};
 
 #[test]
 fn processes_in_systemd_docker_and_kubepods_cgroups_resolve_to_their_workload() {
@@ -67,7 +67,7 @@ fn processes_in_systemd_docker_and_kubepods_cgroups_resolve_to_their_workload() 
         let pid = child.id();
         let attribution = loop {
             let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            if tracer::workload::cgroup_v2_path(&text) == Some(path.as_str()) {
+            if tracer::kernel::workload::cgroup_v2_path(&text) == Some(path.as_str()) {
                 break Resolver::new("/proc").resolve(pid);
             }
             assert!(

@@ -12,18 +12,18 @@ use anyhow::{Context as _, Result};
 use tracer_common::Counter;
 
 use crate::{
-    alerts::AlertSink,
-    decode::{DecodeError, Decoded},
-    detect::Thresholds,
-    event::EventKind,
-    http::{self, AgentState, Shared, Telemetry},
+    commands::single,
+    core::detect::Thresholds,
+    core::event::EventKind,
+    kernel::decode::{DecodeError, Decoded},
+    kernel::live::{monotonic_ns, proc_exists, LiveFeed},
+    kernel::probes::{kernel::KernelBtf, ProbeOptions, Probes},
     kernel::reclaim::TaskEntryReclaimer,
-    live::{monotonic_ns, proc_exists, LiveFeed},
-    probes::{kernel::KernelBtf, ProbeOptions, Probes},
-    scope::{Scope, ScopeFilter},
-    single,
-    stats::{self, Summary},
-    stream::EventStream,
+    kernel::scope::{Scope, ScopeFilter},
+    kernel::stats::{self, Summary},
+    kernel::stream::EventStream,
+    sinks::alerts::AlertSink,
+    sinks::http::{self, AgentState, Shared, Telemetry},
 };
 
 pub struct AgentOptions {
@@ -147,7 +147,7 @@ impl Reporter {
     }
 }
 
-fn raise_all(st: &mut AgentState, alerts: Vec<crate::detect::Alert>) {
+fn raise_all(st: &mut AgentState, alerts: Vec<crate::core::detect::Alert>) {
     if alerts.is_empty() {
         return;
     }

@@ -10,10 +10,10 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    probes::{ProbeOptions, Probes},
-    stats,
-    stream::EventStream,
-    trace::TraceWriter,
+    core::trace::TraceWriter,
+    kernel::probes::{ProbeOptions, Probes},
+    kernel::stats,
+    kernel::stream::EventStream,
 };
 
 pub struct RecordOptions {
@@ -41,7 +41,7 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     // A trace is for replay, which wants every acquisition and release: record everything.
     let probe_opts = ProbeOptions {
         record_all: true,
-        detail: crate::probes::Detail::Full,
+        detail: crate::kernel::probes::Detail::Full,
         ..opts.probes.clone()
     };
     let mut probes = Probes::load(&probe_opts)?;
@@ -60,21 +60,22 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
 
     let mut decode_errors = 0u64;
     let mut io_error: Option<std::io::Error> = None;
-    let mut handle = |r: Result<crate::decode::Decoded, crate::decode::DecodeError>| match r {
-        Ok(d) => {
-            if io_error.is_none() {
-                if let Err(e) = writer.write(&d.event) {
-                    io_error = Some(e);
+    let mut handle =
+        |r: Result<crate::kernel::decode::Decoded, crate::kernel::decode::DecodeError>| match r {
+            Ok(d) => {
+                if io_error.is_none() {
+                    if let Err(e) = writer.write(&d.event) {
+                        io_error = Some(e);
+                    }
                 }
             }
-        }
-        Err(e) => {
-            decode_errors += 1;
-            if decode_errors <= 3 {
-                log::warn!("skipping record: {e}");
+            Err(e) => {
+                decode_errors += 1;
+                if decode_errors <= 3 {
+                    log::warn!("skipping record: {e}");
+                }
             }
-        }
-    };
+        };
 
     let deadline = async {
         match opts.duration {

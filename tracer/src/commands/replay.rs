@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    detect::{Alert, Thresholds},
-    engine::Engine,
-    trace::TraceReader,
+    core::detect::{Alert, Thresholds},
+    core::engine::Engine,
+    core::trace::TraceReader,
 };
 
 #[derive(Debug, Serialize)]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::probes::{
+use crate::kernel::probes::{
     kernel::{self, KernelBtf},
     AttachMode, Detail, ProbeOptions, Probes,
 };

@@ -5,7 +5,7 @@ use tracer_common::{
     MmapLockEvent, PageFaultEvent, UffdEvent, TASK_COMM_LEN,
 };
 
-use crate::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp};
+use crate::core::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {

@@ -34,12 +34,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tracer_common::{lock_type, mode, TaskState};
 
 use crate::{
-    decode::Decoded,
-    detect::{Alert, AlertKind, Thresholds},
-    diagnose::procfs,
-    engine::Engine,
-    event::{Addr, Event, EventKind, LockMode},
-    model::{Blocked, Model},
+    core::detect::{Alert, AlertKind, Thresholds},
+    core::engine::Engine,
+    core::event::{Addr, Event, EventKind, LockMode},
+    core::model::{Blocked, Model},
+    kernel::decode::Decoded,
+    kernel::procfs,
 };
 
 const HINT_EVIDENCE: &str = "the rwsem owner word names it as the last reader to take the lock";
@@ -403,7 +403,7 @@ impl LiveFeed {
                 )
                 && !is_gone(&self.alive)
             {
-                if let Ok(lock_type) = crate::decode::lock_type_of(st.lock_type) {
+                if let Ok(lock_type) = crate::kernel::decode::lock_type_of(st.lock_type) {
                     let ev = base(
                         st.lock_since_ns,
                         EventKind::LockWaitBegin {
@@ -610,7 +610,7 @@ impl LiveFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Reasons;
+    use crate::kernel::decode::Reasons;
     use tracer_common::{reason, Hold, HOLD_SLOTS};
 
     const MS: u64 = 1_000_000;

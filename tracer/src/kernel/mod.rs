@@ -11,6 +11,7 @@ pub mod decode;
 pub mod live;
 pub mod pidcache;
 pub mod probes;
+pub mod procfs;
 pub mod reclaim;
 pub mod scope;
 pub mod stats;

@@ -8,7 +8,7 @@
 
 use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
-use crate::pidcache::PidCache;
+use crate::kernel::pidcache::PidCache;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scope {

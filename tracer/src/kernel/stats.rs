@@ -4,7 +4,7 @@ use std::{fmt, time::Duration};
 
 use tracer_common::{Counter, Histogram, HIST_BUCKETS};
 
-use crate::probes::{Counters, ProbeError, Probes};
+use crate::kernel::probes::{Counters, ProbeError, Probes};
 
 /// One log2 histogram: bucket `b` counts durations in `[2^b, 2^(b+1))` ns (bucket 0 also 0 ns).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::io;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::decode::{decode, DecodeError, Decoded};
+use crate::kernel::decode::{decode, DecodeError, Decoded};
 
 /// The event ring buffer, readable from tokio.
 pub struct EventStream {

@@ -9,7 +9,7 @@ use std::{
 
 pub use faultline_core::workload::*;
 
-use crate::pidcache::PidCache;
+use crate::kernel::pidcache::PidCache;
 
 /// Processes remembered; past this the cache starts over (a miss is one small /proc read).
 const CAPACITY: usize = 8192;

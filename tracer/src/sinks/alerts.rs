@@ -13,9 +13,9 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    detect::{Alert, AlertKind, Severity},
-    views::GraphView,
-    workload::Workload,
+    core::detect::{Alert, AlertKind, Severity},
+    core::views::GraphView,
+    kernel::workload::Workload,
 };
 
 /// Alerts kept in memory for `/api/alerts`; older ones stay on disk as incidents.
@@ -159,7 +159,7 @@ impl AlertSink {
         f.write_all(b"\n")?;
         fs::write(&dot, graph.to_dot()).with_context(|| dot.display().to_string())?;
         let html = dir.join(format!("{stem}.html"));
-        fs::write(&html, crate::report::incident_html(alert, graph))
+        fs::write(&html, crate::sinks::report::incident_html(alert, graph))
             .with_context(|| html.display().to_string())?;
         self.incidents.push_back(json);
         // Bounded disk use: the oldest incidents go first.
@@ -190,7 +190,7 @@ impl AlertSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{engine::Engine, views::GraphView};
+    use crate::{core::engine::Engine, core::views::GraphView};
 
     fn alert(ts: u64) -> Alert {
         Alert {
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn an_alert_carries_the_workload_of_its_first_task_and_counts_under_it() {
-        use crate::{views::TaskView, workload::Attribution};
+        use crate::{core::views::TaskView, kernel::workload::Attribution};
         let mut sink = AlertSink::new(None, 10).expect("sink");
         let a = Attribution::from_path("/system.slice/db.service");
         let task = |tid, pid| TaskView {

@@ -17,16 +17,16 @@ use serde::Serialize;
 use tracer_common::ProcFaults;
 
 use crate::{
-    alerts::{AlertSink, RaisedAlert},
-    decode::Decoded,
-    live::{self, LiveFeed},
-    metrics::{self, MetricsInput, ProcessKey},
-    model::Blocked,
-    probes::{kernel::KernelBtf, Probes},
-    scope::ScopeFilter,
-    stats,
-    views::GraphView,
-    workload,
+    core::model::Blocked,
+    core::views::GraphView,
+    kernel::decode::Decoded,
+    kernel::live::{self, LiveFeed},
+    kernel::probes::{kernel::KernelBtf, Probes},
+    kernel::scope::ScopeFilter,
+    kernel::stats,
+    kernel::workload,
+    sinks::alerts::{AlertSink, RaisedAlert},
+    sinks::metrics::{self, MetricsInput, ProcessKey},
 };
 
 /// Process names counted for slow waits; past this many distinct names, new ones count as
@@ -160,14 +160,14 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
     // counts (minor + major faults, /proc) stand in, with the mode label saying so.
     let kernel_faults = st.probes.proc_faults().map_err(|e| e.to_string())?;
     let proc_fault_entries = kernel_faults.len();
-    let per_fault = st.probes.detail() == crate::probes::Detail::Full;
+    let per_fault = st.probes.detail() == crate::kernel::probes::Detail::Full;
     let mut faults: Vec<(u32, Option<String>, ProcFaults)> = if per_fault {
         kernel_faults
             .into_iter()
             .map(|(p, f)| (p, None, f))
             .collect()
     } else {
-        crate::diagnose::procfs::process_faults()
+        crate::kernel::procfs::process_faults()
             .into_iter()
             .map(|(pid, comm, minor, major)| {
                 let f = ProcFaults {
@@ -351,9 +351,9 @@ fn guarded<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
 pub fn router(shared: Shared) -> Router {
     guarded(
         Router::new()
-            .route("/", get(crate::report::page::index))
-            .route("/ui/live", get(crate::report::page::live))
-            .route("/api/graph.svg", get(crate::report::page::graph_svg))
+            .route("/", get(crate::sinks::report::page::index))
+            .route("/ui/live", get(crate::sinks::report::page::live))
+            .route("/api/graph.svg", get(crate::sinks::report::page::graph_svg))
             .route("/api/graph", get(graph))
             .route("/api/graph.dot", get(graph_dot))
             .route("/api/alerts", get(alerts))

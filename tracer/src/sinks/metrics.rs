@@ -23,7 +23,7 @@ use tracer_common::{
 
 use faultline_core::workload::Attribution;
 
-use crate::{detect::AlertKind, stats::Log2Hist};
+use crate::{core::detect::AlertKind, kernel::stats::Log2Hist};
 
 /// Lowest and highest log2 bucket exported: le = 2^(b+1) ns, so 1.02 µs .. 68.7 s. Faster
 /// observations land in the first bucket; slower ones count in +Inf only.

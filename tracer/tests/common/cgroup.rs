@@ -26,7 +26,8 @@ pub fn pod_uid() -> String {
 /// cgroup2-only ones.
 pub fn cgroup2_root() -> PathBuf {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    tracer::workload::cgroup2_mount(&mountinfo).expect("a cgroup2 mount (hybrid or unified)")
+    tracer::kernel::workload::cgroup2_mount(&mountinfo)
+        .expect("a cgroup2 mount (hybrid or unified)")
 }
 
 /// A subtree `faultline-test-<pid>-<name>` of the cgroup2 root.

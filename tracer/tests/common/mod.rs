@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tracer::{event::Event, trace::TraceReader};
+use tracer::{core::event::Event, core::trace::TraceReader};
 
 pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
 /// The workloads binary (`scenarios/`, its own crate so installing faultline does not install

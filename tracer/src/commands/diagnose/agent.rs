@@ -4,11 +4,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use super::{
-    snapshot::{AgentFacts, AgentHold, AgentUffd},
-    Source,
+use crate::core::{
+    diagnosis::{
+        snapshot::{AgentFacts, AgentHold, AgentUffd},
+        Source,
+    },
+    event::Addr,
 };
-use crate::event::Addr;
 
 /// The agent's `/api/graph`, or None when it does not answer in time.
 pub fn ask(addr: &str) -> Option<AgentFacts> {

@@ -6,14 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracer_common::{blocker_type, diag_kind, DiagRecord};
 
-use super::{
-    agent, kernel, procfs,
-    snapshot::{
-        BlockerFacts, BlockerKind, MmapLockFacts, MmapWaiterFacts, Snapshot, TaskFacts, UffdFacts,
-        UffdFd, UffdWaiterFacts,
+use super::{agent, kernel};
+use crate::{
+    core::{
+        diagnosis::snapshot::{
+            BlockerFacts, BlockerKind, MmapLockFacts, MmapWaiterFacts, Snapshot, TaskFacts,
+            UffdFacts, UffdFd, UffdWaiterFacts,
+        },
+        event::Addr,
     },
+    kernel::{probes::ProbeError, procfs},
 };
-use crate::{event::Addr, probes::ProbeError};
 
 pub fn gather(agent_addr: Option<&str>) -> Result<Snapshot, ProbeError> {
     // SAFETY: geteuid cannot fail.

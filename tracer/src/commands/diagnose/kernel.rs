@@ -14,7 +14,7 @@ use tracer_common::{
     DiagOffsets, DiagRecord, FdKey,
 };
 
-use crate::probes::{
+use crate::kernel::probes::{
     is_eperm,
     kernel::{KernelBtf, KernelError},
     ProbeError, EBPF_OBJECT,
@@ -95,7 +95,7 @@ pub fn read_kernel_state(
     let diag = offsets(&kbtf);
     if diag.task_pid == 0 || diag.rwsem_wait_list == 0 {
         return Err(ProbeError::Kernel(KernelError::Btf {
-            path: crate::probes::kernel::VMLINUX_BTF.into(),
+            path: crate::kernel::probes::kernel::VMLINUX_BTF.into(),
             message: "task_struct.pid or rw_semaphore.wait_list not found".into(),
         }));
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::detect::{Alert, Severity};
+use crate::core::detect::{Alert, Severity};
 
 use super::{
     scene::{short_duration, Scene},

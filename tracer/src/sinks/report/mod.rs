@@ -20,7 +20,7 @@ mod tests;
 
 use std::collections::BTreeSet;
 
-use crate::{detect::Alert, diagnose::Diagnosis, views::GraphView};
+use crate::core::{detect::Alert, diagnosis::Diagnosis, views::GraphView};
 
 use self::{
     html::escape,

@@ -11,9 +11,9 @@ use axum::{
 };
 
 use crate::{
-    detect::{Alert, Severity},
-    http::{lock, Shared},
-    views::GraphView,
+    core::detect::{Alert, Severity},
+    core::views::GraphView,
+    sinks::http::{lock, Shared},
 };
 
 use super::{

@@ -13,11 +13,11 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    detect::{Alert, AlertKind, Severity, Thresholds},
-    engine::Engine,
-    event::Event,
-    trace::TraceReader,
-    views::GraphView,
+    core::detect::{Alert, AlertKind, Severity, Thresholds},
+    core::engine::Engine,
+    core::event::Event,
+    core::trace::TraceReader,
+    core::views::GraphView,
 };
 
 use super::{

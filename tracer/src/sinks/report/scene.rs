@@ -8,11 +8,11 @@ use std::{
 };
 
 use crate::{
-    diagnose::{Diagnosis, Source, Wait},
-    event::{Addr, LockMode},
-    graph::{LockRef, Reason},
-    model::{Blocked, Tid},
-    views::GraphView,
+    core::diagnosis::{Diagnosis, Source, Wait},
+    core::event::{Addr, LockMode},
+    core::graph::{LockRef, Reason},
+    core::model::{Blocked, Tid},
+    core::views::GraphView,
 };
 
 /// Identical waiters are drawn as one box from this many on; fewer are clearer one by one.
@@ -434,7 +434,7 @@ impl Scene {
             probable: d
                 .cycles
                 .iter()
-                .filter(|c| c.confidence == crate::diagnose::Confidence::Probable)
+                .filter(|c| c.confidence == crate::core::diagnosis::Confidence::Probable)
                 .flat_map(|c| c.tids.iter().copied())
                 .collect(),
             hidden: 0,

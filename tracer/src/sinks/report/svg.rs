@@ -145,7 +145,10 @@ fn edge_classes(es: &[&SceneEdge]) -> String {
     c
 }
 
-fn node_attrs(n: &Node, scene_probable: &std::collections::BTreeSet<crate::model::Tid>) -> String {
+fn node_attrs(
+    n: &Node,
+    scene_probable: &std::collections::BTreeSet<crate::core::model::Tid>,
+) -> String {
     let mut class = String::from("node");
     if n.blocked {
         class.push_str(" blocked ");

@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    detect::{Alert, AlertKind, Severity},
-    engine::Engine,
-    event::{Addr, Event, EventKind, LockMode},
-    views::GraphView,
+    core::detect::{Alert, AlertKind, Severity},
+    core::engine::Engine,
+    core::event::{Addr, Event, EventKind, LockMode},
+    core::views::GraphView,
 };
 
 use super::{
@@ -320,4 +320,24 @@ fn the_largest_picture_drawn_is_laid_out_with_every_box() {
     eprintln!("laid out {} boxes in {:?}", scene.nodes.len(), t.elapsed());
     assert_eq!(drawn.matches("<g class=\"node").count(), 80);
     assert_eq!(drawn.matches("<path class=\"edge").count(), 40);
+}
+
+#[test]
+fn diagnose_draws_a_probable_cycle_titled_as_probable() {
+    use crate::core::diagnosis::{analyse, Confidence, Filter, Snapshot};
+    // The gathered snapshot of `faultline-scenario uffd-monitor-deadlock` (see the core's
+    // analysis tests): its cycle rests on a handler named from evidence.
+    let snap: Snapshot = serde_json::from_str(include_str!(
+        "../../../../core/tests/fixtures/diagnose/uffd-monitor-deadlock.json"
+    ))
+    .expect("the fixture parses");
+    let d = analyse(&snap, &Filter::default());
+    assert_eq!(d.cycles.len(), 1, "{:#?}", d.cycles);
+    assert_eq!(d.cycles[0].confidence, Confidence::Probable);
+    let svg = super::diagnosis_svg(&d);
+    assert!(
+        svg.contains("part of a probable deadlock cycle")
+            && !svg.contains("part of a deadlock cycle"),
+        "the picture says probable too: {svg}"
+    );
 }

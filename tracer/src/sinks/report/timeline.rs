@@ -8,9 +8,9 @@ use std::{
 };
 
 use crate::{
-    event::{Addr, Event, EventKind, LockMode},
-    model::{Blocked, Tid},
-    views::GraphView,
+    core::event::{Addr, Event, EventKind, LockMode},
+    core::model::{Blocked, Tid},
+    core::views::GraphView,
 };
 
 use super::{html::escape, scene::short_duration};
@@ -57,7 +57,7 @@ pub struct Timeline {
 }
 
 /// "mutex", "rwsem_write", …: the trace format's names.
-fn type_name(t: &crate::event::LockType) -> String {
+fn type_name(t: &crate::core::event::LockType) -> String {
     serde_json::to_value(t)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -290,7 +290,7 @@ impl Timeline {
             .edges
             .iter()
             .filter_map(|e| match e.lock {
-                crate::graph::LockRef::MmapLock {
+                crate::core::graph::LockRef::MmapLock {
                     mm,
                     owner_pid: Some(p),
                 } => Some((mm, p)),

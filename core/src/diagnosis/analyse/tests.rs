@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::{
-    diagnose::snapshot::{
+    diagnosis::snapshot::{
         AgentFacts, AgentHold, AgentUffd, MmapWaiterFacts, Syscall, UffdFd, UffdWaiterFacts,
     },
     event::Addr,
@@ -268,7 +268,7 @@ fn a_lock_owner_that_is_not_blocked_is_the_root_holder() {
 /// The deadlock of issue 11, as gathered from `faultline-scenario uffd-monitor-deadlock`.
 fn monitor_deadlock() -> Snapshot {
     serde_json::from_str(include_str!(
-        "../../../../tests/fixtures/diagnose/uffd-monitor-deadlock.json"
+        "../../../tests/fixtures/diagnose/uffd-monitor-deadlock.json"
     ))
     .expect("the fixture parses")
 }
@@ -336,12 +336,6 @@ fn a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_not_the_idl
         "{dot}"
     );
     assert!(dot.contains("fillcolor=\"#ffc090\""), "{dot}");
-    let svg = crate::report::diagnosis_svg(&d);
-    assert!(
-        svg.contains("part of a probable deadlock cycle")
-            && !svg.contains("part of a deadlock cycle"),
-        "the picture says probable too: {svg}"
-    );
 }
 
 #[test]

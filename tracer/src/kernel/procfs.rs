@@ -136,7 +136,7 @@ pub fn uffd_fds() -> BTreeMap<u32, Vec<u32>> {
 /// The system call a thread sleeps in, from /proc/…/task/…/syscall (`NR a0 … a5 sp pc`; a
 /// running thread reads `running`, one stopped outside a call `-1 sp pc`: both None). For
 /// epoll waits, the descriptors the epoll instance watches come along.
-pub fn syscall(pid: u32, tid: u32) -> Option<super::snapshot::Syscall> {
+pub fn syscall(pid: u32, tid: u32) -> Option<crate::core::diagnosis::snapshot::Syscall> {
     let line = read(format!("/proc/{pid}/task/{tid}/syscall"))?;
     let mut syscall = parse_syscall(&line)?;
     if syscall.name.starts_with("epoll_") {
@@ -147,7 +147,7 @@ pub fn syscall(pid: u32, tid: u32) -> Option<super::snapshot::Syscall> {
     Some(syscall)
 }
 
-fn parse_syscall(line: &str) -> Option<super::snapshot::Syscall> {
+fn parse_syscall(line: &str) -> Option<crate::core::diagnosis::snapshot::Syscall> {
     let mut fields = line.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
     let arg0 = fields
@@ -162,7 +162,7 @@ fn parse_syscall(line: &str) -> Option<super::snapshot::Syscall> {
         return None;
     }
     let takes_fd = name.as_deref().is_some_and(|n| FD_FIRST.contains(&n));
-    Some(super::snapshot::Syscall {
+    Some(crate::core::diagnosis::snapshot::Syscall {
         name: name.unwrap_or_else(|| format!("syscall {nr}")),
         fd: arg0
             .filter(|_| takes_fd)
@@ -231,16 +231,7 @@ const SYSCALL_NAMES: &[(i64, &str)] = &[
     (libc::SYS_pause, "pause"),
 ];
 
-/// Functions that run with an mmap_lock held for read, for guessing holders from stacks.
-pub const READ_HOLDER_FRAMES: [&str; 7] = [
-    "madvise_populate",
-    "faultin_page_range",
-    "__get_user_pages",
-    "get_user_pages_remote",
-    "access_remote_vm",
-    "__access_remote_vm",
-    "process_vm_rw_core",
-];
+pub use faultline_core::diagnosis::READ_HOLDER_FRAMES;
 
 #[cfg(test)]
 mod tests {

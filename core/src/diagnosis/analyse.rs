@@ -8,11 +8,10 @@ use std::{
 
 use super::{
     handlers::{self, Candidate},
-    procfs::READ_HOLDER_FRAMES,
     snapshot::{
         BlockerFacts, BlockerKind, MmapLockFacts, Snapshot, TaskFacts, UffdFacts, UffdWaiterFacts,
     },
-    Confidence, Cycle, DiagTask, Diagnosis, Edge, Source, Wait,
+    Confidence, Cycle, DiagTask, Diagnosis, Edge, Source, Wait, READ_HOLDER_FRAMES,
 };
 
 /// Which chains to report.

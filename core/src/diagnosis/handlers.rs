@@ -304,7 +304,7 @@ fn rank(evidence: &[Evidence], activity: &Activity, message_read: bool) -> u8 {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::snapshot::{UffdFd, UffdWaiterFacts},
+        diagnosis::snapshot::{UffdFd, UffdWaiterFacts},
         event::Addr,
     };
 
