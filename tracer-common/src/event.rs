@@ -85,8 +85,12 @@ pub struct EventHeader {
     pub tid: u32,
     pub tgid: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// `bpf_get_current_cgroup_id()`: the task's cgroup v2 id (the inode number of its cgroup
+    /// directory), which names its workload even after the process is gone; 0 when unknown
+    /// (a record written on another task's behalf).
+    pub cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 48);
 
 /// `mmap_lock_start_locking`, `mmap_lock_acquire_returned` and `mmap_lock_released`.
 #[repr(C)]
@@ -107,7 +111,7 @@ pub struct MmapLockEvent {
     pub success: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<MmapLockEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<MmapLockEvent>() == 48 + 24);
 
 /// `sched_process_exit`: the task is gone; its kernel-side state has been dropped.
 #[repr(C)]
@@ -115,7 +119,7 @@ const _: () = assert!(core::mem::size_of::<MmapLockEvent>() == 64);
 pub struct TaskExitEvent {
     pub header: EventHeader,
 }
-const _: () = assert!(core::mem::size_of::<TaskExitEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<TaskExitEvent>() == 48);
 
 /// `lock:contention_begin` / `_end` of a sleeping lock.
 #[repr(C)]
@@ -135,7 +139,7 @@ pub struct LockWaitEvent {
     pub lock_type: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<LockWaitEvent>() == 40 + 40);
+const _: () = assert!(core::mem::size_of::<LockWaitEvent>() == 48 + 40);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -146,7 +150,7 @@ pub struct PageFaultEvent {
     pub user: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<PageFaultEvent>() == 40 + 24);
+const _: () = assert!(core::mem::size_of::<PageFaultEvent>() == 48 + 24);
 
 /// userfaultfd waits and ioctls.
 #[repr(C)]
@@ -165,4 +169,4 @@ pub struct UffdEvent {
     pub op: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<UffdEvent>() == 40 + 40);
+const _: () = assert!(core::mem::size_of::<UffdEvent>() == 48 + 40);

@@ -3,7 +3,10 @@
 //! single family live in that family's module.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_probe_read_kernel,
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
@@ -131,6 +134,8 @@ pub fn header(kind: EventKind, flags: u32, ts_ns: u64) -> EventHeader {
         tid,
         tgid,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        // SAFETY: a helper without arguments, allowed in every tracing program.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     }
 }
 

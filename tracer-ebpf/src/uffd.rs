@@ -422,6 +422,8 @@ fn on_waking(wakee: u64) -> Result<(), Counter> {
             tid: wakee_tid,
             tgid,
             comm: [0; TASK_COMM_LEN],
+            // Written by the waker: its cgroup is not the wakee's.
+            cgroup_id: 0,
             ..header(EventKind::UffdWaitEnd, reason::RECORD, now)
         },
         ctx,

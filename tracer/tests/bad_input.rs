@@ -274,7 +274,7 @@ proptest! {
                 Step::Record(mut ev) => {
                     now += ev.ts_ns;
                     ev.ts_ns = now;
-                    let d = Decoded { event: ev, reasons: Reasons(reason::RECORD), since_ns: None, implied: None };
+                    let d = Decoded { event: ev, reasons: Reasons(reason::RECORD), since_ns: None, implied: None, cgroup_id: None };
                     let alerts = feed.on_record(&d);
                     feed.vet(alerts, Some(lost));
                 }

@@ -83,6 +83,7 @@ fn record(ts_ns: u64, tid: u32, pid: u32, kind: EventKind) -> Decoded {
         reasons: Reasons(reason::RECORD),
         since_ns: None,
         implied: None,
+        cgroup_id: None,
     }
 }
 

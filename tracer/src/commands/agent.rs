@@ -151,8 +151,7 @@ fn raise_all(st: &mut AgentState, alerts: Vec<crate::core::detect::Alert>) {
     if alerts.is_empty() {
         return;
     }
-    let mut view = http::engine_view(st);
-    http::resolve(&mut view);
+    let view = http::engine_view(st).resolve();
     for a in alerts {
         st.sink.raise(a, &view);
     }

@@ -95,6 +95,8 @@ pub struct Decoded {
     /// implies its attempt, a release its acquisition, an end its begin): outside record mode
     /// the kernel streams only the end of what turned out slow.
     pub implied: Option<Event>,
+    /// The cgroup v2 id of the task that wrote the record, when the kernel gave one.
+    pub cgroup_id: Option<u64>,
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -295,6 +297,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         reasons,
         since_ns,
         implied,
+        cgroup_id: nonzero(header.cgroup_id),
     })
 }
 
@@ -321,6 +324,7 @@ mod tests {
                 tid: 11,
                 tgid: 10,
                 comm,
+                cgroup_id: 4242,
             },
             mm: 0xffff_0000_1000,
             since_ns: 100,

@@ -58,6 +58,8 @@ pub struct LiveFeed {
     last_snapshot_ns: Option<u64>,
     /// Exits processed since that snapshot: tid → exit time.
     exits: HashMap<u32, u64>,
+    /// The cgroup id each process's records carried last: names its workload after it exits.
+    cgroups: HashMap<u32, u64>,
     alive: Liveness,
     /// The kernel's lost-record counter when last read.
     lost_seen: u64,
@@ -139,6 +141,7 @@ impl LiveFeed {
             hold_threshold_ns,
             last_snapshot_ns: None,
             exits: HashMap::new(),
+            cgroups: HashMap::new(),
             alive: Box::new(proc_exists),
             lost_seen: 0,
             lost: 0,
@@ -162,6 +165,11 @@ impl LiveFeed {
     /// Records the kernel lost (ring buffer full) since the feed started.
     pub fn lost(&self) -> u64 {
         self.lost
+    }
+
+    /// The cgroup id the records of process `pid` carried, while the model knows the process.
+    pub fn cgroup_of(&self, pid: u32) -> Option<u64> {
+        self.cgroups.get(&pid).copied()
     }
 
     /// Tasks whose state is unknown since the last loss, until a snapshot confirms them.
@@ -225,6 +233,9 @@ impl LiveFeed {
             if !self.reflects(implied) {
                 alerts.extend(self.engine.apply(implied));
             }
+        }
+        if let Some(id) = d.cgroup_id {
+            self.cgroups.insert(d.event.pid, id);
         }
         if matches!(d.event.kind, EventKind::TaskExit {}) {
             self.exits.insert(d.event.tid, d.event.ts_ns);
@@ -549,6 +560,7 @@ impl LiveFeed {
             model.forget_task(tid);
         }
         for pid in gone {
+            self.cgroups.remove(&pid);
             model.process_exit(pid);
         }
     }
@@ -690,6 +702,7 @@ mod tests {
                     mm_pid: None,
                 },
             }),
+            cgroup_id: None,
         };
         feed.on_record(&d);
         assert_eq!(

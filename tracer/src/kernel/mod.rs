@@ -6,6 +6,7 @@
 //! about processes: their cgroup and workload (`workload`, cached by `pidcache`), and whether
 //! they are in the agent's scope (`scope`).
 
+pub mod cgroup_ids;
 pub mod check;
 pub mod decode;
 pub mod live;

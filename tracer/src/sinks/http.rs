@@ -19,6 +19,7 @@ use tracer_common::ProcFaults;
 use crate::{
     core::model::Blocked,
     core::views::GraphView,
+    kernel::cgroup_ids,
     kernel::decode::Decoded,
     kernel::live::{self, LiveFeed},
     kernel::probes::{kernel::KernelBtf, Probes},
@@ -57,7 +58,11 @@ impl Telemetry {
         self.events_received += 1;
         if d.reasons.slow_wait() {
             let name = d.event.comm.clone().unwrap_or_else(|| "?".into());
-            let attribution = workload::attribute(d.event.pid);
+            // The record's own cgroup first: right even once the process is gone.
+            let attribution = d
+                .cgroup_id
+                .and_then(cgroup_ids::attribute)
+                .or_else(|| workload::attribute(d.event.pid));
             let key = ProcessKey::new(name, attribution.as_deref());
             let key = if self.slow_waits_by_process.len() < MAX_NAMES
                 || self.slow_waits_by_process.contains_key(&key)
@@ -106,24 +111,42 @@ pub struct AlertsDoc {
 
 /// The live graph as the engine has it, with the tasks a loss left unknown marked (cheap: call
 /// under the lock).
-pub fn engine_view(st: &AgentState) -> GraphView {
+pub fn engine_view(st: &AgentState) -> LiveView {
     let engine = st.feed.engine();
     let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
     view.mark_unknown(st.feed.unknown());
-    view
+    let cgroups = view
+        .tasks
+        .iter()
+        .filter_map(|t| Some((t.pid, st.feed.cgroup_of(t.pid)?)))
+        .collect();
+    LiveView { view, cgroups }
 }
 
-/// Adds what /proc says of the view's tasks: the process of tasks the model never saw, and
-/// every process's cgroup and workload (file reads: outside the lock where possible).
-pub fn resolve(view: &mut GraphView) {
-    view.identify(live::identify);
-    view.attribute(workload::attribute);
+/// The engine's graph, with the cgroup ids its processes' records carried, before /proc is read.
+pub struct LiveView {
+    view: GraphView,
+    cgroups: HashMap<u32, u64>,
+}
+
+impl LiveView {
+    /// Adds what the host says of the view's tasks: the process of tasks the model never saw
+    /// (/proc), and every process's cgroup and workload: /proc while it lives, else the cgroup
+    /// its records came from (file reads: outside the lock where possible).
+    pub fn resolve(self) -> GraphView {
+        let Self { mut view, cgroups } = self;
+        view.identify(live::identify);
+        view.attribute(|pid| {
+            workload::attribute(pid)
+                .or_else(|| cgroups.get(&pid).and_then(|id| cgroup_ids::attribute(*id)))
+        });
+        view
+    }
 }
 
 fn graph_view(shared: &Shared) -> GraphView {
-    let mut view = engine_view(&lock(shared));
-    resolve(&mut view);
-    view
+    let view = engine_view(&lock(shared));
+    view.resolve()
 }
 
 async fn graph(State(shared): State<Shared>) -> Json<GraphView> {

@@ -1,0 +1,130 @@
+//! cgroup v2 ids (what `bpf_get_current_cgroup_id()` puts in every record) back to cgroup
+//! paths, so a record names its workload without a /proc read, and still after its process has
+//! exited. On cgroup v2 a cgroup's id is the inode number of its directory: the resolver walks
+//! the cgroup2 mount once and again on a miss, at most once per `REWALK` (a storm of records
+//! from a cgroup created after the walk costs one walk, not one per record).
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use super::workload::{cgroup2_mount, Attribution};
+
+/// Least time between two walks of the cgroup tree.
+const REWALK: Duration = Duration::from_secs(1);
+/// Directories visited per walk at most (a host has hundreds; this bounds a pathological one).
+const MAX_CGROUPS: usize = 65_536;
+
+pub struct CgroupIds {
+    /// Where cgroup2 is mounted (None: no cgroup v2 here, nothing resolves).
+    mount: Option<PathBuf>,
+    by_id: HashMap<u64, Arc<Attribution>>,
+    walked: Option<Instant>,
+}
+
+impl CgroupIds {
+    pub fn new(mount: Option<PathBuf>) -> Self {
+        Self {
+            mount,
+            by_id: HashMap::new(),
+            walked: None,
+        }
+    }
+
+    /// The cgroup with this id, walking the tree again when it is unknown and the last walk is
+    /// old enough; `None` for a cgroup removed before it could be seen.
+    pub fn resolve(&mut self, id: u64) -> Option<Arc<Attribution>> {
+        if let Some(a) = self.by_id.get(&id) {
+            return Some(a.clone());
+        }
+        if self.walked.is_some_and(|t| t.elapsed() < REWALK) {
+            return None;
+        }
+        self.walk();
+        self.by_id.get(&id).cloned()
+    }
+
+    fn walk(&mut self) {
+        self.walked = Some(Instant::now());
+        let Some(mount) = &self.mount else {
+            return;
+        };
+        // Ids of removed cgroups are never reused while the kernel runs, but the map is rebuilt
+        // so that it holds only what exists.
+        let mut by_id = HashMap::new();
+        let mut stack = vec![mount.clone()];
+        while let Some(dir) = stack.pop() {
+            if by_id.len() >= MAX_CGROUPS {
+                break;
+            }
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir.strip_prefix(mount).unwrap_or(Path::new(""));
+            let path = format!("/{}", rel.display());
+            let attribution = self
+                .by_id
+                .values()
+                .find(|a| a.cgroup == path)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Attribution::from_path(&path)));
+            by_id.insert(meta.ino(), attribution);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        self.by_id = by_id;
+    }
+}
+
+/// The agent's resolver, over the host's cgroup2 mount.
+pub fn shared() -> &'static Mutex<CgroupIds> {
+    static SHARED: OnceLock<Mutex<CgroupIds>> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let mount = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| cgroup2_mount(&m));
+        Mutex::new(CgroupIds::new(mount))
+    })
+}
+
+/// Resolves a record's cgroup id with the shared resolver.
+pub fn attribute(id: u64) -> Option<Arc<Attribution>> {
+    shared()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .resolve(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_the_inodes_of_the_cgroup_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let unit = dir.path().join("system.slice/db.service");
+        std::fs::create_dir_all(&unit).expect("dirs");
+        let ino = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+        let mut ids = CgroupIds::new(Some(dir.path().to_path_buf()));
+        let a = ids.resolve(ino(&unit)).expect("the unit's id resolves");
+        assert_eq!(a.cgroup, "/system.slice/db.service");
+        assert_eq!(a.label(), "systemd:db.service");
+        assert_eq!(ids.resolve(ino(dir.path())).expect("root").cgroup, "/");
+        // A cgroup made after the walk is found on a later miss, once the rewalk delay passed.
+        let late = dir.path().join("late");
+        std::fs::create_dir(&late).expect("dir");
+        assert!(ids.resolve(ino(&late)).is_none(), "within the rewalk delay");
+        ids.walked = Some(Instant::now() - REWALK);
+        assert_eq!(ids.resolve(ino(&late)).expect("after").cgroup, "/late");
+    }
+}
