@@ -88,15 +88,7 @@ pub(crate) fn uffd_deadlock(hold_ms: u64, extra_writers: u32) -> Result<()> {
                 .spawn(move || -> i64 {
                     rescuer_tid.store(u64::from(gettid()), Ordering::SeqCst);
                     libc_sleep_ms(hold_ms.min(60_000));
-                    let page = [0x42u8; 4096];
-                    let mut copy = UffdioCopy {
-                        dst,
-                        src: page.as_ptr() as u64,
-                        len: 4096,
-                        mode: 0,
-                        copy: 0,
-                    };
-                    uffd_ioctl(fd, UFFDIO_COPY, &mut copy)
+                    copy_filled_page(fd, dst)
                 })
                 .context("spawn the rescuer")?
         };

@@ -198,15 +198,7 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()
         let dst = region.addr as u64;
         let (watchdog, watchdog_tid) = spawn_named("md-watchdog", move || -> i64 {
             libc_sleep_ms(hold_ms.min(60_000));
-            let page = [0x42u8; 4096];
-            let mut copy = UffdioCopy {
-                dst,
-                src: page.as_ptr() as u64,
-                len: 4096,
-                mode: 0,
-                copy: 0,
-            };
-            uffd_ioctl(fd, UFFDIO_COPY, &mut copy)
+            copy_filled_page(fd, dst)
         })?;
         let report = MonitorDeadlockReport {
             scenario: match after {

@@ -59,6 +59,25 @@ pub(crate) struct UffdReport {
     retry_ret: i64,
 }
 
+/// UFFDIO_COPY of one page from `src` to `dst` (registered with `fd`): what resolves a fault.
+/// Returns what the ioctl returned (negative errno on failure).
+pub(crate) fn copy_page(fd: i32, dst: u64, src: u64) -> i64 {
+    let mut copy = UffdioCopy {
+        dst,
+        src,
+        len: 4096,
+        mode: 0,
+        copy: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_COPY, &mut copy)
+}
+
+/// UFFDIO_COPY of a page of 0x42 bytes to `dst`: what the rescuers and watchdogs answer with.
+pub(crate) fn copy_filled_page(fd: i32, dst: u64) -> i64 {
+    let page = [0x42u8; 4096];
+    copy_page(fd, dst, page.as_ptr() as u64)
+}
+
 pub(crate) fn uffd_ioctl<T>(fd: i32, req: libc::c_ulong, arg: &mut T) -> i64 {
     // SAFETY: `arg` is the struct this request takes.
     let r = unsafe { libc::ioctl(fd, req, arg as *mut T) };
@@ -102,22 +121,8 @@ pub(crate) fn uffd_stall(delay_ms: u64, fresh_source: bool) -> Result<()> {
             .map_or(filled.as_ptr() as u64, |m| m.addr as u64);
         libc_sleep_ms(delay_ms);
         let copy_ns = now_ns();
-        let mut copy = UffdioCopy {
-            dst,
-            src: src_addr,
-            len: 4096,
-            mode: 0,
-            copy: 0,
-        };
-        let copy_ret = uffd_ioctl(fd, UFFDIO_COPY, &mut copy);
-        let mut again = UffdioCopy {
-            dst,
-            src: src_addr,
-            len: 4096,
-            mode: 0,
-            copy: 0,
-        };
-        let retry_ret = uffd_ioctl(fd, UFFDIO_COPY, &mut again);
+        let copy_ret = copy_page(fd, dst, src_addr);
+        let retry_ret = copy_page(fd, dst, src_addr);
         let msg = [gettid() as i64, copy_ns as i64, copy_ret, retry_ret];
         // SAFETY: writing our own array to the pipe.
         unsafe {
@@ -285,15 +290,7 @@ pub(crate) fn uffd_chain(hold_ms: u64) -> Result<()> {
         };
         report_and_linger(&report, hold_ms)?;
         // Resolve the fault ourselves: both writers finish.
-        let src = [0x42u8; 4096];
-        let mut copy = UffdioCopy {
-            dst: region.addr as u64,
-            src: src.as_ptr() as u64,
-            len: 4096,
-            mode: 0,
-            copy: 0,
-        };
-        if uffd_ioctl(fd, UFFDIO_COPY, &mut copy) < 0 {
+        if copy_filled_page(fd, region.addr as u64) < 0 {
             bail!("UFFDIO_COPY: {}", std::io::Error::last_os_error());
         }
         holder
