@@ -4,6 +4,7 @@
 //! agent, `test` runs every check CI runs, `bench` measures, `package` builds a .deb.
 
 mod bench;
+mod image;
 mod package;
 mod setup;
 mod vmtest;
@@ -22,8 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building the eBPF programs needs (Debian packages, bpf-linker, toolchain link).
-    Setup,
+    /// Install what building the eBPF programs needs (Debian packages, bpf-linker, toolchain
+    /// link), and the test peers and tools (stress-ng, bpftrace, Prometheus, chromium, ...).
+    Setup {
+        /// Only what building faultline needs (a container image's build stage).
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Set up, build in release mode and run `faultline` (default: the agent with defaults).
     Run {
         /// Arguments for faultline (default: `agent`).
@@ -36,6 +42,9 @@ enum Cmd {
     Lint,
     /// Set up, then run the benchmarks and print ratios measured side by side.
     Bench(bench::BenchArgs),
+    /// Build the container image from Containerfile with buildah (a Debian base made with
+    /// debootstrap: no registry or container engine needed) and run its binary.
+    Image,
     /// Build a Debian package (binary, systemd unit, config, dashboards, alert rules).
     Package(package::PackageArgs),
     /// Run the live agent for a while under a busy host's churn and check it stayed true
@@ -174,7 +183,8 @@ fn count_before(s: &str, label: &str) -> u64 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Setup => setup::ensure(),
+        Cmd::Setup { build_only: false } => setup::ensure(),
+        Cmd::Setup { build_only: true } => setup::ensure_build_only(),
         Cmd::Run { args } => {
             setup::ensure()?;
             let args = if args.is_empty() {
@@ -203,6 +213,7 @@ fn main() -> Result<()> {
             setup::ensure()?;
             bench::run(&args)
         }
+        Cmd::Image => image::run_image(),
         Cmd::Package(args) => package::run_package(&args).map(|_| ()),
         Cmd::Soak { minutes, seconds } => soak(seconds.unwrap_or(minutes * 60)),
         Cmd::Vmtest(args) => {

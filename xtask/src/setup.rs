@@ -154,7 +154,30 @@ pub fn ebpf_toolchain() -> (&'static str, bool) {
     }
 }
 
+/// The packages that building faultline needs (a container image's build stage); the rest of
+/// `PACKAGES` are test peers and tools.
+const BUILD_PACKAGES: [&str; 7] = [
+    "rustc-web",
+    "rust-web-src",
+    "cargo-web",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// Everything the build, the tests and the benchmarks need.
 pub fn ensure() -> Result<()> {
+    ensure_scoped(false)
+}
+
+/// Only what building needs: the eBPF toolchain and bpf-linker (`cargo xtask setup
+/// --build-only`, what the Containerfile runs).
+pub fn ensure_build_only() -> Result<()> {
+    ensure_scoped(true)
+}
+
+fn ensure_scoped(build_only: bool) -> Result<()> {
     let use_nightly = nightly_has_rust_src();
     // Debian's LLVM is needed for bpf-linker either way; the Debian compiler only without a
     // nightly that has rust-src.
@@ -162,6 +185,7 @@ pub fn ensure() -> Result<()> {
         .iter()
         .copied()
         .filter(|(p, _)| !use_nightly || !p.starts_with("rust") && !p.starts_with("cargo"))
+        .filter(|(p, _)| !build_only || BUILD_PACKAGES.contains(p))
         .collect();
     ensure_packages(&needed)?;
 
@@ -191,6 +215,9 @@ pub fn ensure() -> Result<()> {
         if !bpf_linker_ok() {
             bail!("bpf-linker {BPF_LINKER_VERSION} still not runnable after installing it");
         }
+    }
+    if build_only {
+        return Ok(());
     }
     ensure_kubernetes_validate()
 }
