@@ -488,3 +488,50 @@ fn the_agent_takes_its_settings_from_a_config_file_and_flags_override_it() {
     assert_eq!(status, 200);
     agent.stop();
 }
+
+/// Anonymous page faults and the mmap_lock: with per-VMA locks (6.4+, `vm_area_struct` has
+/// `vm_lock_seq` in BTF) they take the VMA's own lock and almost never the mmap_lock; without
+/// them (6.1) every fault takes it for read. Never for write, either way.
+#[test]
+fn a_fault_in_workload_takes_the_mmap_lock_for_read_only_without_per_vma_locks() {
+    if !require_root("a_fault_in_workload_takes_the_mmap_lock_for_read_only_without_per_vma_locks")
+    {
+        return;
+    }
+    let per_vma_locks = KernelBtf::load()
+        .expect("this kernel has BTF")
+        .member_offset("vm_area_struct", "vm_lock_seq")
+        .is_some();
+    let pages = 2000u64;
+    let rec = Recording::start(&[]);
+    let report = scenario(&["fault-in", "--pages", &pages.to_string()]);
+    let events = rec.finish();
+    let pid = u64_at(&report, &["pid"]) as u32;
+    let (from, to) = (u64_at(&report, &["start_ns"]), u64_at(&report, &["end_ns"]));
+    // The faulting thread is the scenario's worker: only the pid and the window name it.
+    let acquired = |want: LockMode| {
+        events
+            .iter()
+            .filter(|e| e.pid == pid && e.ts_ns >= from && e.ts_ns <= to)
+            .filter(|e| {
+                matches!(e.kind, EventKind::MmapLockAcquire { mode, success: true, .. } if mode == want)
+            })
+            .count() as u64
+    };
+    let (reads, writes) = (acquired(LockMode::Read), acquired(LockMode::Write));
+    assert_eq!(
+        writes, 0,
+        "faults never take the mmap_lock for write ({reads} reads)"
+    );
+    if per_vma_locks {
+        assert!(
+            reads < pages / 10,
+            "per-VMA locks: {reads} read acquisitions for {pages} faults"
+        );
+    } else {
+        assert!(
+            reads >= pages,
+            "no per-VMA locks: one read acquisition per fault, got {reads} for {pages}"
+        );
+    }
+}

@@ -70,6 +70,31 @@ pub struct VmtestArgs {
     /// Echo the guest's console while it runs.
     #[arg(long, short)]
     verbose: bool,
+    /// Test the debug build (what `cargo test` builds) instead of a release build: no second
+    /// compilation when the host tests ran just before, as in `cargo xtask test`.
+    #[arg(long)]
+    debug: bool,
+    /// Use TCG without first probing whether KVM guests boot (the probe costs 20 s where they
+    /// hang, as on the CI machines).
+    #[arg(long)]
+    tcg: bool,
+}
+
+impl VmtestArgs {
+    /// What `cargo xtask test` runs after the host tests: Debian 12's 6.1 on the debug build.
+    pub fn ci() -> Self {
+        Self {
+            kernel: vec!["6.1".into()],
+            readme: false,
+            exec: None,
+            include: Vec::new(),
+            timeout: Duration::from_secs(15 * 60),
+            memory: 2048,
+            verbose: false,
+            debug: true,
+            tcg: true,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,17 +133,14 @@ struct Binaries {
     tests: Vec<(String, PathBuf)>,
 }
 
-/// Builds the release binaries and the kernel test executables; returns their paths.
-fn build() -> Result<Binaries> {
+/// Builds faultline, the workloads and the kernel test executables (release unless `debug`);
+/// returns their paths.
+fn build(debug: bool) -> Result<Binaries> {
+    let release: &[&str] = if debug { &[] } else { &["--release"] };
     let mut cmd = crate::cargo();
-    cmd.args([
-        "test",
-        "--release",
-        "--no-run",
-        "--message-format=json",
-        "-p",
-        "tracer",
-    ]);
+    cmd.arg("test")
+        .args(release)
+        .args(["--no-run", "--message-format=json", "-p", "tracer"]);
     for t in KERNEL_TESTS
         .iter()
         .chain(SKIPPED_IN_VM.iter().map(|(t, _)| t))
@@ -156,15 +178,16 @@ fn build() -> Result<Binaries> {
     }
     // Artifacts that were fresh are reported too, so a missing one is a real build problem.
     let faultline = faultline.context("cargo built no faultline binary")?;
-    // The workloads are their own crate: built next to the tests (target/release), where the
+    // The workloads are their own crate: built next to the tests (target/<profile>), where the
     // tests look for them.
     if scenario.is_none() {
-        crate::run(crate::cargo().current_dir(workspace_root()).args([
-            "build",
-            "--release",
-            "-p",
-            "faultline-scenarios",
-        ]))?;
+        crate::run(
+            crate::cargo()
+                .current_dir(workspace_root())
+                .arg("build")
+                .args(release)
+                .args(["-p", "faultline-scenarios"]),
+        )?;
         let bin = faultline.with_file_name("faultline-scenario");
         scenario = bin.exists().then_some(bin);
     }
@@ -361,7 +384,7 @@ fn run_vm(
     let initrd = dir.join("initramfs.cpio");
     initramfs(kernel, bins, args, &initrd)?;
     let accel = *accel.get_or_insert_with(|| {
-        if kvm_works(kernel, &dir) {
+        if !args.tcg && kvm_works(kernel, &dir) {
             Accel::Kvm
         } else {
             Accel::Tcg
@@ -474,7 +497,7 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     if args.exec.is_some() && wanted.contains(&"host") {
         bail!("--exec runs in VMs only; name the kernels with --kernel 6.1 (or 6.12, 5.10)");
     }
-    let bins = build()?;
+    let bins = build(args.debug)?;
     for (name, reason) in SKIPPED_IN_VM {
         eprintln!("vmtest: {name} tests not run in VMs: {reason}");
     }

@@ -268,8 +268,19 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// Starts a scenario that reports and then lingers; returns it running with its report.
 pub fn scenario_lingering(args: &[&str]) -> (Child, serde_json::Value) {
+    lingering(args, Stdio::inherit())
+}
+
+/// Like `scenario_lingering` with stdin piped: for scenarios run with `--until-stdin-closes`,
+/// whose hold ends when the child is waited for or dropped (a failed test too).
+pub fn scenario_held(args: &[&str]) -> (Child, serde_json::Value) {
+    lingering(args, Stdio::piped())
+}
+
+fn lingering(args: &[&str], stdin: Stdio) -> (Child, serde_json::Value) {
     let mut child = Command::new(&*SCENARIO)
         .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .spawn()
         .expect("run faultline-scenario");
