@@ -175,6 +175,13 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
         r["reader"].as_u64().unwrap_or(0),
     );
 
+    // Both diagnoses at once: each loads BTF and the eBPF object (~17 s in a TCG guest), and the
+    // convoy lasts only as long as the populate.
+    let text = Command::new(FAULTLINE)
+        .args(["diagnose", "--no-agent", "--pid", &r["pid"].to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("text");
     let doc = diagnose(&["--agent", &addr]);
     let rd = task(&doc, reader);
     assert_eq!(rd["wait"]["kind"], "mmap_lock", "{rd:#}");
@@ -205,10 +212,7 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
 
     // Without the agent, /proc still points at the holder (the only running thread of the
     // process), and the text names the shape.
-    let text = Command::new(FAULTLINE)
-        .args(["diagnose", "--no-agent", "--pid", &r["pid"].to_string()])
-        .output()
-        .expect("text");
+    let text = text.wait_with_output().expect("text");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("read-write-read"), "{text}");
     assert!(

@@ -111,7 +111,7 @@ fn test() -> Result<()> {
     if passed == 0 {
         bail!("no test ran");
     }
-    // The kernel tests again on Debian 12's kernel (6.1) in QEMU, on the build just tested.
+    // The kernel tests again on Debian 12's kernel (6.1) in QEMU (release build: see vmtest.rs).
     vmtest::run(&vmtest::VmtestArgs::ci())
 }
 
