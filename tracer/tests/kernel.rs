@@ -364,7 +364,11 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
     let (holder, writer, reader) = (tid("holder"), tid("writer"), tid("reader"));
 
     // The slow-wait log line for the writer (streamed when it finally got the lock).
-    let line = agent.wait_for(&format!("tid {writer} "), Duration::from_secs(10));
+    // Its write wait: a slow guest also shows the threads' start-up waits (a stack's mmap).
+    let line = agent.wait_for_all(
+        &[&format!("tid {writer} "), "for rwsem_write"],
+        Duration::from_secs(10),
+    );
     assert!(
         line.contains("waited") && line.contains("write"),
         "slow-wait line: {line}"

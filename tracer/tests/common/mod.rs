@@ -98,16 +98,25 @@ impl Faultline {
 
     /// Waits for a stderr line containing `needle`; panics with everything seen on timeout.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_all(&[needle], timeout)
+    }
+
+    /// Waits for a stderr line containing every one of `needles`.
+    pub fn wait_for_all(&mut self, needles: &[&str], timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self
+                .seen
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
                 Err(_) => panic!(
-                    "faultline never printed {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    "faultline never printed {needles:?} within {timeout:?}; stderr so far:\n{}",
                     self.seen.join("\n")
                 ),
             }

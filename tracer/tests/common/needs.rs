@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 
-use tracer::probes::kernel::KernelBtf;
+use tracer::kernel::probes::kernel::KernelBtf;
 
 /// The line's prefix, which `xtask vmtest` parses (`NEEDS <test>: <feature> (kernel ≥ X)`).
 pub const NEEDS_MARK: &str = "NEEDS";
