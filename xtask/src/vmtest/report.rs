@@ -417,6 +417,13 @@ impl Summary {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
+            let failures: Vec<&str> = r["failures"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if !failures.is_empty() {
+                tests.push_str(&format!(" ({})", failures.join(", ")));
+            }
             if !needs.is_empty() {
                 tests.push_str(&format!(", {} needs: {}", needs.len(), needs.join("; ")));
             }
