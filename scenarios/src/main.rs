@@ -106,6 +106,10 @@ enum Scenario {
     UffdChain {
         #[arg(long, default_value_t = 3000)]
         hold_ms: u64,
+        /// End the hold early when stdin reaches end of file (the caller is done looking): a
+        /// long hold for slow machines that costs fast ones nothing.
+        #[arg(long)]
+        until_stdin_closes: bool,
     },
     /// A real deadlock of two threads: the holder write()s a shared file from a
     /// userfaultfd-registered page (holding the file's f_pos_lock while its fault waits for the
@@ -192,7 +196,10 @@ fn main() {
             fresh_source,
         } => uffd_stall(delay_ms, fresh_source),
         Scenario::KernelFaults { pages, linger_ms } => kernel_faults(pages, linger_ms),
-        Scenario::UffdChain { hold_ms } => uffd_chain(hold_ms),
+        Scenario::UffdChain {
+            hold_ms,
+            until_stdin_closes,
+        } => uffd_chain(hold_ms, until_stdin_closes),
         Scenario::UffdDeadlock {
             hold_ms,
             extra_writers,

@@ -171,7 +171,11 @@ pub(crate) fn rwr(
         Duration::from_millis(writer_delay_ms),
         Duration::from_millis(reader_delay_ms),
     );
-    let mut mib = hold_mib;
+    // The region is populated for real: more than the memory there is gets the process
+    // OOM-killed (a 2 GiB VM asked for 8 GiB). A small machine is a slow one too, so a smaller
+    // region still holds the lock long enough; the retries then stay at the cap.
+    let cap = max_hold_mib();
+    let mut mib = hold_mib.min(cap);
     // A populate can be faster than expected (its length varies a lot): retry bigger, bounded.
     for attempt in 1..=3 {
         let mut report = rwr_once(mib, wd, rd, announce)?;
@@ -180,7 +184,18 @@ pub(crate) fn rwr(
             println!("{}", serde_json::to_string(&report)?);
             return Ok(());
         }
-        mib *= 2;
+        mib = (mib * 2).min(cap);
     }
     unreachable!("the last attempt always reports")
+}
+
+/// The largest region worth populating: half of MemAvailable, at least 64 MiB (unbounded when
+/// /proc/meminfo cannot be read).
+fn max_hold_mib() -> usize {
+    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
+    available_kib.map_or(usize::MAX, |kib| (kib / 1024 / 2).max(64))
 }

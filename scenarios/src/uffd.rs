@@ -217,7 +217,7 @@ pub(crate) struct ChainReport {
     monitor_pid: u32,
 }
 
-pub(crate) fn uffd_chain(hold_ms: u64) -> Result<()> {
+pub(crate) fn uffd_chain(hold_ms: u64, until_stdin_closes: bool) -> Result<()> {
     let (fd, region) = uffd_with_page()?;
     // A monitor process that holds the userfaultfd and never answers; gone with us.
     // SAFETY: the child only sleeps and exits.
@@ -288,7 +288,11 @@ pub(crate) fn uffd_chain(hold_ms: u64) -> Result<()> {
             waiter_tid: waiter_tid.load(Ordering::SeqCst) as u32,
             monitor_pid: monitor as u32,
         };
-        report_and_linger(&report, hold_ms)?;
+        if until_stdin_closes {
+            report_and_linger_until_eof(&report, hold_ms)?;
+        } else {
+            report_and_linger(&report, hold_ms)?;
+        }
         // Resolve the fault ourselves: both writers finish.
         if copy_filled_page(fd, region.addr as u64) < 0 {
             bail!("UFFDIO_COPY: {}", std::io::Error::last_os_error());

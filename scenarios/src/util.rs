@@ -103,6 +103,25 @@ pub(crate) fn report_and_linger(report: &impl Serialize, linger_ms: u64) -> Resu
     Ok(())
 }
 
+/// Like `report_and_linger`, but the linger also ends when stdin reaches end of file.
+pub(crate) fn report_and_linger_until_eof(report: &impl Serialize, linger_ms: u64) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Detached: on a timeout it stays blocked in read() until the process exits.
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while stdin.read(&mut sink).is_ok_and(|n| n > 0) {}
+        let _ = tx.send(());
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(report)?)?;
+    out.flush()?;
+    drop(out);
+    let _ = rx.recv_timeout(std::time::Duration::from_millis(linger_ms.min(60_000)));
+    Ok(())
+}
+
 /// Runs `work(thread index)` on `threads` threads at once (all started before any begins) and
 /// returns (start, end) in CLOCK_MONOTONIC ns.
 pub(crate) fn timed_threads(threads: u32, work: impl Fn(u32) + Sync) -> (u64, u64) {

@@ -2,6 +2,8 @@
 //! while diagnose looks; then they resolve and clean up.
 
 mod common;
+#[path = "common/needs.rs"]
+mod needs;
 
 use std::{
     process::{Child, Command},
@@ -9,7 +11,8 @@ use std::{
 };
 
 use common::{
-    assert_fails_without_privileges, require_root, scenario_lingering, u64s, Faultline, FAULTLINE,
+    assert_fails_without_privileges, require_root, scenario_held, scenario_lingering, u64s,
+    Faultline, FAULTLINE,
 };
 
 /// One agent per test process (its single-agent claim): tests that start one take turns, also
@@ -48,6 +51,10 @@ fn blocked_on(t: &serde_json::Value) -> Vec<u64> {
     u64s(t, "blocked_on")
 }
 
+/// A hold long enough for diagnose on a slow machine (~17 s under QEMU TCG), ended as soon as
+/// the test waits for the scenario (stdin closes).
+const UFFD_CHAIN: [&str; 4] = ["uffd-chain", "--hold-ms", "60000", "--until-stdin-closes"];
+
 fn finish(mut child: Child) {
     let status = child.wait().expect("scenario");
     assert!(
@@ -63,7 +70,7 @@ fn a_thread_hung_on_a_silent_userfaultfd_monitor_names_the_context_and_the_monit
     ) {
         return;
     }
-    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "6000"]);
+    let (child, r) = scenario_held(&UFFD_CHAIN);
     let doc = diagnose(&["--no-agent"]);
     let (pid, holder, monitor) = (
         r["pid"].as_u64().unwrap_or(0),
@@ -105,10 +112,13 @@ fn a_thread_hung_on_a_silent_userfaultfd_monitor_names_the_context_and_the_monit
 
 #[test]
 fn a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain() {
-    if !require_root("a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain") {
+    let name = "a_mutex_waiter_behind_a_userfaultfd_waiter_gives_a_two_hop_chain";
+    // The mutex hop is read from the waiter's hung-task blocker; without it nothing in the
+    // kernel names the mutex a task sleeps on.
+    if !require_root(name) || !needs::kernel_has(name, &needs::TASK_BLOCKER) {
         return;
     }
-    let (child, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "6000"]);
+    let (child, r) = scenario_held(&UFFD_CHAIN);
     let doc = diagnose(&["--no-agent"]);
     let (holder, waiter, monitor) = (
         r["holder_tid"].as_u64().unwrap_or(0),
@@ -165,6 +175,13 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
         r["reader"].as_u64().unwrap_or(0),
     );
 
+    // Both diagnoses at once: each loads BTF and the eBPF object (~17 s in a TCG guest), and the
+    // convoy lasts only as long as the populate.
+    let text = Command::new(FAULTLINE)
+        .args(["diagnose", "--no-agent", "--pid", &r["pid"].to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("text");
     let doc = diagnose(&["--agent", &addr]);
     let rd = task(&doc, reader);
     assert_eq!(rd["wait"]["kind"], "mmap_lock", "{rd:#}");
@@ -195,10 +212,7 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
 
     // Without the agent, /proc still points at the holder (the only running thread of the
     // process), and the text names the shape.
-    let text = Command::new(FAULTLINE)
-        .args(["diagnose", "--no-agent", "--pid", &r["pid"].to_string()])
-        .output()
-        .expect("text");
+    let text = text.wait_with_output().expect("text");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("read-write-read"), "{text}");
     assert!(

@@ -323,3 +323,43 @@ fn a_kernel_fault_while_owning_a_contended_lock_is_reported_as_fault_under_lock(
         "before anyone waited, nothing marked the lock as contended"
     );
 }
+
+/// A real deadlock through userfaultfd: the holder owns a file's f_pos_lock while its fault
+/// waits for the handler, and the handler waits for that f_pos_lock. The agent alerts it with
+/// both threads, before the scenario's rescuer breaks it.
+#[test]
+fn a_userfaultfd_deadlock_is_alerted_with_both_threads() {
+    if !require_root("a_userfaultfd_deadlock_is_alerted_with_both_threads") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (mut agent, addr) = Faultline::agent(
+        state.path(),
+        &["--deadlock-confirm", "300ms", "--snapshot-interval", "50ms"],
+    );
+    // Long enough for a TCG guest to see and confirm it; the rescuer ends it after that.
+    let (mut workload, r) = scenario_lingering(&["uffd-deadlock", "--hold-ms", "10000"]);
+    let (holder, handler) = (u64_at(&r, &["holder_tid"]), u64_at(&r, &["handler_tid"]));
+    agent.wait_for("deadlock:", Duration::from_secs(9));
+
+    let (status, body) = http_get(&addr, "/api/alerts");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+    let deadlock = doc["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["kind"] == "deadlock")
+        .unwrap_or_else(|| panic!("no deadlock alert: {doc:#}"));
+    let tids = u64s(deadlock, "tids");
+    assert!(
+        tids.contains(&holder) && tids.contains(&handler),
+        "the cycle is holder {holder} and handler {handler}: {deadlock:#}"
+    );
+    assert!(
+        workload.wait().expect("scenario").success(),
+        "the rescuer broke the deadlock"
+    );
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}

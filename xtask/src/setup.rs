@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 13] = [
+const PACKAGES: [(&str, &str); 15] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -60,6 +60,14 @@ const PACKAGES: [(&str, &str); 13] = [
     (
         "prometheus-alertmanager",
         "a real Alertmanager for the end-to-end alert routing test (tracer/tests/fleet.rs)",
+    ),
+    (
+        "qemu-system-x86",
+        "QEMU, which boots Debian's kernels for `cargo xtask vmtest` (6.1 in `cargo xtask test`)",
+    ),
+    (
+        "busybox-static",
+        "the static shell and tools of the initramfs the vmtest guests boot",
     ),
 ];
 

@@ -64,12 +64,40 @@ pub struct VmtestArgs {
     /// Longest a VM may run before it is killed and its kernel counted as failed.
     #[arg(long, default_value = "20m", value_parser = parse_duration)]
     timeout: Duration,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 2048)]
+    /// Guest memory in MiB. The rwr workload populates up to half of what is free, and its
+    /// read hold (~17 s per GiB under TCG) has to outlast diagnose's start (~17 s there).
+    #[arg(long, default_value_t = 4096)]
     memory: u32,
     /// Echo the guest's console while it runs.
     #[arg(long, short)]
     verbose: bool,
+    /// Test the debug build (what `cargo test --all-targets` builds) instead of a release
+    /// build: no second compilation after the host tests, but under TCG it runs the kernel
+    /// binary's tests ~5x slower than release (diagnose's 4 tests: 105 s against 45 s), too
+    /// slow for CI.
+    #[arg(long)]
+    debug: bool,
+    /// Use TCG without first probing whether KVM guests boot (the probe costs 20 s where they
+    /// hang, as on the CI machines).
+    #[arg(long)]
+    tcg: bool,
+}
+
+impl VmtestArgs {
+    /// What `cargo xtask test` runs after the host tests: Debian 12's 6.1, release build, TCG.
+    pub fn ci() -> Self {
+        Self {
+            kernel: vec!["6.1".into()],
+            readme: false,
+            exec: None,
+            include: Vec::new(),
+            timeout: Duration::from_secs(15 * 60),
+            memory: 4096,
+            verbose: false,
+            debug: false,
+            tcg: true,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -108,22 +136,24 @@ struct Binaries {
     tests: Vec<(String, PathBuf)>,
 }
 
-/// Builds the release binaries and the kernel test executables; returns their paths.
-fn build() -> Result<Binaries> {
+/// Builds faultline, the workloads and the kernel test executables (release unless `debug`);
+/// returns their paths.
+fn build(debug: bool) -> Result<Binaries> {
+    let release: &[&str] = if debug { &[] } else { &["--release"] };
     let mut cmd = crate::cargo();
-    cmd.args([
-        "test",
-        "--release",
-        "--no-run",
-        "--message-format=json",
-        "-p",
-        "tracer",
-    ]);
-    for t in KERNEL_TESTS
-        .iter()
-        .chain(SKIPPED_IN_VM.iter().map(|(t, _)| t))
-    {
-        cmd.args(["--test", t]);
+    cmd.args(["test", "--no-run", "--message-format=json"]);
+    if debug {
+        // The very command `cargo xtask test` has just built (with the same feature
+        // unification), so nothing is compiled twice.
+        cmd.arg("--all-targets");
+    } else {
+        cmd.args(["--release", "-p", "tracer"]);
+        for t in KERNEL_TESTS
+            .iter()
+            .chain(SKIPPED_IN_VM.iter().map(|(t, _)| t))
+        {
+            cmd.args(["--test", t]);
+        }
     }
     eprintln!("xtask: {cmd:?}");
     let out = cmd
@@ -142,29 +172,32 @@ fn build() -> Result<Binaries> {
         let Some(exe) = msg["executable"].as_str() else {
             continue;
         };
+        // Unit-test harnesses of binaries share their names; only the programs themselves.
+        let unit_tests = msg["profile"]["test"].as_bool() == Some(true);
         let name = msg["target"]["name"].as_str().unwrap_or_default();
         let kinds: Vec<&str> = msg["target"]["kind"]
             .as_array()
             .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
             .unwrap_or_default();
         match (name, kinds.as_slice()) {
-            ("faultline", ["bin"]) => faultline = Some(PathBuf::from(exe)),
-            ("faultline-scenario", ["bin"]) => scenario = Some(PathBuf::from(exe)),
+            ("faultline", ["bin"]) if !unit_tests => faultline = Some(PathBuf::from(exe)),
+            ("faultline-scenario", ["bin"]) if !unit_tests => scenario = Some(PathBuf::from(exe)),
             (t, ["test"]) => tests.push((t.to_owned(), PathBuf::from(exe))),
             _ => {}
         }
     }
     // Artifacts that were fresh are reported too, so a missing one is a real build problem.
     let faultline = faultline.context("cargo built no faultline binary")?;
-    // The workloads are their own crate: built next to the tests (target/release), where the
+    // The workloads are their own crate: built next to the tests (target/<profile>), where the
     // tests look for them.
     if scenario.is_none() {
-        crate::run(crate::cargo().current_dir(workspace_root()).args([
-            "build",
-            "--release",
-            "-p",
-            "faultline-scenarios",
-        ]))?;
+        crate::run(
+            crate::cargo()
+                .current_dir(workspace_root())
+                .arg("build")
+                .args(release)
+                .args(["-p", "faultline-scenarios"]),
+        )?;
         let bin = faultline.with_file_name("faultline-scenario");
         scenario = bin.exists().then_some(bin);
     }
@@ -361,7 +394,7 @@ fn run_vm(
     let initrd = dir.join("initramfs.cpio");
     initramfs(kernel, bins, args, &initrd)?;
     let accel = *accel.get_or_insert_with(|| {
-        if kvm_works(kernel, &dir) {
+        if !args.tcg && kvm_works(kernel, &dir) {
             Accel::Kvm
         } else {
             Accel::Tcg
@@ -474,7 +507,7 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     if args.exec.is_some() && wanted.contains(&"host") {
         bail!("--exec runs in VMs only; name the kernels with --kernel 6.1 (or 6.12, 5.10)");
     }
-    let bins = build()?;
+    let bins = build(args.debug)?;
     for (name, reason) in SKIPPED_IN_VM {
         eprintln!("vmtest: {name} tests not run in VMs: {reason}");
     }

@@ -98,16 +98,25 @@ impl Faultline {
 
     /// Waits for a stderr line containing `needle`; panics with everything seen on timeout.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_all(&[needle], timeout)
+    }
+
+    /// Waits for a stderr line containing every one of `needles`.
+    pub fn wait_for_all(&mut self, needles: &[&str], timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self
+                .seen
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
                 Err(_) => panic!(
-                    "faultline never printed {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    "faultline never printed {needles:?} within {timeout:?}; stderr so far:\n{}",
                     self.seen.join("\n")
                 ),
             }
@@ -268,8 +277,19 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// Starts a scenario that reports and then lingers; returns it running with its report.
 pub fn scenario_lingering(args: &[&str]) -> (Child, serde_json::Value) {
+    lingering(args, Stdio::inherit())
+}
+
+/// Like `scenario_lingering` with stdin piped: for scenarios run with `--until-stdin-closes`,
+/// whose hold ends when the child is waited for or dropped (a failed test too).
+pub fn scenario_held(args: &[&str]) -> (Child, serde_json::Value) {
+    lingering(args, Stdio::piped())
+}
+
+fn lingering(args: &[&str], stdin: Stdio) -> (Child, serde_json::Value) {
     let mut child = Command::new(&*SCENARIO)
         .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .spawn()
         .expect("run faultline-scenario");

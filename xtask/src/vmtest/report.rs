@@ -20,6 +20,10 @@ pub struct KernelRun {
     pub passed: u64,
     pub failed: u64,
     pub ignored: u64,
+    /// Tests that returned early because this kernel lacks a feature they need.
+    pub needs: u64,
+    /// `binary::test: feature (kernel ≥ X)` of each of those.
+    pub needs_list: Vec<String>,
     /// `binary::test` of every failed test, and binaries that died without a result.
     pub failures: Vec<String>,
     /// `faultline check` items reported unavailable: (name, why).
@@ -34,10 +38,16 @@ impl KernelRun {
         self.failed == 0 && self.problems.is_empty() && self.passed > 0
     }
 
+    fn add(&mut self, passed: u64, failed: u64, ignored: u64) {
+        self.passed += passed;
+        self.failed += failed;
+        self.ignored += ignored;
+    }
+
     /// The one line printed per kernel.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "vmtest {}: {} ({}, {}, {} s): {} passed, {} failed",
+            "vmtest {}: {} ({}, {}, {} s): {} passed, {} failed, {} needs",
             self.label,
             if self.release.is_empty() {
                 "?"
@@ -48,10 +58,14 @@ impl KernelRun {
             self.accel,
             self.wall_secs,
             self.passed,
-            self.failed
+            self.failed,
+            self.needs
         );
         if !self.failures.is_empty() {
             s.push_str(&format!(" [{}]", self.failures.join(", ")));
+        }
+        if !self.needs_list.is_empty() {
+            s.push_str(&format!("; needs: {}", self.needs_list.join(", ")));
         }
         if self.unavailable.is_empty() {
             s.push_str("; every checked feature available");
@@ -79,6 +93,8 @@ impl KernelRun {
             "passed": self.passed,
             "failed": self.failed,
             "ignored": self.ignored,
+            "needs": self.needs,
+            "needs_list": self.needs_list,
             "failures": self.failures,
             "unavailable": self.unavailable.iter()
                 .map(|(n, w)| json!({"name": n, "why": w}))
@@ -93,11 +109,164 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
+/// The line a test prints (past libtest's capture) when the running kernel lacks a feature it
+/// needs: `NEEDS <test>: <feature> (kernel ≥ X)` (tracer/tests/common/needs.rs).
+const NEEDS_MARK: &str = "NEEDS ";
+
+/// One test binary's results while its output is read.
+#[derive(Default)]
+struct Binary {
+    name: String,
+    /// "running N tests".
+    expected: Option<u64>,
+    /// test name → "ok" / "FAILED" / "ignored".
+    outcomes: Vec<(String, String)>,
+    /// A "test x ... " line whose outcome comes on a later line (the test wrote to the console
+    /// past libtest's capture, or the kernel printed in between).
+    pending: Option<String>,
+    /// Tests that said which kernel feature they need: (test, feature).
+    needs: Vec<(String, String)>,
+    /// libtest's "test result:" totals (passed, failed, ignored).
+    totals: Option<(u64, u64, u64)>,
+}
+
+impl Binary {
+    fn outcome(&mut self, name: &str, outcome: &str) {
+        let o = if outcome.starts_with("ignored") {
+            "ignored"
+        } else {
+            outcome
+        };
+        if matches!(o, "ok" | "FAILED" | "ignored") {
+            self.outcomes.push((name.to_owned(), o.to_owned()));
+        }
+    }
+
+    /// One line of libtest output (console noise is ignored).
+    fn line(&mut self, line: &str) {
+        let line = match line.find(NEEDS_MARK) {
+            Some(pos) => {
+                let (before, needs) = line.split_at(pos);
+                if let Some((test, feature)) = needs[NEEDS_MARK.len()..].split_once(": ") {
+                    self.needs
+                        .push((test.trim().to_owned(), feature.trim().to_owned()));
+                }
+                before.trim()
+            }
+            None => line,
+        };
+        if let Some(n) = line
+            .strip_prefix("running ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+        {
+            self.expected = Some(n);
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
+            self.totals = totals(rest);
+        } else if let Some(rest) = line.strip_prefix("test ") {
+            if let Some((name, outcome)) = rest.rsplit_once(" ...") {
+                let outcome = outcome.trim();
+                if is_outcome(outcome) {
+                    self.pending = None;
+                    self.outcome(name, outcome);
+                } else {
+                    self.pending = Some(name.to_owned());
+                }
+            }
+        } else if let Some(name) = self.pending.take() {
+            if is_outcome(line) {
+                self.outcome(&name, line);
+            } else {
+                self.pending = Some(name);
+            }
+        }
+    }
+
+    /// Adds this binary's counts to the run. Every test counts once: a test that returned after
+    /// naming a missing feature counts as "needs", not passed; tests that gave no result
+    /// because the binary died count as failed, each.
+    fn finish(self, rc: i32, run: &mut KernelRun) {
+        let needs_of = |t: &str| self.needs.iter().find(|(n, _)| n == t);
+        let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+        for (test, o) in &self.outcomes {
+            match (o.as_str(), needs_of(test)) {
+                ("ok", Some((_, feature))) => {
+                    run.needs += 1;
+                    run.needs_list
+                        .push(format!("{}::{test}: {feature}", self.name));
+                }
+                ("ok", None) => passed += 1,
+                ("FAILED", _) => {
+                    failed += 1;
+                    run.failures.push(format!("{}::{test}", self.name));
+                }
+                _ => ignored += 1,
+            }
+        }
+        let reported = self.outcomes.len() as u64;
+        // libtest's own totals win when console noise hid some per-test lines.
+        if let Some((p, f, i)) = self.totals {
+            let needs = self
+                .outcomes
+                .iter()
+                .filter(|(t, o)| o == "ok" && needs_of(t).is_some())
+                .count() as u64;
+            if p + f + i > reported {
+                passed = p.saturating_sub(needs);
+                if f > failed {
+                    run.failures.push(format!(
+                        "{}: {} more failed tests (see the console log)",
+                        self.name,
+                        f - failed
+                    ));
+                }
+                failed = f;
+                ignored = i;
+            }
+        } else if rc != 0 {
+            let missing = match self.expected {
+                Some(n) => n.saturating_sub(reported),
+                None => 1,
+            };
+            // A non-zero exit with every test reported and none failed is a failure too.
+            let missing = if missing == 0 && failed == 0 {
+                1
+            } else {
+                missing
+            };
+            if missing == 0 {
+                return run.add(passed, failed, ignored);
+            }
+            failed += missing;
+            run.failures.push(format!(
+                "{}: {missing} test{} gave no result (exited with {rc})",
+                self.name,
+                if missing == 1 { "" } else { "s" }
+            ));
+        }
+        run.add(passed, failed, ignored);
+    }
+}
+
+fn is_outcome(s: &str) -> bool {
+    matches!(s, "ok" | "FAILED") || s.starts_with("ignored")
+}
+
+/// "ok. 3 passed; 1 failed; 0 ignored; …" → (3, 1, 0).
+fn totals(rest: &str) -> Option<(u64, u64, u64)> {
+    let (_, counts) = rest.split_once(". ")?;
+    let get = |what: &str| -> Option<u64> {
+        counts
+            .split(';')
+            .find_map(|c| c.trim().strip_suffix(what)?.trim().parse().ok())
+    };
+    Some((get("passed")?, get("failed")?, get("ignored")?))
+}
+
 /// Parses the `@@VMTEST` lines and libtest's own lines of one run.
 pub fn parse_guest(lines: &[String]) -> KernelRun {
     let mut run = KernelRun::default();
-    let mut current: Option<String> = None;
-    let mut failed_in_binary = 0;
+    let mut current: Option<Binary> = None;
     let mut saw_check = false;
     for raw in lines {
         // The console can put kernel messages on the same line; find the mark anywhere.
@@ -120,41 +289,31 @@ pub fn parse_guest(lines: &[String]) -> KernelRun {
                     }
                 }
                 "begin" => {
-                    current = Some(tail.to_owned());
-                    failed_in_binary = 0;
+                    current = Some(Binary {
+                        name: tail.to_owned(),
+                        ..Default::default()
+                    });
                 }
                 "end" => {
                     let rc = tail
                         .rsplit_once("rc=")
                         .and_then(|(_, n)| n.trim().parse::<i32>().ok())
                         .unwrap_or(-1);
-                    if rc != 0 && failed_in_binary == 0 {
-                        let name = current.clone().unwrap_or_default();
-                        run.failed += 1;
-                        run.failures
-                            .push(format!("{name} exited with {rc} and no test result"));
+                    if let Some(b) = current.take() {
+                        b.finish(rc, &mut run);
                     }
-                    current = None;
                 }
                 _ => {}
             }
             continue;
         }
-        let Some(binary) = &current else { continue };
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some((name, outcome)) = rest.rsplit_once(" ... ") {
-                match outcome.trim() {
-                    "ok" => run.passed += 1,
-                    "FAILED" => {
-                        run.failed += 1;
-                        failed_in_binary += 1;
-                        run.failures.push(format!("{binary}::{name}"));
-                    }
-                    o if o.starts_with("ignored") => run.ignored += 1,
-                    _ => {}
-                }
-            }
+        if let Some(b) = current.as_mut() {
+            b.line(line);
         }
+    }
+    if let Some(b) = current.take() {
+        // The guest stopped inside a binary: its unreported tests failed.
+        b.finish(-1, &mut run);
     }
     if !saw_check {
         run.problems
@@ -231,7 +390,13 @@ impl Summary {
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .filter_map(|u| u["name"].as_str().map(str::to_owned))
+                        .filter_map(|u| {
+                            let name = u["name"].as_str()?;
+                            Some(match u["why"].as_str().map(first_line) {
+                                Some(why) if !why.is_empty() => format!("{name} ({why})"),
+                                _ => name.to_owned(),
+                            })
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -248,6 +413,20 @@ impl Summary {
                 r["passed"].as_u64().unwrap_or(0),
                 r["failed"].as_u64().unwrap_or(0)
             );
+            let needs: Vec<&str> = r["needs_list"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let failures: Vec<&str> = r["failures"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if !failures.is_empty() {
+                tests.push_str(&format!(" ({})", failures.join(", ")));
+            }
+            if !needs.is_empty() {
+                tests.push_str(&format!(", {} needs: {}", needs.len(), needs.join("; ")));
+            }
             if !problems.is_empty() {
                 tests.push_str(&format!(" ({})", problems.join("; ")));
             }
@@ -331,7 +510,7 @@ test slow_one ... ignored
             run.failures,
             vec![
                 "kernel::uffd_waits".to_string(),
-                "diagnose exited with 137 and no test result".to_string()
+                "diagnose: 1 test gave no result (exited with 137)".to_string()
             ]
         );
         assert_eq!(
@@ -348,6 +527,44 @@ test slow_one ... ignored
             "{}",
             run.line()
         );
+    }
+
+    #[test]
+    fn every_test_counts_once_and_needs_are_counted_apart() {
+        let console = lines(
+            r#"@@VMTEST kernel 6.1.0-56-amd64 nproc=2
+@@VMTEST check rc=0 []
+@@VMTEST begin diagnose
+running 4 tests
+test a ... ok
+test two_hop ... NEEDS two_hop: task_struct.blocker (kernel ≥ 6.16)
+ok
+test b ... [   12.3] Out of memory: Killed process 99
+FAILED
+test c ... FAILED
+test result: FAILED. 2 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out
+@@VMTEST end diagnose rc=101
+@@VMTEST begin kernel
+running 5 tests
+test d ... ok
+@@VMTEST end kernel rc=137
+@@VMTEST done"#,
+        );
+        let run = parse_guest(&console);
+        assert_eq!((run.passed, run.failed, run.needs), (2, 6, 1));
+        assert_eq!(
+            run.needs_list,
+            ["diagnose::two_hop: task_struct.blocker (kernel ≥ 6.16)"]
+        );
+        assert_eq!(
+            run.failures,
+            [
+                "diagnose::b",
+                "diagnose::c",
+                "kernel: 4 tests gave no result (exited with 137)"
+            ]
+        );
+        assert!(run.line().contains("2 passed, 6 failed, 1 needs"));
     }
 
     #[test]
