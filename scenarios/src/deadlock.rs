@@ -36,7 +36,11 @@ pub(crate) fn set_thread_name(name: &str) {
     }
 }
 
-pub(crate) fn uffd_deadlock(hold_ms: u64, extra_writers: u32) -> Result<()> {
+pub(crate) fn uffd_deadlock(
+    hold_ms: u64,
+    extra_writers: u32,
+    until_stdin_closes: bool,
+) -> Result<()> {
     set_thread_name("dl-handler");
     // This thread does UFFDIO_API and REGISTER: it is the userfaultfd's handler.
     let (fd, region) = uffd_with_page()?;
@@ -87,7 +91,7 @@ pub(crate) fn uffd_deadlock(hold_ms: u64, extra_writers: u32) -> Result<()> {
                 .name("dl-rescuer".into())
                 .spawn(move || -> i64 {
                     rescuer_tid.store(u64::from(gettid()), Ordering::SeqCst);
-                    libc_sleep_ms(hold_ms.min(60_000));
+                    nap(hold_ms, until_stdin_closes);
                     copy_filled_page(fd, dst)
                 })
                 .context("spawn the rescuer")?

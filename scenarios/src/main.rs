@@ -123,6 +123,9 @@ enum Scenario {
         /// waiters outside the cycle).
         #[arg(long, default_value_t = 0)]
         extra_writers: u32,
+        /// End the hold early when stdin reaches end of file (see uffd-chain).
+        #[arg(long)]
+        until_stdin_closes: bool,
     },
     /// The deadlock of a real userfaultfd monitor: the monitor thread polls the userfaultfd,
     /// reads the fault message and logs it to a file whose f_pos_lock the faulting thread holds
@@ -135,6 +138,9 @@ enum Scenario {
         /// epoll_wait (on an epoll instance watching the userfaultfd) for the next one.
         #[arg(long)]
         forgetful_monitor: bool,
+        /// End the hold early when stdin reaches end of file (see uffd-chain).
+        #[arg(long)]
+        until_stdin_closes: bool,
     },
     /// A real deadlock between two processes: each registers a page with its own userfaultfd,
     /// takes the other's (pidfd_getfd) and serves it from one thread (UFFDIO_WAKE), and that
@@ -203,10 +209,12 @@ fn main() {
         Scenario::UffdDeadlock {
             hold_ms,
             extra_writers,
-        } => uffd_deadlock(hold_ms, extra_writers),
+            until_stdin_closes,
+        } => uffd_deadlock(hold_ms, extra_writers, until_stdin_closes),
         Scenario::UffdMonitorDeadlock {
             hold_ms,
             forgetful_monitor,
+            until_stdin_closes,
         } => uffd_monitor_deadlock(
             hold_ms,
             if forgetful_monitor {
@@ -214,6 +222,7 @@ fn main() {
             } else {
                 AfterRead::Log
             },
+            until_stdin_closes,
         ),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),

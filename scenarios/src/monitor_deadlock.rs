@@ -54,7 +54,7 @@ fn syscall_of(tid: u32) -> Option<i64> {
 }
 
 /// Waits up to `timeout_ms` in epoll_wait on an epoll instance watching `fd`.
-fn wait_in_epoll(fd: i32, timeout_ms: u64) -> Result<()> {
+fn wait_in_epoll(fd: i32, done: i32, timeout_ms: u64) -> Result<()> {
     // SAFETY: plain syscalls on descriptors this function owns or borrows.
     unsafe {
         let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
@@ -65,7 +65,15 @@ fn wait_in_epoll(fd: i32, timeout_ms: u64) -> Result<()> {
             events: libc::EPOLLIN as u32,
             u64: fd as u64,
         };
-        if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) != 0 {
+        // The userfaultfd (for more faults, which never come) and `done`, which the watchdog
+        // signals once it has resolved the fault, so the monitor ends with the hold.
+        let mut done_ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: done as u64,
+        };
+        if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) != 0
+            || libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, done, &mut done_ev) != 0
+        {
             let e = std::io::Error::last_os_error();
             libc::close(ep);
             bail!("epoll_ctl: {e}");
@@ -119,7 +127,11 @@ pub(crate) enum AfterRead {
     Forget,
 }
 
-pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()> {
+pub(crate) fn uffd_monitor_deadlock(
+    hold_ms: u64,
+    after: AfterRead,
+    until_stdin_closes: bool,
+) -> Result<()> {
     set_thread_name("md-main");
     let (fd, region) = uffd_with_page()?;
     // A monitor's descriptor is non-blocking: poll on a blocking userfaultfd reports POLLERR at
@@ -127,6 +139,11 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()
     // SAFETY: our own descriptor.
     if unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
         bail!("O_NONBLOCK: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a plain eventfd, closed below.
+    let done = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if done < 0 {
+        bail!("eventfd: {}", std::io::Error::last_os_error());
     }
     let path = format!("/dev/shm/faultline-monitor-deadlock-{}", std::process::id());
     let result = (|| -> Result<()> {
@@ -162,7 +179,7 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()
                 );
             }
             if after == AfterRead::Forget {
-                return wait_in_epoll(fd, hold_ms.min(60_000) + 1_000);
+                return wait_in_epoll(fd, done, hold_ms.min(60_000) + 1_000);
             }
             // Log it: blocks on the f_pos_lock the faulter holds across its fault.
             (&log).write_all(b"fault\n").context("monitor log write")?;
@@ -197,8 +214,12 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()
 
         let dst = region.addr as u64;
         let (watchdog, watchdog_tid) = spawn_named("md-watchdog", move || -> i64 {
-            libc_sleep_ms(hold_ms.min(60_000));
-            copy_filled_page(fd, dst)
+            nap(hold_ms, until_stdin_closes);
+            let copied = copy_filled_page(fd, dst);
+            let one = 1u64;
+            // SAFETY: an 8-byte write to our eventfd.
+            unsafe { libc::write(done, (&one as *const u64).cast(), 8) };
+            copied
         })?;
         let report = MonitorDeadlockReport {
             scenario: match after {
@@ -231,8 +252,11 @@ pub(crate) fn uffd_monitor_deadlock(hold_ms: u64, after: AfterRead) -> Result<()
             .map_err(|_| anyhow::anyhow!("monitor panicked"))??;
         Ok(())
     })();
-    // SAFETY: our own fd.
-    unsafe { libc::close(fd) };
+    // SAFETY: our own fds.
+    unsafe {
+        libc::close(fd);
+        libc::close(done);
+    }
     let _ = std::fs::remove_file(&path);
     result
 }

@@ -122,6 +122,36 @@ pub(crate) fn report_and_linger_until_eof(report: &impl Serialize, linger_ms: u6
     Ok(())
 }
 
+/// Sleeps `ms` in short naps (the thread stays in nanosleep, as an idle watchdog does); with
+/// `until_stdin_closes`, ends early once stdin reaches end of file, checked between naps
+/// without blocking on it (the caller is done looking: a long hold for slow machines that costs
+/// fast ones nothing).
+pub(crate) fn nap(ms: u64, until_stdin_closes: bool) {
+    let deadline = now_ns() + ms.min(60_000) * 1_000_000;
+    while now_ns() < deadline {
+        libc_sleep_ms(100);
+        if until_stdin_closes && stdin_at_eof() {
+            return;
+        }
+    }
+}
+
+/// Whether stdin has reached end of file, without waiting (input that arrives is discarded).
+fn stdin_at_eof() -> bool {
+    let mut pfd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
+        return false;
+    }
+    let mut sink = [0u8; 64];
+    // SAFETY: reading into our own buffer; poll said it will not block.
+    unsafe { libc::read(0, sink.as_mut_ptr().cast(), sink.len()) == 0 }
+}
+
 /// Runs `work(thread index)` on `threads` threads at once (all started before any begins) and
 /// returns (start, end) in CLOCK_MONOTONIC ns.
 pub(crate) fn timed_threads(threads: u32, work: impl Fn(u32) + Sync) -> (u64, u64) {

@@ -244,13 +244,20 @@ fn a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_naming_it_n
 ) {
     let test =
         "a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_naming_it_not_the_idle_watchdog";
-    if !require_root(test) {
+    // The cycle's other edge is the monitor's wait for the f_pos_lock mutex, which only the
+    // kernel's blocker field names.
+    if !require_root(test) || !needs::kernel_has(test, &needs::TASK_BLOCKER) {
         return;
     }
     // The monitor reads the fault message, then blocks on the f_pos_lock the faulting thread
     // holds across its fault; a watchdog holding the same userfaultfd sleeps until it releases
-    // the deadlock after the hold.
-    let (child, r) = scenario_lingering(&["uffd-monitor-deadlock", "--hold-ms", "10000"]);
+    // the deadlock after the hold (or when the test is done looking).
+    let (child, r) = scenario_held(&[
+        "uffd-monitor-deadlock",
+        "--hold-ms",
+        "60000",
+        "--until-stdin-closes",
+    ]);
     let (monitor, faulter, watchdog) = (
         r["monitor_tid"].as_u64().unwrap_or(0),
         r["faulter_tid"].as_u64().unwrap_or(0),
@@ -349,7 +356,8 @@ fn a_monitor_blocked_behind_the_fault_it_read_is_a_probable_deadlock_naming_it_n
 fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_probable_cycle() {
     let test =
         "with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_probable_cycle";
-    if !require_root(test) {
+    // The handler's wait for the holder's f_pos_lock closes the cycle: the blocker field names it.
+    if !require_root(test) || !needs::kernel_has(test, &needs::TASK_BLOCKER) {
         return;
     }
     // uffd-deadlock: the handler sets the userfaultfd up and never reads it, then blocks on the
@@ -358,7 +366,12 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
     let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
-    let (child, r) = scenario_lingering(&["uffd-deadlock", "--hold-ms", "8000"]);
+    let (child, r) = scenario_held(&[
+        "uffd-deadlock",
+        "--hold-ms",
+        "60000",
+        "--until-stdin-closes",
+    ]);
     let (holder, handler, rescuer) = (
         r["holder_tid"].as_u64().unwrap_or(0),
         r["handler_tid"].as_u64().unwrap_or(0),
@@ -409,11 +422,12 @@ fn a_monitor_waiting_in_epoll_on_the_userfaultfd_is_named_from_that_evidence_and
     }
     // The monitor read the fault message, forgot to answer, and waits in epoll for the next:
     // it serves the userfaultfd (a bug, not a deadlock), and the idle watchdog is not named.
-    let (child, r) = scenario_lingering(&[
+    let (child, r) = scenario_held(&[
         "uffd-monitor-deadlock",
         "--forgetful-monitor",
         "--hold-ms",
-        "8000",
+        "60000",
+        "--until-stdin-closes",
     ]);
     let (monitor, faulter) = (
         r["monitor_tid"].as_u64().unwrap_or(0),
