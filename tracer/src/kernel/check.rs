@@ -114,12 +114,15 @@ pub fn run() -> Vec<Item> {
             },
             "userfaultfd waits are not detected",
         ));
-        items.push(item(
-            "iter/task",
-            btf.has_type("bpf_iter__task"),
-            "bpf_iter__task in BTF",
-            "diagnose reads /proc only",
-        ));
+        // Kernel features, found in BTF, each with the first version that has it.
+        for f in &crate::kernel::features::FEATURES {
+            items.push(item(
+                format!("kernel: {}", f.name),
+                f.present(btf),
+                f.detail(btf),
+                f.without,
+            ));
+        }
     }
 
     for (mode, name, without) in [

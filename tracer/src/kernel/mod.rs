@@ -9,6 +9,7 @@
 pub mod cgroup_ids;
 pub mod check;
 pub mod decode;
+pub mod features;
 pub mod live;
 pub mod pidcache;
 pub mod probes;
