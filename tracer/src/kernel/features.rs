@@ -49,7 +49,7 @@ pub const FEATURES: [KernelFeature; 7] = [
     KernelFeature {
         name: "sched_process_exit(p, group_dead)",
         probe: Probe::ExitGroupDead,
-        since: "a kernel after 6.12 (6.12 lacks it, 6.18 has it)",
+        since: "6.13–6.18 (not in 6.12; in 6.18)",
         without: "whether a whole process died is decided in user space (per-process state is pruned at the next snapshot)",
     },
     KernelFeature {
@@ -80,7 +80,7 @@ impl KernelFeature {
         if self.present(btf) {
             "present".into()
         } else {
-            format!("missing: needs Linux ≥ {}", self.since)
+            format!("missing: first in Linux {}", self.since)
         }
     }
 }
@@ -116,7 +116,7 @@ mod tests {
         let blocker = &FEATURES[3];
         assert_eq!(
             blocker.detail(&btf),
-            "missing: needs Linux ≥ 6.16 with CONFIG_DETECT_HUNG_TASK_BLOCKER"
+            "missing: first in Linux 6.16 with CONFIG_DETECT_HUNG_TASK_BLOCKER"
         );
     }
 
@@ -126,7 +126,9 @@ mod tests {
         let Ok(btf) = KernelBtf::load() else {
             return;
         };
-        if !std::fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| r.starts_with("6.18")) {
+        if !std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|r| r.starts_with("6.18"))
+        {
             return;
         }
         assert_eq!(named(&btf, false), Vec::<&str>::new());
