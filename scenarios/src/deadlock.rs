@@ -45,17 +45,8 @@ pub(crate) fn uffd_deadlock(
     // This thread does UFFDIO_API and REGISTER: it is the userfaultfd's handler.
     let (fd, region) = uffd_with_page()?;
     let handler_tid = gettid();
-    let path = format!("/dev/shm/faultline-deadlock-{}", std::process::id());
+    let (file, dup, path) = shared_shm_file("deadlock")?;
     let result = (|| -> Result<DeadlockReport> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| path.clone())?;
-        // A second descriptor for the same open file: write() then takes f_pos_lock.
-        let dup = file.try_clone().context("dup")?;
         let src = region.addr as usize;
         let holder_tid = Arc::new(AtomicU64::new(0));
         let holder = {

@@ -145,18 +145,8 @@ pub(crate) fn uffd_monitor_deadlock(
     if done < 0 {
         bail!("eventfd: {}", std::io::Error::last_os_error());
     }
-    let path = format!("/dev/shm/faultline-monitor-deadlock-{}", std::process::id());
+    let (file, log, path) = shared_shm_file("monitor-deadlock")?;
     let result = (|| -> Result<()> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| path.clone())?;
-        // The monitor's log: the same open file, so its write() needs the same f_pos_lock.
-        let log = file.try_clone().context("dup")?;
-
         let (monitor, monitor_tid) = spawn_named("md-monitor", move || -> Result<()> {
             use std::io::Write as _;
             let mut pfd = libc::pollfd {

@@ -232,17 +232,8 @@ pub(crate) fn uffd_chain(hold_ms: u64, until_stdin_closes: bool) -> Result<()> {
         libc_sleep_ms(hold_ms.min(60_000) + 5_000);
         unsafe { libc::_exit(0) };
     }
-    let path = format!("/dev/shm/faultline-chain-{}", std::process::id());
+    let (file, dup, path) = shared_shm_file("chain")?;
     let result = (|| -> Result<ChainReport> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| path.clone())?;
-        // A second descriptor for the same file: with the file shared, write() takes f_pos_lock.
-        let dup = file.try_clone().context("dup")?;
         let src = region.addr as usize;
         let holder_tid = Arc::new(AtomicU64::new(0));
         let holder = {

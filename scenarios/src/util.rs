@@ -185,3 +185,20 @@ pub(crate) fn libc_sleep_ms(ms: u64) {
     // SAFETY: valid timespec; an early return only shortens a test delay.
     unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
 }
+
+/// A file in /dev/shm opened twice as one open file (a second descriptor from `dup`): a
+/// write() through either takes the same f_pos_lock, the mutex the uffd workloads hang on.
+/// Returns the path too, for the caller to remove when done.
+pub(crate) fn shared_shm_file(name: &str) -> Result<(std::fs::File, std::fs::File, String)> {
+    use anyhow::Context as _;
+    let path = format!("/dev/shm/faultline-{name}-{}", std::process::id());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| path.clone())?;
+    let dup = file.try_clone().context("dup")?;
+    Ok((file, dup, path))
+}
