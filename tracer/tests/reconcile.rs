@@ -460,3 +460,44 @@ fn without_a_loss_alerts_are_raised_at_once() {
         "{raised:#?}"
     );
 }
+
+#[test]
+fn after_a_lost_release_a_recursive_read_is_refuted_by_a_newer_hold_on_the_same_mm() {
+    // Seen in CI under a ring-buffer overflow: a read hold's release record was lost, the same
+    // thread's next read request looked recursive, and the next snapshot, which showed a newer
+    // read hold on the same mm, confirmed the alert because it matched holds by mm alone.
+    let dead = Dead::default();
+    let mut feed = feed(&dead);
+    let acquire = |ts| {
+        record(
+            ts,
+            81,
+            80,
+            EventKind::MmapLockAcquire {
+                mm: MM,
+                mode: LockMode::Read,
+                success: true,
+                mm_pid: None,
+            },
+        )
+    };
+    feed.on_record(&acquire(10 * MS));
+    // The release at 11 ms is lost; the next read request, at 20 ms, looks recursive.
+    let alerts = feed.on_record(&start(20 * MS, 81, 80, LockMode::Read));
+    let held = feed.vet(alerts, Some(1));
+    assert!(held.is_empty(), "raised before confirmation: {held:#?}");
+    // The kernel shows the hold taken at 20 ms, not the one from 10 ms.
+    let now = [(81, task(80, None, &[(LockMode::Read, 20 * MS)]))];
+    let after = feed.on_snapshot(&now, 100 * MS, 1);
+    assert!(
+        after.iter().all(|a| a.kind != AlertKind::RecursiveRead),
+        "a recursive read confirmed by a newer hold: {after:#?}"
+    );
+    assert_eq!(feed.suppressed(), 1);
+    let holds = &feed.engine().model().task(81).expect("the task").holds;
+    assert_eq!(
+        holds.values().map(|h| h.since_ns).collect::<Vec<_>>(),
+        vec![20 * MS],
+        "the model's hold is the kernel's"
+    );
+}

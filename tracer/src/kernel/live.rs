@@ -124,9 +124,13 @@ fn still_true(model: &Model, a: &Alert) -> bool {
     };
     match a.kind {
         AlertKind::Deadlock => a.tids.iter().all(|&t| blocked_since(t).is_some()),
-        AlertKind::RecursiveRead => model
-            .task(subject)
-            .is_some_and(|t| t.holds.values().any(|h| h.mode == LockMode::Read)),
+        // The read hold the second request came on top of, still there: one taken after the
+        // alert is another hold, and does not confirm it.
+        AlertKind::RecursiveRead => model.task(subject).is_some_and(|t| {
+            t.holds
+                .values()
+                .any(|h| h.mode == LockMode::Read && h.since_ns < a.ts_ns)
+        }),
         AlertKind::Stall | AlertKind::UffdStall | AlertKind::RwrInversion => {
             blocked_since(subject).is_some_and(|s| s <= a.ts_ns)
         }
@@ -345,7 +349,14 @@ impl LiveFeed {
                 }
             }
             for (mm, h) in &t.holds {
-                let still = st.is_some_and(|s| s.holds.iter().any(|k| k.mm == mm.0));
+                // The same hold, not merely one on the same mm: a kernel hold that began after
+                // the model's means the model's ended (its release record was lost) and this is
+                // a new one, which `apply_shown` adds with its own start.
+                let still = st.is_some_and(|s| {
+                    s.holds
+                        .iter()
+                        .any(|k| k.mm == mm.0 && k.since_ns <= h.since_ns)
+                });
                 if !still && h.since_ns < taken_ns {
                     ended_holds.push((t.tid, *mm));
                 }
