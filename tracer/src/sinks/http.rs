@@ -43,12 +43,12 @@ pub struct Telemetry {
     pub slow_waits_by_workload: HashMap<String, u64>,
 }
 
-/// Counts one more under `name`, or under "other" once `MAX_NAMES` names are known.
-fn count_bounded(map: &mut HashMap<String, u64>, name: String) {
+/// Counts one more under `name`, or under `other` once `MAX_NAMES` names are known.
+fn count_bounded<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u64>, name: K, other: K) {
     let key = if map.len() < MAX_NAMES || map.contains_key(&name) {
         name
     } else {
-        "other".into()
+        other
     };
     *map.entry(key).or_default() += 1;
 }
@@ -63,17 +63,13 @@ impl Telemetry {
                 .cgroup_id
                 .and_then(cgroup_ids::attribute)
                 .or_else(|| workload::attribute(d.event.pid));
-            let key = ProcessKey::new(name, attribution.as_deref());
-            let key = if self.slow_waits_by_process.len() < MAX_NAMES
-                || self.slow_waits_by_process.contains_key(&key)
-            {
-                key
-            } else {
-                ProcessKey::other()
-            };
-            *self.slow_waits_by_process.entry(key).or_default() += 1;
+            count_bounded(
+                &mut self.slow_waits_by_process,
+                ProcessKey::new(name, attribution.as_deref()),
+                ProcessKey::other(),
+            );
             let workload = attribution.map_or_else(|| "unknown".into(), |a| a.label());
-            count_bounded(&mut self.slow_waits_by_workload, workload);
+            count_bounded(&mut self.slow_waits_by_workload, workload, "other".into());
         }
     }
 }
