@@ -5,6 +5,7 @@
 //! reports unavailable and why); `target/vmtest/summary.json` keeps the last result per kernel,
 //! and `--readme` turns it into the README's "Supported kernels" table.
 
+mod guest;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -135,6 +136,15 @@ struct Binaries {
     faultline: PathBuf,
     scenario: PathBuf,
     tests: Vec<(String, PathBuf)>,
+    /// Each test binary's tests, listed on the host before booting.
+    listed: report::Listed,
+}
+
+impl Binaries {
+    /// The test executables that run in the guests (and on the host), in order.
+    fn kernel_tests(&self) -> impl Iterator<Item = &(String, PathBuf)> {
+        self.tests.iter()
+    }
 }
 
 /// Builds faultline, the workloads and the kernel test executables (release unless `debug`);
@@ -204,39 +214,53 @@ fn build(debug: bool) -> Result<Binaries> {
     }
     let scenario = scenario.context("cargo built no faultline-scenario binary")?;
     tests.sort();
+    // Only the kernel tests go into the guests.
+    tests.retain(|(name, _)| KERNEL_TESTS.contains(&name.as_str()));
+    let listed = tests
+        .iter()
+        .map(|(name, path)| Ok((name.clone(), list_tests(path)?)))
+        .collect::<Result<_>>()?;
     Ok(Binaries {
         faultline,
         scenario,
         tests,
+        listed,
     })
+}
+
+/// The tests a libtest executable holds (`--list --format terse`: "name: test").
+fn list_tests(exe: &Path) -> Result<Vec<String>> {
+    let out = Command::new(exe)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .with_context(|| format!("running {} --list", exe.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed: {}", exe.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The guest's /init: mount what the tests need, load modules, run the tests (or `--exec`),
 /// print `@@VMTEST` lines, power off.
-fn init_script(bins: &Binaries, modules: &[String], exec: bool) -> String {
+fn init_script(bins: &Binaries, mounts: &[guest::Mount], modules: &[String], exec: bool) -> String {
     let f = bins.faultline.display();
     let sc = bins.scenario.display();
     let mut s = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
-# Host binaries (util-linux setpriv...) before busybox applets of the same name.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true RUST_BACKTRACE=1
+export PATH={path} HOME=/root CI=true RUST_BACKTRACE=1
 export FAULTLINE={f} SCENARIO={sc}
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mkdir -p /dev/shm /dev/pts /tmp /run
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
-ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
-echo "{MARK} kernel $(uname -r) nproc=$(nproc)"
-"#
+"#,
+        path = guest::PATH.join(":")
     );
+    s.push_str(&guest::mount_lines(mounts));
+    s.push_str(&format!(
+        "ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up\necho \"{MARK} kernel $(uname -r) nproc=$(nproc)\"\n"
+    ));
     for m in modules {
         s.push_str(&format!(
             "insmod {m} && echo \"{MARK} module {m} loaded\" || echo \"{MARK} module {m} failed\"\n"
@@ -247,13 +271,10 @@ echo "{MARK} kernel $(uname -r) nproc=$(nproc)"
     ));
     if exec {
         s.push_str(&format!(
-            "echo \"{MARK} exec-begin\"\nsh /vmtest-exec.sh 2>&1\necho \"{MARK} exec-end rc=$?\"\n"
+            "echo \"{MARK} exec-begin\"\nsh {EXEC_SCRIPT} 2>&1\necho \"{MARK} exec-end rc=$?\"\n"
         ));
     } else {
-        for (name, path) in &bins.tests {
-            if !KERNEL_TESTS.contains(&name.as_str()) {
-                continue;
-            }
+        for (name, path) in bins.kernel_tests() {
             s.push_str(&format!(
                 "echo \"{MARK} begin {name}\"\ntimeout -s KILL 900 {} --test-threads=1 2>&1\necho \"{MARK} end {name} rc=$?\"\n",
                 path.display()
@@ -266,23 +287,16 @@ echo "{MARK} kernel $(uname -r) nproc=$(nproc)"
     s
 }
 
-/// Builds the initramfs for one kernel.
+/// Builds the initramfs for one kernel, after checking that the guest will find every program
+/// and library it runs (`guest::Manifest`): a missing one fails here, with its name, instead
+/// of as exit 127 inside the guest.
 fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) -> Result<()> {
     let exec = args.exec.as_deref();
     let mut cpio = Cpio::new();
-    for d in [
-        "/proc",
-        "/sys",
-        "/dev",
-        "/tmp",
-        "/root",
-        "/run",
-        "/etc",
-        "/bin",
-        "/sbin",
-        "/usr/bin",
-        "/usr/sbin",
-    ] {
+    for d in ["/proc", "/sys", "/dev", "/tmp", "/root", "/run", "/etc"]
+        .into_iter()
+        .chain(guest::PATH)
+    {
         cpio.dir(d);
     }
     // Without /dev/console in the archive the kernel starts init with no stdio.
@@ -293,21 +307,22 @@ fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) ->
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     );
     cpio.file("/etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
-    let busybox = fs::read("/bin/busybox")
-        .context("reading /bin/busybox (apt-get install busybox-static)")?;
-    cpio.file("/bin/busybox", 0o755, &busybox);
-    initramfs::add_binary(&mut cpio, &bins.faultline)?;
-    initramfs::add_binary(&mut cpio, &bins.scenario)?;
+    let busybox_path = Path::new(BUSYBOX);
+    let busybox =
+        fs::read(busybox_path).context("reading /bin/busybox (apt-get install busybox-static)")?;
+    cpio.file(BUSYBOX, 0o755, &busybox);
     // The privilege tests run faultline as nobody through util-linux's setpriv.
-    initramfs::add_binary(&mut cpio, Path::new("/usr/bin/setpriv"))?;
-    for (name, path) in &bins.tests {
-        if KERNEL_TESTS.contains(&name.as_str()) {
-            initramfs::add_binary(&mut cpio, path)?;
-        }
+    let mut programs = vec![
+        bins.faultline.clone(),
+        bins.scenario.clone(),
+        PathBuf::from("/usr/bin/setpriv"),
+    ];
+    programs.extend(bins.kernel_tests().map(|(_, p)| p.clone()));
+    programs.extend(args.include.iter().cloned());
+    for p in &programs {
+        initramfs::add_binary(&mut cpio, p)?;
     }
-    for extra in &args.include {
-        initramfs::add_binary(&mut cpio, extra)?;
-    }
+    let mut files = Vec::new();
     let mut modules = Vec::new();
     for m in kernels::module_files(kernel, &MODULES)? {
         let data_name = m
@@ -321,17 +336,33 @@ fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) ->
         let guest = format!("/lib/vmtest-modules/{plain}");
         let data = initramfs::read_maybe_compressed(&m)?;
         cpio.file(&guest, 0o644, &data);
+        files.push(PathBuf::from(&guest));
         modules.push(guest);
     }
     if let Some(script) = exec {
         let text =
             fs::read(script).with_context(|| format!("reading --exec {}", script.display()))?;
-        cpio.file("/vmtest-exec.sh", 0o755, &text);
+        cpio.file(EXEC_SCRIPT, 0o755, &text);
+        files.push(PathBuf::from(EXEC_SCRIPT));
     }
-    let init = init_script(bins, &modules, exec.is_some());
+    let needed: Vec<PathBuf> = programs.iter().chain(&files).cloned().collect();
+    let mounts = guest::plan_mounts(&needed)?;
+    let applets = guest::busybox_applets(busybox_path)?;
+    guest::Manifest {
+        programs: &programs,
+        files: &files,
+        applets: &applets,
+        mounts: &mounts,
+    }
+    .check(&cpio)
+    .context("the guest would miss a file it needs")?;
+    let init = init_script(bins, &mounts, &modules, exec.is_some());
     cpio.file("/init", 0o755, init.as_bytes());
     fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))
 }
+
+const BUSYBOX: &str = "/bin/busybox";
+const EXEC_SCRIPT: &str = "/vmtest-exec.sh";
 
 /// Whether KVM guests boot here: a tiny initramfs must print its mark within a few seconds.
 /// Some hosts have a /dev/kvm whose guests hang after the decompressor; TCG is then used.
@@ -410,25 +441,24 @@ fn run_vm(
         args.verbose.then_some(prefix.as_str()),
         |l| l.contains(&format!("{MARK} done")),
     )?;
-    let mut run = report::parse_guest(&boot.lines);
+    let mut run = report::parse_guest(&boot.lines, &bins.listed);
     run.label = kernel.label.to_owned();
     run.package = format!("{} {}", kernel.package, kernel.version);
     run.accel = accel.name().to_owned();
     run.wall_secs = boot.wall.as_secs();
     run.console_log = log.display().to_string();
-    if boot.timed_out {
+    if let Some(at) = &run.stalled_in {
+        let how = if boot.timed_out {
+            format!("the VM was killed after {:?}", args.timeout)
+        } else {
+            "the guest stopped before finishing".to_owned()
+        };
+        let said = match &run.kernel_said {
+            Some(line) => format!("; the guest kernel said: {line}"),
+            None => "; the guest kernel printed no stall, lockup or panic".to_owned(),
+        };
         run.problems
-            .push(format!("the VM was killed after {:?}", args.timeout));
-    }
-    if !boot
-        .lines
-        .iter()
-        .any(|l| l.contains(&format!("{MARK} done")))
-        && !boot.timed_out
-    {
-        run.problems.push(
-            "the guest stopped before finishing (panic or crash; see the console log)".into(),
-        );
+            .push(format!("{how}: the guest stalled in {at}{said}"));
     }
     Ok(run)
 }
@@ -450,10 +480,7 @@ fn run_host(bins: &Binaries, verbose: bool) -> Result<KernelRun> {
         check.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&check.stdout).replace('\n', "")
     ));
-    for (name, path) in &bins.tests {
-        if !KERNEL_TESTS.contains(&name.as_str()) {
-            continue;
-        }
+    for (name, path) in bins.kernel_tests() {
         lines.push(format!("{MARK} begin {name}"));
         eprintln!("xtask: {} --test-threads=1", path.display());
         let out = Command::new(path)
@@ -475,7 +502,7 @@ fn run_host(bins: &Binaries, verbose: bool) -> Result<KernelRun> {
         ));
     }
     lines.push(format!("{MARK} done"));
-    let mut run = report::parse_guest(&lines);
+    let mut run = report::parse_guest(&lines, &bins.listed);
     run.label = "host".into();
     run.package = "(this machine)".into();
     run.accel = "none".into();
@@ -542,6 +569,15 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
             run_vm(&kernel, &bins, args, &mut accel)?
         };
         println!("{}", run.line());
+        if !run.ok() && !run.console_tail.is_empty() {
+            println!(
+                "vmtest {label}: the console's last lines ({}):",
+                run.console_log
+            );
+            for l in &run.console_tail {
+                println!("  | {l}");
+            }
+        }
         if args.exec.is_none() {
             summary.record(run.clone());
         }

@@ -126,6 +126,11 @@ impl Cpio {
         Ok(())
     }
 
+    /// Whether the archive has an entry at `path` (a host path as `host_file` stores it).
+    pub fn contains(&self, path: &Path) -> bool {
+        path.to_str().is_some_and(|p| self.entries.contains(p))
+    }
+
     pub fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
         // The kernel reads the archive in 512-byte blocks.
@@ -169,7 +174,8 @@ pub fn read_maybe_compressed(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// The shared libraries `ldd` lists for a dynamically linked binary (none for a static one).
+/// The shared libraries `ldd` lists for a dynamically linked binary (none for a static one); a
+/// library ldd cannot find is an error naming it.
 pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(binary)
@@ -182,6 +188,13 @@ pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut libs = Vec::new();
     for line in text.lines() {
+        if line.contains("=> not found") {
+            bail!(
+                "{} needs {}, which ldd cannot find on this host",
+                binary.display(),
+                line.split_whitespace().next().unwrap_or(line)
+            );
+        }
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
         let path = match line.split_once("=>") {
             Some((_, rhs)) => rhs.split_whitespace().next(),

@@ -30,12 +30,24 @@ pub struct KernelRun {
     pub unavailable: Vec<(String, String)>,
     /// What went wrong outside the tests (timeout, crash, no check output).
     pub problems: Vec<String>,
+    /// Where a guest that stopped before its end was (`binary::test`, or between tests).
+    pub stalled_in: Option<String>,
+    /// The first line the guest kernel printed about a stall, lockup or panic, if any.
+    pub kernel_said: Option<String>,
+    /// The console's last lines, shown when the run is not ok.
+    pub console_tail: Vec<String>,
     pub console_log: String,
 }
 
 impl KernelRun {
     pub fn ok(&self) -> bool {
         self.failed == 0 && self.problems.is_empty() && self.passed > 0
+    }
+
+    /// A test that gave no result, with the reason.
+    fn no_result(&mut self, test: &str, why: &str) {
+        self.failed += 1;
+        self.failures.push(format!("{test}: no result: {why}"));
     }
 
     fn add(&mut self, passed: u64, failed: u64, ignored: u64) {
@@ -100,6 +112,8 @@ impl KernelRun {
                 .map(|(n, w)| json!({"name": n, "why": w}))
                 .collect::<Vec<_>>(),
             "problems": self.problems,
+            "stalled_in": self.stalled_in,
+            "kernel_said": self.kernel_said,
             "ok": self.ok(),
         })
     }
@@ -182,14 +196,11 @@ impl Binary {
         }
     }
 
-    /// Adds this binary's counts to the run. Every test counts once: a test that returned after
-    /// naming a missing feature counts as "needs", not passed; tests that gave no result
-    /// because the binary died count as failed, each.
-    fn finish(self, rc: i32, run: &mut KernelRun) {
-        let needs_of = |t: &str| self.needs.iter().find(|(n, _)| n == t);
+    /// Counts the tests that reported an outcome: (passed, failed, ignored).
+    fn tally(&self, run: &mut KernelRun) -> (u64, u64, u64) {
         let (mut passed, mut failed, mut ignored) = (0, 0, 0);
         for (test, o) in &self.outcomes {
-            match (o.as_str(), needs_of(test)) {
+            match (o.as_str(), self.needs_of(test)) {
                 ("ok", Some((_, feature))) => {
                     run.needs += 1;
                     run.needs_list
@@ -203,13 +214,25 @@ impl Binary {
                 _ => ignored += 1,
             }
         }
+        (passed, failed, ignored)
+    }
+
+    fn needs_of(&self, test: &str) -> Option<&(String, String)> {
+        self.needs.iter().find(|(n, _)| n == test)
+    }
+
+    /// Adds this binary's counts to the run. Every test counts once: a test that returned after
+    /// naming a missing feature counts as "needs", not passed; tests that gave no result
+    /// because the binary died count as failed, each.
+    fn finish(self, rc: i32, run: &mut KernelRun) {
+        let (mut passed, mut failed, mut ignored) = self.tally(run);
         let reported = self.outcomes.len() as u64;
         // libtest's own totals win when console noise hid some per-test lines.
         if let Some((p, f, i)) = self.totals {
             let needs = self
                 .outcomes
                 .iter()
-                .filter(|(t, o)| o == "ok" && needs_of(t).is_some())
+                .filter(|(t, o)| o == "ok" && self.needs_of(t).is_some())
                 .count() as u64;
             if p + f + i > reported {
                 passed = p.saturating_sub(needs);
@@ -239,13 +262,77 @@ impl Binary {
             }
             failed += missing;
             run.failures.push(format!(
-                "{}: {missing} test{} gave no result (exited with {rc})",
+                "{}: {missing} test{} gave no result (exited with {rc}{})",
                 self.name,
-                if missing == 1 { "" } else { "s" }
+                if missing == 1 { "" } else { "s" },
+                exit_meaning(rc)
             ));
         }
         run.add(passed, failed, ignored);
     }
+
+    /// The guest stopped while this binary ran: the test in progress (the last "test x ..."
+    /// line without an outcome, or else the first listed test without one) is where it
+    /// stalled; every other listed test without an outcome was not reached. Returns where it
+    /// stalled.
+    fn finish_stopped(self, listed: Option<&[String]>, run: &mut KernelRun) -> String {
+        let (passed, failed, ignored) = self.tally(run);
+        run.add(passed, failed, ignored);
+        let done = |t: &str| self.outcomes.iter().any(|(n, _)| n == t);
+        let unreported: Vec<&str> = listed
+            .unwrap_or_default()
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !done(t))
+            .collect();
+        let stuck = self
+            .pending
+            .clone()
+            .or_else(|| unreported.first().map(|t| t.to_string()));
+        let at = match &stuck {
+            Some(t) => format!("{}::{t}", self.name),
+            None => format!("{} (before its first test)", self.name),
+        };
+        run.no_result(&at, "the guest stalled in this test");
+        for t in unreported.iter().filter(|t| Some(**t) != stuck.as_deref()) {
+            run.no_result(
+                &format!("{}::{t}", self.name),
+                &format!("not reached (the guest stalled in {at})"),
+            );
+        }
+        at
+    }
+}
+
+/// What a test binary's exit code says, for the failure line.
+fn exit_meaning(rc: i32) -> &'static str {
+    match rc {
+        127 => ": not found in the guest",
+        126 => ": not executable in the guest",
+        137 => ": killed, by the guest's 900 s timeout or the OOM killer",
+        -1 => ": no exit code",
+        _ => "",
+    }
+}
+
+/// Console lines in which the kernel reports that it is stuck or dead.
+const KERNEL_DISTRESS: [&str; 8] = [
+    "self-detected stall",
+    "detected stalls on CPUs",
+    "kthread timer wakeup didn't happen",
+    "soft lockup",
+    "hard LOCKUP",
+    "blocked for more than",
+    "Kernel panic",
+    "Oops:",
+];
+
+/// The first line of `lines` in which the kernel says it stalled, locked up or died.
+pub fn kernel_distress(lines: &[String]) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| KERNEL_DISTRESS.iter().any(|m| l.contains(m)))
+        .map(|l| l.trim().to_owned())
 }
 
 fn is_outcome(s: &str) -> bool {
@@ -263,10 +350,19 @@ fn totals(rest: &str) -> Option<(u64, u64, u64)> {
     Some((get("passed")?, get("failed")?, get("ignored")?))
 }
 
+/// The tests of each kernel test binary (`<binary> --list` on the host), so that a guest that
+/// stops early still gives every test a verdict.
+pub type Listed = Vec<(String, Vec<String>)>;
+
+/// How many of the console's last lines a failed run shows.
+const TAIL_LINES: usize = 25;
+
 /// Parses the `@@VMTEST` lines and libtest's own lines of one run.
-pub fn parse_guest(lines: &[String]) -> KernelRun {
+pub fn parse_guest(lines: &[String], listed: &Listed) -> KernelRun {
     let mut run = KernelRun::default();
     let mut current: Option<Binary> = None;
+    let mut begun: Vec<String> = Vec::new();
+    let mut finished = false;
     let mut saw_check = false;
     for raw in lines {
         // The console can put kernel messages on the same line; find the mark anywhere.
@@ -288,7 +384,9 @@ pub fn parse_guest(lines: &[String]) -> KernelRun {
                             .push(format!("faultline check --json gave no JSON ({tail})")),
                     }
                 }
+                "done" => finished = true,
                 "begin" => {
+                    begun.push(tail.to_owned());
                     current = Some(Binary {
                         name: tail.to_owned(),
                         ..Default::default()
@@ -311,10 +409,45 @@ pub fn parse_guest(lines: &[String]) -> KernelRun {
             b.line(line);
         }
     }
-    if let Some(b) = current.take() {
-        // The guest stopped inside a binary: its unreported tests failed.
-        b.finish(-1, &mut run);
+    let tests_of = |name: &str| {
+        listed
+            .iter()
+            .find(|(b, _)| b == name)
+            .map(|(_, t)| t.as_slice())
+    };
+    if !finished {
+        // The guest stopped before its end: say where, and give every test without an outcome
+        // a verdict.
+        let at = match current.take() {
+            Some(b) => {
+                let list = tests_of(&b.name);
+                b.finish_stopped(list, &mut run)
+            }
+            None => match begun.last() {
+                Some(b) => format!("between {b} and the next test binary"),
+                None => "before the first test binary".to_owned(),
+            },
+        };
+        for (name, tests) in listed.iter().filter(|(b, _)| !begun.contains(b)) {
+            for t in tests {
+                run.no_result(
+                    &format!("{name}::{t}"),
+                    &format!("not reached (the guest stalled in {at})"),
+                );
+            }
+        }
+        run.stalled_in = Some(at);
+        run.kernel_said = kernel_distress(lines);
     }
+    let mut tail: Vec<String> = lines
+        .iter()
+        .rev()
+        .filter(|l| !l.contains(MARK) && !l.trim().is_empty())
+        .take(TAIL_LINES)
+        .cloned()
+        .collect();
+    tail.reverse();
+    run.console_tail = tail;
     if !saw_check {
         run.problems
             .push("no `faultline check` output from the guest".into());
@@ -503,14 +636,14 @@ test slow_one ... ignored
 @@VMTEST end diagnose rc=137
 @@VMTEST done"#,
         );
-        let run = parse_guest(&console);
+        let run = parse_guest(&console, &Listed::new());
         assert_eq!(run.release, "6.1.0-56-amd64");
         assert_eq!((run.passed, run.failed, run.ignored), (1, 2, 1));
         assert_eq!(
             run.failures,
             vec![
                 "kernel::uffd_waits".to_string(),
-                "diagnose: 1 test gave no result (exited with 137)".to_string()
+                "diagnose: 1 test gave no result (exited with 137: killed, by the guest's 900 s timeout or the OOM killer)".to_string()
             ]
         );
         assert_eq!(
@@ -550,7 +683,7 @@ test d ... ok
 @@VMTEST end kernel rc=137
 @@VMTEST done"#,
         );
-        let run = parse_guest(&console);
+        let run = parse_guest(&console, &Listed::new());
         assert_eq!((run.passed, run.failed, run.needs), (2, 6, 1));
         assert_eq!(
             run.needs_list,
@@ -561,15 +694,61 @@ test d ... ok
             [
                 "diagnose::b",
                 "diagnose::c",
-                "kernel: 4 tests gave no result (exited with 137)"
+                "kernel: 4 tests gave no result (exited with 137: killed, by the guest's 900 s timeout or the OOM killer)"
             ]
         );
         assert!(run.line().contains("2 passed, 6 failed, 1 needs"));
     }
 
     #[test]
+    fn a_guest_that_stalls_gives_every_test_a_verdict_and_the_kernel_line() {
+        let console = lines(
+            r#"@@VMTEST kernel 6.1.0-57-amd64 nproc=2
+@@VMTEST check rc=0 []
+@@VMTEST begin diagnose
+running 1 test
+test d1 ... ok
+test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out
+@@VMTEST end diagnose rc=0
+@@VMTEST begin kernel
+running 3 tests
+test k1 ... ok
+test k2 ... [  130.1] rcu: INFO: rcu_preempt self-detected stall on CPU
+[  130.2] rcu: rcu_preempt kthread timer wakeup didn't happen for 2501 jiffies!"#,
+        );
+        let listed: Listed = vec![
+            ("diagnose".into(), vec!["d1".into()]),
+            ("kernel".into(), vec!["k1".into(), "k2".into(), "k3".into()]),
+            ("kernel_locks".into(), vec!["l1".into()]),
+        ];
+        let run = parse_guest(&console, &listed);
+        assert_eq!((run.passed, run.failed), (2, 3));
+        assert_eq!(run.stalled_in.as_deref(), Some("kernel::k2"));
+        assert_eq!(
+            run.failures,
+            [
+                "kernel::k2: no result: the guest stalled in this test",
+                "kernel::k3: no result: not reached (the guest stalled in kernel::k2)",
+                "kernel_locks::l1: no result: not reached (the guest stalled in kernel::k2)",
+            ]
+        );
+        assert!(run
+            .kernel_said
+            .as_deref()
+            .is_some_and(|l| l.contains("self-detected stall")));
+        assert!(run
+            .console_tail
+            .last()
+            .is_some_and(|l| l.contains("jiffies")));
+        assert!(!run.ok());
+    }
+
+    #[test]
     fn a_run_without_check_output_or_tests_is_not_ok() {
-        let run = parse_guest(&lines("@@VMTEST kernel 6.12.1 nproc=2\n@@VMTEST done"));
+        let run = parse_guest(
+            &lines("@@VMTEST kernel 6.12.1 nproc=2\n@@VMTEST done"),
+            &Listed::new(),
+        );
         assert!(!run.ok());
         assert_eq!(run.problems.len(), 1);
     }
