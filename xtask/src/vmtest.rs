@@ -47,7 +47,8 @@ pub const MARK: &str = "@@VMTEST";
 #[derive(clap::Args)]
 pub struct VmtestArgs {
     /// Which kernels: 5.10, 6.1, 6.12, host, or all (repeatable; default all: the supported
-    /// ones, 6.1, 6.12 and the host). 5.10 runs only when named: it predates the mmap_lock
+    /// ones, 6.1, 6.12 and the host). A series boots its newest package; a full ABI such as
+    /// 6.1.0-56 boots that package of the series, for comparing point releases. 5.10 runs only when named: it predates the mmap_lock
     /// tracepoints (5.11), and is skipped with a line saying why when bullseye cannot be reached.
     #[arg(long, default_value = "all")]
     kernel: Vec<String>,
@@ -70,6 +71,10 @@ pub struct VmtestArgs {
     /// read hold (~17 s per GiB under TCG) has to outlast diagnose's start (~17 s there).
     #[arg(long, default_value_t = 4096)]
     memory: u32,
+    /// More guest kernel command-line arguments (after the defaults), e.g. `loglevel=7` to see
+    /// the stack dumps of a stall.
+    #[arg(long, default_value = "")]
+    append: String,
     /// Echo the guest's console while it runs.
     #[arg(long, short)]
     verbose: bool,
@@ -95,6 +100,7 @@ impl VmtestArgs {
             include: Vec::new(),
             timeout: Duration::from_secs(15 * 60),
             memory: 4096,
+            append: String::new(),
             verbose: false,
             debug: false,
             tcg: true,
@@ -393,7 +399,7 @@ fn kvm_works(kernel: &Kernel, dir: &Path) -> bool {
         return false;
     }
     let ok = qemu::boot(
-        qemu::command(&kernel.vmlinuz, &initrd, Accel::Kvm, 256),
+        qemu::command(&kernel.vmlinuz, &initrd, Accel::Kvm, 256, ""),
         Duration::from_secs(20),
         &dir.join("kvm-probe.log"),
         None,
@@ -435,7 +441,7 @@ fn run_vm(
     let log = dir.join("console.log");
     let prefix = format!("[{}] ", kernel.label);
     let boot = qemu::boot(
-        qemu::command(&kernel.vmlinuz, &initrd, accel, args.memory),
+        qemu::command(&kernel.vmlinuz, &initrd, accel, args.memory, &args.append),
         args.timeout,
         &log,
         args.verbose.then_some(prefix.as_str()),
@@ -534,8 +540,8 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
         args.kernel.iter().map(String::as_str).collect()
     };
     for k in &wanted {
-        if *k != "host" && !SERIES.iter().any(|s| s.label == *k) {
-            bail!("--kernel {k}: unknown kernel; choose 5.10, 6.1, 6.12, host or all");
+        if *k != "host" && kernels::resolve(k).is_none() {
+            bail!("--kernel {k}: unknown kernel; choose 5.10, 6.1, 6.12, host or all, or one ABI of a series such as 6.1.0-56");
         }
     }
     if args.exec.is_some() && wanted.contains(&"host") {
@@ -554,11 +560,8 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
         let run = if *label == "host" {
             run_host(&bins, args.verbose)?
         } else {
-            let series = SERIES
-                .iter()
-                .find(|s| s.label == *label)
-                .context("known series")?;
-            let kernel = match kernels::fetch(series, &cache) {
+            let (series, package) = kernels::resolve(label).context("known series")?;
+            let kernel = match kernels::fetch(series, package.as_deref(), &cache) {
                 Ok(k) => k,
                 Err(e) if series.optional => {
                     println!("vmtest {label}: skipped: {e:#}");

@@ -53,6 +53,22 @@ pub const SERIES: [Series; 3] = [
     },
 ];
 
+/// The series a `--kernel` label names, and the exact package when it names one ABI of it
+/// (`6.1.0-56` → the 6.1 series, `linux-image-6.1.0-56-amd64-unsigned`).
+pub fn resolve(label: &str) -> Option<(&'static Series, Option<String>)> {
+    if let Some(s) = SERIES.iter().find(|s| s.label == label) {
+        return Some((s, None));
+    }
+    let ok = label
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+    SERIES
+        .iter()
+        .filter(|s| ok && label.starts_with(&format!("{}.", s.label)))
+        .max_by_key(|s| s.label.len())
+        .map(|s| (s, Some(format!("linux-image-{label}-amd64-unsigned"))))
+}
+
 /// An unpacked kernel package.
 #[derive(Clone, Debug)]
 pub struct Kernel {
@@ -201,17 +217,24 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
     key
 }
 
-/// The newest package of a series, its version, downloaded and unpacked under `cache` (reused
-/// when already there).
-pub fn fetch(series: &Series, cache: &Path) -> Result<Kernel> {
+/// The newest package of a series (or `package`, one of the series), its version, downloaded
+/// and unpacked under `cache` (reused when already there).
+pub fn fetch(series: &Series, package: Option<&str>, cache: &Path) -> Result<Kernel> {
     let apt = Apt::for_suite(series.suite, cache)?;
     let names = apt.run("apt-cache", &["search", "--names-only", series.pattern])?;
-    let package = names
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .max_by_key(|n| natural_key(n))
-        .with_context(|| format!("no package matches {} in apt's lists", series.pattern))?
-        .to_owned();
+    let mut names = names.lines().filter_map(|l| l.split_whitespace().next());
+    let package = match package {
+        Some(wanted) => names.find(|n| *n == wanted).with_context(|| {
+            format!(
+                "{wanted} is not in apt's lists (apt-cache search --names-only '{}')",
+                series.pattern
+            )
+        })?,
+        None => names
+            .max_by_key(|n| natural_key(n))
+            .with_context(|| format!("no package matches {} in apt's lists", series.pattern))?,
+    }
+    .to_owned();
     let show = apt.run("apt-cache", &["show", "--no-all-versions", &package])?;
     let version = show
         .lines()
@@ -354,7 +377,24 @@ fn add_module(
 
 #[cfg(test)]
 mod tests {
-    use super::natural_key;
+    use super::{natural_key, resolve};
+
+    #[test]
+    fn a_label_names_a_series_or_one_abi_of_it() {
+        assert_eq!(
+            resolve("6.1").map(|(s, p)| (s.label, p)),
+            Some(("6.1", None))
+        );
+        let (s, p) = resolve("6.1.0-56").expect("an ABI of 6.1");
+        assert_eq!(
+            (s.label, p.as_deref()),
+            ("6.1", Some("linux-image-6.1.0-56-amd64-unsigned"))
+        );
+        let (s, _) = resolve("6.12.117+deb12").expect("an ABI of 6.12");
+        assert_eq!(s.label, "6.12");
+        assert!(resolve("7.0").is_none());
+        assert!(resolve("6.1.0-56; rm").is_none());
+    }
 
     #[test]
     fn package_abi_numbers_order_numerically() {

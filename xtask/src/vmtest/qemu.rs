@@ -46,7 +46,17 @@ impl Drop for VmGuard {
     }
 }
 
-pub fn command(kernel: &Path, initrd: &Path, accel: Accel, memory_mib: u32) -> Command {
+/// The guest kernel's command line before any `--append`: a quiet console, and a panic (which
+/// ends QEMU at once) on an oops.
+pub const KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 oops=panic";
+
+pub fn command(
+    kernel: &Path,
+    initrd: &Path,
+    accel: Accel,
+    memory_mib: u32,
+    append: &str,
+) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-accel", accel.name(), "-cpu", "max", "-smp", "2", "-m"])
         .arg(memory_mib.to_string())
@@ -55,12 +65,9 @@ pub fn command(kernel: &Path, initrd: &Path, accel: Accel, memory_mib: u32) -> C
         .arg("-initrd")
         .arg(initrd)
         // panic=-1 reboots at once on a panic, and -no-reboot turns that into QEMU exiting.
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 oops=panic",
-            "-nographic",
-            "-no-reboot",
-        ])
+        .arg("-append")
+        .arg(format!("{KERNEL_ARGS} {append}").trim_end())
+        .args(["-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
