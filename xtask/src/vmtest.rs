@@ -399,9 +399,10 @@ fn kvm_works(kernel: &Kernel, dir: &Path) -> bool {
         return false;
     }
     let ok = qemu::boot(
-        qemu::command(&kernel.vmlinuz, &initrd, Accel::Kvm, 256, ""),
+        qemu::command(&kernel.vmlinuz, &initrd, Accel::Kvm, 256, "", None),
         Duration::from_secs(20),
         &dir.join("kvm-probe.log"),
+        None,
         None,
         |l| l.contains(&format!("{MARK} kvm-ok")),
     )
@@ -439,12 +440,21 @@ fn run_vm(
         }
     });
     let log = dir.join("console.log");
+    let monitor = dir.join("monitor.sock");
     let prefix = format!("[{}] ", kernel.label);
     let boot = qemu::boot(
-        qemu::command(&kernel.vmlinuz, &initrd, accel, args.memory, &args.append),
+        qemu::command(
+            &kernel.vmlinuz,
+            &initrd,
+            accel,
+            args.memory,
+            &args.append,
+            Some(&monitor),
+        ),
         args.timeout,
         &log,
         args.verbose.then_some(prefix.as_str()),
+        Some(&monitor),
         |l| l.contains(&format!("{MARK} done")),
     )?;
     let mut run = report::parse_guest(&boot.lines, &bins.listed);
@@ -453,6 +463,13 @@ fn run_vm(
     run.accel = accel.name().to_owned();
     run.wall_secs = boot.wall.as_secs();
     run.console_log = log.display().to_string();
+    if !boot.silent.is_empty() {
+        run.problems.push(format!(
+            "the console was silent for {:?}; {}",
+            qemu::SILENCE,
+            qemu::verdict(&boot.silent)
+        ));
+    }
     if let Some(at) = &run.stalled_in {
         let how = if boot.timed_out {
             format!("the VM was killed after {:?}", args.timeout)
