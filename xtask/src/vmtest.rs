@@ -236,14 +236,7 @@ fn build(debug: bool) -> Result<Binaries> {
 
 /// The tests a libtest executable holds (`--list --format terse`: "name: test").
 fn list_tests(exe: &Path) -> Result<Vec<String>> {
-    let out = Command::new(exe)
-        .args(["--list", "--format", "terse"])
-        .output()
-        .with_context(|| format!("running {} --list", exe.display()))?;
-    if !out.status.success() {
-        bail!("{} --list failed: {}", exe.display(), out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(guest::list_output(exe, &["--format", "terse"])?
         .lines()
         .filter_map(|l| l.strip_suffix(": test"))
         .map(str::to_owned)

@@ -115,16 +115,22 @@ pub fn mount_lines(mounts: &[Mount]) -> String {
     s
 }
 
+/// What `exe --list ARGS` prints on stdout; a failure names the program.
+pub fn list_output(exe: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(exe)
+        .arg("--list")
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} --list", exe.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed: {}", exe.display(), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The busybox applets the archive's `/bin/busybox` provides (`busybox --list`).
 pub fn busybox_applets(busybox: &Path) -> Result<BTreeSet<String>> {
-    let out = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .with_context(|| format!("running {} --list", busybox.display()))?;
-    if !out.status.success() {
-        bail!("{} --list failed: {}", busybox.display(), out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(list_output(busybox, &[])?
         .lines()
         .map(|l| l.trim().to_owned())
         .filter(|l| !l.is_empty())
