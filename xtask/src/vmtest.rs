@@ -10,6 +10,7 @@ mod initramfs;
 mod kernels;
 mod qemu;
 mod report;
+mod symbols;
 
 use std::{
     fs,
@@ -88,6 +89,10 @@ pub struct VmtestArgs {
     /// hang, as on the CI machines).
     #[arg(long)]
     tcg: bool,
+    /// TCG's host threads: `multi` (a thread per vCPU) reproduces QEMU 7.2's lost
+    /// cross-vCPU code patch, which freezes a guest that attaches and detaches tracepoints.
+    #[arg(long, value_enum, default_value = "single")]
+    tcg_threads: qemu::TcgThreads,
 }
 
 impl VmtestArgs {
@@ -104,6 +109,7 @@ impl VmtestArgs {
             verbose: false,
             debug: false,
             tcg: true,
+            tcg_threads: qemu::TcgThreads::Single,
         }
     }
 }
@@ -260,6 +266,11 @@ export FAULTLINE={f} SCENARIO={sc}
     s.push_str(&format!(
         "ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up\necho \"{MARK} kernel $(uname -r) nproc=$(nproc)\"\n"
     ));
+    // Where KASLR put the kernel, so that a stalled vCPU's rip can be named (`symbols`).
+    s.push_str(&format!(
+        "echo \"{MARK} {} $(grep -m1 ' _stext$' /proc/kallsyms | cut -d' ' -f1)\"\n",
+        symbols::STEXT_LINE
+    ));
     for m in modules {
         s.push_str(&format!(
             "insmod {m} && echo \"{MARK} module {m} loaded\" || echo \"{MARK} module {m} failed\"\n"
@@ -415,6 +426,33 @@ fn kvm_works(kernel: &Kernel, dir: &Path) -> bool {
     ok
 }
 
+/// Names each sampled rip from the package's System.map and the slide the guest printed; the
+/// samples stay bare when either is missing (the verdict then says less, nothing is lost).
+fn name_addresses(kernel: &Kernel, lines: &[String], samples: &mut [qemu::CpuSample]) {
+    let Some(stext) = symbols::guest_stext(lines, MARK) else {
+        return;
+    };
+    let map = kernel.vmlinuz.with_file_name(
+        kernel
+            .vmlinuz
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .replacen("vmlinuz-", "System.map-", 1),
+    );
+    match symbols::Symbols::read(&map) {
+        Ok(syms) => {
+            for s in samples {
+                s.symbol = syms.name(s.rip, stext);
+            }
+        }
+        Err(e) => eprintln!(
+            "vmtest: [{}] vCPU addresses stay unnamed: {e:#}",
+            kernel.label
+        ),
+    }
+}
+
 fn run_vm(
     kernel: &Kernel,
     bins: &Binaries,
@@ -429,7 +467,7 @@ fn run_vm(
         if !args.tcg && kvm_works(kernel, &dir) {
             Accel::Kvm
         } else {
-            Accel::Tcg
+            Accel::Tcg(args.tcg_threads)
         }
     });
     let log = dir.join("console.log");
@@ -457,10 +495,12 @@ fn run_vm(
     run.wall_secs = boot.wall.as_secs();
     run.console_log = log.display().to_string();
     if !boot.silent.is_empty() {
+        let mut silent = boot.silent.clone();
+        name_addresses(kernel, &boot.lines, &mut silent);
         run.problems.push(format!(
             "the console was silent for {:?}; {}",
             qemu::SILENCE,
-            qemu::verdict(&boot.silent)
+            qemu::verdict(&silent)
         ));
     }
     if let Some(at) = &run.stalled_in {

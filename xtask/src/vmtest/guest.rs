@@ -63,9 +63,9 @@ pub const PATH: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// Commands the guest runs by name: the init script's, and those the kernel tests spawn
 /// (tracer/tests/common: `sh`, `ip`, `nsenter`, `setpriv`).
-pub const COMMANDS: [&str; 16] = [
+pub const COMMANDS: [&str; 18] = [
     "sh", "mount", "mkdir", "insmod", "ip", "ifconfig", "uname", "nproc", "tr", "timeout", "sync",
-    "poweroff", "echo", "nsenter", "setpriv", "cat",
+    "poweroff", "echo", "nsenter", "setpriv", "cat", "grep", "cut",
 ];
 
 fn under(path: &Path, dir: &str) -> bool {

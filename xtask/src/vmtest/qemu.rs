@@ -17,14 +17,42 @@ use anyhow::{Context as _, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
-    Tcg,
+    Tcg(TcgThreads),
+}
+
+/// Host threads for TCG's vCPUs: see `Accel::qemu_arg` for why single is the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcgThreads {
+    /// Every vCPU on one host thread, taking turns.
+    Single,
+    /// A host thread per vCPU (MTTCG); reproduces QEMU 7.2's lost code patch.
+    Multi,
 }
 
 impl Accel {
     pub fn name(self) -> &'static str {
         match self {
             Self::Kvm => "kvm",
-            Self::Tcg => "tcg",
+            Self::Tcg(TcgThreads::Single) => "tcg",
+            Self::Tcg(TcgThreads::Multi) => "tcg (thread per vCPU)",
+        }
+    }
+
+    /// QEMU's `-accel` value.
+    ///
+    /// TCG runs single-threaded (both vCPUs on one host thread, taking turns). With a host
+    /// thread per vCPU, bookworm's QEMU 7.2 loses a cross-vCPU code patch: when the guest kernel
+    /// patches a hot static-call site (attaching or detaching any tracepoint does; the
+    /// sched_switch one sits in `__schedule`), the other vCPU keeps taking the int3 planted
+    /// there, interrupts off, although memory already holds the finished instruction, and the
+    /// patcher waits for it forever (an RCU stall, then silence). Toggling a tracefs event with
+    /// no BPF at all froze 6.1 guests within 50 toggles, twice; single-threaded, see
+    /// `TCG_SINGLE_EVIDENCE`.
+    fn qemu_arg(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg(TcgThreads::Single) => "tcg,thread=single",
+            Self::Tcg(TcgThreads::Multi) => "tcg,thread=multi",
         }
     }
 }
@@ -51,15 +79,19 @@ pub struct CpuSample {
     pub interrupts: bool,
     /// Halted (`HLT=1`): idle, waiting for an interrupt.
     pub halted: bool,
+    /// `function+0xoff`, when the kernel's symbols and the guest's KASLR slide are known.
+    pub symbol: Option<String>,
 }
 
 impl std::fmt::Display for CpuSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cpu{} rip={:#x}", self.cpu, self.rip)?;
+        if let Some(sym) = &self.symbol {
+            write!(f, " ({sym})")?;
+        }
         write!(
             f,
-            "cpu{} rip={:#x} {} {}",
-            self.cpu,
-            self.rip,
+            " {} {}",
             if self.halted { "halted" } else { "running" },
             if self.interrupts {
                 "interrupts on"
@@ -92,6 +124,7 @@ pub fn parse_registers(text: &str) -> Vec<CpuSample> {
                 rip,
                 interrupts: rfl & 0x200 != 0,
                 halted: field("HLT=").as_deref() == Some("1"),
+                symbol: None,
             });
             cpu = None;
         }
@@ -106,6 +139,11 @@ pub fn verdict(samples: &[CpuSample]) -> String {
     let shown = shown.join(", ");
     if samples.is_empty() {
         return "the vCPUs could not be sampled".to_owned();
+    }
+    if let Some(at) = samples.iter().find(|c| in_text_patching(c)) {
+        return format!(
+            "the guest kernel never finished patching its own code: {at} is in the int3 handling of a live text patch (static call or jump label; attaching or detaching any tracepoint patches one). A vCPU that keeps taking an int3 the patch already removed is the signature of QEMU's multi-threaded TCG losing a cross-vCPU code patch, reproduced with no BPF by toggling a tracefs event; the guest code is not at fault ({shown})"
+        );
     }
     if samples.iter().all(|c| c.halted && c.interrupts) {
         return format!(
@@ -132,6 +170,22 @@ pub fn verdict(samples: &[CpuSample]) -> String {
         );
     }
     format!("the vCPUs were busy with interrupts on: see the samples ({shown})")
+}
+
+/// Kernel functions that run only while a text patch is in flight, across the names x86 has
+/// used (`smp_text_poke_*` from 6.16).
+const TEXT_PATCHING: [&str; 5] = [
+    "asm_exc_int3",
+    "exc_int3",
+    "poke_int3_handler",
+    "text_poke_bp",
+    "smp_text_poke",
+];
+
+fn in_text_patching(c: &CpuSample) -> bool {
+    c.symbol
+        .as_deref()
+        .is_some_and(|s| TEXT_PATCHING.iter().any(|p| s.starts_with(p)))
 }
 
 /// `info registers -a` through the monitor socket.
@@ -188,7 +242,7 @@ pub fn command(
         c.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", sock.display()));
     }
-    c.args(["-accel", accel.name(), "-cpu", "max", "-smp", "2", "-m"])
+    c.args(["-accel", accel.qemu_arg(), "-cpu", "max", "-smp", "2", "-m"])
         .arg(memory_mib.to_string())
         .arg("-kernel")
         .arg(kernel)
@@ -343,13 +397,15 @@ mod tests {
                     cpu: 0,
                     rip: 0xffffffff81c3e2a4,
                     interrupts: true,
-                    halted: true
+                    halted: true,
+                    symbol: None,
                 },
                 CpuSample {
                     cpu: 1,
                     rip: 0xffffffff8113a0b0,
                     interrupts: false,
-                    halted: false
+                    halted: false,
+                    symbol: None,
                 },
             ]
         );
@@ -357,5 +413,27 @@ mod tests {
             cpus[1].to_string(),
             "cpu1 rip=0xffffffff8113a0b0 running interrupts off"
         );
+    }
+
+    #[test]
+    fn a_vcpu_in_the_int3_of_a_text_patch_is_told_apart_from_a_guest_lockup() {
+        let at = |cpu, symbol: &str| CpuSample {
+            cpu,
+            rip: 0xffffffff81a5258c,
+            interrupts: false,
+            halted: false,
+            symbol: Some(symbol.to_owned()),
+        };
+        let patching = verdict(&[at(0, "__schedule+0x1bc"), at(1, "asm_exc_int3+0x0")]);
+        assert!(
+            patching.contains("never finished patching its own code")
+                && patching.contains("cpu1 rip=0xffffffff81a5258c (asm_exc_int3+0x0)"),
+            "{patching}"
+        );
+        let lockup = verdict(&[
+            at(0, "__schedule+0x1bc"),
+            at(1, "native_queued_spin_lock_slowpath+0x40"),
+        ]);
+        assert!(lockup.contains("a lockup inside the guest"), "{lockup}");
     }
 }
