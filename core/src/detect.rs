@@ -399,19 +399,24 @@ impl Detector {
                                 model.describe(tid),
                                 fmt_dur(waited)
                             );
-                            let resolved_before = model
-                                .uffds
-                                .get(uffd)
-                                .is_some_and(|c| !c.resolvers.is_empty());
+                            let ctx = model.uffds.get(uffd);
+                            let resolved_before = ctx.is_some_and(|c| !c.resolvers.is_empty());
+                            let set_up = ctx.is_some_and(|c| !c.setup.is_empty());
                             if handlers.is_empty() {
                                 s.push_str("no handler task is known for it.");
                             } else if resolved_before {
                                 let _ = write!(s, "handler tasks: {}. ", handlers.join(", "));
                                 s.push_str(&narrator.chain(tid, &path, &graph));
-                            } else {
+                            } else if set_up {
                                 let _ = write!(
                                     s,
                                     "no task has resolved a fault on it yet; it was set up by {}.",
+                                    handlers.join(", ")
+                                );
+                            } else {
+                                let _ = write!(
+                                    s,
+                                    "no ioctl on it was seen; it is held open by {}.",
                                     handlers.join(", ")
                                 );
                             }

@@ -179,6 +179,12 @@ pub enum EventKind {
         op: UffdOp,
         ret: i64,
     },
+    /// The process (`pid`; `tid` is its leader) holds a descriptor of `uffd`: found by a scan
+    /// of open files, not an ioctl (the agent's ioctl hooks attach only while a userfaultfd
+    /// exists, so a context's setup may predate them).
+    UffdHeld {
+        uffd: Addr,
+    },
     TaskExit {},
 }
 
@@ -208,6 +214,7 @@ impl EventKind {
             Self::UffdWaitEnd { .. } => "uffd_wait_end",
             Self::UffdIoctlBegin { .. } => "uffd_ioctl_begin",
             Self::UffdIoctlEnd { .. } => "uffd_ioctl_end",
+            Self::UffdHeld { .. } => "uffd_held",
             Self::TaskExit {} => "task_exit",
         }
     }

@@ -135,15 +135,26 @@ pub struct UffdCtx {
     pub resolvers: BTreeSet<Tid>,
     /// Tasks that only set it up (API, REGISTER, UNREGISTER): handlers when no resolver is known.
     pub setup: BTreeSet<Tid>,
+    /// Processes (their leader tid) that hold a descriptor of it, from a scan of open files
+    /// rather than an ioctl: the handlers when no ioctl on it was seen, as when it was set up
+    /// before the agent attached its ioctl hooks.
+    pub holders: BTreeSet<Tid>,
 }
 
 impl UffdCtx {
     pub fn handlers(&self) -> &BTreeSet<Tid> {
-        if self.resolvers.is_empty() {
+        if !self.resolvers.is_empty() {
+            &self.resolvers
+        } else if !self.setup.is_empty() {
             &self.setup
         } else {
-            &self.resolvers
+            &self.holders
         }
+    }
+
+    /// Whether `tid` serves, set up or holds this context.
+    fn involves(&self, tid: Tid) -> bool {
+        self.resolvers.contains(&tid) || self.setup.contains(&tid) || self.holders.contains(&tid)
     }
 }
 
@@ -506,6 +517,9 @@ impl Model {
                     }
                 }
             }
+            EventKind::UffdHeld { uffd } => {
+                self.uffds.entry(*uffd).or_default().holders.insert(tid);
+            }
             EventKind::PageFault { .. } => self.unblock(tid),
             EventKind::TaskExit {} => self.exit(tid, true),
         }
@@ -646,6 +660,7 @@ impl Model {
         for ctx in self.uffds.values_mut() {
             ctx.resolvers.remove(&tid);
             ctx.setup.remove(&tid);
+            ctx.holders.remove(&tid);
         }
         self.gc_uffds();
     }
@@ -661,7 +676,10 @@ impl Model {
             })
             .collect();
         self.uffds.retain(|addr, ctx| {
-            !ctx.resolvers.is_empty() || !ctx.setup.is_empty() || waited.contains(addr)
+            !ctx.resolvers.is_empty()
+                || !ctx.setup.is_empty()
+                || !ctx.holders.is_empty()
+                || waited.contains(addr)
         });
     }
 
@@ -716,9 +734,6 @@ impl Model {
         self.tasks
             .get(&tid)
             .is_some_and(|t| t.blocked.is_none() && t.holds.is_empty())
-            && !self
-                .uffds
-                .values()
-                .any(|c| c.resolvers.contains(&tid) || c.setup.contains(&tid))
+            && !self.uffds.values().any(|c| c.involves(tid))
     }
 }

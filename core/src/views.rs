@@ -57,6 +57,8 @@ pub struct UffdView {
     pub resolvers: Vec<Tid>,
     /// Tasks seen setting it up (API, REGISTER, UNREGISTER).
     pub setup: Vec<Tid>,
+    /// Processes (leader tids) found holding a descriptor of it, without an ioctl seen.
+    pub holders: Vec<Tid>,
 }
 
 impl GraphView {
@@ -109,6 +111,7 @@ impl GraphView {
                         uffd: *uffd,
                         resolvers: ctx.resolvers.iter().copied().collect(),
                         setup: ctx.setup.iter().copied().collect(),
+                        holders: ctx.holders.iter().copied().collect(),
                     })
                     .collect();
                 u.sort_by_key(|v| v.uffd);
@@ -333,6 +336,7 @@ mod tests {
                 op: UffdOp::Copy,
             },
         ));
+        e.apply(&ev(3, 3, EventKind::UffdHeld { uffd }));
         let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
         assert_eq!(
             view.uffds,
@@ -340,6 +344,7 @@ mod tests {
                 uffd,
                 resolvers: vec![2],
                 setup: vec![1],
+                holders: vec![3],
             }]
         );
         let json = serde_json::to_value(&view).expect("JSON");

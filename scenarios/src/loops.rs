@@ -195,3 +195,80 @@ pub(crate) fn foreign_read(count: u32) -> Result<()> {
     println!("{}", serde_json::to_string(&result?)?);
     Ok(())
 }
+
+/// Which system calls `syscalls` makes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum SyscallKind {
+    /// `getppid()` in a loop: the cheapest call there is, so the entry/exit path is all it costs.
+    Getppid,
+    /// 64-byte `write`s into a pipe by one thread and 64-byte `read`s by another: the small
+    /// I/O a server or a logging pipeline makes all day.
+    Pipe,
+}
+
+/// System calls for `millis`, counted: the path every syscall tracepoint slows down, whatever
+/// call it hooks (enabling one sets a work flag on every task).
+pub(crate) fn syscalls(kind: SyscallKind, millis: u64) -> Result<()> {
+    let deadline = now_ns() + millis * 1_000_000;
+    let start_ns = now_ns();
+    let count = match kind {
+        SyscallKind::Getppid => {
+            let mut n = 0u64;
+            // The clock is read every 1024 calls: a vDSO read, not a syscall.
+            while n % 1024 != 0 || now_ns() < deadline {
+                // SAFETY: getppid has no arguments and cannot fail.
+                unsafe { libc::getppid() };
+                n += 1;
+            }
+            n
+        }
+        SyscallKind::Pipe => pipe_pingpong(deadline)?,
+    };
+    let report = LoopReport {
+        scenario: "syscalls",
+        pid: std::process::id(),
+        tid: gettid(),
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        start_ns,
+        end_ns: now_ns(),
+        target_pid: None,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Writes and reads 64-byte messages through a pipe until `deadline`; returns the calls made.
+fn pipe_pingpong(deadline: u64) -> Result<u64> {
+    let mut fds = [0i32; 2];
+    // SAFETY: a valid two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    let (rd, wr) = (fds[0], fds[1]);
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut n = 0u64;
+        // SAFETY: reading into our own buffer; the loop ends when the writer closes its end.
+        while unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+            n += 1;
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(rd) };
+        n
+    });
+    let msg = [7u8; 64];
+    let mut writes = 0u64;
+    while writes % 256 != 0 || now_ns() < deadline {
+        // SAFETY: writing our own buffer to our own pipe.
+        if unsafe { libc::write(wr, msg.as_ptr().cast(), msg.len()) } < 0 {
+            break;
+        }
+        writes += 1;
+    }
+    // SAFETY: our own descriptor; closing it ends the reader.
+    unsafe { libc::close(wr) };
+    let reads = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("pipe reader panicked"))?;
+    Ok(writes + reads)
+}

@@ -66,6 +66,20 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         threads: u32,
     },
+    /// System calls for a fixed time, counted (the syscall entry/exit path: see `cargo xtask
+    /// bench overhead`).
+    Syscalls {
+        #[arg(long, value_enum, default_value = "getppid")]
+        kind: SyscallKind,
+        #[arg(long, default_value_t = 1500)]
+        millis: u64,
+    },
+    /// A userfaultfd with one registered page, set up and then left idle until stdin closes
+    /// (or `linger_ms`).
+    UffdIdle {
+        #[arg(long, default_value_t = 60_000)]
+        linger_ms: u64,
+    },
     /// Fault in N fresh anonymous pages (one write each), then unmap them: the page-fault path.
     FaultIn {
         #[arg(long, default_value_t = 65536)]
@@ -196,6 +210,8 @@ fn main() {
             linger_ms,
         } => fault_in(pages, threads, linger_ms),
         Scenario::Storm { count, threads } => storm(count, threads),
+        Scenario::Syscalls { kind, millis } => syscalls(kind, millis),
+        Scenario::UffdIdle { linger_ms } => uffd_idle(linger_ms),
         Scenario::FileWriters { mib, fresh_source } => file_writers(mib, fresh_source),
         Scenario::UffdStall {
             delay_ms,

@@ -305,3 +305,16 @@ pub(crate) fn uffd_chain(hold_ms: u64, until_stdin_closes: bool) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     result.map(|_| ())
 }
+
+/// A userfaultfd that exists and is never used after setup (like a live-migration or lazy-
+/// restore monitor between faults): it keeps whatever a tracer attaches while one exists
+/// attached. Lives until stdin closes or `linger_ms`.
+pub(crate) fn uffd_idle(linger_ms: u64) -> Result<()> {
+    let (fd, _region) = uffd_with_page()?;
+    let report =
+        serde_json::json!({ "scenario": "uffd-idle", "pid": std::process::id(), "fd": fd });
+    report_and_linger_until_eof(&report, linger_ms)?;
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    Ok(())
+}

@@ -410,6 +410,33 @@ fn a_uffd_fault_with_a_silent_monitor_names_the_handler() {
     );
 }
 
+#[test]
+fn a_uffd_fault_whose_setup_went_unseen_names_the_processes_holding_it() {
+    // The agent's ioctl hooks attached after the setup: only its scan of open files knows
+    // who holds the context, and that is what the alert names (as holders, not setup).
+    let mut t = Trace::new();
+    t.at(0).push(30, 30, EventKind::UffdHeld { uffd: UFFD });
+    t.at(1).push(
+        40,
+        40,
+        EventKind::UffdWaitBegin {
+            uffd: UFFD,
+            addr: Addr(0x7f00_0000),
+        },
+    );
+    t.tick(1500);
+    let alerts = run(&t);
+    let s = of_kind(&alerts, AlertKind::UffdStall);
+    assert_eq!(s.len(), 1, "{alerts:#?}");
+    assert_eq!(s[0].tids, vec![40, 30]);
+    assert!(
+        s[0].summary
+            .contains("no ioctl on it was seen; it is held open by 30 ("),
+        "{}",
+        s[0].summary
+    );
+}
+
 // --- property tests ---------------------------------------------------------------------------
 
 fn arb_event() -> impl Strategy<Value = (u64, u32, EventKind)> {
@@ -454,6 +481,7 @@ fn arb_event() -> impl Strategy<Value = (u64, u32, EventKind)> {
             uffd: UFFD,
             op: UffdOp::Copy
         }),
+        Just(EventKind::UffdHeld { uffd: UFFD }),
         Just(EventKind::TaskExit {}),
     ];
     (0u64..400, tid, kind)

@@ -46,8 +46,8 @@ impl Accel {
     /// sched_switch one sits in `__schedule`), the other vCPU keeps taking the int3 planted
     /// there, interrupts off, although memory already holds the finished instruction, and the
     /// patcher waits for it forever (an RCU stall, then silence). Toggling a tracefs event with
-    /// no BPF at all froze 6.1 guests within 50 toggles, twice; single-threaded, see
-    /// `TCG_SINGLE_EVIDENCE`.
+    /// no BPF at all froze 6.1 guests within 50 toggles, twice; single-threaded, the same
+    /// guest ran 2,950 toggles in 406 s without a freeze (stopped there).
     fn qemu_arg(self) -> &'static str {
         match self {
             Self::Kvm => "kvm",

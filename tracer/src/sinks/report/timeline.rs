@@ -251,6 +251,8 @@ impl TimelineBuilder {
             EventKind::UffdIoctlBegin { .. } | EventKind::PageFault { .. } => {
                 self.end_wait(tid, ts)
             }
+            // Holding a descriptor is a state, not a moment of the timeline.
+            EventKind::UffdHeld { .. } => {}
             EventKind::TaskExit {} => {
                 self.end_wait(tid, ts);
                 let held: Vec<(Tid, Addr)> = self
