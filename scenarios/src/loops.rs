@@ -215,7 +215,7 @@ pub(crate) fn syscalls(kind: SyscallKind, millis: u64) -> Result<()> {
         SyscallKind::Getppid => {
             let mut n = 0u64;
             // The clock is read every 1024 calls: a vDSO read, not a syscall.
-            while n % 1024 != 0 || now_ns() < deadline {
+            while !n.is_multiple_of(1024) || now_ns() < deadline {
                 // SAFETY: getppid has no arguments and cannot fail.
                 unsafe { libc::getppid() };
                 n += 1;
@@ -258,7 +258,7 @@ fn pipe_pingpong(deadline: u64) -> Result<u64> {
     });
     let msg = [7u8; 64];
     let mut writes = 0u64;
-    while writes % 256 != 0 || now_ns() < deadline {
+    while !writes.is_multiple_of(256) || now_ns() < deadline {
         // SAFETY: writing our own buffer to our own pipe.
         if unsafe { libc::write(wr, msg.as_ptr().cast(), msg.len()) } < 0 {
             break;
