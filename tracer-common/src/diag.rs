@@ -24,8 +24,14 @@ pub struct DiagOffsets {
     pub wqh_head: u32,
     pub wqe_private: u32,
     pub wqe_entry: u32,
+    /// `offsetof(struct file, f_op)` and `offsetof(struct file_operations, poll)`: a file whose
+    /// `f_op->poll` is `uffd_poll` is a userfaultfd, found without user space naming it.
+    pub file_f_op: u32,
+    pub fops_poll: u32,
+    /// Address of `userfaultfd_poll` (kallsyms); 0: files are matched by `DIAG_UFFD_FDS` only.
+    pub uffd_poll: u64,
 }
-const _: () = assert!(core::mem::size_of::<DiagOffsets>() == 20 * 4);
+const _: () = assert!(core::mem::size_of::<DiagOffsets>() == 22 * 4 + 8);
 
 /// What a diagnose iterator record says.
 pub mod diag_kind {

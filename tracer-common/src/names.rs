@@ -75,17 +75,16 @@ pub mod program {
     pub const SYS_EXIT_IOCTL_TP: &str = "sys_exit_ioctl_tp";
     pub const SYS_EXIT_USERFAULTFD_TP: &str = "sys_exit_userfaultfd_tp";
     pub const DIAG_TASKS: &str = "diag_tasks";
-    /// The benchmark floor: empty programs on the default mode's hooks, as (program, hook):
+    /// The benchmark floor: empty programs on the default mode's hooks while no userfaultfd
+    /// exists (the ioctl syscall tracepoints attach only while one does), as (program, hook):
     /// a tp_btf name, or `category/name` of a classic tracepoint.
-    pub const FLOOR: [(&str, &str); 8] = [
+    pub const FLOOR: [(&str, &str); 6] = [
         ("floor_contention_begin", "contention_begin"),
         ("floor_contention_end", "contention_end"),
         ("floor_page_fault_kernel", "page_fault_kernel"),
         ("floor_sched_switch", "sched_switch"),
         ("floor_sched_waking", "sched_waking"),
         ("floor_task_exit", "sched_process_exit"),
-        ("floor_sys_enter_ioctl", "syscalls/sys_enter_ioctl"),
-        ("floor_sys_exit_ioctl", "syscalls/sys_exit_ioctl"),
     ];
     pub const DIAG_FILES: &str = "diag_files";
 }

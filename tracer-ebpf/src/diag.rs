@@ -30,6 +30,9 @@ static DIAG_OFFSETS: DiagOffsets = DiagOffsets {
     wqh_head: 0,
     wqe_private: 0,
     wqe_entry: 0,
+    file_f_op: 0,
+    fops_poll: 0,
+    uffd_poll: 0,
 };
 
 /// The userfaultfd descriptors user space found (/proc/PID/fd → anon_inode:[userfaultfd]).
@@ -212,8 +215,10 @@ fn walk_wqh(seq: u64, o: &DiagOffsets, tid: u32, tgid: u32, uctx: u64, wqh_off: 
     }
 }
 
-/// iter/task_file: every userfaultfd descriptor user space named, its context, the context's
-/// mm and owner, and the tasks waiting on it.
+/// iter/task_file: every userfaultfd descriptor, its context, the context's mm and owner, and
+/// the tasks waiting on it. A descriptor counts when user space named it (`DIAG_UFFD_FDS`,
+/// diagnose's /proc walk) or when its file's `f_op->poll` is `userfaultfd_poll` (the agent's
+/// periodic scan, which names nothing in advance).
 #[no_mangle]
 #[link_section = "iter/task_file"]
 pub extern "C" fn diag_files(ctx: *mut core::ffi::c_void) -> i32 {
@@ -229,7 +234,9 @@ pub extern "C" fn diag_files(ctx: *mut core::ffi::c_void) -> i32 {
     let tgid = rd::<i32>(task, o.task_tgid) as u32;
     let key = FdKey { tgid, fd };
     // SAFETY: a plain read of a map value.
-    if unsafe { DIAG_UFFD_FDS.get(key) }.is_none() {
+    let named = unsafe { DIAG_UFFD_FDS.get(key) }.is_some();
+    if !named && (o.uffd_poll == 0 || rd::<u64>(rd(file, o.file_f_op), o.fops_poll) != o.uffd_poll)
+    {
         return 0;
     }
     // SAFETY: meta->seq is the first field of bpf_iter_meta.

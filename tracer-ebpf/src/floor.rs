@@ -1,10 +1,8 @@
-//! Empty programs on every hook the default mode attaches: `cargo xtask bench` runs them as the
-//! floor, the cost of the hooks themselves, below which no design on these hooks can go.
+//! Empty programs on every hook the default mode attaches while no userfaultfd exists:
+//! `cargo xtask bench` runs them as the floor, the cost of the hooks themselves, below which no
+//! design on these hooks can go.
 
-use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 #[btf_tracepoint(function = "contention_begin")]
 pub fn floor_contention_begin(_ctx: BtfTracePointContext) -> i32 {
@@ -33,15 +31,5 @@ pub fn floor_sched_waking(_ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn floor_task_exit(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
-pub fn floor_sys_enter_ioctl(_ctx: TracePointContext) -> u32 {
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_ioctl")]
-pub fn floor_sys_exit_ioctl(_ctx: TracePointContext) -> u32 {
     0
 }

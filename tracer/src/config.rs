@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 18] = [
+pub const KEYS: [(&str, &str); 19] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -25,6 +25,7 @@ pub const KEYS: [(&str, &str); 18] = [
     ("ring_buffer_size", "FAULTLINE_RING_BUFFER_SIZE"),
     ("self_metrics", "FAULTLINE_SELF_METRICS"),
     ("scope", "FAULTLINE_SCOPE"),
+    ("uffd_ioctl_hooks", "FAULTLINE_UFFD_IOCTL_HOOKS"),
 ];
 
 #[derive(Debug, thiserror::Error)]

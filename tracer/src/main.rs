@@ -8,7 +8,7 @@ use tracer::{
     commands::replay,
     core::detect::Thresholds,
     kernel::check,
-    kernel::probes::{AttachMode, Detail, ProbeOptions},
+    kernel::probes::{AttachMode, Detail, IoctlHooks, ProbeOptions},
     sinks::report,
 };
 
@@ -72,6 +72,12 @@ struct ProbeArgs {
     /// `faultline check` lists what each mode gives up.
     #[arg(long, value_enum, default_value_t = Detail::Contention, env = "FAULTLINE_DETAIL")]
     detail: Detail,
+    /// When the userfaultfd ioctl hooks are attached: they are syscall tracepoints, which slow
+    /// every system call on the host while attached, so by default only while a userfaultfd
+    /// exists (the agent looks at each snapshot; what that gives up: `faultline check`).
+    /// `record` always attaches them.
+    #[arg(long, value_enum, default_value_t = IoctlHooks::WhileUffdExists, env = "FAULTLINE_UFFD_IOCTL_HOOKS")]
+    uffd_ioctl_hooks: IoctlHooks,
     /// Size of the event ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = tracer_common::names::EVENTS_BYTES, value_parser = parse_ring_size, env = "FAULTLINE_RING_BUFFER_SIZE")]
     ring_buffer_size: u32,
@@ -98,6 +104,7 @@ impl ProbeArgs {
             detail: self.detail,
             extras: !self.mmap_lock_only,
             ring_bytes: self.ring_buffer_size,
+            uffd_ioctls: self.uffd_ioctl_hooks,
         }
     }
 }

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    http_get, require_root, scenario, scenario_lingering, u64_at, u64s, Faultline, Recording,
+    http_get, require_root, scenario, scenario_held, scenario_lingering, u64_at, u64s, Faultline,
+    Recording,
 };
 use tracer::{
     core::event::{Event, EventKind, LockMode, LockType, UffdOp},
@@ -360,6 +361,95 @@ fn a_userfaultfd_deadlock_is_alerted_with_both_threads() {
         workload.wait().expect("scenario").success(),
         "the rescuer broke the deadlock"
     );
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
+
+/// The agent's perf-event links (classic tracepoints) and the names of their programs, read
+/// from the kernel: /proc/PID/fdinfo of each link, then the program's name by id.
+fn perf_link_programs(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let ids: Vec<u32> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| {
+            info.lines()
+                .any(|l| l.starts_with("link_type:") && l.ends_with("perf"))
+        })
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// userfaultfd descriptors of other processes on this host (which legitimately keep the hooks).
+fn other_userfaultfds() -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .flat_map(|fds| fds.filter_map(Result::ok))
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
+        })
+        .count()
+}
+
+#[test]
+fn the_default_agent_hooks_userfaultfd_ioctls_only_while_a_userfaultfd_exists() {
+    if !require_root("the_default_agent_hooks_userfaultfd_ioctls_only_while_a_userfaultfd_exists") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (mut agent, _addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
+    let hooks = |agent: &Faultline| {
+        perf_link_programs(agent.pid())
+            .into_iter()
+            .filter(|n| n.starts_with("sys_"))
+            .count()
+    };
+    // Another process's userfaultfd keeps them attached, as it should: then only the attach
+    // half can be checked here.
+    let quiet_host = other_userfaultfds() == 0;
+    if quiet_host {
+        assert_eq!(hooks(&agent), 0, "no userfaultfd exists: no syscall hook");
+    } else {
+        eprintln!("another process holds a userfaultfd: not checking the detached state");
+    }
+
+    let (mut idle, report) = scenario_held(&["uffd-idle", "--linger-ms", "20000"]);
+    assert_eq!(report["scenario"], "uffd-idle", "{report}");
+    agent.wait_for("ioctl hooks attached", Duration::from_secs(5));
+    assert_eq!(
+        hooks(&agent),
+        3,
+        "sys_enter_ioctl, sys_exit_ioctl and sys_exit_userfaultfd attached while it exists"
+    );
+
+    // Its end: stdin closed, then the linger.
+    drop(idle.stdin.take());
+    let _ = idle.wait();
+    if quiet_host && other_userfaultfds() == 0 {
+        agent.wait_for("ioctl hooks detached", Duration::from_secs(10));
+        assert_eq!(
+            hooks(&agent),
+            0,
+            "detached once the last userfaultfd is gone"
+        );
+    }
     let (status, _) = agent.stop();
     assert!(status.success());
 }

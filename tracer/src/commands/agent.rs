@@ -224,6 +224,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         let app = http::router(shared.clone());
         tokio::spawn(async move { axum::serve(listener, app).await })
     };
+    // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
+    scan_uffds(&mut http::lock(&shared), monotonic_ns())?;
     log::info!(
         "faultline agent: probes attached ({}, detail {}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
@@ -315,12 +317,48 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     Ok(())
 }
 
+/// The userfaultfd scan (`uffd_gate`): attaches or detaches the ioctl hooks, and gives the
+/// model the processes holding each context in scope.
+fn scan_uffds(st: &mut AgentState, taken: u64) -> Result<()> {
+    if !st.probes.ioctls_gated() {
+        return Ok(());
+    }
+    let scan = st.probes.scan_uffds(std::time::Instant::now())?;
+    match scan.switched {
+        Some(true) => log::info!(
+            "userfaultfd in use ({} descriptors): ioctl hooks attached",
+            scan.files.len()
+        ),
+        Some(false) => log::info!(
+            "no userfaultfd for {}: ioctl hooks detached",
+            humantime::format_duration(crate::kernel::probes::uffd_gate::LINGER)
+        ),
+        None => {}
+    }
+    let held: Vec<(u32, u64)> = scan
+        .files
+        .iter()
+        .filter(|f| st.scope.admits(f.tgid))
+        .map(|f| (f.tgid, f.ctx))
+        .collect();
+    let waiters: Vec<(u32, u32, u64, u64)> = scan
+        .waiters
+        .iter()
+        .copied()
+        .filter(|(_, pid, _, _)| st.scope.admits(*pid))
+        .collect();
+    let alerts = st.feed.on_uffd_scan(&held, &waiters, taken);
+    raise_all(st, alerts);
+    Ok(())
+}
+
 /// Reads the kernel's per-task map into the feed. The lost-record counter is read first and
 /// the time the walk starts (not its end) dates the snapshot.
 fn snapshot_into(shared: &Shared) -> Result<()> {
     let mut st = http::lock(shared);
     let lost = st.probes.counters()?.get(Counter::RingbufFull);
     let taken = monotonic_ns();
+    scan_uffds(&mut st, taken)?;
     let mut states = st.probes.task_states()?;
     st.task_entries = states.len();
     let stale = st

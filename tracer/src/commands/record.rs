@@ -42,6 +42,8 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     let probe_opts = ProbeOptions {
         record_all: true,
         detail: crate::kernel::probes::Detail::Full,
+        // Nothing here scans for userfaultfds, and a trace should miss no ioctl.
+        uffd_ioctls: crate::kernel::probes::IoctlHooks::Always,
         ..opts.probes.clone()
     };
     let mut probes = Probes::load(&probe_opts)?;

@@ -628,6 +628,64 @@ impl LiveFeed {
         }
         alerts
     }
+
+    /// What the agent's userfaultfd scan found: the descriptors, as (holding process,
+    /// context), and the waits it wrote into the kernel's task state, as (tid, pid, context,
+    /// since).
+    /// - each (process, context) pair the model does not know yet becomes a `uffd_held` event
+    ///   of the process's leader, so a context whose setup ioctls went unseen still has
+    ///   handler candidates;
+    /// - such a waiter began its wait before the kernel side knew the context (its sleep was
+    ///   not seen): its wait begins at the scan, the earliest time known, and ends like any
+    ///   other (the handler's wake-up, or `uffd_waits_ended`).
+    pub fn on_uffd_scan(
+        &mut self,
+        held: &[(u32, u64)],
+        waiters: &[(u32, u32, u64, u64)],
+        now_ns: u64,
+    ) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for &(tid, pid, ctx, since_ns) in waiters {
+            let blocked = self
+                .engine
+                .model()
+                .task(tid)
+                .is_some_and(|t| t.blocked.is_some());
+            if blocked {
+                continue;
+            }
+            alerts.extend(self.engine.apply(&Event {
+                ts_ns: since_ns,
+                tid,
+                pid,
+                comm: comm_of(tid),
+                kind: EventKind::UffdWaitBegin {
+                    uffd: Addr(ctx),
+                    addr: Addr(0),
+                },
+            }));
+        }
+        for &(pid, ctx) in held {
+            let uffd = Addr(ctx);
+            let known = self
+                .engine
+                .model()
+                .uffds
+                .get(&uffd)
+                .is_some_and(|c| c.holders.contains(&pid));
+            if known || !(self.alive)(pid) {
+                continue;
+            }
+            alerts.extend(self.engine.apply(&Event {
+                ts_ns: now_ns,
+                tid: pid,
+                pid,
+                comm: comm_of(pid),
+                kind: EventKind::UffdHeld { uffd },
+            }));
+        }
+        alerts
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use btf_rs::{Btf, Type};
-use tracer_common::{KernelOffsets, TracepointLayout};
+use tracer_common::{DiagOffsets, KernelOffsets, TracepointLayout};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -158,6 +158,36 @@ impl KernelBtf {
             uffd_ctx_mm: off("userfaultfd_ctx", "mm"),
             handle_userfault_start: huf_start,
             handle_userfault_end: huf_end,
+        }
+    }
+
+    /// The offsets the diagnose iterators read with; the agent's userfaultfd scan uses them too.
+    pub fn diag_offsets(&self) -> DiagOffsets {
+        let off = |s: &str, f: &str| self.member_offset(s, f).unwrap_or(0);
+        DiagOffsets {
+            task_state: off("task_struct", "__state"),
+            task_blocker: off("task_struct", "blocker"),
+            task_pid: off("task_struct", "pid"),
+            task_tgid: off("task_struct", "tgid"),
+            task_mm: off("task_struct", "mm"),
+            mm_owner: off("mm_struct", "owner"),
+            mm_mmap_lock: off("mm_struct", "mmap_lock"),
+            rwsem_count: off("rw_semaphore", "count"),
+            rwsem_owner: off("rw_semaphore", "owner"),
+            rwsem_wait_list: off("rw_semaphore", "wait_list"),
+            waiter_task: off("rwsem_waiter", "task"),
+            waiter_type: off("rwsem_waiter", "type"),
+            mutex_owner: off("mutex", "owner"),
+            file_private: off("file", "private_data"),
+            uffd_ctx_mm: off("userfaultfd_ctx", "mm"),
+            uffd_fault_pending_wqh: off("userfaultfd_ctx", "fault_pending_wqh"),
+            uffd_fault_wqh: off("userfaultfd_ctx", "fault_wqh"),
+            wqh_head: off("wait_queue_head", "head"),
+            wqe_private: off("wait_queue_entry", "private"),
+            wqe_entry: off("wait_queue_entry", "entry"),
+            file_f_op: off("file", "f_op"),
+            fops_poll: off("file_operations", "poll"),
+            uffd_poll: kallsyms_range("userfaultfd_poll").map_or(0, |(start, _)| start),
         }
     }
 }

@@ -3,9 +3,13 @@
 //! `tp_btf` programs are preferred (typed arguments, no tracefs); the classic tracepoints are the
 //! fallback, chosen at run time when a `tp_btf` program does not load or attach.
 
+pub mod iter;
 pub mod kernel;
 pub mod prototype;
+pub mod uffd_gate;
 pub mod verifier;
+
+pub use uffd_gate::{IoctlHooks, Scan as UffdScan, UffdFile};
 
 use std::{fmt, io, time::Duration};
 
@@ -357,6 +361,9 @@ pub struct ProbeOptions {
     pub extras: bool,
     /// Size of the ring buffer in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// When the userfaultfd ioctl hooks (syscall tracepoints) are attached. Gating needs
+    /// someone to call `Probes::scan_uffds` periodically: the agent does, at each snapshot.
+    pub uffd_ioctls: IoctlHooks,
 }
 
 impl Default for ProbeOptions {
@@ -370,6 +377,8 @@ impl Default for ProbeOptions {
             detail: Detail::default(),
             extras: true,
             ring_bytes: names::EVENTS_BYTES,
+            // Without a caller of `scan_uffds`, gated hooks would never attach.
+            uffd_ioctls: IoctlHooks::Always,
         }
     }
 }
@@ -385,6 +394,8 @@ pub struct Probes {
     max_tasks: u32,
     /// Each optional feature and, when it did not attach, why.
     features: Vec<(Feature, Result<(), String>)>,
+    /// The userfaultfd ioctl hooks' gate, when they attach only while a userfaultfd exists.
+    gate: Option<uffd_gate::Gate>,
 }
 
 pub(crate) fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -434,10 +445,13 @@ impl Probes {
         let syscalls = kernel::tracefs_root().and_then(|root| kernel::syscall_layout(&root));
         let syscall_value = syscalls.as_ref().copied().unwrap_or_default();
 
+        let diag_offsets = kbtf.diag_offsets();
         let ebpf = EbpfLoader::new()
             .override_global(global::OFFSETS, &offsets, true)
             .override_global(global::TP_LAYOUT, &layout_value, true)
             .override_global(global::SYSCALL_LAYOUT, &syscall_value, true)
+            // The userfaultfd scan (`uffd_gate`) runs diagnose's file iterator.
+            .override_global(global::DIAG_OFFSETS, &diag_offsets, true)
             .map_max_entries(map::TASK_STATE, opts.max_tasks)
             .map_max_entries(map::EVENTS, opts.ring_bytes)
             .load(EBPF_OBJECT)
@@ -457,11 +471,20 @@ impl Probes {
             offsets,
             max_tasks: opts.max_tasks,
             features: Vec::new(),
+            gate: None,
         };
         probes.set_config(&config_for(opts, detail))?;
         probes.attached = probes.attach_core(&core_programs(detail), opts.attach, &layout)?;
         if opts.extras {
-            probes.attach_optional(syscalls.map_err(|e| e.to_string()));
+            let gated = opts.uffd_ioctls == IoctlHooks::WhileUffdExists;
+            probes.attach_optional(syscalls.map_err(|e| e.to_string()), gated);
+            let ioctls_ok = probes
+                .features
+                .iter()
+                .any(|(f, r)| *f == Feature::UffdIoctls && r.is_ok());
+            if gated && ioctls_ok {
+                probes.gate = Some(uffd_gate::Gate::default());
+            }
         }
         let contention = probes
             .features
@@ -533,8 +556,14 @@ impl Probes {
     }
 
     /// Attaches the optional programs; a feature any of whose programs fails is reported with
-    /// the first reason, and the rest of its programs are unloaded.
-    fn attach_optional(&mut self, syscalls: Result<tracer_common::SyscallLayout, String>) {
+    /// the first reason, and the rest of its programs are unloaded. With `gate_ioctls`, the
+    /// userfaultfd ioctl programs are loaded (so the verifier speaks now) but not attached:
+    /// `uffd_gate` attaches them while a userfaultfd exists.
+    fn attach_optional(
+        &mut self,
+        syscalls: Result<tracer_common::SyscallLayout, String>,
+        gate_ioctls: bool,
+    ) {
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
         let mut failed: std::collections::BTreeMap<Feature, String> = Default::default();
         for (name, hook, feature) in &OPTIONAL {
@@ -560,7 +589,9 @@ impl Probes {
                         let p: &mut TracePoint =
                             prog.try_into().map_err(|e: ProgramError| e.to_string())?;
                         p.load().map_err(|e| format!("{e}{}", verifier_log(&e)))?;
-                        p.attach(cat, tp).map_err(|e| e.to_string())?;
+                        if !(gate_ioctls && *feature == Feature::UffdIoctls) {
+                            p.attach(cat, tp).map_err(|e| e.to_string())?;
+                        }
                     }
                 }
                 Ok(())
