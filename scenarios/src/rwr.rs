@@ -27,6 +27,19 @@ pub(crate) struct RwrReport {
     attempts: u32,
 }
 
+/// Faults in, before the hold begins, what a thread touches during the convoy: stack pages, and
+/// the code of the calls it makes. On kernels without per-VMA locks (before 6.4) every fault
+/// takes the mmap_lock for read, which names the faulting thread as the rwsem's last reader:
+/// a thread that faulted after the holder's acquisition would hide the holder from the
+/// default mode's owner-word hint (it would then see the writer itself as the last reader).
+fn warm_up() {
+    let stack = [0u8; 64 << 10];
+    std::hint::black_box(&stack);
+    let _ = now_ns();
+    thread::sleep(Duration::from_micros(1));
+    thread::yield_now();
+}
+
 pub(crate) fn rwr_once(
     hold_mib: usize,
     writer_delay: Duration,
@@ -55,6 +68,7 @@ pub(crate) fn rwr_once(
         thread::spawn(move || -> Result<Span> {
             let tid = gettid();
             tids[0].store(u64::from(tid), Ordering::SeqCst);
+            warm_up();
             barrier.wait();
             let start_ns = now_ns();
             started.store(start_ns, Ordering::SeqCst);
@@ -79,6 +93,10 @@ pub(crate) fn rwr_once(
         thread::spawn(move || -> Result<Span> {
             let tid = gettid();
             tids[1].store(u64::from(tid), Ordering::SeqCst);
+            warm_up();
+            // Its call, once, before the hold (the page's protection does not change).
+            page.mprotect(libc::PROT_READ | libc::PROT_WRITE)
+                .context("mprotect")?;
             barrier.wait();
             while hold.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
@@ -104,6 +122,11 @@ pub(crate) fn rwr_once(
         thread::spawn(move || -> Result<Span> {
             let tid = gettid();
             tids[2].store(u64::from(tid), Ordering::SeqCst);
+            warm_up();
+            // The same read once before the hold: its code, buffer and heap are then in place.
+            let mut buf = Vec::with_capacity(4096);
+            let _ =
+                std::fs::File::open("/proc/self/cmdline").and_then(|mut f| f.read_to_end(&mut buf));
             barrier.wait();
             while started.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
@@ -112,7 +135,7 @@ pub(crate) fn rwr_once(
             let start_ns = now_ns();
             asked.store(start_ns, Ordering::SeqCst);
             // get_cmdline reads our own memory under mmap_read_lock_killable.
-            let mut buf = Vec::new();
+            buf.clear();
             std::fs::File::open("/proc/self/cmdline")
                 .and_then(|mut f| f.read_to_end(&mut buf))
                 .context("/proc/self/cmdline")?;

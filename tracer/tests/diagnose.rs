@@ -362,10 +362,20 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
     }
     // uffd-deadlock: the handler sets the userfaultfd up and never reads it, then blocks on the
     // f_pos_lock the holder keeps across its fault; a rescuer sleeps holding the descriptor.
-    // Nothing in /proc tells the handler from the rescuer; the agent saw the set-up ioctls.
+    // Nothing in /proc tells the handler from the rescuer; the agent saw the set-up ioctls,
+    // which it sees only with its ioctl hooks attached before the userfaultfd is set up (by
+    // default they attach at the next snapshot after one exists: docs/design.md).
     let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
-    let (agent, addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
+    let (agent, addr) = Faultline::agent(
+        state.path(),
+        &[
+            "--snapshot-interval",
+            "50ms",
+            "--uffd-ioctl-hooks",
+            "always",
+        ],
+    );
     let (child, r) = scenario_held(&[
         "uffd-deadlock",
         "--hold-ms",

@@ -414,7 +414,7 @@ fn the_default_agent_hooks_userfaultfd_ioctls_only_while_a_userfaultfd_exists() 
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let (mut agent, _addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
+    let (mut agent, addr) = Faultline::agent(state.path(), &["--snapshot-interval", "50ms"]);
     let hooks = |agent: &Faultline| {
         perf_link_programs(agent.pid())
             .into_iter()
@@ -437,6 +437,12 @@ fn the_default_agent_hooks_userfaultfd_ioctls_only_while_a_userfaultfd_exists() 
         hooks(&agent),
         3,
         "sys_enter_ioctl, sys_exit_ioctl and sys_exit_userfaultfd attached while it exists"
+    );
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("\nfaultline_uffd_ioctl_hooks_attached 1\n"),
+        "the gauge says so too"
     );
 
     // Its end: stdin closed, then the linger.

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::kernel::probes::{
     kernel::{self, KernelBtf},
-    AttachMode, Detail, ProbeOptions, Probes,
+    AttachMode, Detail, IoctlHooks, ProbeOptions, Probes,
 };
 
 #[derive(Debug, Serialize)]
@@ -162,6 +162,35 @@ pub fn run() -> Vec<Item> {
                     Err(e) => e.clone(),
                 },
                 feature.without(),
+            ));
+        }
+    }
+
+    // The userfaultfd ioctl hooks' gate: whether the scan that opens it works here.
+    let gated = ProbeOptions {
+        uffd_ioctls: IoctlHooks::WhileUffdExists,
+        ..Default::default()
+    };
+    if let Ok(mut p) = Probes::load(&gated) {
+        if p.ioctls_gated() {
+            let scan = p.scan_uffds(std::time::Instant::now());
+            let works = scan.is_ok() && p.ioctls_gated();
+            items.push(item(
+                "userfaultfd ioctl hooks while a userfaultfd exists (--uffd-ioctl-hooks, default)",
+                works,
+                if works {
+                    format!(
+                        "the agent attaches them while its scan of open files (every snapshot) finds a userfaultfd ({} now), and detaches them {} after the last one: gives up the ioctls made between a userfaultfd's creation and the next scan, so handlers seen only in them are named by the processes holding the descriptor, and their latencies and errors are not counted (--uffd-ioctl-hooks always)",
+                        scan.as_ref().map_or(0, |s| s.files.len()),
+                        humantime::format_duration(crate::kernel::probes::uffd_gate::LINGER),
+                    )
+                } else {
+                    match scan {
+                        Err(e) => format!("the scan fails: {e}"),
+                        Ok(_) => "the scan fails (see the log)".to_owned(),
+                    }
+                },
+                "the hooks stay attached from start to exit, and every system call on the host pays for them",
             ));
         }
     }

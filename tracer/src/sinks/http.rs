@@ -263,6 +263,7 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         },
         tasks_state_unknown: st.feed.unknown().len(),
         alerts_refuted: st.feed.suppressed(),
+        uffd_ioctl_hooks: st.probes.ioctl_hooks_attached(),
         faults_by_workload,
         slow_waits_by_workload: st
             .telemetry

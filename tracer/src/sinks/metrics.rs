@@ -66,6 +66,8 @@ pub struct MetricsInput {
     pub tasks_state_unknown: usize,
     /// Alerts held after a loss and dropped because the next snapshot refuted them.
     pub alerts_refuted: u64,
+    /// Whether the userfaultfd ioctl hooks are attached now.
+    pub uffd_ioctl_hooks: bool,
     /// (workload label, faults) per live process (see `workload::Attribution::label`).
     pub faults_by_workload: Vec<(String, ProcFaults)>,
     /// (workload label, slow waits) observed by the agent.
@@ -320,7 +322,7 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ("faultline_page_faults_under_lock_total", "Kernel-mode page faults taken while holding an mmap_lock or a contended lock.", K::FaultUnderLock),
         ("faultline_page_faults_mmap_lock_total", "Page faults that had to take mmap_lock (the per-VMA lock did not serve them).", K::FaultMmapLock),
         ("faultline_uffd_ioctls_total", "userfaultfd ioctls.", K::UffdIoctl),
-        ("faultline_uffd_created_total", "userfaultfd() calls that returned a descriptor.", K::UffdCreated),
+        ("faultline_uffd_created_total", "userfaultfd() calls that returned a descriptor, while the userfaultfd ioctl hooks were attached (faultline_uffd_ioctl_hooks_attached).", K::UffdCreated),
         ("faultline_uffd_waits_total", "Faults that slept waiting for a userfaultfd handler.", K::UffdWaitBegin),
         ("faultline_events_lost_total", "Events dropped in the kernel because the ring buffer was full.", K::RingbufFull),
         ("faultline_kernel_read_errors_total", "Failed kernel memory reads in the probes.", K::ReadError),
@@ -451,6 +453,12 @@ pub fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             .iter()
             .map(|(kind, n)| gauge(&[("kind", kind)], *n as f64))
             .collect(),
+    ));
+    f.push(family(
+        "faultline_uffd_ioctl_hooks_attached",
+        "1 while the userfaultfd ioctl hooks (syscall tracepoints, a cost on every system call) are attached: by default only while a userfaultfd exists.",
+        MetricType::GAUGE,
+        vec![gauge(&[], if m.uffd_ioctl_hooks { 1.0 } else { 0.0 })],
     ));
     f.push(family(
         "faultline_tasks_state_unknown",
@@ -664,6 +672,7 @@ mod tests {
             model_entries: [("tasks", 0), ("mm_locks", 0), ("uffds", 0)],
             tasks_state_unknown: 0,
             alerts_refuted: 0,
+            uffd_ioctl_hooks: false,
             faults_by_workload: (0..15)
                 .map(|i| {
                     (
