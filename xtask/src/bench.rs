@@ -236,16 +236,20 @@ enum Condition {
     /// The default agent while a userfaultfd exists (an idle one, `faultline-scenario
     /// uffd-idle`), so its userfaultfd ioctl hooks are attached.
     AgentWithUffd,
+    /// The default agent with its userfaultfd ioctl hooks attached from start to exit: what the
+    /// default was before they were gated, measured beside it.
+    AgentIoctlsAlways,
     Floor,
     BpftraceCount,
     BpftraceHist,
     BpftraceIoctl,
 }
 
-const CONDITIONS: [Condition; 9] = [
+const CONDITIONS: [Condition; 10] = [
     Condition::Untraced,
     Condition::Agent("contention"),
     Condition::AgentWithUffd,
+    Condition::AgentIoctlsAlways,
     Condition::Agent("holders"),
     Condition::Agent("full"),
     Condition::Floor,
@@ -263,6 +267,7 @@ impl Condition {
             Self::BpftraceCount => "bpftrace count".into(),
             Self::BpftraceHist => "bpftrace wait/hold histograms".into(),
             Self::AgentWithUffd => "agent --detail contention, a userfaultfd open".into(),
+            Self::AgentIoctlsAlways => "agent --detail contention --uffd-ioctl-hooks always".into(),
             Self::BpftraceIoctl => "bpftrace count sys_enter_ioctl".into(),
         }
     }
@@ -270,7 +275,8 @@ impl Condition {
     fn start(self) -> Result<Option<Tracer>> {
         Ok(Some(match self {
             Self::Untraced => return Ok(None),
-            Self::Agent(detail) => agent(detail)?,
+            Self::Agent(detail) => agent(detail, &[])?,
+            Self::AgentIoctlsAlways => agent("contention", &["--uffd-ioctl-hooks", "always"])?,
             Self::AgentWithUffd => {
                 // The userfaultfd first: the agent's first scan, before it says it is attached,
                 // then finds it.
@@ -290,7 +296,7 @@ impl Condition {
                     let _ = idle.wait();
                     bail!("faultline-scenario uffd-idle did not set its userfaultfd up");
                 }
-                let mut t = agent("contention")?;
+                let mut t = agent("contention", &[])?;
                 t.companion = Some(idle);
                 t
             }
@@ -312,12 +318,13 @@ impl Condition {
     }
 }
 
-fn agent(detail: &str) -> Result<Tracer> {
+fn agent(detail: &str, extra: &[&str]) -> Result<Tracer> {
     let dir = std::env::temp_dir().join("faultline-bench-state");
     let mut cmd = Command::new(release_bin("faultline"));
     cmd.args(["agent", "--listen", "127.0.0.1:0", "--detail", detail])
         .arg("--state-dir")
-        .arg(&dir);
+        .arg(&dir)
+        .args(extra);
     Tracer::start(cmd, "probes attached", false)
 }
 
@@ -472,6 +479,7 @@ fn overhead(rounds: usize, only: Option<&str>) -> Result<()> {
                     if m >= w.target { "met" } else { "MISSED" }
                 ),
                 Condition::AgentWithUffd => "measured and stated".to_owned(),
+                Condition::AgentIoctlsAlways => "the old default, for comparison".to_owned(),
                 Condition::Agent(_) => format!(
                     ">= bpftrace histograms ({hist_median:.3}): {}",
                     if m >= hist_median { "met" } else { "MISSED" }
