@@ -10,6 +10,16 @@
 //! Spinning locks (spinlocks, rwlocks) only feed histograms: their waits are short, never sleep,
 //! and would flood the ring buffer. Sleeping locks get per-task state, so a snapshot shows who
 //! waits on whom right now, and stream when slow (or always in record mode).
+//!
+//! A contended mutex reports twice: `contention_begin(MUTEX | SPIN)` before optimistic spinning,
+//! then, only if spinning fails, `contention_begin(MUTEX)` before it sleeps. The spinning phase
+//! runs with preemption off while the owner runs, and most contended mutexes end there (a pipe's
+//! mutex under small reads and writes: millions a second). It gets the per-CPU slot of the
+//! spinning locks, not the per-task hash and the owners map: the wait feeds the mutex histogram,
+//! and a spin as long as the wait threshold is still streamed as a slow wait with its owner. A
+//! spin that turns into a sleep carries its start into the sleeping wait. What this gives up: an
+//! owner's fault while a waiter only spins is not flagged as a fault under a contended lock (a
+//! fault that sleeps ends the spinning, and the waiter's sleep records the owner).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -27,12 +37,15 @@ use crate::{
     task::{existing_state, mm_owner, own_mm, record_flag, task_state, task_tid, traced},
 };
 
-/// A spinning wait in flight on this CPU: (lock, type, since). Spinners do not migrate.
+/// A spinning wait in flight on this CPU: (lock, type, since), and for a mutex's spinning
+/// phase the spinning task and the owner it spins on. Spinners do not migrate.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SpinWait {
     lock: u64,
     since_ns: u64,
+    tid: u32,
+    owner: u32,
     lock_type: u8,
     _pad: [u8; 7],
 }
@@ -117,30 +130,39 @@ fn on_begin(lock: u64, flags: u32) -> Result<(), Counter> {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if !lock_type::sleeps(t) {
-        if let Some(slot) = SPIN_WAIT.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe {
-                *slot = SpinWait {
-                    lock,
-                    since_ns: now,
-                    lock_type: t,
-                    _pad: [0; 7],
-                }
-            };
-        }
+        spin_begin(lock, t, now, 0, 0);
         return Ok(());
     }
     let Some((cfg, tid, tgid)) = traced()? else {
         return Ok(());
     };
+    let mutex_spin = t == lock_type::MUTEX && flags & lock_type::LCB_F_SPIN != 0;
+    if mutex_spin && record_flag(&cfg) == 0 {
+        let owner = owner_of(lock, t, flags).map_or(0, |(o, _)| o);
+        spin_begin(lock, t, now, tid, owner);
+        count(Counter::LockContended);
+        return Ok(());
+    }
+    // A mutex that spun first: its wait began with the spinning (same CPU, preemption off).
+    let since = match SPIN_WAIT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        Some(slot) if unsafe { (*slot).lock == lock && (*slot).tid == tid } => unsafe {
+            (*slot).lock = 0;
+            (*slot).since_ns
+        },
+        _ => now,
+    };
     let state = task_state(tid, tgid)?;
     let (owner, reader_hint) = owner_of(lock, t, flags).unwrap_or((0, false));
     state.lock = lock;
-    state.lock_since_ns = now;
+    state.lock_since_ns = since;
     state.lock_type = t;
     state.lock_owner = owner;
     state.lock_owner_reader = reader_hint as u8;
-    count(Counter::LockContended);
+    if since == now {
+        // Not the sleep of a mutex that spun first: that one was counted when it began.
+        count(Counter::LockContended);
+    }
     let rwsem = matches!(t, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
     let mm = if rwsem { mmap_lock_of(lock)? } else { None };
     if let Some(mm) = mm {
@@ -175,15 +197,58 @@ fn on_begin(lock: u64, flags: u32) -> Result<(), Counter> {
     })
 }
 
+fn spin_begin(lock: u64, t: u8, now: u64, tid: u32, owner: u32) {
+    if let Some(slot) = SPIN_WAIT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            *slot = SpinWait {
+                lock,
+                since_ns: now,
+                tid,
+                owner,
+                lock_type: t,
+                _pad: [0; 7],
+            }
+        };
+    }
+}
+
+/// The end of a spinning wait on this CPU: its histogram; a mutex spin as long as the wait
+/// threshold is streamed as a slow wait (with the owner read when it began).
+fn spin_end(spin: SpinWait, lock: u64, ret: i32, now: u64) -> Result<(), Counter> {
+    let waited = now - spin.since_ns;
+    observe_at(HIST_LOCK_BASE + spin.lock_type as u32, waited);
+    if spin.tid == 0 {
+        return Ok(());
+    }
+    let Some((cfg, _, _)) = traced()? else {
+        return Ok(());
+    };
+    if waited < cfg.wait_threshold_ns {
+        return Ok(());
+    }
+    count(Counter::LockSlowWait);
+    output(LockWaitEvent {
+        header: header(EventKind::LockWaitEnd, reason::SLOW_WAIT, now),
+        lock,
+        since_ns: spin.since_ns,
+        mm: 0,
+        owner_tid: spin.owner,
+        ret,
+        lock_type: spin.lock_type,
+        _pad: [0; 7],
+    })
+}
+
 fn on_end(lock: u64, ret: i32) -> Result<(), Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = SPIN_WAIT.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         let spin = unsafe { &mut *slot };
         if spin.lock == lock && spin.lock != 0 {
-            observe_at(HIST_LOCK_BASE + spin.lock_type as u32, now - spin.since_ns);
+            let done = *spin;
             spin.lock = 0;
-            return Ok(());
+            return spin_end(done, lock, ret, now);
         }
     }
     let Some((cfg, tid, _)) = traced()? else {
