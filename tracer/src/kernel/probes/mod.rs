@@ -2,6 +2,11 @@
 //!
 //! `tp_btf` programs are preferred (typed arguments, no tracefs); the classic tracepoints are the
 //! fallback, chosen at run time when a `tp_btf` program does not load or attach.
+//!
+//! Beside this module: `kernel` (BTF offsets, prototypes, tracefs layouts, kallsyms), `verifier`
+//! (classifying load failures), `prototype` (tracepoint prototypes), `iter` (running the BPF
+//! iterators) and `uffd_gate` (the userfaultfd ioctl hooks, attached only while a userfaultfd
+//! exists).
 
 pub mod iter;
 pub mod kernel;
