@@ -494,19 +494,20 @@ fn mutex_waits_that_end_spinning_are_counted_and_timed_in_the_default_mode() {
     let report = scenario(&["syscalls", "--kind", "pipe", "--millis", "1000"]);
     assert!(u64_at(&report, &["count"]) > 0, "{report}");
     let (contended1, mutex1) = read(&addr);
-    // Other processes may add to both; the workload's own contention is what makes them move
-    // by this much in a second (thousands of contended acquisitions at least).
+    // Other processes may add to both. On this 2-vCPU host the workload contends about a million
+    // times a second, nearly all ending in the spin; in a single-threaded TCG guest the vCPUs
+    // take turns, so it contends far less (dozens), mostly by sleeping. Either way it does.
     assert!(
-        mutex1 - mutex0 >= 1000.0,
+        mutex1 - mutex0 >= 10.0,
         "mutex waits timed: {mutex0} -> {mutex1}"
     );
     assert!(
         contended1 - contended0 >= mutex1 - mutex0,
         "every timed mutex wait was counted as a contention: {contended0} -> {contended1}, mutex waits {mutex0} -> {mutex1}"
     );
-    // Nearly all of them are this workload's mutex waits, and nearly all of those end while
-    // spinning (a million a second here; sleeping and waking cannot go that fast): were the
-    // spinning phase not timed, the mutex count would trail the contentions by far.
+    // Nearly all of them are this workload's mutex waits, whichever way they end: were the
+    // phase that dominates (the spin on real CPUs, the sleep under TCG) not timed, the mutex
+    // count would trail the contentions by far.
     assert!(
         (mutex1 - mutex0) * 2.0 >= contended1 - contended0,
         "mutex waits timed {} of {} contentions",
