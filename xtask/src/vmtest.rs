@@ -266,10 +266,10 @@ export FAULTLINE={f} SCENARIO={sc}
     s.push_str(&format!(
         "ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up\necho \"{MARK} kernel $(uname -r) nproc=$(nproc)\"\n"
     ));
-    // Where KASLR put the kernel, so that a stalled vCPU's rip can be named (`symbols`).
+    // Where the functions a stall verdict names ended up after KASLR (`symbols`).
     s.push_str(&format!(
-        "echo \"{MARK} {} $(grep -m1 ' _stext$' /proc/kallsyms | cut -d' ' -f1)\"\n",
-        symbols::STEXT_LINE
+        "awk '{}' /proc/kallsyms\n",
+        symbols::awk_program(MARK)
     ));
     for m in modules {
         s.push_str(&format!(
@@ -426,30 +426,12 @@ fn kvm_works(kernel: &Kernel, dir: &Path) -> bool {
     ok
 }
 
-/// Names each sampled rip from the package's System.map and the slide the guest printed; the
-/// samples stay bare when either is missing (the verdict then says less, nothing is lost).
-fn name_addresses(kernel: &Kernel, lines: &[String], samples: &mut [qemu::CpuSample]) {
-    let Some(stext) = symbols::guest_stext(lines, MARK) else {
-        return;
-    };
-    let map = kernel.vmlinuz.with_file_name(
-        kernel
-            .vmlinuz
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .replacen("vmlinuz-", "System.map-", 1),
-    );
-    match symbols::Symbols::read(&map) {
-        Ok(syms) => {
-            for s in samples {
-                s.symbol = syms.name(s.rip, stext);
-            }
-        }
-        Err(e) => eprintln!(
-            "vmtest: [{}] vCPU addresses stay unnamed: {e:#}",
-            kernel.label
-        ),
+/// Names each sampled rip that falls in a function the guest printed the range of; the others
+/// stay bare (the verdict then says less, nothing is lost).
+fn name_addresses(lines: &[String], samples: &mut [qemu::CpuSample]) {
+    let syms = symbols::Symbols::from_guest(lines, MARK);
+    for s in samples {
+        s.symbol = syms.name(s.rip);
     }
 }
 
@@ -496,7 +478,7 @@ fn run_vm(
     run.console_log = log.display().to_string();
     if !boot.silent.is_empty() {
         let mut silent = boot.silent.clone();
-        name_addresses(kernel, &boot.lines, &mut silent);
+        name_addresses(&boot.lines, &mut silent);
         run.problems.push(format!(
             "the console was silent for {:?}; {}",
             qemu::SILENCE,

@@ -63,9 +63,9 @@ pub const PATH: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// Commands the guest runs by name: the init script's, and those the kernel tests spawn
 /// (tracer/tests/common: `sh`, `ip`, `nsenter`, `setpriv`).
-pub const COMMANDS: [&str; 18] = [
+pub const COMMANDS: [&str; 17] = [
     "sh", "mount", "mkdir", "insmod", "ip", "ifconfig", "uname", "nproc", "tr", "timeout", "sync",
-    "poweroff", "echo", "nsenter", "setpriv", "cat", "grep", "cut",
+    "poweroff", "echo", "nsenter", "setpriv", "cat", "awk",
 ];
 
 fn under(path: &Path, dir: &str) -> bool {
