@@ -165,7 +165,21 @@ impl Narrator<'_> {
             if path[..path.len() - 1].iter().any(|e| e.from == last.to) || last.to == start {
                 s.push_str(", closing the cycle");
             } else if graph.out(last.to).is_empty() {
-                let _ = write!(s, "; {} is the root holder", self.model.describe(last.to));
+                let blocked = self
+                    .model
+                    .task(last.to)
+                    .is_some_and(|t| t.blocked.is_some());
+                if blocked {
+                    // Waiting, on a holder nobody identified (the default mode infers the read
+                    // holders of an mmap_lock, and may find none): never call it the holder.
+                    let _ = write!(
+                        s,
+                        "; {} waits too, on a holder that is not known",
+                        self.model.describe(last.to)
+                    );
+                } else {
+                    let _ = write!(s, "; {} is the root holder", self.model.describe(last.to));
+                }
             }
         }
         s.push('.');

@@ -245,6 +245,29 @@ fn a_long_reader_convoy_that_drains_is_a_stall_and_an_inversion_never_a_deadlock
 }
 
 #[test]
+fn a_writer_waiting_on_read_holders_nobody_saw_is_never_called_the_root_holder() {
+    // The default mode's shape when its read-holder inference finds nothing: a reader queued
+    // behind a writer whose own wait has no known holder.
+    let mut t = Trace::new();
+    t.at(100).start(2, 1, MM_A, Write, None);
+    t.at(200).start(3, 1, MM_A, Read, None);
+    t.tick(1500);
+    let alerts = run(&t);
+    let reader = of_kind(&alerts, AlertKind::Stall)
+        .into_iter()
+        .find(|a| a.tids[0] == 3)
+        .unwrap_or_else(|| panic!("no stall for the reader: {alerts:#?}"));
+    assert!(
+        !reader.summary.contains("root holder")
+            && reader
+                .summary
+                .contains("waits too, on a holder that is not known"),
+        "{}",
+        reader.summary
+    );
+}
+
+#[test]
 fn healthy_traces_with_every_tricky_semantic_raise_nothing() {
     let mut t = Trace::new();
     // Downgrade: write, then acquire(read) with no start and no write release.
