@@ -40,18 +40,6 @@ fn warm_up() {
     thread::yield_now();
 }
 
-/// Whether thread `tid` of this process is in an uninterruptible or killable sleep ('D'), as
-/// a writer queued on an rwsem is.
-fn sleeps_on_lock(tid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 1..].trim_start().starts_with('D'))
-        })
-        .unwrap_or(false)
-}
-
 pub(crate) fn rwr_once(
     hold_mib: usize,
     writer_delay: Duration,
@@ -135,7 +123,6 @@ pub(crate) fn rwr_once(
             let tid = gettid();
             tids[2].store(u64::from(tid), Ordering::SeqCst);
             warm_up();
-            let _ = sleeps_on_lock(u64::from(tid));
             // The same read once before the hold: its code, buffer and heap are then in place.
             let mut buf = Vec::with_capacity(4096);
             let _ =
@@ -143,15 +130,6 @@ pub(crate) fn rwr_once(
             barrier.wait();
             while started.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
-            }
-            // Ask only once the writer sleeps on the lock: a writer that started but was not
-            // yet queued (descheduled on a busy or emulated CPU) would let this read in beside
-            // the holder, and there would be no convoy. /proc/PID/task/TID/stat takes no
-            // mmap_lock.
-            let writer = tids[1].load(Ordering::SeqCst);
-            let deadline = now_ns() + 2_000_000_000;
-            while !sleeps_on_lock(writer) && now_ns() < deadline {
-                thread::sleep(Duration::from_millis(1));
             }
             thread::sleep(reader_delay);
             let start_ns = now_ns();
