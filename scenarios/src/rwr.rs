@@ -2,7 +2,6 @@
 //! behind the writer.
 
 use std::{
-    io::Read,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Barrier,
@@ -38,6 +37,32 @@ fn warm_up() {
     let _ = now_ns();
     thread::sleep(Duration::from_micros(1));
     thread::yield_now();
+}
+
+/// Reads /proc/self/cmdline: `get_cmdline` reads our own memory under
+/// `mmap_read_lock_killable`. With a stack buffer and raw calls: a heap allocation here could
+/// make glibc create, grow or trim this thread's arena (mmap, mprotect, madvise: the *write*
+/// lock), and the late reader would queue as a writer.
+fn read_own_cmdline() -> Result<()> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path and our own buffer.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/cmdline".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        anyhow::bail!("/proc/self/cmdline: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; the descriptor is ours and closed right after.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        anyhow::bail!("/proc/self/cmdline: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub(crate) fn rwr_once(
@@ -123,10 +148,8 @@ pub(crate) fn rwr_once(
             let tid = gettid();
             tids[2].store(u64::from(tid), Ordering::SeqCst);
             warm_up();
-            // The same read once before the hold: its code, buffer and heap are then in place.
-            let mut buf = Vec::with_capacity(4096);
-            let _ =
-                std::fs::File::open("/proc/self/cmdline").and_then(|mut f| f.read_to_end(&mut buf));
+            // The same read once before the hold, so its code is in place.
+            read_own_cmdline()?;
             barrier.wait();
             while started.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
@@ -134,11 +157,7 @@ pub(crate) fn rwr_once(
             thread::sleep(reader_delay);
             let start_ns = now_ns();
             asked.store(start_ns, Ordering::SeqCst);
-            // get_cmdline reads our own memory under mmap_read_lock_killable.
-            buf.clear();
-            std::fs::File::open("/proc/self/cmdline")
-                .and_then(|mut f| f.read_to_end(&mut buf))
-                .context("/proc/self/cmdline")?;
+            read_own_cmdline()?;
             Ok(Span {
                 tid,
                 start_ns,
