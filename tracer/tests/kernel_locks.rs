@@ -391,21 +391,12 @@ fn perf_link_programs(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// userfaultfd descriptors of other processes on this host (which legitimately keep the hooks).
+/// userfaultfd descriptors on this host (another process's legitimately keeps the hooks).
 fn other_userfaultfds() -> usize {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    procs
-        .filter_map(Result::ok)
-        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
-        .flat_map(|fds| fds.filter_map(Result::ok))
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[userfaultfd]")
-        })
-        .count()
+    tracer::kernel::procfs::uffd_fds()
+        .values()
+        .map(Vec::len)
+        .sum()
 }
 
 #[test]
