@@ -186,6 +186,11 @@ pub enum EventKind {
         uffd: Addr,
     },
     TaskExit {},
+    /// The source dropped `count` records just before `ts_ns` (the ring buffer was full): any
+    /// task with state may have changed unseen. `tid` and `pid` are 0.
+    Lost {
+        count: u64,
+    },
 }
 
 /// One event: who (tid, pid = tgid, comm), when (CLOCK_MONOTONIC ns) and what.
@@ -216,6 +221,7 @@ impl EventKind {
             Self::UffdIoctlEnd { .. } => "uffd_ioctl_end",
             Self::UffdHeld { .. } => "uffd_held",
             Self::TaskExit {} => "task_exit",
+            Self::Lost { .. } => "lost",
         }
     }
 }

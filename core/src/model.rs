@@ -174,6 +174,9 @@ pub struct Model {
     pub blocked: BTreeSet<Tid>,
     /// Evidence the model had to repair (lost or missing events).
     pub repairs: u64,
+    /// Tasks whose state may be wrong because records were lost after the model last had
+    /// evidence about them: until their own next event, or a snapshot, confirms it.
+    pub unknown: BTreeSet<Tid>,
     /// Tasks known per process (pid → count): a process with none left is gone for the model.
     procs: HashMap<u32, u32>,
 }
@@ -384,7 +387,13 @@ impl Model {
 
     /// Applies one event; returns what it noticed.
     pub fn apply(&mut self, ev: &Event) -> Option<Notice> {
+        if let EventKind::Lost { .. } = ev.kind {
+            self.lost();
+            return None;
+        }
         self.touch(ev);
+        // The task's own record is fresh evidence about it.
+        self.unknown.remove(&ev.tid);
         let tid = ev.tid;
         match &ev.kind {
             EventKind::MmapLockStart { mm, mode, mm_pid } => {
@@ -522,6 +531,7 @@ impl Model {
             }
             EventKind::PageFault { .. } => self.unblock(tid),
             EventKind::TaskExit {} => self.exit(tid, true),
+            EventKind::Lost { .. } => {}
         }
         None
     }
@@ -630,10 +640,26 @@ impl Model {
         }
     }
 
+    /// Records were lost: every task with state may have changed unseen.
+    fn lost(&mut self) {
+        let stateful = self
+            .tasks
+            .values()
+            .filter(|t| t.blocked.is_some() || !t.holds.is_empty())
+            .map(|t| t.tid);
+        self.unknown.extend(stateful);
+    }
+
+    /// A snapshot confirmed or refuted every task's state: none is unknown any more.
+    pub fn confirm_all(&mut self) {
+        self.unknown.clear();
+    }
+
     /// Removes `tid` with everything it held or waited for. `exited`: it really exited (not
     /// merely forgotten), so a process left without tasks is gone.
     fn exit(&mut self, tid: Tid, exited: bool) {
         self.unblock(tid);
+        self.unknown.remove(&tid);
         let inferred: Vec<Addr> = self
             .mm_locks
             .iter_mut()

@@ -251,8 +251,9 @@ impl TimelineBuilder {
             EventKind::UffdIoctlBegin { .. } | EventKind::PageFault { .. } => {
                 self.end_wait(tid, ts)
             }
-            // Holding a descriptor is a state, not a moment of the timeline.
-            EventKind::UffdHeld { .. } => {}
+            // Holding a descriptor is a state, and a loss is no task's: not moments of a task's
+            // timeline.
+            EventKind::UffdHeld { .. } | EventKind::Lost { .. } => {}
             EventKind::TaskExit {} => {
                 self.end_wait(tid, ts);
                 let held: Vec<(Tid, Addr)> = self
