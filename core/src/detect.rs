@@ -60,6 +60,26 @@ pub enum Severity {
     Critical,
 }
 
+/// How sure an alert is: `certain` when every edge and task it rests on was seen (records or
+/// kernel state), `probable` when one of them is inferred or may be stale after a loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    Certain,
+    Probable,
+}
+
+impl Confidence {
+    pub const ALL: [Confidence; 2] = [Self::Certain, Self::Probable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Certain => "certain",
+            Self::Probable => "probable",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Alert {
     pub kind: AlertKind,
@@ -68,6 +88,87 @@ pub struct Alert {
     /// Every task of the cycle or chain, in narrative order.
     pub tids: Vec<Tid>,
     pub summary: String,
+    pub confidence: Confidence,
+    /// What a `probable` alert rests on that was not seen: one sentence per inferred edge or
+    /// task of unknown state. Empty when `certain`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+}
+
+impl Alert {
+    /// An alert resting on `path` (the edges it narrates) and `tids`, qualified by them.
+    fn new(
+        kind: AlertKind,
+        ts_ns: u64,
+        tids: Vec<Tid>,
+        summary: String,
+        model: &Model,
+        path: &[&Edge],
+    ) -> Self {
+        let evidence = inferred(model, path, &tids);
+        Self {
+            kind,
+            severity: kind.severity(),
+            ts_ns,
+            tids,
+            summary,
+            confidence: if evidence.is_empty() {
+                Confidence::Certain
+            } else {
+                Confidence::Probable
+            },
+            evidence,
+        }
+    }
+}
+
+/// What of `path` and `tids` was inferred rather than seen, one sentence each.
+fn inferred(model: &Model, path: &[&Edge], tids: &[Tid]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in path {
+        let to = model.describe(e.to);
+        match (&e.lock, e.reason) {
+            (LockRef::MmapLock { mm, .. }, Reason::HoldsInferred) => {
+                let why = model
+                    .mm_locks
+                    .get(mm)
+                    .and_then(|l| l.inferred_readers.get(&e.to))
+                    .copied()
+                    .unwrap_or("no detail");
+                out.push(format!(
+                    "{to} is inferred to hold mmap_lock {mm} for read: {why}"
+                ));
+            }
+            (LockRef::Uffd { uffd }, Reason::UffdHandler) => {
+                let Some(ctx) = model.uffds.get(uffd) else {
+                    continue;
+                };
+                if !ctx.resolvers.is_empty() {
+                    continue; // seen resolving faults on it: a handler by its own ioctls
+                }
+                if ctx.setup.contains(&e.to) {
+                    out.push(format!(
+                        "{to} is taken for the handler of userfaultfd {uffd} because it set it up; no task was seen resolving a fault on it"
+                    ));
+                } else {
+                    out.push(format!(
+                        "{to} is taken for the handler of userfaultfd {uffd} because its process holds the descriptor open; no ioctl on it was seen"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for t in tids {
+        if model.unknown.contains(t) {
+            out.push(format!(
+                "the state of {} is unknown: records were lost since it was last seen, and no snapshot has confirmed it yet",
+                model.describe(*t)
+            ));
+        }
+    }
+    out.dedup();
+    out
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -269,13 +370,14 @@ impl Detector {
                         queued.join(", ")
                     );
                 }
-                Some(Alert {
-                    kind: AlertKind::RecursiveRead,
-                    severity: AlertKind::RecursiveRead.severity(),
-                    ts_ns: *ts_ns,
-                    tids: vec![*tid],
+                Some(Alert::new(
+                    AlertKind::RecursiveRead,
+                    *ts_ns,
+                    vec![*tid],
                     summary,
-                })
+                    model,
+                    &[],
+                ))
             }
         }
     }
@@ -338,13 +440,14 @@ impl Detector {
                 let _ = write!(summary, " Also caught in it: {}.", names.join(", "));
                 tids.extend(others);
             }
-            alerts.push(Alert {
-                kind: AlertKind::Deadlock,
-                severity: Severity::Critical,
-                ts_ns: now,
+            alerts.push(Alert::new(
+                AlertKind::Deadlock,
+                now,
                 tids,
                 summary,
-            });
+                model,
+                &path,
+            ));
         }
 
         for &tid in &model.blocked {
@@ -378,17 +481,19 @@ impl Detector {
                             let mut tids = vec![tid];
                             tids.extend(path.iter().map(|e| e.to));
                             dedup_keep_order(&mut tids);
-                            alerts.push(Alert {
-                                kind: AlertKind::RwrInversion,
-                                severity: Severity::Warning,
-                                ts_ns: now,
+                            let summary = format!(
+                                "read-write-read inversion, reader blocked {}: {}",
+                                fmt_dur(waited),
+                                narrator.chain(tid, &path, &graph)
+                            );
+                            alerts.push(Alert::new(
+                                AlertKind::RwrInversion,
+                                now,
                                 tids,
-                                summary: format!(
-                                    "read-write-read inversion, reader blocked {}: {}",
-                                    fmt_dur(waited),
-                                    narrator.chain(tid, &path, &graph)
-                                ),
-                            });
+                                summary,
+                                model,
+                                &path,
+                            ));
                         }
                     }
                 }
@@ -442,13 +547,13 @@ impl Detector {
                             narrator.chain(tid, &path, &graph)
                         ),
                     };
-                    alerts.push(Alert {
-                        kind,
-                        severity: kind.severity(),
-                        ts_ns: now,
-                        tids,
-                        summary,
-                    });
+                    // A userfaultfd stall's handlers are named as candidates in its summary:
+                    // the edges to them qualify it like any hop of a chain.
+                    let mut qualifying = path.clone();
+                    if matches!(blocked, Blocked::Uffd { .. }) {
+                        qualifying.extend(out.iter());
+                    }
+                    alerts.push(Alert::new(kind, now, tids, summary, model, &qualifying));
                 }
             }
         }

@@ -56,6 +56,19 @@ impl Blocked {
     }
 }
 
+/// How the model learnt of a hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldSeen {
+    /// The task was seen acquiring it (an `mmap_lock_acquire`, or a snapshot of one).
+    Acquired,
+    /// A contended waiter read the rwsem's owner word and found this task there with the
+    /// writer bit clear of the reader flag: exact kernel evidence that it held the lock for
+    /// write at that moment, though its acquisition was not seen (the default mode does not
+    /// hook uncontended acquisitions). `since_ns` is when it was first seen holding.
+    OwnerWord,
+}
+
 /// One `mmap_lock` hold of a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
@@ -63,6 +76,7 @@ pub struct Hold {
     pub since_ns: u64,
     /// Nested read holds (recursive read).
     pub depth: u32,
+    pub seen: HoldSeen,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +105,8 @@ pub struct MmLock {
     /// acquisitions): tid → the evidence. Replaced wholesale by each inference, dropped by any
     /// real evidence about the lock.
     pub inferred_readers: BTreeMap<Tid, &'static str>,
+    /// When the lock was last seen granted to a task: an owner word read before then is stale.
+    pub granted_ns: u64,
     /// The waiting writers by (since, tid): queue order, so "writers queued before me" is a
     /// range query rather than a scan of every waiter (convoys have thousands of readers).
     waiting_writers: BTreeSet<(u64, Tid)>,
@@ -222,24 +238,32 @@ impl Model {
     }
 
     fn touch(&mut self, ev: &Event) {
-        let old_pid = match self.tasks.get_mut(&ev.tid) {
+        self.touch_task(ev.tid, ev.pid, ev.comm.as_deref(), ev.ts_ns);
+    }
+
+    /// Makes `tid` known as a task of `pid` at `ts_ns` (creating it, or updating its process,
+    /// name and last activity), without changing what it holds or waits for.
+    pub fn touch_task(&mut self, tid: Tid, pid: u32, comm: Option<&str>, ts_ns: u64) {
+        let old_pid = match self.tasks.get_mut(&tid) {
             Some(t) => {
                 let old = t.pid;
-                t.pid = ev.pid;
-                t.last_ns = t.last_ns.max(ev.ts_ns);
-                if ev.comm.is_some() {
-                    t.comm.clone_from(&ev.comm);
+                t.pid = pid;
+                t.last_ns = t.last_ns.max(ts_ns);
+                if let Some(c) = comm {
+                    if t.comm.as_deref() != Some(c) {
+                        t.comm = Some(c.to_owned());
+                    }
                 }
                 Some(old)
             }
             None => {
                 self.tasks.insert(
-                    ev.tid,
+                    tid,
                     Task {
-                        tid: ev.tid,
-                        pid: ev.pid,
-                        comm: ev.comm.clone(),
-                        last_ns: ev.ts_ns,
+                        tid,
+                        pid,
+                        comm: comm.map(str::to_owned),
+                        last_ns: ts_ns,
                         blocked: None,
                         holds: BTreeMap::new(),
                     },
@@ -248,12 +272,17 @@ impl Model {
             }
         };
         // A thread that execs becomes its group's leader: it moves process.
-        if old_pid != Some(ev.pid) {
+        if old_pid != Some(pid) {
             if let Some(old) = old_pid {
                 self.count_proc(old, -1);
             }
-            self.count_proc(ev.pid, 1);
+            self.count_proc(pid, 1);
         }
+    }
+
+    /// What `tid` waits for, when it is known and blocked.
+    pub fn blocked(&self, tid: Tid) -> Option<&Blocked> {
+        self.tasks.get(&tid).and_then(|t| t.blocked.as_ref())
     }
 
     /// The task is running: it is blocked on nothing.
@@ -368,13 +397,7 @@ impl Model {
         ts_ns: u64,
     ) {
         for (tid, pid, comm, _) in readers {
-            self.touch(&Event {
-                ts_ns,
-                tid: *tid,
-                pid: *pid,
-                comm: comm.clone(),
-                kind: EventKind::TaskExit {},
-            });
+            self.touch_task(*tid, *pid, comm.as_deref(), ts_ns);
         }
         let lock = self.mm_locks.entry(mm).or_default();
         lock.inferred_readers = readers
@@ -442,10 +465,14 @@ impl Model {
             EventKind::LockWaitBegin {
                 lock_type: lock_type @ (LockType::RwsemRead | LockType::RwsemWrite),
                 mm: Some(mm),
+                owner_tid,
                 ..
             } => {
+                if let Some(w) = owner_tid.filter(|&w| w != tid && w != 0) {
+                    self.owner_word_writer(w, *mm, ev.pid, ev.ts_ns);
+                }
                 let known = matches!(
-                    self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                    self.blocked(tid),
                     Some(Blocked::MmapLock { mm: m, .. }) if m == mm
                 );
                 if !known {
@@ -459,13 +486,19 @@ impl Model {
                     );
                 }
             }
-            EventKind::LockWaitEnd { mm: Some(mm), .. } => {
+            EventKind::LockWaitEnd {
+                mm: Some(mm), ret, ..
+            } => {
                 let ends_it = matches!(
-                    self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                    self.blocked(tid),
                     Some(Blocked::MmapLock { mm: m, .. }) if m == mm
                 );
                 if ends_it {
                     self.unblock(tid);
+                }
+                if *ret == 0 {
+                    self.granted_to(tid, *mm, ev.ts_ns);
+                    self.gc_mm(*mm);
                 }
             }
             EventKind::LockWaitBegin {
@@ -474,11 +507,8 @@ impl Model {
                 owner_tid,
                 ..
             } => {
-                let nested_in_mmap =
-                    matches!(
-                        self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
-                        Some(Blocked::MmapLock { .. })
-                    ) && matches!(lock_type, LockType::RwsemRead | LockType::RwsemWrite);
+                let nested_in_mmap = matches!(self.blocked(tid), Some(Blocked::MmapLock { .. }))
+                    && matches!(lock_type, LockType::RwsemRead | LockType::RwsemWrite);
                 // The rwsem slow path of an mmap_lock attempt reports its own contention: the
                 // same wait, already modelled with better knowledge (holders, queue order).
                 if !nested_in_mmap {
@@ -495,7 +525,7 @@ impl Model {
             }
             EventKind::LockWaitEnd { lock, .. } => {
                 let ends_it = matches!(
-                    self.tasks.get(&tid).and_then(|t| t.blocked.as_ref()),
+                    self.blocked(tid),
                     Some(Blocked::KernelLock { lock: l, .. }) if l == lock
                 );
                 if ends_it {
@@ -539,6 +569,7 @@ impl Model {
     fn acquired(&mut self, tid: Tid, mm: Addr, mode: LockMode, ts: u64) {
         let current = self.tasks.get(&tid).and_then(|t| t.holds.get(&mm)).copied();
         let lock = self.mm_locks.entry(mm).or_default();
+        lock.granted_ns = lock.granted_ns.max(ts);
         // Real evidence replaces inference: this task's own, and a writer's for everyone.
         lock.inferred_readers.remove(&tid);
         if mode == LockMode::Write {
@@ -558,6 +589,7 @@ impl Model {
                 lock.readers.insert(tid, since_ns);
                 if let Some(h) = self.tasks.get_mut(&tid).and_then(|t| t.holds.get_mut(&mm)) {
                     h.mode = LockMode::Read;
+                    h.seen = HoldSeen::Acquired;
                 }
             }
             (LockMode::Read, Some(_)) => {
@@ -605,8 +637,79 @@ impl Model {
                     mode,
                     since_ns: ts,
                     depth: 1,
+                    seen: HoldSeen::Acquired,
                 },
             );
+        }
+    }
+
+    /// A waiter on `mm` found `writer` in the rwsem's owner word: `writer` holds the lock for
+    /// write now. Nobody else holds it then, and a different writer believed earlier has gone.
+    fn owner_word_writer(&mut self, writer: Tid, mm: Addr, waiter_pid: u32, ts: u64) {
+        let already = self
+            .tasks
+            .get(&writer)
+            .and_then(|t| t.holds.get(&mm))
+            .is_some_and(|h| h.mode == LockMode::Write);
+        let stale_word = self.mm_locks.get(&mm).is_some_and(|l| ts < l.granted_ns);
+        if already || stale_word {
+            return;
+        }
+        if !self.tasks.contains_key(&writer) {
+            // Not seen yet: a thread of the process owning the mm (a writer of a foreign mm is
+            // rare), the waiter's when the owner is not known. Its own first record corrects it.
+            let pid = self
+                .mm_locks
+                .get(&mm)
+                .and_then(|l| l.owner_pid)
+                .unwrap_or(waiter_pid);
+            self.touch_task(writer, pid, None, ts);
+        }
+        let lock = self.mm_locks.entry(mm).or_default();
+        lock.inferred_readers.clear();
+        let stale: Vec<Tid> = lock
+            .readers
+            .keys()
+            .copied()
+            .chain(lock.writer.map(|(w, _)| w))
+            .filter(|&t| t != writer)
+            .collect();
+        for t in stale {
+            self.repairs += 1;
+            self.drop_hold(t, mm);
+        }
+        let lock = self.mm_locks.entry(mm).or_default();
+        lock.readers.remove(&writer);
+        lock.writer = Some((writer, ts));
+        if let Some(t) = self.tasks.get_mut(&writer) {
+            t.holds.insert(
+                mm,
+                Hold {
+                    mode: LockMode::Write,
+                    since_ns: ts,
+                    depth: 1,
+                    seen: HoldSeen::OwnerWord,
+                },
+            );
+        }
+    }
+
+    /// A waiter on `mm` got the lock (its contention ended without error): a writer known only
+    /// from the owner word has released it.
+    fn granted_to(&mut self, tid: Tid, mm: Addr, ts: u64) {
+        if let Some(l) = self.mm_locks.get_mut(&mm) {
+            l.granted_ns = l.granted_ns.max(ts);
+        }
+        let owner_word_writer = self
+            .mm_locks
+            .get(&mm)
+            .and_then(|l| l.writer)
+            .and_then(|(w, _)| {
+                let h = self.tasks.get(&w)?.holds.get(&mm)?;
+                (w != tid && h.seen == HoldSeen::OwnerWord).then_some(w)
+            });
+        if let Some(w) = owner_word_writer {
+            self.drop_hold(w, mm);
         }
     }
 

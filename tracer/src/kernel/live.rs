@@ -37,7 +37,7 @@ use crate::{
     core::detect::{Alert, AlertKind, Thresholds},
     core::engine::Engine,
     core::event::{Addr, Event, EventKind, LockMode},
-    core::model::{Blocked, Model},
+    core::model::{Blocked, HoldSeen, Model},
     kernel::decode::Decoded,
     kernel::procfs,
 };
@@ -65,10 +65,11 @@ pub struct LiveFeed {
     lost_seen: u64,
     /// Records lost since the feed started.
     lost: u64,
-    /// Tasks whose state may have been touched by lost records, until a snapshot confirms.
-    unknown: BTreeSet<u32>,
     /// A loss was noticed and no snapshot has confirmed the model since.
     unconfirmed: bool,
+    /// A loss was noticed since the last snapshot began: records from before that snapshot may
+    /// still be in the ring buffer, so only a later snapshot can confirm the tasks' state.
+    lost_since_snapshot: bool,
     /// Alerts raised while unconfirmed, waiting for that snapshot.
     held: Vec<Alert>,
     /// Alerts a snapshot refuted after a loss.
@@ -111,6 +112,13 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The writer a contended `mmap_lock` waiter found in the rwsem's owner word, if any.
+fn names_writer(st: &TaskState) -> Option<u32> {
+    let rwsem = matches!(st.lock_type, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
+    (st.wait_mm != 0 && st.lock != 0 && rwsem && st.lock_owner != 0 && st.lock_owner_reader == 0)
+        .then_some(st.lock_owner)
+}
+
 /// Whether an alert raised before a loss still describes the model after a snapshot corrected it.
 fn still_true(model: &Model, a: &Alert) -> bool {
     let blocked_since = |tid: u32| {
@@ -149,8 +157,8 @@ impl LiveFeed {
             alive: Box::new(proc_exists),
             lost_seen: 0,
             lost: 0,
-            unknown: BTreeSet::new(),
             unconfirmed: false,
+            lost_since_snapshot: false,
             held: Vec::new(),
             suppressed: 0,
         }
@@ -176,9 +184,10 @@ impl LiveFeed {
         self.cgroups.get(&pid).copied()
     }
 
-    /// Tasks whose state is unknown since the last loss, until a snapshot confirms them.
+    /// Tasks whose state is unknown since a loss, until a snapshot taken after the loss
+    /// confirms or refutes it.
     pub fn unknown(&self) -> &BTreeSet<u32> {
-        &self.unknown
+        &self.engine.model().unknown
     }
 
     /// Alerts held after a loss and dropped because the next snapshot refuted them.
@@ -243,7 +252,6 @@ impl LiveFeed {
         }
         if matches!(d.event.kind, EventKind::TaskExit {}) {
             self.exits.insert(d.event.tid, d.event.ts_ns);
-            self.unknown.remove(&d.event.tid);
         }
         alerts.extend(self.engine.apply(&d.event));
         self.hold_if_unconfirmed(alerts)
@@ -268,21 +276,23 @@ impl LiveFeed {
             return 0;
         }
         self.lost += new;
-        let model = self.engine.model();
-        self.unknown.extend(
-            model
-                .tasks
-                .values()
-                .filter(|t| t.blocked.is_some() || !t.holds.is_empty())
-                .map(|t| t.tid),
-        );
+        // The loss is an event like any other change to the model: a replay of a recording
+        // that carries it marks the same tasks unknown.
+        let _ = self.engine.apply(&Event {
+            ts_ns: monotonic_ns(),
+            tid: 0,
+            pid: 0,
+            comm: None,
+            kind: EventKind::Lost { count: new },
+        });
         if !self.unconfirmed {
             log::warn!(
-                "{new} events lost (ring buffer full): {} tasks' state unknown until the next snapshot; alerts held until it confirms them",
-                self.unknown.len()
+                "{new} events lost (ring buffer full): {} tasks' state unknown until a snapshot taken after the loss confirms it; alerts held until then",
+                self.unknown().len()
             );
         }
         self.unconfirmed = true;
+        self.lost_since_snapshot = true;
         new
     }
 
@@ -306,7 +316,10 @@ impl LiveFeed {
         if self.last_snapshot_ns.is_some_and(|last| taken_ns < last) {
             return Vec::new();
         }
+        // A loss noticed before this walk began may still have records of before the walk in
+        // the ring buffer (they are applied after it): this snapshot cannot confirm it.
         self.note_lost(lost_total);
+        let confirms = self.unconfirmed && !std::mem::take(&mut self.lost_since_snapshot);
         let shown: HashMap<u32, &TaskState> = states.iter().map(|(t, s)| (*t, s)).collect();
         self.end_what_the_kernel_no_longer_shows(&shown, taken_ns);
         let mut alerts = self.apply_shown(states, taken_ns);
@@ -317,7 +330,7 @@ impl LiveFeed {
         alerts.extend(self.uffd_waits_ended(taken_ns));
         alerts.extend(self.engine.advance_to(taken_ns));
         if self.unconfirmed {
-            self.confirm_held(&mut alerts);
+            self.confirm_held(&mut alerts, confirms);
         }
         alerts
     }
@@ -349,14 +362,21 @@ impl LiveFeed {
                 }
             }
             for (mm, h) in &t.holds {
-                // The same hold, not merely one on the same mm: a kernel hold that began after
-                // the model's means the model's ended (its release record was lost) and this is
-                // a new one, which `apply_shown` adds with its own start.
-                let still = st.is_some_and(|s| {
-                    s.holds
-                        .iter()
-                        .any(|k| k.mm == mm.0 && k.since_ns <= h.since_ns)
-                });
+                let still = match h.seen {
+                    // The same hold, not merely one on the same mm: a kernel hold that began
+                    // after the model's means the model's ended (its release record was lost)
+                    // and this is a new one, which `apply_shown` adds with its own start.
+                    HoldSeen::Acquired => st.is_some_and(|s| {
+                        s.holds
+                            .iter()
+                            .any(|k| k.mm == mm.0 && k.since_ns <= h.since_ns)
+                    }),
+                    // Known only from a waiter's read of the owner word: it lasts while some
+                    // waiter of that lock still names it.
+                    HoldSeen::OwnerWord => shown
+                        .values()
+                        .any(|s| s.wait_mm == mm.0 && names_writer(s) == Some(t.tid)),
+                };
                 if !still && h.since_ns < taken_ns {
                     ended_holds.push((t.tid, *mm));
                 }
@@ -451,6 +471,55 @@ impl LiveFeed {
                         mm,
                         mode: lock_mode(st.wait_mode),
                         mm_pid: self.known_owner(mm),
+                    },
+                );
+                alerts.extend(self.engine.apply(&ev));
+            }
+            // The writer its contention read in the owner word holds the lock: exact evidence,
+            // given to the model as the contention record that carried it.
+            if let Some(writer) = names_writer(st).filter(|&w| w != *tid) {
+                let known = self
+                    .engine
+                    .model()
+                    .mm_locks
+                    .get(&mm)
+                    .is_some_and(|l| l.writer.is_some_and(|(w, _)| w == writer));
+                if !known
+                    && self.waiting_on(*tid, mm)
+                    && after_exit(st.lock_since_ns)
+                    && !is_gone(&self.alive)
+                {
+                    if let Ok(lock_type) = crate::kernel::decode::lock_type_of(st.lock_type) {
+                        let ev = base(
+                            st.lock_since_ns,
+                            EventKind::LockWaitBegin {
+                                lock: Addr(st.lock),
+                                lock_type,
+                                owner_tid: Some(writer),
+                                mm: Some(mm),
+                            },
+                        );
+                        alerts.extend(self.engine.apply(&ev));
+                    }
+                }
+            }
+            // A userfaultfd wait whose begin record was lost: the kernel still shows it, and
+            // the scheduler confirms the task sleeps in handle_userfault (a signal can end such
+            // a wait without the kernel side clearing it).
+            if st.uffd_ctx != 0
+                && past(st.uffd_since_ns, self.wait_threshold_ns)
+                && after_exit(st.uffd_since_ns)
+                && !matches!(
+                    self.engine.model().blocked(*tid),
+                    Some(Blocked::Uffd { .. })
+                )
+                && procfs::wchan_of(st.tgid, *tid).as_deref() == Some("handle_userfault")
+            {
+                let ev = base(
+                    st.uffd_since_ns,
+                    EventKind::UffdWaitBegin {
+                        uffd: Addr(st.uffd_ctx),
+                        addr: Addr(st.uffd_addr),
                     },
                 );
                 alerts.extend(self.engine.apply(&ev));
@@ -576,9 +645,11 @@ impl LiveFeed {
         }
     }
 
-    /// After a loss, the snapshot just applied is the confirmation: held alerts it still
-    /// supports are published, the rest are dropped.
-    fn confirm_held(&mut self, alerts: &mut Vec<Alert>) {
+    /// After a loss, each snapshot vets the alerts held since the last one: those it still
+    /// supports are published (while the loss is unconfirmed they carry its doubt, as the
+    /// detectors qualify alerts on unknown tasks), the rest are dropped. `confirmed`: this
+    /// snapshot was taken after every loss noticed, so the tasks' state is known again.
+    fn confirm_held(&mut self, alerts: &mut Vec<Alert>, confirmed: bool) {
         let held = std::mem::take(&mut self.held);
         let total = held.len();
         let model = self.engine.model();
@@ -592,8 +663,10 @@ impl LiveFeed {
             );
         }
         alerts.splice(0..0, kept);
-        self.unknown.clear();
-        self.unconfirmed = false;
+        if confirmed {
+            self.engine.model_mut().confirm_all();
+            self.unconfirmed = false;
+        }
     }
 
     /// A signal, not a handler, can end a userfaultfd wait, and then no wake-up marks its end:
@@ -611,9 +684,9 @@ impl LiveFeed {
                     _ => None,
                 }
             })
-            .filter(|(tid, _, _)| {
-                std::fs::read_to_string(format!("/proc/{tid}/wchan"))
-                    .is_ok_and(|w| w.trim() != "handle_userfault")
+            .filter(|(tid, pid, _)| {
+                // Unreadable (gone): left to reclaiming, which drops the task with its wait.
+                procfs::wchan_of(*pid, *tid).is_some_and(|w| w != "handle_userfault")
             })
             .collect();
         let mut alerts = Vec::new();

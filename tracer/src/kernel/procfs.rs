@@ -78,17 +78,20 @@ pub fn process_faults() -> Vec<(u32, String, u64, u64)> {
 }
 
 pub fn wchan(pid: u32, tid: u32) -> String {
-    read(format!("/proc/{pid}/task/{tid}/wchan"))
-        .map(|w| w.trim().to_owned())
-        .unwrap_or_default()
+    wchan_of(pid, tid).unwrap_or_default()
 }
 
-/// The kernel stack as function names (offsets dropped), innermost first.
+/// Where task `tid` of process `pid` sleeps, or `None` when it cannot be read (gone).
+pub fn wchan_of(pid: u32, tid: u32) -> Option<String> {
+    read(format!("/proc/{pid}/task/{tid}/wchan")).map(|w| w.trim().to_owned())
+}
+
 /// The threads of process `pid` (empty when it is gone).
 pub fn threads(pid: u32) -> Vec<u32> {
     numeric_entries(format!("/proc/{pid}/task"))
 }
 
+/// The kernel stack as function names (offsets dropped), innermost first.
 pub fn stack(pid: u32, tid: u32) -> Vec<String> {
     read(format!("/proc/{pid}/task/{tid}/stack"))
         .map(|s| {

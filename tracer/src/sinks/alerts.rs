@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    core::detect::{Alert, AlertKind, Severity},
+    core::detect::{Alert, AlertKind, Confidence, Severity},
     core::views::GraphView,
     kernel::workload::Workload,
 };
@@ -105,9 +105,18 @@ impl AlertSink {
     }
 
     pub fn raise(&mut self, alert: Alert, graph: &GraphView) {
+        // A probable alert says so in its first words, and what it rests on after them.
+        let qualified = match alert.confidence {
+            Confidence::Certain => alert.summary.clone(),
+            Confidence::Probable => format!(
+                "(probable) {} [inferred: {}]",
+                alert.summary,
+                alert.evidence.join("; ")
+            ),
+        };
         match alert.severity {
-            Severity::Critical => log::error!("{}: {}", alert.kind.as_str(), alert.summary),
-            Severity::Warning => log::warn!("{}: {}", alert.kind.as_str(), alert.summary),
+            Severity::Critical => log::error!("{}: {qualified}", alert.kind.as_str()),
+            Severity::Warning => log::warn!("{}: {qualified}", alert.kind.as_str()),
         }
         *self.counts.entry(alert.kind).or_default() += 1;
         let task = alert
@@ -199,6 +208,8 @@ mod tests {
             ts_ns: ts,
             tids: vec![1],
             summary: "s".into(),
+            confidence: crate::core::detect::Confidence::Certain,
+            evidence: Vec::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::core::detect::{Alert, Severity};
+use crate::core::detect::{Alert, Confidence, Severity};
 
 use super::{
     scene::{short_duration, Scene},
@@ -183,6 +183,22 @@ pub fn member_lists(scene: &Scene) -> String {
     s
 }
 
+/// An alert's explanation as HTML: a probable alert is marked so, with what it rests on that
+/// was inferred.
+pub fn qualified_summary(a: &Alert) -> String {
+    match a.confidence {
+        Confidence::Certain => escape(&a.summary),
+        Confidence::Probable => format!(
+            "<span class=\"confidence probable\" data-confidence=\"probable\">probable</span> {}<ul class=\"evidence\">{}</ul>",
+            escape(&a.summary),
+            a.evidence
+                .iter()
+                .map(|e| format!("<li>inferred: {}</li>", escape(e)))
+                .collect::<String>()
+        ),
+    }
+}
+
 pub fn severity_str(s: Severity) -> &'static str {
     match s {
         Severity::Critical => "critical",
@@ -211,7 +227,7 @@ pub fn alerts_table<'a>(
             escape(&when(a)),
             a.kind.as_str(),
             escape(&tids.join(", ")),
-            escape(&a.summary)
+            qualified_summary(a)
         );
     }
     if n == 0 {

@@ -23,7 +23,6 @@ use std::collections::BTreeSet;
 use crate::core::{detect::Alert, diagnosis::Diagnosis, views::GraphView};
 
 use self::{
-    html::escape,
     scene::{Scene, MAX_NODES},
     timeline::Timeline,
 };
@@ -61,7 +60,7 @@ pub fn incident_html(alert: &Alert, view: &GraphView) -> String {
          <p class=\"note\">Red bars are waits, blue bars write holds, green bars read holds, \
          each from when it began; the agent keeps no older history.</p>\
          <div class=\"graph\">{}</div></section>",
-        escape(&alert.summary),
+        html::qualified_summary(alert),
         html::legend(),
         html::cycles_line(&scene),
         svg::render(&scene, "inc"),

@@ -237,7 +237,7 @@ impl Pictures {
                     "<div class=\"explain {sev}\" data-kind=\"{}\"><b>{} ({sev})</b>: {}</div>",
                     a.alert.kind.as_str(),
                     a.alert.kind.as_str(),
-                    escape(&a.alert.summary)
+                    html::qualified_summary(&a.alert)
                 );
             }
             if order.len() > SPELLED_OUT {

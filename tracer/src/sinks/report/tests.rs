@@ -150,6 +150,8 @@ fn names_with_markup_are_escaped_everywhere() {
         ts_ns: 2,
         tids: vec![1, 2],
         summary: format!("deadlock of {nasty}"),
+        confidence: crate::core::detect::Confidence::Probable,
+        evidence: vec![format!("{nasty} is inferred")],
     };
     let page = super::incident_html(&alert, &view);
     for doc in [&drawn, &page] {
