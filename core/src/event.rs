@@ -186,6 +186,13 @@ pub enum EventKind {
         uffd: Addr,
     },
     TaskExit {},
+    /// The task was seen issuing userfaultfd ioctls on `uffd`, resolving faults (`resolver`)
+    /// or only setting it up, by the kernel's handler table rather than an ioctl record (that
+    /// record was lost, or predates the trace): a snapshot's restoration, not an ioctl now.
+    UffdHandlerSeen {
+        uffd: Addr,
+        resolver: bool,
+    },
     /// The source dropped `count` records just before `ts_ns` (the ring buffer was full): any
     /// task with state may have changed unseen. `tid` and `pid` are 0.
     Lost {
@@ -221,6 +228,7 @@ impl EventKind {
             Self::UffdIoctlEnd { .. } => "uffd_ioctl_end",
             Self::UffdHeld { .. } => "uffd_held",
             Self::TaskExit {} => "task_exit",
+            Self::UffdHandlerSeen { .. } => "uffd_handler_seen",
             Self::Lost { .. } => "lost",
         }
     }

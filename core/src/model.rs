@@ -556,6 +556,14 @@ impl Model {
                     }
                 }
             }
+            EventKind::UffdHandlerSeen { uffd, resolver } => {
+                let ctx = self.uffds.entry(*uffd).or_default();
+                if *resolver {
+                    ctx.resolvers.insert(tid);
+                } else {
+                    ctx.setup.insert(tid);
+                }
+            }
             EventKind::UffdHeld { uffd } => {
                 self.uffds.entry(*uffd).or_default().holders.insert(tid);
             }

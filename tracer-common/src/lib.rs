@@ -41,4 +41,5 @@ mod user {
     unsafe impl aya::Pod for ProcFaults {}
     unsafe impl aya::Pod for DiagOffsets {}
     unsafe impl aya::Pod for FdKey {}
+    unsafe impl aya::Pod for UffdHandlerKey {}
 }

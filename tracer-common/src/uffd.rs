@@ -1,4 +1,32 @@
-//! userfaultfd ioctl operations, indexed 0..COUNT, and their `_IOC_NR` (type 0xAA).
+//! userfaultfd ioctl operations, indexed 0..COUNT, and their `_IOC_NR` (type 0xAA); the key
+//! and roles of the kernel's table of handler tasks.
+
+/// Key of `UFFD_HANDLERS`: a task seen issuing ioctls on a userfaultfd context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UffdHandlerKey {
+    pub ctx: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<UffdHandlerKey>() == 16);
+
+/// Values of `UFFD_HANDLERS`: the strongest role the task was seen in on that context. A
+/// snapshot of the table restores handlers whose first ioctl record was lost.
+pub mod handler_role {
+    /// Only setup ioctls (API, REGISTER, UNREGISTER).
+    pub const SETUP: u64 = 1;
+    /// Resolved faults (COPY, ZEROPAGE, WAKE, CONTINUE, …).
+    pub const RESOLVER: u64 = 2;
+
+    pub const fn of_op(op: u8) -> u64 {
+        if op <= super::uffd_op::UNREGISTER {
+            SETUP
+        } else {
+            RESOLVER
+        }
+    }
+}
 
 pub mod uffd_op {
     pub const API: u8 = 0;

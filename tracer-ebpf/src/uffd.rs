@@ -14,8 +14,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    names, reason, uffd_op, Counter, EventHeader, EventKind, SyscallLayout, TaskState, UffdEvent,
-    HIST_UFFD_BASE, TASK_COMM_LEN, UFFD_ERROR_SLOTS,
+    handler_role, names, reason, uffd_op, Counter, EventHeader, EventKind, SyscallLayout,
+    TaskState, UffdEvent, UffdHandlerKey, HIST_UFFD_BASE, TASK_COMM_LEN, UFFD_ERROR_SLOTS,
 };
 
 use crate::{
@@ -34,9 +34,11 @@ static UFFD_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(UFFD_ERROR_
 #[map]
 static UFFD_BY_MM: HashMap<u64, u64> = HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
 
-/// (context, tid) pairs already reported as handlers, so only a new handler is streamed. When
-/// full, every ioctl of an unknown pair is streamed (safe, only noisier). A handler's entries
-/// are not found by tid at exit; they age out by LRU-free replacement only when full.
+/// (context, tid) pairs already reported as handlers → their role (`handler_role`), so only a
+/// new handler (or a stronger role) is streamed, and a snapshot can restore a handler whose
+/// record was lost. When full, every ioctl of an unknown pair is streamed (safe, only noisier).
+/// A handler's entries are not found by tid at exit: the agent deletes those of tasks gone at
+/// each snapshot.
 #[map]
 static UFFD_HANDLERS: HashMap<UffdHandlerKey, u64> =
     HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
@@ -51,14 +53,6 @@ static UFFD_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
 /// agent's wchan check ends that waiter's wait instead.
 #[map]
 static IOCTL_ON_CPU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct UffdHandlerKey {
-    pub ctx: u64,
-    pub tid: u32,
-    pub _pad: u32,
-}
 
 /// Field offsets of the syscall tracepoints, set by the loader from tracefs before load.
 #[no_mangle]
@@ -224,9 +218,13 @@ fn on_ioctl_enter(fd: u32, cmd: u32) -> Result<(), Counter> {
     }
     let mut flags = record_flag(&cfg);
     let key = UffdHandlerKey { ctx, tid, _pad: 0 };
+    let role = handler_role::of_op(op);
     // SAFETY: a plain read of a map value.
-    if unsafe { UFFD_HANDLERS.get(key) }.is_none() {
-        if UFFD_HANDLERS.insert(key, now, 0).is_err() {
+    let known = unsafe { UFFD_HANDLERS.get(key) }.copied();
+    // New, or a setup task now resolving faults: streamed once more, so user space learns the
+    // stronger role; the table keeps it for snapshots that restore a lost record.
+    if known.is_none_or(|r| r < role) {
+        if UFFD_HANDLERS.insert(key, role, 0).is_err() {
             count(Counter::UffdHandlersFull);
         }
         flags |= reason::NEW_HANDLER;

@@ -354,11 +354,28 @@ fn scan_uffds(st: &mut AgentState, taken: u64) -> Result<()> {
 
 /// Reads the kernel's per-task map into the feed. The lost-record counter is read first and
 /// the time the walk starts (not its end) dates the snapshot.
+/// Handlers whose first ioctl record was lost come back from the kernel's handler table; the
+/// entries of tasks gone are deleted, as nothing in the kernel finds them at exit.
+fn restore_uffd_handlers(st: &mut AgentState, taken: u64) -> Result<()> {
+    let table = st.probes.uffd_handlers()?;
+    if table.is_empty() {
+        return Ok(());
+    }
+    let (alerts, gone) = st.feed.on_uffd_handlers(&table, taken);
+    raise_all(st, alerts);
+    if !gone.is_empty() {
+        let deleted = st.probes.forget_uffd_handlers(&gone)?;
+        log::debug!("deleted {deleted} userfaultfd handler entries of tasks gone");
+    }
+    Ok(())
+}
+
 fn snapshot_into(shared: &Shared) -> Result<()> {
     let mut st = http::lock(shared);
     let lost = st.probes.counters()?.get(Counter::RingbufFull);
     let taken = monotonic_ns();
     scan_uffds(&mut st, taken)?;
+    restore_uffd_handlers(&mut st, taken)?;
     let mut states = st.probes.task_states()?;
     st.task_entries = states.len();
     let stale = st

@@ -702,6 +702,51 @@ impl LiveFeed {
         alerts
     }
 
+    /// The kernel's handler table, snapshotted at `now_ns`: (context, tid, role). Handlers the
+    /// model does not know in that role (their first ioctl record was lost) are restored as
+    /// `uffd_handler_seen` events. Returns the entries of tasks gone from the host, for the
+    /// caller to delete from the kernel's table (the kernel cannot find them at exit).
+    pub fn on_uffd_handlers(
+        &mut self,
+        table: &[(u64, u32, u64)],
+        now_ns: u64,
+    ) -> (Vec<Alert>, Vec<(u64, u32)>) {
+        let mut alerts = Vec::new();
+        let mut gone = Vec::new();
+        for &(ctx, tid, role) in table {
+            let uffd = Addr(ctx);
+            let resolver = role >= tracer_common::handler_role::RESOLVER;
+            let known = self.engine.model().uffds.get(&uffd).is_some_and(|c| {
+                c.resolvers.contains(&tid) || (!resolver && c.setup.contains(&tid))
+            });
+            if known {
+                continue;
+            }
+            if !(self.alive)(tid) {
+                gone.push((ctx, tid));
+                continue;
+            }
+            let (pid, comm) = match self.engine.model().task(tid) {
+                Some(t) => (t.pid, t.comm.clone()),
+                None => match identify(tid) {
+                    Some(found) => found,
+                    None => {
+                        gone.push((ctx, tid));
+                        continue;
+                    }
+                },
+            };
+            alerts.extend(self.engine.apply(&Event {
+                ts_ns: now_ns,
+                tid,
+                pid,
+                comm,
+                kind: EventKind::UffdHandlerSeen { uffd, resolver },
+            }));
+        }
+        (self.hold_if_unconfirmed(alerts), gone)
+    }
+
     /// What the agent's userfaultfd scan found: the descriptors, as (holding process,
     /// context), and the waits it wrote into the kernel's task state, as (tid, pid, context,
     /// since).
@@ -812,6 +857,92 @@ mod tests {
             vec!["stall", "rwr_inversion", "stall"],
             "by tid: {alerts:#?}"
         );
+    }
+
+    fn feed() -> LiveFeed {
+        LiveFeed::new(Thresholds::default(), MS, 20 * MS).with_liveness(Box::new(|t| t != 9999))
+    }
+
+    #[test]
+    fn a_loss_noticed_at_a_snapshot_is_confirmed_only_by_a_later_one() {
+        let mut feed = feed();
+        let snap = [(12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[]))];
+        feed.on_snapshot(&snap, 1_000 * MS, 0);
+        assert!(feed.unknown().is_empty());
+        // 5 records lost before this snapshot's walk: the waiter's state is unknown, and stays
+        // so through this snapshot, whose walk may predate records still in the ring buffer.
+        feed.on_snapshot(&snap, 2_000 * MS, 5);
+        assert_eq!(feed.unknown().iter().copied().collect::<Vec<_>>(), vec![12]);
+        assert_eq!(feed.lost(), 5);
+        // The next snapshot, with no new loss, confirms it.
+        feed.on_snapshot(&snap, 3_000 * MS, 5);
+        assert!(feed.unknown().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_gives_the_writer_in_a_waiters_owner_word_a_write_hold_until_none_names_it() {
+        let mut feed = feed();
+        let mut waiter = state(10, Some((0xa, mode::READ, 100 * MS)), &[]);
+        waiter.lock = 0xa70;
+        waiter.lock_since_ns = 100 * MS;
+        waiter.lock_type = lock_type::RWSEM_READ;
+        waiter.lock_owner = 11;
+        let alerts = feed.on_snapshot(&[(12, waiter)], 1_500 * MS, 0);
+        let model = feed.engine().model();
+        let hold = model
+            .task(11)
+            .and_then(|t| t.holds.get(&Addr(0xa)).copied());
+        assert_eq!(
+            hold.map(|h| (h.mode, h.seen)),
+            Some((LockMode::Write, HoldSeen::OwnerWord))
+        );
+        let graph = feed.engine().graph();
+        assert_eq!(
+            graph.out(12).iter().map(|e| e.to).collect::<Vec<_>>(),
+            vec![11]
+        );
+        assert!(alerts
+            .iter()
+            .any(|a| a.kind == AlertKind::Stall && a.summary.contains("held for write by 11")));
+        // The reader hint is not a writer: no hold from it.
+        let mut hinted = waiter;
+        hinted.lock_owner_reader = 1;
+        hinted.lock_owner = 13;
+        feed.on_snapshot(&[(12, hinted)], 2_000 * MS, 0);
+        let model = feed.engine().model();
+        assert!(model.task(13).is_none_or(|t| t.holds.is_empty()));
+        // No waiter names 11 any more: its hold has ended.
+        assert!(model.task(11).is_none_or(|t| t.holds.is_empty()));
+    }
+
+    #[test]
+    fn the_kernels_handler_table_restores_a_handler_whose_record_was_lost() {
+        let mut feed = feed();
+        let me = std::process::id();
+        let (alerts, gone) = feed.on_uffd_handlers(
+            &[
+                (0xc0, me, tracer_common::handler_role::RESOLVER),
+                (0xc0, 9999, tracer_common::handler_role::SETUP),
+            ],
+            10 * MS,
+        );
+        assert!(alerts.is_empty());
+        assert_eq!(
+            gone,
+            vec![(0xc0, 9999)],
+            "a gone task's entry is to be deleted"
+        );
+        let model = feed.engine().model();
+        let ctx = model.uffds.get(&Addr(0xc0)).expect("the context is known");
+        assert!(ctx.resolvers.contains(&me));
+        assert_eq!(model.task(me).map(|t| t.pid), Some(me));
+        // Known now: a second snapshot of the same table applies nothing.
+        let events = feed.engine().events();
+        feed.on_uffd_handlers(
+            &[(0xc0, me, tracer_common::handler_role::RESOLVER)],
+            20 * MS,
+        );
+        assert_eq!(feed.engine().events(), events);
     }
 
     #[test]

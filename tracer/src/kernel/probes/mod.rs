@@ -212,6 +212,7 @@ impl Detail {
     pub fn gives_up(self) -> &'static [&'static str] {
         match self {
             Self::Contention => &[
+                "mmap_lock write holds nobody waits for, and when a write hold began: a writer is seen (exactly, from the rwsem owner word) only once a waiter contends, and its hold counts from then (--detail holders)",
                 "exact mmap_lock read-holder sets: read holders of a contended mmap_lock are inferred from the rwsem owner hint and kernel stacks, and alerts say so (--detail holders)",
                 "hold-time histograms and long-hold events of uncontended holds (--detail holders)",
                 "recursive reads that do not block (a blocking one still shows as a cycle) (--detail holders)",
@@ -783,6 +784,47 @@ impl Probes {
             })?;
         // An entry already gone (the task's exit program raced us) is not an error.
         Ok(tids.iter().filter(|t| states.remove(t).is_ok()).count())
+    }
+
+    /// The kernel's table of userfaultfd handler tasks: (context, tid, role) with the role of
+    /// `tracer_common::handler_role`. Entries that vanish during the walk are skipped.
+    pub fn uffd_handlers(&self) -> Result<Vec<(u64, u32, u64)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map(map::UFFD_HANDLERS)
+            .ok_or(ProbeError::MissingMap(map::UFFD_HANDLERS))?;
+        let table: HashMap<_, tracer_common::UffdHandlerKey, u64> = HashMap::try_from(map)
+            .map_err(|e| ProbeError::Map {
+                map: map::UFFD_HANDLERS,
+                message: e.to_string(),
+            })?;
+        Ok(table
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, role)| (k.ctx, k.tid, role))
+            .collect())
+    }
+
+    /// Deletes handler entries (context, tid) of tasks gone; returns how many were there. The
+    /// kernel cannot find them by tid at exit, so nothing else would.
+    pub fn forget_uffd_handlers(&mut self, gone: &[(u64, u32)]) -> Result<usize, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(map::UFFD_HANDLERS)
+            .ok_or(ProbeError::MissingMap(map::UFFD_HANDLERS))?;
+        let mut table: HashMap<_, tracer_common::UffdHandlerKey, u64> = HashMap::try_from(map)
+            .map_err(|e| ProbeError::Map {
+                map: map::UFFD_HANDLERS,
+                message: e.to_string(),
+            })?;
+        Ok(gone
+            .iter()
+            .filter(|&&(ctx, tid)| {
+                table
+                    .remove(&tracer_common::UffdHandlerKey { ctx, tid, _pad: 0 })
+                    .is_ok()
+            })
+            .count())
     }
 
     /// userfaultfd ioctl errors summed over CPUs, indexed `op * ERRNO_BUCKETS + errno bucket`.

@@ -253,7 +253,9 @@ impl TimelineBuilder {
             }
             // Holding a descriptor is a state, and a loss is no task's: not moments of a task's
             // timeline.
-            EventKind::UffdHeld { .. } | EventKind::Lost { .. } => {}
+            EventKind::UffdHeld { .. }
+            | EventKind::UffdHandlerSeen { .. }
+            | EventKind::Lost { .. } => {}
             EventKind::TaskExit {} => {
                 self.end_wait(tid, ts);
                 let held: Vec<(Tid, Addr)> = self
