@@ -133,8 +133,7 @@ fn inferred(model: &Model, path: &[&Edge], tids: &[Tid]) -> Vec<String> {
                     .mm_locks
                     .get(mm)
                     .and_then(|l| l.inferred_readers.get(&e.to))
-                    .copied()
-                    .unwrap_or("no detail");
+                    .map_or("no detail", String::as_str);
                 out.push(format!(
                     "{to} is inferred to hold mmap_lock {mm} for read: {why}"
                 ));
@@ -228,8 +227,7 @@ impl Narrator<'_> {
                     .mm_locks
                     .get(mm)
                     .and_then(|l| l.inferred_readers.get(&e.to))
-                    .copied()
-                    .unwrap_or("no detail");
+                    .map_or("no detail", String::as_str);
                 format!(
                     "waits for {}{wants}, held for read by {to} (inferred: {why})",
                     self.whose_mm(*mm, *owner_pid)

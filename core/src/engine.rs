@@ -70,22 +70,6 @@ impl Engine {
         &self.model
     }
 
-    /// Replaces the inferred read holders of `mm` (live only: see `Model::infer_readers`).
-    pub fn infer_readers(
-        &mut self,
-        mm: crate::event::Addr,
-        readers: &[(crate::model::Tid, u32, Option<String>, &'static str)],
-        ts_ns: u64,
-    ) {
-        self.model.infer_readers(mm, readers, ts_ns);
-    }
-
-    /// The model, for a source that reconciles it with evidence outside the event stream (the
-    /// live feed's kernel snapshots). Detectors see the result at the next check.
-    pub fn model_mut(&mut self) -> &mut Model {
-        &mut self.model
-    }
-
     pub fn graph(&self) -> WaitsFor {
         WaitsFor::build(&self.model)
     }

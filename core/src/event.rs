@@ -198,6 +198,39 @@ pub enum EventKind {
     Lost {
         count: u64,
     },
+    // Corrections: a live source reconciles its stream with snapshots of the kernel's state,
+    // and says what it concluded as events, so a replay of what it fed the engine decides as
+    // it did. None of them is the task's own activity.
+    /// A snapshot shows the task no longer waits: the record that ended its wait was lost.
+    WaitEnded {},
+    /// A snapshot shows the task no longer holds `mm`'s lock: its release record was lost.
+    HoldEnded {
+        mm: Addr,
+    },
+    /// The task is gone from the host without an exit record (lost, or before the trace).
+    TaskGone {},
+    /// Every task of process `pid` is gone from the host (`tid` is `pid`): the mms it owned
+    /// lose their identity, so a reused address starts clean.
+    ProcessGone {},
+    /// The read holders of `mm`'s lock inferred now, replacing earlier inferences (empty:
+    /// none any more). `tid` and `pid` are 0.
+    ReadHoldersInferred {
+        mm: Addr,
+        readers: Vec<InferredReader>,
+    },
+    /// A snapshot taken after every loss so far confirmed or corrected each task's state: none
+    /// is unknown any more. `tid` and `pid` are 0.
+    Confirmed {},
+}
+
+/// A task inferred to hold an `mmap_lock` for read, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferredReader {
+    pub tid: u32,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    pub evidence: String,
 }
 
 /// One event: who (tid, pid = tgid, comm), when (CLOCK_MONOTONIC ns) and what.
@@ -230,6 +263,12 @@ impl EventKind {
             Self::TaskExit {} => "task_exit",
             Self::UffdHandlerSeen { .. } => "uffd_handler_seen",
             Self::Lost { .. } => "lost",
+            Self::WaitEnded {} => "wait_ended",
+            Self::HoldEnded { .. } => "hold_ended",
+            Self::TaskGone {} => "task_gone",
+            Self::ProcessGone {} => "process_gone",
+            Self::ReadHoldersInferred { .. } => "read_holders_inferred",
+            Self::Confirmed {} => "confirmed",
         }
     }
 }

@@ -236,6 +236,32 @@ const SYSCALL_NAMES: &[(i64, &str)] = &[
 
 pub use faultline_core::diagnosis::READ_HOLDER_FRAMES;
 
+/// The process of thread `tid`, when it still exists.
+pub fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The name of task `tid`, while it exists.
+pub fn comm_of(tid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
+}
+
+/// The process and comm of a task that still exists (for tasks the model never saw).
+pub fn identify(tid: u32) -> Option<(u32, Option<String>)> {
+    tgid_of(tid).map(|pid| (pid, comm_of(tid)))
+}
+
+/// Whether /proc has this process or task (threads are reachable by tid though not listed).
+pub fn proc_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

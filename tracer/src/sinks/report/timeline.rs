@@ -255,8 +255,14 @@ impl TimelineBuilder {
             // timeline.
             EventKind::UffdHeld { .. }
             | EventKind::UffdHandlerSeen { .. }
-            | EventKind::Lost { .. } => {}
-            EventKind::TaskExit {} => {
+            | EventKind::Lost { .. }
+            | EventKind::ProcessGone {}
+            | EventKind::ReadHoldersInferred { .. }
+            | EventKind::Confirmed {} => {}
+            // A snapshot's corrections end bars like the records they stand for.
+            EventKind::WaitEnded {} => self.end_wait(tid, ts),
+            EventKind::HoldEnded { mm } => self.release(tid, *mm, ts),
+            EventKind::TaskExit {} | EventKind::TaskGone {} => {
                 self.end_wait(tid, ts);
                 let held: Vec<(Tid, Addr)> = self
                     .open_hold

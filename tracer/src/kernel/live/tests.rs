@@ -1,0 +1,185 @@
+//! The live feed against synthetic snapshots and records.
+
+use super::*;
+use crate::core::detect::AlertKind;
+use crate::kernel::decode::Reasons;
+use tracer_common::{reason, Hold, HOLD_SLOTS};
+
+const MS: u64 = 1_000_000;
+
+fn state(tgid: u32, wait: Option<(u64, u8, u64)>, holds: &[(u64, u8, u64)]) -> TaskState {
+    let mut st = TaskState {
+        tgid,
+        ..Default::default()
+    };
+    if let Some((mm, m, since)) = wait {
+        st.wait_mm = mm;
+        st.wait_mode = m;
+        st.wait_since_ns = since;
+    }
+    for (i, (mm, m, since)) in holds.iter().enumerate().take(HOLD_SLOTS) {
+        st.holds[i] = Hold {
+            mm: *mm,
+            since_ns: *since,
+            mode: *m,
+            depth: 1,
+            ..Default::default()
+        };
+    }
+    st
+}
+
+#[test]
+fn a_snapshot_of_a_convoy_in_progress_builds_its_graph() {
+    let mut feed =
+        LiveFeed::new(Thresholds::default(), MS, 20 * MS).with_liveness(Box::new(|_| true));
+    let snap = [
+        (11, state(10, None, &[(0xa, mode::READ, 0)])),
+        (12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[])),
+        (13, state(10, Some((0xa, mode::READ, 200 * MS)), &[])),
+        // Too young to have been streamed: left out, its end will not be streamed either.
+        (14, state(10, Some((0xa, mode::READ, 1_499_900_000)), &[])),
+    ];
+    let alerts = feed.on_snapshot(&snap, 1_500 * MS, 0);
+    let graph = feed.engine().graph();
+    let edges: Vec<(u32, u32)> = graph.all_edges().map(|e| (e.from, e.to)).collect();
+    assert_eq!(edges, vec![(12, 11), (13, 12)]);
+    let kinds: Vec<&str> = alerts.iter().map(|a| a.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec!["stall", "rwr_inversion", "stall"],
+        "by tid: {alerts:#?}"
+    );
+}
+
+fn feed() -> LiveFeed {
+    LiveFeed::new(Thresholds::default(), MS, 20 * MS).with_liveness(Box::new(|t| t != 9999))
+}
+
+#[test]
+fn a_loss_noticed_at_a_snapshot_is_confirmed_only_by_a_later_one() {
+    let mut feed = feed();
+    let snap = [(12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[]))];
+    feed.on_snapshot(&snap, 1_000 * MS, 0);
+    assert!(feed.unknown().is_empty());
+    // 5 records lost before this snapshot's walk: the waiter's state is unknown, and stays
+    // so through this snapshot, whose walk may predate records still in the ring buffer.
+    feed.on_snapshot(&snap, 2_000 * MS, 5);
+    assert_eq!(feed.unknown().iter().copied().collect::<Vec<_>>(), vec![12]);
+    assert_eq!(feed.lost(), 5);
+    // The next snapshot, with no new loss, confirms it.
+    feed.on_snapshot(&snap, 3_000 * MS, 5);
+    assert!(feed.unknown().is_empty());
+}
+
+#[test]
+fn a_snapshot_gives_the_writer_in_a_waiters_owner_word_a_write_hold_until_none_names_it() {
+    let mut feed = feed();
+    let mut waiter = state(10, Some((0xa, mode::READ, 100 * MS)), &[]);
+    waiter.lock = 0xa70;
+    waiter.lock_since_ns = 100 * MS;
+    waiter.lock_type = lock_type::RWSEM_READ;
+    waiter.lock_owner = 11;
+    let alerts = feed.on_snapshot(&[(12, waiter)], 1_500 * MS, 0);
+    let model = feed.engine().model();
+    let hold = model
+        .task(11)
+        .and_then(|t| t.holds.get(&Addr(0xa)).copied());
+    assert_eq!(
+        hold.map(|h| (h.mode, h.seen)),
+        Some((LockMode::Write, HoldSeen::OwnerWord))
+    );
+    let graph = feed.engine().graph();
+    assert_eq!(
+        graph.out(12).iter().map(|e| e.to).collect::<Vec<_>>(),
+        vec![11]
+    );
+    assert!(alerts
+        .iter()
+        .any(|a| a.kind == AlertKind::Stall && a.summary.contains("held for write by 11")));
+    // The reader hint is not a writer: no hold from it.
+    let mut hinted = waiter;
+    hinted.lock_owner_reader = 1;
+    hinted.lock_owner = 13;
+    feed.on_snapshot(&[(12, hinted)], 2_000 * MS, 0);
+    let model = feed.engine().model();
+    assert!(model.task(13).is_none_or(|t| t.holds.is_empty()));
+    // No waiter names 11 any more: its hold has ended.
+    assert!(model.task(11).is_none_or(|t| t.holds.is_empty()));
+}
+
+#[test]
+fn the_kernels_handler_table_restores_a_handler_whose_record_was_lost() {
+    let mut feed = feed();
+    let me = std::process::id();
+    let (alerts, gone) = feed.on_uffd_handlers(
+        &[
+            (0xc0, me, tracer_common::handler_role::RESOLVER),
+            (0xc0, 9999, tracer_common::handler_role::SETUP),
+        ],
+        10 * MS,
+    );
+    assert!(alerts.is_empty());
+    assert_eq!(
+        gone,
+        vec![(0xc0, 9999)],
+        "a gone task's entry is to be deleted"
+    );
+    let model = feed.engine().model();
+    let ctx = model.uffds.get(&Addr(0xc0)).expect("the context is known");
+    assert!(ctx.resolvers.contains(&me));
+    assert_eq!(model.task(me).map(|t| t.pid), Some(me));
+    // Known now: a second snapshot of the same table applies nothing.
+    let events = feed.engine().events();
+    feed.on_uffd_handlers(
+        &[(0xc0, me, tracer_common::handler_role::RESOLVER)],
+        20 * MS,
+    );
+    assert_eq!(feed.engine().events(), events);
+}
+
+#[test]
+fn a_streamed_slow_acquisition_implies_its_start() {
+    let mut feed =
+        LiveFeed::new(Thresholds::default(), MS, 20 * MS).with_liveness(Box::new(|_| true));
+    let d = Decoded {
+        event: Event {
+            ts_ns: 50 * MS,
+            tid: 5,
+            pid: 5,
+            comm: None,
+            kind: EventKind::MmapLockAcquire {
+                mm: Addr(0xa),
+                mode: LockMode::Write,
+                success: true,
+                mm_pid: None,
+            },
+        },
+        reasons: Reasons(reason::SLOW_WAIT),
+        since_ns: Some(10 * MS),
+        implied: Some(Event {
+            ts_ns: 10 * MS,
+            tid: 5,
+            pid: 5,
+            comm: None,
+            kind: EventKind::MmapLockStart {
+                mm: Addr(0xa),
+                mode: LockMode::Write,
+                mm_pid: None,
+            },
+        }),
+        cgroup_id: None,
+    };
+    feed.on_record(&d);
+    assert_eq!(
+        feed.engine().events(),
+        2,
+        "the implied start, then the acquisition"
+    );
+    let hold = feed
+        .engine()
+        .model()
+        .task(5)
+        .and_then(|t| t.holds.get(&Addr(0xa)).copied());
+    assert_eq!(hold.map(|h| h.mode), Some(LockMode::Write));
+}
