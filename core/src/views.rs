@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     event::{Addr, LockMode},
     graph::{Edge, LockRef, Reason, WaitsFor},
-    model::{Blocked, Model, Tid},
+    model::{Blocked, HoldSeen, Model, Tid},
     workload::{Attribution, Workload},
 };
 
@@ -15,7 +15,10 @@ use crate::{
 pub struct HoldView {
     pub mm: Addr,
     pub mode: LockMode,
+    /// When it began, or (`seen: owner_word`) when it was first seen held.
     pub since_ns: u64,
+    /// How it is known: seen acquiring, or from a waiter's read of the rwsem owner word.
+    pub seen: HoldSeen,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,11 +83,12 @@ impl GraphView {
                             mm: *mm,
                             mode: h.mode,
                             since_ns: h.since_ns,
+                            seen: h.seen,
                         })
                         .collect(),
                     cgroup: None,
                     workload: None,
-                    state_unknown: false,
+                    state_unknown: model.unknown.contains(&tid),
                 },
                 None => TaskView {
                     tid,
