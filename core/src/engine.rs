@@ -40,7 +40,7 @@ impl Engine {
         if let Some(notice) = self.model.apply(ev) {
             alerts.extend(self.detector.on_notice(&self.model, &notice));
         }
-        if self.now_ns >= self.next_check_ns {
+        if self.now_ns >= self.next_check_ns && !ev.kind.is_correction() {
             alerts.extend(self.check());
         }
         alerts

@@ -246,6 +246,23 @@ pub struct Event {
 }
 
 impl EventKind {
+    /// Whether this is a source's conclusion rather than a task's activity: a loss, a
+    /// snapshot's correction or restoration. The engine does not run its timed detectors on
+    /// one, so a snapshot's conclusions are all in before they are judged.
+    pub fn is_correction(&self) -> bool {
+        matches!(
+            self,
+            Self::Lost { .. }
+                | Self::UffdHandlerSeen { .. }
+                | Self::WaitEnded {}
+                | Self::HoldEnded { .. }
+                | Self::TaskGone {}
+                | Self::ProcessGone {}
+                | Self::ReadHoldersInferred { .. }
+                | Self::Confirmed {}
+        )
+    }
+
     /// The `kind` string of the trace format.
     pub fn name(&self) -> &'static str {
         match self {

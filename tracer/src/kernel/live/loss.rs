@@ -70,7 +70,7 @@ impl LiveFeed {
         self.held.extend(raised);
         if !self.unconfirmed {
             log::warn!(
-                "{new} events lost (ring buffer full): {} tasks' state unknown until a snapshot taken after the loss confirms it; alerts held until then",
+                "{new} events lost (ring buffer full): {} tasks' state unknown until the next snapshot taken after the loss confirms it; alerts held until then",
                 self.unknown().len()
             );
         }
