@@ -292,7 +292,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             if report.lost > 0 {
                 eprintln!(
-                    "faultline: warning: {} events lost (ring buffer full); the trace has gaps",
+                    "faultline: warning: {} events lost (ring buffer full); the trace has gaps, each marked by a `lost` record",
                     report.lost
                 );
             }
