@@ -58,6 +58,11 @@ struct Recorder {
     decode_errors: u64,
     /// The kernel's lost counter when a `lost` record last accounted for it.
     lost_reported: u64,
+    /// A loss counted but not marked yet: the counter then, and how many records may still
+    /// have been in the ring buffer when it was read. The marker goes after all of them (no
+    /// record from before the gap may follow it): once that many have passed, or once the ring
+    /// buffer has been seen empty.
+    pending_loss: Option<(u64, usize)>,
     /// The first write error; the recording ends on it.
     failed: Option<file::WriteError>,
 }
@@ -83,10 +88,32 @@ impl Recorder {
             Ok(()) => self.written += 1,
             Err(e) => self.failed = Some(e),
         }
+        if let Some((total, left)) = self.pending_loss {
+            match left.checked_sub(1) {
+                Some(left) if left > 0 => self.pending_loss = Some((total, left)),
+                _ => self.lost_up_to(total),
+            }
+        }
+    }
+
+    /// The kernel's lost counter now reads `total`: a marker is due for the difference.
+    fn loss_counted(&mut self, total: u64, ring_records: usize) {
+        let marked = self.pending_loss.map_or(self.lost_reported, |(t, _)| t);
+        if total > marked {
+            self.pending_loss = Some((total, ring_records));
+        }
+    }
+
+    /// The ring buffer was just found empty: every record from before a counted loss is in.
+    fn ring_empty(&mut self) {
+        if let Some((total, _)) = self.pending_loss {
+            self.lost_up_to(total);
+        }
     }
 
     /// Writes a `lost` record for what the kernel dropped since the last one.
     fn lost_up_to(&mut self, lost_total: u64) {
+        self.pending_loss = None;
         let count = lost_total.saturating_sub(self.lost_reported);
         if count == 0 || self.failed.is_some() {
             return;
@@ -138,18 +165,6 @@ fn ring_capacity_records(ring_bytes: u32) -> usize {
     ring_bytes as usize / 16
 }
 
-/// Hands records to `rec` until the ring buffer is empty or `max` were read.
-fn drain(stream: &mut EventStream, rec: &mut Recorder, max: usize) {
-    let mut n = 0;
-    while n < max && rec.failed.is_none() {
-        let got = stream.drain_now(|r| rec.take(r));
-        n += got;
-        if got < MAX_BATCH {
-            break;
-        }
-    }
-}
-
 pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     // A trace is for replay, which wants every acquisition and release: record everything.
     let probe_opts = ProbeOptions {
@@ -170,6 +185,7 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
         written: 0,
         decode_errors: 0,
         lost_reported: lost_before,
+        pending_loss: None,
         failed: None,
     };
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
@@ -195,15 +211,17 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            r = stream.next_batch(|r| rec.take(r)) => { r.context("reading the ring buffer")?; }
-            _ = tick.tick() => {
-                let lost = lost_counter(&probes)?;
-                if lost > rec.lost_reported {
-                    // The marker goes after every record that was in the buffer when the loss
-                    // was counted: no record from before the gap may follow it.
-                    drain(&mut stream, &mut rec, ring_records);
-                    rec.lost_up_to(lost);
+            r = stream.next_batch(|r| rec.take(r)) => {
+                if r.context("reading the ring buffer")? < MAX_BATCH {
+                    rec.ring_empty();
                 }
+            }
+            _ = tick.tick() => {
+                // A quiet ring buffer wakes nothing: look here whether it is empty.
+                if stream.drain_now(|r| rec.take(r)) < MAX_BATCH {
+                    rec.ring_empty();
+                }
+                rec.loss_counted(lost_counter(&probes)?, ring_records);
                 rec.flush();
             }
             _ = &mut deadline => break,
