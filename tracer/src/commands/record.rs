@@ -160,7 +160,7 @@ fn lost_counter(probes: &Probes) -> Result<u64> {
 }
 
 /// Records the ring buffer can hold at most: every record takes an 8-byte header and at least 8
-/// bytes of event. Draining this many reads at least everything that was in it.
+/// bytes of event. Once this many have been read, every record that was in it has.
 fn ring_capacity_records(ring_bytes: u32) -> usize {
     ring_bytes as usize / 16
 }
@@ -233,7 +233,8 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
 
     // Stop: count the last losses while the counters can still be read, then detach every
     // program (dropping them does), so the drain below has an end. A record dropped in the
-    // instant between the two reads is not counted.
+    // instant between reading the counter and detaching is not counted (`Probes` offers no
+    // detach that keeps its maps readable).
     let lost_total = lost_counter(&probes)?;
     drop(probes);
     let stop = stop_draining(&mut stream, &mut rec, &mut sigterm, &mut sigint).await;
