@@ -47,9 +47,13 @@ pub struct TraceReader<R> {
     /// The latest timestamp so far and its line.
     latest: Option<(u64, usize)>,
     failed: bool,
+    /// Whether a last line cut short is set aside (`cut_line`) instead of being an error.
+    lenient: bool,
+    cut: Option<TraceError>,
 }
 
 impl<R: BufRead> TraceReader<R> {
+    /// A strict reader: every line must be a whole event.
     pub fn new(input: R) -> Self {
         Self {
             input,
@@ -57,12 +61,36 @@ impl<R: BufRead> TraceReader<R> {
             buf: Vec::new(),
             latest: None,
             failed: false,
+            lenient: false,
+            cut: None,
+        }
+    }
+
+    /// A reader that ends quietly at a last line cut short (no newline, and the file ends inside
+    /// the event): what a recorder stopped mid-write leaves (a full disk, SIGKILL). The complete
+    /// lines before it are the trace; `cut_line` says what was set aside. A bad line anywhere
+    /// else, or a whole last line that is wrong, is still an error.
+    pub fn lenient(input: R) -> Self {
+        Self {
+            lenient: true,
+            ..Self::new(input)
         }
     }
 
     /// Number of the last line read.
     pub fn line(&self) -> usize {
         self.line
+    }
+
+    /// The last line a lenient reader set aside because it was cut short, and why it did not
+    /// parse.
+    pub fn cut_line(&self) -> Option<&TraceError> {
+        self.cut.as_ref()
+    }
+
+    /// `cut_line`, owned, once reading is over.
+    pub fn into_cut_line(self) -> Option<TraceError> {
+        self.cut
     }
 
     fn next_event(&mut self) -> Option<Result<Event, TraceError>> {
@@ -84,8 +112,16 @@ impl<R: BufRead> TraceReader<R> {
             if !complete && self.buf.len() > MAX_LINE_BYTES {
                 return Some(Err(TraceError::TooLong { line }));
             }
-            let Ok(text) = std::str::from_utf8(&self.buf) else {
-                return Some(Err(TraceError::NotUtf8 { line }));
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(text) => text,
+                // A character cut in two at the very end: the file stops mid-event.
+                Err(e) if !complete && e.error_len().is_none() => {
+                    return Some(Err(TraceError::Truncated {
+                        line,
+                        message: "a character cut in two".into(),
+                    }))
+                }
+                Err(_) => return Some(Err(TraceError::NotUtf8 { line })),
             };
             let text = text.trim();
             if text.is_empty() {
@@ -148,7 +184,14 @@ impl<R: BufRead> Iterator for TraceReader<R> {
         }
         let item = self.next_event();
         self.failed = matches!(item, Some(Err(_)));
-        item
+        match item {
+            // Without its newline the line is the file's last: a cut tail, not corruption.
+            Some(Err(e @ TraceError::Truncated { .. })) if self.lenient => {
+                self.cut = Some(e);
+                None
+            }
+            item => item,
+        }
     }
 }
 
@@ -172,6 +215,11 @@ impl<W: Write> TraceWriter<W> {
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// The output, to write out what has been buffered (`TraceWriter<Vec<u8>>`).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     pub fn finish(mut self) -> io::Result<W> {
@@ -292,6 +340,57 @@ mod tests {
         );
         // A complete last event without its newline is fine.
         assert!(TraceReader::new(EXIT.as_bytes()).all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn a_lenient_reader_sets_a_cut_last_line_aside_and_keeps_the_lines_before_it() {
+        let input = format!("{EXIT}\n{EXIT}\n{}", &EXIT[..30]);
+        let mut r = TraceReader::lenient(input.as_bytes());
+        let events: Vec<Event> = r.by_ref().collect::<Result<_, _>>().expect("the prefix");
+        assert_eq!(events.len(), 2);
+        let cut = r.cut_line().expect("the cut line is reported").to_string();
+        assert!(
+            cut.starts_with("line 3: the file ends in the middle of an event"),
+            "{cut}"
+        );
+        // A character cut in two is a cut too.
+        let mut bytes = format!("{EXIT}\n{{\"ts_ns\":1,\"comm\":\"").into_bytes();
+        bytes.extend_from_slice(&"é".as_bytes()[..1]);
+        let mut r = TraceReader::lenient(&bytes[..]);
+        assert_eq!(r.by_ref().filter(Result::is_ok).count(), 1);
+        assert!(r.cut_line().is_some());
+        let strict = TraceReader::new(&bytes[..]).find_map(Result::err);
+        assert!(matches!(
+            strict,
+            Some(TraceError::Truncated { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_lenient_reader_still_refuses_bad_lines_that_are_not_a_cut_end() {
+        // In the middle, even when the line looks cut.
+        let mid = format!("{EXIT}\n{}\n{EXIT}\n", &EXIT[..30]);
+        let err = TraceReader::lenient(mid.as_bytes()).find_map(Result::err);
+        assert!(
+            matches!(err, Some(TraceError::Malformed { line: 2, .. })),
+            "{err:?}"
+        );
+        // A whole last event that is wrong, newline or not.
+        let whole = format!("{EXIT}\n{}", EXIT.replace("task_exit", "teleport"));
+        let mut r = TraceReader::lenient(whole.as_bytes());
+        let err = r.by_ref().find_map(Result::err);
+        assert!(
+            matches!(err, Some(TraceError::Malformed { line: 2, .. })),
+            "{err:?}"
+        );
+        assert!(r.cut_line().is_none());
+        // Bytes that are not text at the end are not a cut character.
+        let binary = [EXIT.as_bytes(), b"\n\xff\xfe"].concat();
+        let err = TraceReader::lenient(&binary[..]).find_map(Result::err);
+        assert!(
+            matches!(err, Some(TraceError::NotUtf8 { line: 2 })),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -227,8 +227,22 @@ struct ReplayArgs {
     /// else at the end of the trace.
     #[arg(long, value_name = "OUT")]
     svg: Option<PathBuf>,
+    /// Refuse a trace whose last line is cut short (a recorder stopped mid-write) instead of
+    /// replaying the complete lines before it with a warning.
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     detect: DetectArgs,
+}
+
+impl ReplayArgs {
+    fn reading(&self) -> replay::Reading {
+        if self.strict {
+            replay::Reading::Strict
+        } else {
+            replay::Reading::Lenient
+        }
+    }
 }
 
 /// The agent's config file, applied before the command line is parsed (see `config`).
@@ -278,7 +292,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             if report.lost > 0 {
                 eprintln!(
-                    "faultline: warning: {} events lost (ring buffer full); the trace has gaps",
+                    "faultline: warning: {} events lost (ring buffer full); the trace has gaps, each marked by a `lost` record",
                     report.lost
                 );
             }
@@ -292,7 +306,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Replay(r) if r.html.is_some() || r.svg.is_some() => {
             // Pictures need the graph at each alert: the report module replays for itself.
-            let pictures = report::replay::from_path(&r.file, r.detect.thresholds())?;
+            let pictures = replay::pictures(&r.file, r.reading(), r.detect.thresholds())?;
             if let Some(out) = &r.html {
                 write_file(out, &pictures.html(&r.file.display().to_string()))?;
             }
@@ -307,7 +321,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(r) => {
-            let report = replay::replay_path(&r.file, r.detect.thresholds())?;
+            let report = replay::replay_path(&r.file, r.reading(), r.detect.thresholds())?;
             to_stdout(|out| {
                 if r.json {
                     serde_json::to_writer_pretty(&mut *out, &report)?;

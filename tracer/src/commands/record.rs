@@ -1,20 +1,38 @@
 //! `faultline record`: every event from the live kernel into a trace file (format v1).
+//!
+//! What it promises (see `docs/trace-format.md`): whole lines written at least once a second
+//! (`file`); a write error stops the recording at once, leaving the file on a complete line; a
+//! `lost` record wherever the ring buffer dropped records; on stop, the probes are detached
+//! first and the ring buffer is then drained to empty, within a bound; a second SIGTERM or
+//! SIGINT ends at once.
+
+mod file;
 
 use std::{
-    fs::File,
-    io::BufWriter,
-    path::{Path, PathBuf},
-    time::Duration,
+    path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracer_common::Counter;
 
 use crate::{
-    core::trace::TraceWriter,
+    core::event::{Event, EventKind},
+    kernel::decode::{DecodeError, Decoded},
     kernel::probes::{ProbeOptions, Probes},
-    kernel::stats,
-    kernel::stream::EventStream,
+    kernel::stream::{EventStream, MAX_BATCH},
 };
+
+use self::file::TraceFile;
+
+/// How often buffered lines are written out and the kernel's lost counter is read. Half a second,
+/// so that "at most a second behind" holds even when a tick comes late.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// How long the drain after detaching may take. The detached probes add nothing, so draining
+/// ends when the buffer is empty; this only bounds a consumer too slow to get there.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
 
 pub struct RecordOptions {
     pub output: PathBuf,
@@ -26,15 +44,125 @@ pub struct RecordOptions {
 #[derive(Debug)]
 pub struct RecordReport {
     pub written: u64,
-    /// Records the kernel dropped because the ring buffer was full.
+    /// Records the kernel dropped because the ring buffer was full (each loss is also a `lost`
+    /// record in the trace).
     pub lost: u64,
     /// Records that did not decode (a build mismatch or corruption); skipped.
     pub decode_errors: u64,
 }
 
-fn create(path: &Path) -> Result<TraceWriter<BufWriter<File>>> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(TraceWriter::new(BufWriter::with_capacity(1 << 20, file)))
+/// The recording in progress: the file, and what was counted.
+struct Recorder {
+    out: TraceFile,
+    written: u64,
+    decode_errors: u64,
+    /// The kernel's lost counter when a `lost` record last accounted for it.
+    lost_reported: u64,
+    /// A loss counted but not marked yet: the counter then, and how many records may still
+    /// have been in the ring buffer when it was read. The marker goes after all of them (no
+    /// record from before the gap may follow it): once that many have passed, or once the ring
+    /// buffer has been seen empty.
+    pending_loss: Option<(u64, usize)>,
+    /// The first write error; the recording ends on it.
+    failed: Option<file::WriteError>,
+}
+
+impl Recorder {
+    fn take(&mut self, r: Result<Decoded, DecodeError>) {
+        match r {
+            Ok(d) => self.write(&d.event),
+            Err(e) => {
+                self.decode_errors += 1;
+                if self.decode_errors <= 3 {
+                    log::warn!("skipping record: {e}");
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, event: &Event) {
+        if self.failed.is_some() {
+            return;
+        }
+        match self.out.push(event) {
+            Ok(()) => self.written += 1,
+            Err(e) => self.failed = Some(e),
+        }
+        if let Some((total, left)) = self.pending_loss {
+            match left.checked_sub(1) {
+                Some(left) if left > 0 => self.pending_loss = Some((total, left)),
+                _ => self.lost_up_to(total),
+            }
+        }
+    }
+
+    /// The kernel's lost counter now reads `total`: a marker is due for the difference.
+    fn loss_counted(&mut self, total: u64, ring_records: usize) {
+        let marked = self.pending_loss.map_or(self.lost_reported, |(t, _)| t);
+        if total > marked {
+            self.pending_loss = Some((total, ring_records));
+        }
+    }
+
+    /// The ring buffer was just found empty: every record from before a counted loss is in.
+    fn ring_empty(&mut self) {
+        if let Some((total, _)) = self.pending_loss {
+            self.lost_up_to(total);
+        }
+    }
+
+    /// Writes a `lost` record for what the kernel dropped since the last one.
+    fn lost_up_to(&mut self, lost_total: u64) {
+        self.pending_loss = None;
+        let count = lost_total.saturating_sub(self.lost_reported);
+        if count == 0 || self.failed.is_some() {
+            return;
+        }
+        self.lost_reported = lost_total;
+        let marker = Event {
+            // In time order with what came before: the loss happened after those events.
+            ts_ns: self
+                .out
+                .latest_ts_ns()
+                .unwrap_or_else(crate::kernel::live::monotonic_ns),
+            tid: 0,
+            pid: 0,
+            comm: None,
+            kind: EventKind::Lost { count },
+        };
+        if let Err(e) = self.out.push(&marker) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.failed.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// The write error that ends the recording, if any.
+    fn check(&mut self) -> Result<()> {
+        match self.failed.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lost_counter(probes: &Probes) -> Result<u64> {
+    Ok(probes
+        .counters()
+        .context("reading the kernel's lost-record counter")?
+        .get(Counter::RingbufFull))
+}
+
+/// Records the ring buffer can hold at most: every record takes an 8-byte header and at least 8
+/// bytes of event. Once this many have been read, every record that was in it has.
+fn ring_capacity_records(ring_bytes: u32) -> usize {
+    ring_bytes as usize / 16
 }
 
 pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
@@ -46,11 +174,23 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
         uffd_ioctls: crate::kernel::probes::IoctlHooks::Always,
         ..opts.probes.clone()
     };
+    let ring_records = ring_capacity_records(probe_opts.ring_bytes);
     let mut probes = Probes::load(&probe_opts)?;
     // Created only once the probes are up, so a failed start leaves no empty trace behind.
-    let mut writer = create(&opts.output)?;
-    let before = stats::snapshot(&probes)?;
+    let out = TraceFile::create(&opts.output)
+        .with_context(|| format!("cannot create {}", opts.output.display()))?;
+    let lost_before = lost_counter(&probes)?;
+    let mut rec = Recorder {
+        out,
+        written: 0,
+        decode_errors: 0,
+        lost_reported: lost_before,
+        pending_loss: None,
+        failed: None,
+    };
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     eprintln!(
         "faultline: recording to {} (probes: {}){}",
         opts.output.display(),
@@ -60,25 +200,6 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
             .unwrap_or_else(|| ", Ctrl-C to stop".into())
     );
 
-    let mut decode_errors = 0u64;
-    let mut io_error: Option<std::io::Error> = None;
-    let mut handle =
-        |r: Result<crate::kernel::decode::Decoded, crate::kernel::decode::DecodeError>| match r {
-            Ok(d) => {
-                if io_error.is_none() {
-                    if let Err(e) = writer.write(&d.event) {
-                        io_error = Some(e);
-                    }
-                }
-            }
-            Err(e) => {
-                decode_errors += 1;
-                if decode_errors <= 3 {
-                    log::warn!("skipping record: {e}");
-                }
-            }
-        };
-
     let deadline = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -86,30 +207,79 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
         }
     };
     tokio::pin!(deadline);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            r = stream.next_batch(&mut handle) => { r.context("reading the ring buffer")?; }
+            r = stream.next_batch(|r| rec.take(r)) => {
+                if r.context("reading the ring buffer")? < MAX_BATCH {
+                    rec.ring_empty();
+                }
+            }
+            _ = tick.tick() => {
+                // A quiet ring buffer wakes nothing: look here whether it is empty.
+                if stream.drain_now(|r| rec.take(r)) < MAX_BATCH {
+                    rec.ring_empty();
+                }
+                rec.loss_counted(lost_counter(&probes)?, ring_records);
+                rec.flush();
+            }
             _ = &mut deadline => break,
-            _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
         }
+        rec.check()?;
     }
-    // Everything still buffered belongs to the trace: drain in bounded batches until empty.
-    while stream.drain_now(&mut handle) > 0 {}
-    if let Some(e) = io_error {
-        return Err(e).with_context(|| format!("writing {}", opts.output.display()));
-    }
-    let written = writer.written();
-    writer
-        .finish()
-        .with_context(|| format!("flushing {}", opts.output.display()))?;
-    let lost = stats::snapshot(&probes)?.since(&before).lost();
+
+    // Stop: count the last losses while the counters can still be read, then detach every
+    // program (dropping them does), so the drain below has an end. A record dropped in the
+    // instant between reading the counter and detaching is not counted (`Probes` offers no
+    // detach that keeps its maps readable).
+    let lost_total = lost_counter(&probes)?;
     drop(probes);
+    let stop = stop_draining(&mut stream, &mut rec, &mut sigterm, &mut sigint).await;
+    rec.check()?;
+    rec.lost_up_to(lost_total);
+    rec.flush();
+    rec.check()?;
+    stop?;
     Ok(RecordReport {
-        written,
-        lost,
-        decode_errors,
+        written: rec.written,
+        lost: lost_total.saturating_sub(lost_before),
+        decode_errors: rec.decode_errors,
     })
 }
+
+/// Drains the detached ring buffer to empty, within `DRAIN_BOUND`; a second SIGTERM or SIGINT
+/// ends it at once. What was drained is kept either way.
+async fn stop_draining(
+    stream: &mut EventStream,
+    rec: &mut Recorder,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let got = stream.drain_now(|r| rec.take(r));
+        if got < MAX_BATCH || rec.failed.is_some() {
+            return Ok(());
+        }
+        if started.elapsed() > DRAIN_BOUND {
+            anyhow::bail!(
+                "the ring buffer was still not empty {} after stopping; the trace ends at its \
+                 last complete line without the rest",
+                humantime::format_duration(DRAIN_BOUND)
+            );
+        }
+        // Between batches, a second signal (checked without waiting) ends the drain.
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => anyhow::bail!(SECOND_SIGNAL),
+            _ = sigint.recv() => anyhow::bail!(SECOND_SIGNAL),
+            _ = tokio::task::yield_now() => {}
+        }
+    }
+}
+
+const SECOND_SIGNAL: &str = "stopped by a second signal before the ring buffer was drained; the \
+                             trace ends at its last complete line without the rest";

@@ -6,27 +6,9 @@ use std::fmt::Write as _;
 use crate::core::detect::{Alert, Confidence, Severity};
 
 use super::{
-    scene::{short_duration, Scene},
-    svg::WAIT_CLASSES,
+    scene::Scene,
+    text::{escape, short_duration, WAIT_CLASSES},
 };
-
-/// Text for HTML and SVG, in element content and in quoted attributes alike.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            // Control characters (a comm can hold them) would make the document invalid XML.
-            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// The page style sheet (the pictures carry their own, see `svg::STYLE`).
 pub const PAGE_STYLE: &str = r#"

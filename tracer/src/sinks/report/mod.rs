@@ -6,13 +6,15 @@
 //!   engine's graph or a `diagnose` snapshot;
 //! - `svg`: the scene laid out (layout-rs) and drawn;
 //! - `timeline`: who held what while whom waited;
-//! - `html`: shared page parts; `page`: the live page; `replay`: `replay --html/--svg`.
+//! - `html`: shared page parts; `page`: the live page; `replay`: `replay --html/--svg`;
+//! - `text`: escaping, short durations and wait classes, shared by `html`, `svg` and the rest.
 
 pub mod html;
 pub mod page;
 pub mod replay;
 pub mod scene;
 pub mod svg;
+pub mod text;
 pub mod timeline;
 
 #[cfg(test)]
@@ -24,6 +26,7 @@ use crate::core::{detect::Alert, diagnosis::Diagnosis, views::GraphView};
 
 use self::{
     scene::{Scene, MAX_NODES},
+    text::escape,
     timeline::Timeline,
 };
 

@@ -17,9 +17,10 @@ use crate::{
 };
 
 use super::{
-    html::{self, escape},
-    scene::{short_duration, Scene, MAX_NODES},
+    html,
+    scene::{Scene, MAX_NODES},
     svg,
+    text::{escape, short_duration},
 };
 
 /// Alerts listed on the page, newest first (all of them stay at /api/alerts).

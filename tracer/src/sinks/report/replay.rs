@@ -1,29 +1,20 @@
-//! `faultline replay --html/--svg`: a trace replayed into pictures. The engine runs once to find
-//! the alerts and the graph at each; the trace is read a second time to draw the timeline of
-//! the tasks involved (a file is read twice; standard input is kept in memory).
+//! `faultline replay --html/--svg`: a replayed trace drawn. The replay driver
+//! (`commands::replay`) hands over each alert with the graph when it was raised, the graph at
+//! the end, and the events again for the timeline of the tasks involved; this module only draws.
 
-use std::{
-    collections::BTreeSet,
-    fmt::Write as _,
-    fs::File,
-    io::{self, BufReader},
-    path::Path,
-};
-
-use anyhow::{Context as _, Result};
+use std::{collections::BTreeSet, fmt::Write as _};
 
 use crate::{
-    core::detect::{Alert, AlertKind, Severity, Thresholds},
+    core::detect::{Alert, AlertKind, Severity},
     core::engine::Engine,
-    core::event::Event,
-    core::trace::TraceReader,
     core::views::GraphView,
 };
 
 use super::{
-    html::{self, escape},
-    scene::{short_duration, Scene, MAX_NODES},
+    html,
+    scene::{Scene, MAX_NODES},
     svg,
+    text::{escape, short_duration},
     timeline::{Timeline, TimelineBuilder},
 };
 
@@ -40,41 +31,26 @@ pub struct AlertPicture {
     pub view: GraphView,
 }
 
+impl AlertPicture {
+    /// The alerts `engine` just raised, each with the graph now, as the agent's incident files
+    /// keep it.
+    pub fn at(engine: &Engine, alerts: Vec<Alert>) -> impl Iterator<Item = Self> + '_ {
+        alerts.into_iter().map(|alert| Self {
+            alert,
+            view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
+        })
+    }
+}
+
 pub struct Pictures {
     pub events: u64,
     pub first_ts_ns: u64,
+    /// Records lost while recording (the trace's `lost` records).
+    pub lost: u64,
     pub alerts: Vec<AlertPicture>,
     /// The graph at the end of the trace.
     pub end_view: GraphView,
     pub timeline: Timeline,
-}
-
-fn run_engine(
-    events: impl Iterator<Item = Result<Event>>,
-    thresholds: Thresholds,
-) -> Result<(u64, u64, Vec<AlertPicture>, GraphView)> {
-    let mut engine = Engine::new(thresholds);
-    let mut first = None;
-    let mut pictures = Vec::new();
-    let mut take = |engine: &Engine, alerts: Vec<Alert>| {
-        // The graph at the moment of each alert, as the agent's incident files keep it.
-        for alert in alerts {
-            pictures.push(AlertPicture {
-                alert,
-                view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
-            });
-        }
-    };
-    for ev in events {
-        let ev = ev?;
-        first.get_or_insert(ev.ts_ns);
-        let alerts = engine.apply(&ev);
-        take(&engine, alerts);
-    }
-    let alerts = engine.check();
-    take(&engine, alerts);
-    let end = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
-    Ok((engine.events(), first.unwrap_or(0), pictures, end))
 }
 
 fn involved(alerts: &[AlertPicture], end: &GraphView) -> BTreeSet<u32> {
@@ -91,16 +67,8 @@ fn involved(alerts: &[AlertPicture], end: &GraphView) -> BTreeSet<u32> {
     tids
 }
 
-fn timeline(
-    events: impl Iterator<Item = Result<Event>>,
-    tids: BTreeSet<u32>,
-    alerts: &[AlertPicture],
-) -> Result<Timeline> {
-    let mut b = TimelineBuilder::new(tids);
-    for ev in events {
-        b.apply(&ev?);
-    }
-    // One mark per moment, named after its most severe alert.
+/// One mark per moment of detection, named after its most severe alert.
+fn marks(alerts: &[AlertPicture]) -> Vec<(u64, String)> {
     let mut marks: Vec<(u64, String)> = Vec::new();
     for group in alerts.chunk_by(|a, b| a.alert.ts_ns == b.alert.ts_ns) {
         let worst = group
@@ -115,41 +83,35 @@ fn timeline(
         };
         marks.push((group[0].alert.ts_ns, format!("{worst}{more}")));
     }
-    Ok(b.finish(marks))
-}
-
-fn read_events(path: &Path) -> Result<impl Iterator<Item = Result<Event>>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let name = path.display().to_string();
-    Ok(TraceReader::new(BufReader::new(file)).map(move |r| r.with_context(|| name.clone())))
-}
-
-/// Replays `path` (`-`: standard input) into pictures.
-pub fn from_path(path: &Path, thresholds: Thresholds) -> Result<Pictures> {
-    let (events, first_ts_ns, alerts, end_view, timeline) = if path == Path::new("-") {
-        let all: Vec<Event> = TraceReader::new(io::stdin().lock())
-            .collect::<Result<_, _>>()
-            .context("<stdin>")?;
-        let (n, first, alerts, end) = run_engine(all.iter().cloned().map(Ok), thresholds)?;
-        let tids = involved(&alerts, &end);
-        let tl = timeline(all.into_iter().map(Ok), tids, &alerts)?;
-        (n, first, alerts, end, tl)
-    } else {
-        let (n, first, alerts, end) = run_engine(read_events(path)?, thresholds)?;
-        let tids = involved(&alerts, &end);
-        let tl = timeline(read_events(path)?, tids, &alerts)?;
-        (n, first, alerts, end, tl)
-    };
-    Ok(Pictures {
-        events,
-        first_ts_ns,
-        alerts,
-        end_view,
-        timeline,
-    })
+    marks
 }
 
 impl Pictures {
+    /// What draws the timeline from the second pass over the events: the tasks of the alerts
+    /// (or, without alerts, of the graph at the end).
+    pub fn timeline_builder(alerts: &[AlertPicture], end_view: &GraphView) -> TimelineBuilder {
+        TimelineBuilder::new(involved(alerts, end_view))
+    }
+
+    pub fn new(
+        events: u64,
+        first_ts_ns: u64,
+        lost: u64,
+        alerts: Vec<AlertPicture>,
+        end_view: GraphView,
+        timeline: TimelineBuilder,
+    ) -> Self {
+        let timeline = timeline.finish(marks(&alerts));
+        Self {
+            events,
+            first_ts_ns,
+            lost,
+            alerts,
+            end_view,
+            timeline,
+        }
+    }
+
     /// The graph `--svg` draws: at the first deadlock, else at the last alert, else at the end.
     pub fn main_view(&self) -> &GraphView {
         self.alerts
@@ -165,6 +127,18 @@ impl Pictures {
             &Scene::from_view(self.main_view())
                 .grouped(&BTreeSet::new())
                 .capped(MAX_NODES),
+        )
+    }
+
+    /// Records lost while recording, said above everything that may rest on them.
+    fn loss_note(&self) -> String {
+        if self.lost == 0 {
+            return String::new();
+        }
+        format!(
+            "<p class=\"hidden-note\" id=\"lost\">{} records were lost while recording (the ring \
+             buffer was full): alerts after a loss may rest on missing records.</p>",
+            self.lost
         )
     }
 
@@ -186,7 +160,7 @@ impl Pictures {
             write!(
             body,
             "<section id=\"summary\"><h2>Summary</h2><p>{} events replayed from <code>{}</code>, \
-             {} alert(s){}, trace time {}.</p><details class=\"members\"{}><summary>every alert \
+             {} alert(s){}, trace time {}.</p>{}<details class=\"members\"{}><summary>every alert \
              with its explanation</summary>{}</details></section>",
             self.events,
             escape(source),
@@ -197,6 +171,7 @@ impl Pictures {
                 format!(" ({})", counts.join(", "))
             },
             short_duration(self.timeline.end_ns.saturating_sub(self.first_ts_ns)),
+            self.loss_note(),
             if self.alerts.len() <= FOLD_ALERTS { " open" } else { "" },
             html::alerts_table(self.alerts.iter().map(|a| &a.alert), |a| self.rel(a.ts_ns))
         );

@@ -22,8 +22,8 @@ use layout::{
 };
 
 use super::{
-    html::escape,
     scene::{Node, Scene, SceneEdge},
+    text::{escape, wait_class},
 };
 
 /// Width of a monospace character and height of a line, in px at the label font size (12px).
@@ -35,22 +35,6 @@ const EDGE_LABEL_SIZE: usize = 7;
 /// Line colour that marks an edge label as part of a cycle (layout-rs passes only the style).
 const CYCLE_RGBA: u32 = 0xc6_28_28_ff;
 const PLAIN_RGBA: u32 = 0x44_44_44_ff;
-
-/// The wait-time classes blocked boxes are coloured by, with their upper bounds.
-pub const WAIT_CLASSES: [(&str, u64, &str); 4] = [
-    ("w0", 100_000_000, "< 100ms"),
-    ("w1", 1_000_000_000, "< 1s"),
-    ("w2", 10_000_000_000, "< 10s"),
-    ("w3", u64::MAX, "≥ 10s"),
-];
-
-pub fn wait_class(ns: u64) -> &'static str {
-    WAIT_CLASSES
-        .iter()
-        .find(|(_, upto, _)| ns < *upto)
-        .map(|(c, _, _)| *c)
-        .unwrap_or("w3")
-}
 
 /// The style sheet of every picture (embedded in each SVG so a lone file looks the same).
 pub const STYLE: &str = r#"

@@ -13,7 +13,7 @@ use super::{
     html,
     page::expand_set,
     scene::{EdgeKind, Scene},
-    svg,
+    svg, text,
     timeline::{BarKind, TimelineBuilder},
 };
 
@@ -161,7 +161,7 @@ fn names_with_markup_are_escaped_everywhere() {
     assert!(drawn.contains("&lt;b&gt;&amp;&quot;x&#39;"), "{drawn}");
     assert!(page.contains("deadlock of &lt;b&gt;&amp;&quot;x&#39;"));
     assert_eq!(
-        html::escape("a\u{1}b"),
+        text::escape("a\u{1}b"),
         "a\u{fffd}b",
         "no control characters in XML"
     );

@@ -13,7 +13,7 @@ use crate::{
     core::views::GraphView,
 };
 
-use super::{html::escape, scene::short_duration};
+use super::text::{escape, short_duration};
 
 /// Rows drawn at most; a report about more tasks than this is about a convoy, and the graph
 /// (with its groups) tells that story better.
