@@ -26,7 +26,6 @@ use crate::core::{detect::Alert, diagnosis::Diagnosis, views::GraphView};
 
 use self::{
     scene::{Scene, MAX_NODES},
-    text::escape,
     timeline::Timeline,
 };
 
