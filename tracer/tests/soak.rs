@@ -661,3 +661,49 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
     assert!(status.success(), "the agent exits cleanly after the soak");
     assert!(failures.is_empty(), "soak failed:\n{}", failures.join("\n"));
 }
+
+/// The soak's judgement on made-up incidents (no kernel): what counts as the test's own, what
+/// is unrelated, what is another process's business.
+#[test]
+fn the_judgement_is_scoped_to_the_tests_own_processes() {
+    let ours = Ours {
+        run_of_pid: [(100, 0), (200, 1)].into(),
+        run_of_tid: [(101, 0), (102, 0)].into(),
+        churn_pid: 300,
+    };
+    let task = |pid: u64, comm: &str| Some((pid, comm.to_owned()));
+    let incident = |tasks: Vec<(u64, Option<(u64, String)>)>| Incident {
+        file: String::new(),
+        kind: "deadlock".into(),
+        tids: tasks.iter().map(|(t, _)| *t).collect(),
+        summary: String::new(),
+        tasks,
+        waits_on_mm_of: BTreeMap::new(),
+    };
+    // A run's task whose process had exited by the time the incident was written (no pid in
+    // the graph) is still the run's.
+    let exited = incident(vec![(100, task(100, "faultline-scena")), (101, None)]);
+    assert!(involves_ours(&exited, &ours));
+    assert_eq!(unrelated(&exited, &ours), None);
+    // A task nobody can name is unrelated.
+    let unknown = incident(vec![(100, task(100, "faultline-scena")), (999, None)]);
+    assert!(unrelated(&unknown, &ours).is_some_and(|w| w.contains("999")));
+    // Two runs in one alert are unrelated; so are a run and stress-ng.
+    let two_runs = incident(vec![(100, task(100, "a")), (200, task(200, "b"))]);
+    assert!(unrelated(&two_runs, &ours).is_some());
+    let with_stress = incident(vec![
+        (100, task(100, "a")),
+        (500, task(500, "stress-ng-mprot")),
+    ]);
+    assert!(unrelated(&with_stress, &ours).is_some());
+    // ... unless the head really waits on the other's mm (a reader of a convoy's /proc).
+    let mut reader = incident(vec![(600, task(600, "ps")), (100, task(100, "a"))]);
+    reader.waits_on_mm_of.insert(600, 100);
+    assert_eq!(unrelated(&reader, &ours), None);
+    // Another process of the host, alone or with others of the host: not the soak's business.
+    let host = incident(vec![(700, task(700, "rustc")), (701, task(702, "cc1"))]);
+    assert!(!involves_ours(&host, &ours));
+    // The churn's children are known by their comm.
+    let churn = incident(vec![(800, task(800, "faultline-scena"))]);
+    assert!(involves_ours(&churn, &ours));
+}
