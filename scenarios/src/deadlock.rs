@@ -45,7 +45,7 @@ pub(crate) fn uffd_deadlock(
     // This thread does UFFDIO_API and REGISTER: it is the userfaultfd's handler.
     let (fd, region) = uffd_with_page()?;
     let handler_tid = gettid();
-    let (file, dup, path) = shared_shm_file("deadlock")?;
+    let (file, dup) = shared_shm_file("deadlock")?;
     let result = (|| -> Result<DeadlockReport> {
         let src = region.addr as usize;
         let holder_tid = Arc::new(AtomicU64::new(0));
@@ -148,6 +148,5 @@ pub(crate) fn uffd_deadlock(
     })();
     // SAFETY: our own fd.
     unsafe { libc::close(fd) };
-    let _ = std::fs::remove_file(&path);
     result.map(|_| ())
 }

@@ -22,16 +22,7 @@ pub(crate) struct WritersReport {
 }
 
 pub(crate) fn file_writers(mib: usize, fresh_source: bool) -> Result<()> {
-    let path = format!("/dev/shm/faultline-scenario-{}", std::process::id());
-    let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| path.clone())?,
-    );
+    let file = Arc::new(unlinked_shm_file("scenario")?);
     let result = (|| -> Result<WritersReport> {
         let fresh = if fresh_source {
             Some(Arc::new(Mapping::new(mib << 20)?))
@@ -101,7 +92,6 @@ pub(crate) fn file_writers(mib: usize, fresh_source: bool) -> Result<()> {
             waiter,
         })
     })();
-    let _ = std::fs::remove_file(&path);
     println!("{}", serde_json::to_string(&result?)?);
     Ok(())
 }

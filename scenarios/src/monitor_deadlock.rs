@@ -145,7 +145,7 @@ pub(crate) fn uffd_monitor_deadlock(
     if done < 0 {
         bail!("eventfd: {}", std::io::Error::last_os_error());
     }
-    let (file, log, path) = shared_shm_file("monitor-deadlock")?;
+    let (file, log) = shared_shm_file("monitor-deadlock")?;
     let result = (|| -> Result<()> {
         let (monitor, monitor_tid) = spawn_named("md-monitor", move || -> Result<()> {
             use std::io::Write as _;
@@ -247,6 +247,5 @@ pub(crate) fn uffd_monitor_deadlock(
         libc::close(fd);
         libc::close(done);
     }
-    let _ = std::fs::remove_file(&path);
     result
 }

@@ -232,7 +232,7 @@ pub(crate) fn uffd_chain(hold_ms: u64, until_stdin_closes: bool) -> Result<()> {
         libc_sleep_ms(hold_ms.min(60_000) + 5_000);
         unsafe { libc::_exit(0) };
     }
-    let (file, dup, path) = shared_shm_file("chain")?;
+    let (file, dup) = shared_shm_file("chain")?;
     let result = (|| -> Result<ChainReport> {
         let src = region.addr as usize;
         let holder_tid = Arc::new(AtomicU64::new(0));
@@ -302,7 +302,6 @@ pub(crate) fn uffd_chain(hold_ms: u64, until_stdin_closes: bool) -> Result<()> {
         libc::waitpid(monitor, ptr::null_mut(), 0);
         libc::close(fd);
     }
-    let _ = std::fs::remove_file(&path);
     result.map(|_| ())
 }
 

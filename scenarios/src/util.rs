@@ -188,8 +188,19 @@ pub(crate) fn libc_sleep_ms(ms: u64) {
 
 /// A file in /dev/shm opened twice as one open file (a second descriptor from `dup`): a
 /// write() through either takes the same f_pos_lock, the mutex the uffd workloads hang on.
-/// Returns the path too, for the caller to remove when done.
-pub(crate) fn shared_shm_file(name: &str) -> Result<(std::fs::File, std::fs::File, String)> {
+/// The name is removed as soon as the file is open: the open descriptors keep it alive for as
+/// long as the workload needs it, and a workload killed at any point (a test's timeout, a
+/// SIGKILL) leaves nothing behind in /dev/shm.
+pub(crate) fn shared_shm_file(name: &str) -> Result<(std::fs::File, std::fs::File)> {
+    use anyhow::Context as _;
+    let file = unlinked_shm_file(name)?;
+    let dup = file.try_clone().context("dup")?;
+    Ok((file, dup))
+}
+
+/// A new file in /dev/shm, open read-write, whose name is already gone (see
+/// `shared_shm_file`).
+pub(crate) fn unlinked_shm_file(name: &str) -> Result<std::fs::File> {
     use anyhow::Context as _;
     let path = format!("/dev/shm/faultline-{name}-{}", std::process::id());
     let file = std::fs::OpenOptions::new()
@@ -199,6 +210,6 @@ pub(crate) fn shared_shm_file(name: &str) -> Result<(std::fs::File, std::fs::Fil
         .write(true)
         .open(&path)
         .with_context(|| path.clone())?;
-    let dup = file.try_clone().context("dup")?;
-    Ok((file, dup, path))
+    std::fs::remove_file(&path).with_context(|| format!("unlinking {path}"))?;
+    Ok(file)
 }

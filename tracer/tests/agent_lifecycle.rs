@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{instance, require_root, scenario_lingering, Faultline, FAULTLINE};
+use common::{
+    instance, kill_scenario, require_root, scenario_lingering, shm_files_of, Faultline, FAULTLINE,
+};
 
 /// BPF object ids (`prog_id:` / `link_id:` lines) among the open fds of process `pid`.
 fn bpf_ids(pid: u32, key: &str) -> Vec<u32> {
@@ -44,6 +46,37 @@ fn bpf_object_exists(cmd: libc::c_long, id: u32) -> bool {
         return true;
     }
     std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+}
+
+/// The scheduler state of task `tid` of process `pid` (`R`, `S`, `D`, ...), from /proc.
+fn task_state(pid: u64, tid: u64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // "tid (comm) S ...": the comm may hold spaces and parentheses, the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Polls (for up to 10 s) until task `tid` has slept uninterruptibly (`D`: a mutex wait) for
+/// `for_at_least` without a break, as the kernel reports it. Returns the states seen if it
+/// never did.
+fn asleep_on_a_lock(pid: u64, tid: u64, for_at_least: Duration) -> Result<(), Vec<char>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut since: Option<Instant> = None;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let state = task_state(pid, tid).unwrap_or('?');
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        if state == 'D' {
+            if since.get_or_insert_with(Instant::now).elapsed() >= for_at_least {
+                return Ok(());
+            }
+        } else {
+            since = None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Err(seen)
 }
 
 fn agent(state: &Path, extra: &[&str]) -> (Faultline, String) {
@@ -107,15 +140,20 @@ fn sigterm_and_sigint_flush_incidents_and_exit_within_a_second() {
             ],
         );
         // Thread A waits on a userfaultfd while holding a file's f_pos mutex; B waits for it.
-        let (mut chain, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "4000"]);
+        let (mut chain, r) = scenario_lingering(&["uffd-chain", "--hold-ms", "10000"]);
         let waiter = r["waiter_tid"].as_u64().expect("waiter tid");
-        thread::sleep(Duration::from_millis(600));
+        // The signal goes once the kernel shows the waiter asleep on the mutex for longer
+        // than the stall threshold: from then on, the flush at exit must raise the stall.
+        let pid = r["pid"].as_u64().expect("chain pid");
+        let waited = asleep_on_a_lock(pid, waiter, Duration::from_millis(250));
         let sent = Instant::now();
         agent.signal(signal);
         let status = agent.wait_exit(Duration::from_secs(5));
         let took = sent.elapsed();
-        let _ = chain.kill();
-        let _ = chain.wait();
+        kill_scenario(&mut chain);
+        if let Err(states) = waited {
+            panic!("{name}: within 10 s the waiter {waiter} never slept on the lock for 250 ms (states seen: {states:?})");
+        }
         assert!(status.success(), "{name}: clean exit, got {status}");
         assert!(took < Duration::from_secs(1), "{name}: exit took {took:?}");
         let lines = agent.lines();
@@ -180,5 +218,29 @@ fn after_sigkill_no_program_or_link_of_the_agent_is_left() {
             "left behind after SIGKILL: programs {left_progs:?}, links {left_links:?}"
         );
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn scenarios_leave_nothing_in_dev_shm_while_running_or_when_killed() {
+    if !require_root("scenarios_leave_nothing_in_dev_shm_while_running_or_when_killed") {
+        return;
+    }
+    // The workloads that share a file in /dev/shm between threads (f_pos_lock): the name is
+    // gone as soon as the file is open, so a workload killed mid-run (SIGKILL from a test's
+    // timeout) cannot leave it behind.
+    for args in [
+        &["uffd-chain", "--hold-ms", "10000"][..],
+        &["uffd-deadlock", "--hold-ms", "10000"][..],
+        &["uffd-monitor-deadlock", "--hold-ms", "10000"][..],
+    ] {
+        let (mut child, _) = scenario_lingering(args);
+        let pid = child.id();
+        let running = shm_files_of(pid);
+        kill_scenario(&mut child);
+        assert!(
+            running.is_empty(),
+            "{args:?}: its /dev/shm file has a name while it runs: {running:?}"
+        );
     }
 }

@@ -510,6 +510,109 @@ fn arb_event() -> impl Strategy<Value = (u64, u32, EventKind)> {
     (0u64..400, tid, kind)
 }
 
+/// The test's own oracle for "these tasks are one deadlock", independent of the detector's
+/// cycle search (Tarjan's SCCs in `core/src/graph.rs`): from the graph's plain (from, to)
+/// pairs, the transitive closure by Warshall's algorithm; a deadlock is a set of at least two
+/// tasks that all reach one another and that no other task both reaches and is reached from
+/// (a whole strongly connected component, not a piece of one).
+fn is_whole_cycle(edges: &[(u32, u32)], set: &BTreeSet<u32>) -> Result<(), String> {
+    let nodes: Vec<u32> = edges
+        .iter()
+        .flat_map(|&(a, b)| [a, b])
+        .chain(set.iter().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let at = |t: u32| nodes.iter().position(|&n| n == t).unwrap_or(usize::MAX);
+    let n = nodes.len();
+    let mut reach = vec![vec![false; n]; n];
+    for &(a, b) in edges {
+        reach[at(a)][at(b)] = true;
+    }
+    for k in 0..n {
+        for i in 0..n {
+            for j in 0..n {
+                if reach[i][k] && reach[k][j] {
+                    reach[i][j] = true;
+                }
+            }
+        }
+    }
+    if set.len() < 2 {
+        return Err(format!("{set:?}: a deadlock needs two tasks"));
+    }
+    for &a in set {
+        for &b in set {
+            if a != b && !reach[at(a)][at(b)] {
+                return Err(format!("{set:?}: {a} does not reach {b} over {edges:?}"));
+            }
+        }
+    }
+    let first = at(*set.iter().next().unwrap_or(&0));
+    for (i, &t) in nodes.iter().enumerate() {
+        if !set.contains(&t) && reach[first][i] && reach[i][first] {
+            return Err(format!(
+                "{set:?}: {t} is in the same cycle but not in the alert"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn edge_pairs(engine: &Engine) -> Vec<(u32, u32)> {
+    engine.graph().all_edges().map(|e| (e.from, e.to)).collect()
+}
+
+#[test]
+fn the_cycle_oracle_tells_whole_cycles_from_pieces_and_chains() {
+    // The oracle itself, on graphs whose answer is known by hand.
+    let edges = [(1, 2), (2, 3), (3, 1), (4, 1), (5, 6)];
+    assert!(is_whole_cycle(&edges, &[1, 2, 3].into()).is_ok());
+    assert!(is_whole_cycle(&edges, &[1, 2].into()).is_err(), "a piece");
+    assert!(
+        is_whole_cycle(&edges, &[1, 2, 3, 4].into()).is_err(),
+        "4 only waits"
+    );
+    assert!(is_whole_cycle(&edges, &[5, 6].into()).is_err(), "a chain");
+}
+
+/// A functional waits-for graph: task `i + 1` waits for a mutex owned by `owners[i]` (or runs
+/// when `None`). Each task waits for one owner, so its deadlocks are exactly the loops found by
+/// following owners, which the test computes itself.
+fn arb_owners() -> impl Strategy<Value = Vec<Option<u32>>> {
+    (2usize..9)
+        .prop_flat_map(|n| prop::collection::vec(prop::option::weighted(0.8, 1..=n as u32), n))
+}
+
+fn expected_loops(owners: &[Option<u32>]) -> BTreeSet<BTreeSet<u32>> {
+    let next = |t: u32| -> Option<u32> {
+        owners
+            .get(t as usize - 1)
+            .copied()
+            .flatten()
+            .filter(|&o| o != t)
+    };
+    let mut loops = BTreeSet::new();
+    for start in 1..=owners.len() as u32 {
+        // Walk at most n steps; a task met twice closes a loop, which holds `start` only when
+        // the walk comes back to it.
+        let mut path = vec![start];
+        let mut cur = start;
+        while let Some(o) = next(cur) {
+            if o == start {
+                loops.insert(path.iter().copied().collect());
+                break;
+            }
+            if path.contains(&o) {
+                break;
+            }
+            path.push(o);
+            cur = o;
+        }
+    }
+    loops
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -523,16 +626,46 @@ proptest! {
             ts += dt_ms * MS;
             let ev = Event { ts_ns: ts, tid, pid: 1, comm: None, kind };
             let alerts = engine.apply(&ev);
-            let cycles: Vec<BTreeSet<u32>> =
-                engine.graph().cycles().into_iter().map(|c| c.into_iter().collect()).collect();
+            let edges = edge_pairs(&engine);
             for a in alerts.iter().filter(|a| a.kind == AlertKind::Deadlock) {
-                prop_assert!(cycles.contains(&tid_set(a)), "deadlock {:?} is not a cycle of {:?}", a, cycles);
+                let verdict = is_whole_cycle(&edges, &tid_set(a));
+                prop_assert!(verdict.is_ok(), "deadlock {:?}: {:?}", a, verdict);
             }
         }
-        for a in engine.check().iter().filter(|a| a.kind == AlertKind::Deadlock) {
-            let cycles: Vec<BTreeSet<u32>> =
-                engine.graph().cycles().into_iter().map(|c| c.into_iter().collect()).collect();
-            prop_assert!(cycles.contains(&tid_set(a)));
+        let alerts = engine.check();
+        let edges = edge_pairs(&engine);
+        for a in alerts.iter().filter(|a| a.kind == AlertKind::Deadlock) {
+            let verdict = is_whole_cycle(&edges, &tid_set(a));
+            prop_assert!(verdict.is_ok(), "deadlock {:?}: {:?}", a, verdict);
         }
+    }
+
+    #[test]
+    fn mutex_waits_alert_exactly_the_loops_of_who_waits_for_whom(owners in arb_owners()) {
+        let mut t = Trace::new();
+        t.at(0);
+        for (i, owner) in owners.iter().enumerate() {
+            let Some(owner) = owner.filter(|&o| o != i as u32 + 1) else { continue };
+            // One mutex per owner: the owner holds it, the waiter sleeps on it.
+            t.push(
+                i as u32 + 1,
+                100,
+                EventKind::LockWaitBegin {
+                    lock: Addr(MUTEX.0 + u64::from(owner) * 0x40),
+                    lock_type: LockType::Mutex,
+                    owner_tid: Some(owner),
+                    mm: None,
+                },
+            );
+        }
+        // Past the deadlock confirmation (1 s by default).
+        t.tick(1500);
+        let alerts = run(&t);
+        let got: BTreeSet<BTreeSet<u32>> =
+            of_kind(&alerts, AlertKind::Deadlock).into_iter().map(tid_set).collect();
+        let want = expected_loops(&owners);
+        prop_assert_eq!(&got, &want, "owners {:?}: {:#?}", owners, alerts);
+        // Each loop is alerted once.
+        prop_assert_eq!(of_kind(&alerts, AlertKind::Deadlock).len(), want.len());
     }
 }

@@ -10,12 +10,21 @@
 //! - in a loop, the project's read-write-read convoy, a userfaultfd stall and a real deadlock
 //!   that the scenario's own watchdog releases.
 //!
-//! Then it checks: every convoy, stall and deadlock alerted with exactly its tasks; no alert
-//! mixing tasks of unrelated processes or naming a task the graph does not know; no blocked task
-//! once the load stops; the agent's RSS, the kernel's task map and the model flat; no event
+//! Then it checks: every convoy, stall and deadlock alerted with exactly its tasks; at most
+//! one round in `MAX_UNFORMED_PER` failing to form its convoy; no alert about the test's own
+//! processes mixing tasks of unrelated processes or naming a task nobody knows; none of the
+//! test's tasks blocked once the load stops; the agent's RSS, every per-task and per-process
+//! kernel map (counted through bpf(2), not the agent's metrics) and the model flat; no event
 //! lost. One report at the end lists every check with its numbers.
+//!
+//! It judges faultline, not its load: stress-ng's exit status is reported, not failed on
+//! (exit 7 only says its own bogo-op counts may be off), and an alert or a blocked task that
+//! involves none of the test's processes (another process on a busy host) is reported apart,
+//! not failed on.
 
 mod common;
+#[path = "common/maps.rs"]
+mod maps;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,6 +34,24 @@ use std::{
 };
 
 use common::{http_get, require_root, scenario, u64_at, u64s, Faultline, SCENARIO};
+use tracer_common::names::map;
+
+/// At most one round in this many may end with its convoy unformed (the read hold ended
+/// before the writer and the late reader queued, even after the scenario's retries): more
+/// means the workload, or the host, no longer reproduces what the soak is meant to check.
+const MAX_UNFORMED_PER: usize = 5;
+
+/// The kernel maps with an entry per task or per process: after the load they must hold no
+/// more than before it, plus `MAP_SLACK` for the host's own live tasks. (Arrays and the ring
+/// buffer have a fixed size.)
+const PER_TASK_MAPS: [&str; 5] = [
+    map::TASK_STATE,
+    map::PROC_FAULTS,
+    map::OWNERS,
+    map::UFFD_BY_MM,
+    map::UFFD_HANDLERS,
+];
+const MAP_SLACK: u64 = 64;
 
 /// How long the mix runs; the suite's default is one minute.
 fn soak_seconds() -> u64 {
@@ -46,12 +73,12 @@ impl Drop for Reaped {
 }
 
 impl Reaped {
-    /// Waits for the child to exit by itself until `deadline`; kills it after that.
-    fn finish(&mut self, deadline: Instant) -> Result<(), String> {
+    /// Waits for the child to exit by itself until `deadline`; kills it after that. `Ok`
+    /// holds how it exited.
+    fn finish(&mut self, deadline: Instant) -> Result<std::process::ExitStatus, String> {
         loop {
             match self.0.try_wait() {
-                Ok(Some(s)) if s.success() => return Ok(()),
-                Ok(Some(s)) => return Err(format!("exited with {s}")),
+                Ok(Some(s)) => return Ok(s),
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
                 Ok(None) => {
                     let _ = self.0.kill();
@@ -77,12 +104,19 @@ struct Run {
     what: &'static str,
     /// The processes of the run: an alert's tasks may span these, and nothing else.
     pids: BTreeSet<u64>,
+    /// The tasks its report names: a task whose process the graph could not name any more
+    /// (it had exited when the incident was written) is still known to be the run's.
+    tids: BTreeSet<u64>,
     expect: Option<Expect>,
+    /// A convoy run whose convoy did not form (nothing to alert; counted against
+    /// `MAX_UNFORMED_PER`).
+    unformed: bool,
 }
 
 /// An alert as written to its incident file, with the pid and comm of each of its tasks from
 /// the graph at detection (`None`: the graph did not know the task).
 struct Incident {
+    file: String,
     kind: String,
     tids: Vec<u64>,
     summary: String,
@@ -121,6 +155,7 @@ fn incidents(dir: &std::path::Path) -> Vec<Incident> {
             .filter_map(|e| Some((e["from"].as_u64()?, e["lock"]["owner_pid"].as_u64()?)))
             .collect();
         out.push(Incident {
+            file: path.display().to_string(),
             waits_on_mm_of,
             kind: alert["kind"].as_str().unwrap_or("?").to_owned(),
             summary: alert["summary"].as_str().unwrap_or("").to_owned(),
@@ -213,12 +248,15 @@ fn scenario_round(runs: &mut Vec<Run>) {
     let r = scenario(&["rwr", "--hold-mib", "1024"]);
     let t_rwr = t0.elapsed();
     let tid = |who: &str| u64_at(&r, &[who, "tid"]);
+    let formed = r["convoy"] == true;
     runs.push(Run {
         what: "rwr convoy",
         pids: [u64_at(&r, &["pid"])].into(),
+        tids: [tid("reader"), tid("writer"), tid("holder")].into(),
+        unformed: !formed,
         // A convoy that did not form (the hold ended first, even after the retries) has
-        // nothing to alert; it is counted in the report.
-        expect: (r["convoy"] == true).then(|| {
+        // nothing to alert; it is counted against MAX_UNFORMED_PER.
+        expect: formed.then(|| {
             Expect::Exactly(
                 "rwr_inversion",
                 vec![tid("reader"), tid("writer"), tid("holder")],
@@ -232,6 +270,8 @@ fn scenario_round(runs: &mut Vec<Run>) {
     runs.push(Run {
         what: "uffd stall",
         pids: [u64_at(&u, &["pid"]), u64_at(&u, &["monitor_pid"])].into(),
+        tids: [faulter, u64_at(&u, &["monitor_tid"]), u64_at(&u, &["pid"])].into(),
+        unformed: false,
         expect: Some(Expect::Chain(
             "uffd_stall",
             faulter,
@@ -246,6 +286,13 @@ fn scenario_round(runs: &mut Vec<Run>) {
     runs.push(Run {
         what: "uffd deadlock",
         pids: [u64_at(&d, &["pid"])].into(),
+        tids: [
+            u64_at(&d, &["pid"]),
+            u64_at(&d, &["holder_tid"]),
+            u64_at(&d, &["handler_tid"]),
+        ]
+        .into(),
+        unformed: false,
         expect: Some(Expect::Cycle(
             "deadlock",
             [u64_at(&d, &["holder_tid"]), u64_at(&d, &["handler_tid"])].into(),
@@ -274,22 +321,61 @@ fn raised(expect: &Expect, all: &[Incident]) -> bool {
     })
 }
 
-/// Why an alert names tasks it should not: a task the graph did not know, or tasks of more
-/// than one unrelated workload (a scenario run, stress-ng, or any other single process). A task
-/// of another process may head the chain when it really waits for the `mmap_lock` of one of the
-/// rest's processes (a `ps` reading a convoy's /proc/PID/cmdline joins that convoy).
-fn unrelated(i: &Incident, family_of_pid: &BTreeMap<u64, usize>) -> Option<String> {
-    let family = |pid: u64, comm: &str| match family_of_pid.get(&pid) {
-        Some(run) => format!("run {run}"),
-        None if comm.starts_with("stress-ng") => "stress-ng".into(),
-        None => format!("pid {pid}"),
-    };
+/// Whose processes the soak started: the scenario runs (by pid, and by tid for tasks that had
+/// exited when the incident was written), stress-ng's (by comm), the churn's.
+struct Ours {
+    run_of_pid: BTreeMap<u64, usize>,
+    run_of_tid: BTreeMap<u64, usize>,
+    churn_pid: u64,
+}
+
+impl Ours {
+    /// The family of a task of the graph at detection: "run N", "stress-ng", "churn", or
+    /// `None` for a process the test did not start.
+    fn family(&self, tid: u64, task: Option<&(u64, String)>) -> Option<String> {
+        match task {
+            Some((pid, _)) if self.run_of_pid.contains_key(pid) => {
+                Some(format!("run {}", self.run_of_pid[pid]))
+            }
+            Some((_, comm)) if comm.starts_with("stress-ng") => Some("stress-ng".into()),
+            // The churn's short-lived children have pids the test never learns; their comm
+            // is the scenario binary's.
+            Some((pid, comm)) if *pid == self.churn_pid || comm.starts_with("faultline-scen") => {
+                Some("churn".into())
+            }
+            _ => self.run_of_tid.get(&tid).map(|run| format!("run {run}")),
+        }
+    }
+
+    /// Whether a graph task (tid, pid, comm) is one of the test's.
+    fn owns(&self, tid: u64, pid: u64, comm: &str) -> bool {
+        self.family(tid, Some(&(pid, comm.to_owned()))).is_some()
+    }
+}
+
+/// Whether an alert is about the test's own processes (it names at least one task of them):
+/// only those are judged.
+fn involves_ours(i: &Incident, ours: &Ours) -> bool {
+    i.tasks
+        .iter()
+        .any(|(tid, task)| ours.family(*tid, task.as_ref()).is_some())
+}
+
+/// Why an alert about the test's processes names tasks it should not: a task nobody can name
+/// (not in the graph, not a task a run reported), or tasks of more than one unrelated workload
+/// (a scenario run, stress-ng, the churn, or any other single process). A task of another
+/// process may head the chain when it really waits for the `mmap_lock` of one of the rest's
+/// processes (a `ps` reading a convoy's /proc/PID/cmdline joins that convoy).
+fn unrelated(i: &Incident, ours: &Ours) -> Option<String> {
     let mut named = Vec::new();
     for (tid, task) in &i.tasks {
-        let Some((pid, comm)) = task else {
-            return Some(format!("task {tid} is not in the graph at detection"));
+        let family = match (ours.family(*tid, task.as_ref()), task) {
+            (Some(f), _) => f,
+            (None, Some((pid, _))) => format!("pid {pid}"),
+            (None, None) => return Some(format!("task {tid} is not in the graph at detection")),
         };
-        named.push((*tid, *pid, family(*pid, comm)));
+        let pid = task.as_ref().map_or(0, |(p, _)| *p);
+        named.push((*tid, pid, family));
     }
     let rest: BTreeSet<&String> = named.iter().skip(1).map(|(_, _, f)| f).collect();
     let rest_pids: BTreeSet<u64> = named.iter().skip(1).map(|(_, p, _)| *p).collect();
@@ -305,6 +391,22 @@ fn unrelated(i: &Incident, family_of_pid: &BTreeMap<u64, usize>) -> Option<Strin
         }
         _ => Some(format!("tasks of {families:?}")),
     }
+}
+
+/// The entries of each per-task map, counted through bpf(2) on the agent's own maps, with
+/// its capacity.
+fn map_entries(agent_pid: u32) -> BTreeMap<&'static str, (u64, u32)> {
+    let counts = maps::map_counts(agent_pid);
+    PER_TASK_MAPS
+        .iter()
+        .map(|name| {
+            let c = counts.get(*name);
+            let entries = c
+                .and_then(|c| c.entries)
+                .unwrap_or_else(|| panic!("the agent holds no hash map {name}: {counts:?}"));
+            (*name, (entries, c.map_or(0, |c| c.max_entries)))
+        })
+        .collect()
 }
 
 #[test]
@@ -333,6 +435,7 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
     );
     let start = Instant::now();
     let baseline = occupancy(agent.pid(), &addr);
+    let maps_before = map_entries(agent.pid());
 
     // The background load ends 15 s before the soak does, so the checks see it stopped.
     let load_seconds = seconds - 15;
@@ -353,29 +456,57 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
     }
     let mut failures = Vec::new();
     let load_end = start + Duration::from_secs(load_seconds + 30);
-    if let Err(e) = stress.finish(load_end) {
-        failures.push(format!("stress-ng: {e}"));
+    // stress-ng's own verdict is reported, never failed on: it says nothing of faultline.
+    let stress_status = match stress.finish(load_end) {
+        Ok(s) => s.to_string(),
+        Err(e) => e,
+    };
+    match churn.finish(load_end + Duration::from_secs(seconds)) {
+        Ok(s) if s.success() => {}
+        Ok(s) => failures.push(format!("churn of {churn_count} processes exited with {s}")),
+        Err(e) => failures.push(format!("churn of {churn_count} processes: {e}")),
     }
-    if let Err(e) = churn.finish(load_end + Duration::from_secs(seconds)) {
-        failures.push(format!("churn of {churn_count} processes: {e}"));
+    let churn_pid = u64::from(churn.0.id());
+    let mut ours = Ours {
+        run_of_pid: BTreeMap::new(),
+        run_of_tid: BTreeMap::new(),
+        churn_pid,
+    };
+    for (n, run) in runs.iter().enumerate() {
+        ours.run_of_pid.extend(run.pids.iter().map(|p| (*p, n)));
+        ours.run_of_tid.extend(run.tids.iter().map(|t| (*t, n)));
     }
     let load_stopped = start.elapsed().as_secs_f64();
 
     // Once the load has stopped, nothing stays blocked: a real wait of some host task can be
     // caught in passing, a phantom never goes away, so look a few times.
+    // Only the test's own tasks count: another process of the host may really be blocked.
     let mut blocked = Vec::new();
+    let mut blocked_elsewhere = 0;
     for _ in 0..25 {
         thread::sleep(Duration::from_millis(200));
         let (code, body) = http_get(&addr, "/api/graph");
         assert_eq!(code, 200, "/api/graph: {body}");
         let graph: serde_json::Value = serde_json::from_str(&body).expect("graph JSON");
-        blocked = graph["tasks"]
+        let all_blocked: Vec<serde_json::Value> = graph["tasks"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|t| !t["blocked"].is_null())
             .cloned()
             .collect();
+        let total = all_blocked.len();
+        blocked = all_blocked
+            .into_iter()
+            .filter(|t| {
+                ours.owns(
+                    t["tid"].as_u64().unwrap_or(0),
+                    t["pid"].as_u64().unwrap_or(0),
+                    t["comm"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        blocked_elsewhere = total - blocked.len();
         if blocked.is_empty() {
             break;
         }
@@ -387,13 +518,12 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
         ));
     }
     let end = occupancy(agent.pid(), &addr);
+    let maps_after = map_entries(agent.pid());
     samples.push((start.elapsed().as_secs_f64(), end));
 
     let all = incidents(state.path());
     let mut missed = Vec::new();
-    let mut family_of_pid = BTreeMap::new();
-    for (n, run) in runs.iter().enumerate() {
-        family_of_pid.extend(run.pids.iter().map(|p| (*p, n)));
+    for run in &runs {
         if let Some(expect) = &run.expect {
             if !raised(expect, &all) {
                 let kind = match expect {
@@ -412,19 +542,35 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
         }
     }
     let formed = runs.iter().filter(|r| r.expect.is_some()).count();
-    if formed < 3 {
+    let convoys = runs.iter().filter(|r| r.what == "rwr convoy").count();
+    let unformed = runs.iter().filter(|r| r.unformed).count();
+    if formed < 3 || convoys == 0 || unformed * MAX_UNFORMED_PER > convoys {
         failures.push(format!(
-            "only {formed} scenario runs formed what they should"
+            "{unformed} of {convoys} convoys did not form (at most 1 in {MAX_UNFORMED_PER} may); \
+             {formed} scenario runs formed what they should"
         ));
     }
     if !missed.is_empty() {
         failures.push(format!("not alerted with exactly their tasks: {missed:?}"));
     }
-    let wrong: Vec<String> = all
+    // Alerts that involve none of the test's processes are the host's business: reported only.
+    let (judged, elsewhere): (Vec<&Incident>, Vec<&Incident>) =
+        all.iter().partition(|i| involves_ours(i, &ours));
+    for i in &elsewhere {
+        eprintln!(
+            "soak: alert about other processes of the host (not judged): {} {:?} {}",
+            i.kind, i.tids, i.summary
+        );
+    }
+    let wrong: Vec<String> = judged
         .iter()
         .filter_map(|i| {
-            unrelated(i, &family_of_pid)
-                .map(|why| format!("{} {:?}: {why} ({})", i.kind, i.tids, i.summary))
+            unrelated(i, &ours).map(|why| {
+                format!(
+                    "{} {:?}: {why} ({}; tasks at detection {:?}; file {})",
+                    i.kind, i.tids, i.summary, i.tasks, i.file
+                )
+            })
         })
         .collect();
     if !wrong.is_empty() {
@@ -449,10 +595,20 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
         ));
     }
     let peak_task_map = samples.iter().map(|(_, o)| o.task_map).fold(0.0, f64::max);
-    if end.task_map > baseline.task_map + 64.0 {
+    for name in PER_TASK_MAPS {
+        let ((before, _), (after, _)) = (maps_before[name], maps_after[name]);
+        if after > before + MAP_SLACK {
+            failures.push(format!(
+                "the kernel map {name} kept {after} entries after the load ({before} before it)"
+            ));
+        }
+    }
+    // The agent's own gauge must agree with the kernel's count of its task map.
+    let counted = maps_after[map::TASK_STATE].0 as f64;
+    if (end.task_map - counted).abs() > MAP_SLACK as f64 {
         failures.push(format!(
-            "the kernel's task map kept {} entries after the load ({} before it; peak {peak_task_map})",
-            end.task_map, baseline.task_map
+            "faultline_map_entries{{map=\"task_state\"}} says {} but the kernel map holds {counted}",
+            end.task_map
         ));
     }
     if end.model_tasks > baseline.model_tasks + 64.0
@@ -472,12 +628,23 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
         *by_kind.entry(i.kind.as_str()).or_default() += 1;
     }
     eprintln!(
-        "soak: {seconds} s (load stopped at {load_stopped:.0} s), {} scenario runs ({formed} formed), \
-         {churn_count} churned processes\n\
-         soak: alerts {by_kind:?}; missed {}; unrelated {}; blocked after load {}\n\
+        "soak: {seconds} s (load stopped at {load_stopped:.0} s), {} scenario runs ({formed} formed, \
+         {unformed} of {convoys} convoys unformed), {churn_count} churned processes; stress-ng {stress_status}\n\
+         soak: kernel maps before → after the load: {}\n\
+         soak: alerts {by_kind:?} ({} about other processes, not judged); missed {}; unrelated {}; \
+         blocked after load {} (and {blocked_elsewhere} tasks of other processes)\n\
          soak: agent RSS {early_rss} KiB early, {late_rss} KiB late; task map {} → peak \
          {peak_task_map} → {} ({} entries of exited tasks reclaimed); model tasks {} → {}, mm locks {} → {}; lost {}",
         runs.len(),
+        PER_TASK_MAPS
+            .iter()
+            .map(|m| {
+                let ((before, _), (after, capacity)) = (maps_before[m], maps_after[m]);
+                format!("{m} {before} → {after} (of {capacity})")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        elsewhere.len(),
         missed.len(),
         wrong.len(),
         blocked.len(),
@@ -493,4 +660,50 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
     let (status, _) = agent.stop();
     assert!(status.success(), "the agent exits cleanly after the soak");
     assert!(failures.is_empty(), "soak failed:\n{}", failures.join("\n"));
+}
+
+/// The soak's judgement on made-up incidents (no kernel): what counts as the test's own, what
+/// is unrelated, what is another process's business.
+#[test]
+fn the_judgement_is_scoped_to_the_tests_own_processes() {
+    let ours = Ours {
+        run_of_pid: [(100, 0), (200, 1)].into(),
+        run_of_tid: [(101, 0), (102, 0)].into(),
+        churn_pid: 300,
+    };
+    let task = |pid: u64, comm: &str| Some((pid, comm.to_owned()));
+    let incident = |tasks: Vec<(u64, Option<(u64, String)>)>| Incident {
+        file: String::new(),
+        kind: "deadlock".into(),
+        tids: tasks.iter().map(|(t, _)| *t).collect(),
+        summary: String::new(),
+        tasks,
+        waits_on_mm_of: BTreeMap::new(),
+    };
+    // A run's task whose process had exited by the time the incident was written (no pid in
+    // the graph) is still the run's.
+    let exited = incident(vec![(100, task(100, "faultline-scena")), (101, None)]);
+    assert!(involves_ours(&exited, &ours));
+    assert_eq!(unrelated(&exited, &ours), None);
+    // A task nobody can name is unrelated.
+    let unknown = incident(vec![(100, task(100, "faultline-scena")), (999, None)]);
+    assert!(unrelated(&unknown, &ours).is_some_and(|w| w.contains("999")));
+    // Two runs in one alert are unrelated; so are a run and stress-ng.
+    let two_runs = incident(vec![(100, task(100, "a")), (200, task(200, "b"))]);
+    assert!(unrelated(&two_runs, &ours).is_some());
+    let with_stress = incident(vec![
+        (100, task(100, "a")),
+        (500, task(500, "stress-ng-mprot")),
+    ]);
+    assert!(unrelated(&with_stress, &ours).is_some());
+    // ... unless the head really waits on the other's mm (a reader of a convoy's /proc).
+    let mut reader = incident(vec![(600, task(600, "ps")), (100, task(100, "a"))]);
+    reader.waits_on_mm_of.insert(600, 100);
+    assert_eq!(unrelated(&reader, &ours), None);
+    // Another process of the host, alone or with others of the host: not the soak's business.
+    let host = incident(vec![(700, task(700, "rustc")), (701, task(702, "cc1"))]);
+    assert!(!involves_ours(&host, &ours));
+    // The churn's children are known by their comm.
+    let churn = incident(vec![(800, task(800, "faultline-scena"))]);
+    assert!(involves_ours(&churn, &ours));
 }

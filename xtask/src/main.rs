@@ -113,11 +113,12 @@ fn test() -> Result<()> {
     lint()?;
     // One test at a time: the kernel tests share tracepoints and the machine has two cores, so
     // parallelism buys little. In CI the kernel tests never skip (tests/common/mod.rs).
-    let (passed, failed) =
-        run_counting(cargo().args(["test", "--all-targets", "--", "--test-threads=1"]))?;
-    // The closing line sums every test binary, so a reader of the log sees the whole run.
-    println!("faultline tests: {passed} passed, {failed} failed");
-    if passed == 0 {
+    let counts = run_counting(cargo().args(["test", "--all-targets", "--", "--test-threads=1"]))?;
+    // The closing line sums every test binary, so a reader of the log sees the whole run. A
+    // test that returned early because the kernel lacks a feature (its NEEDS line) is counted
+    // apart: it asserted nothing.
+    println!("{}", counts.line());
+    if counts.passed == 0 {
         bail!("no test ran");
     }
     // The kernel tests again on Debian 12's kernel (6.1) in QEMU (release build: see vmtest.rs).
@@ -141,30 +142,98 @@ fn soak(seconds: u64) -> Result<()> {
         .env("FAULTLINE_SOAK_SECONDS", seconds.to_string()))
 }
 
-/// Runs a `cargo test`, echoing its output, and sums its "test result" lines.
-fn run_counting(cmd: &mut Command) -> Result<(u64, u64)> {
+/// The totals of a `cargo test` run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Tests that passed, not counting those that returned early on a missing feature.
+    passed: u64,
+    failed: u64,
+    /// The `NEEDS <test>: <feature>` lines (tracer/tests/common/needs.rs): tests that libtest
+    /// counts as passed but that returned without asserting.
+    needs: Vec<String>,
+}
+
+impl Counts {
+    /// Adds a line of the run's output (stdout or stderr).
+    fn add(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            self.passed += count_before(rest, " passed");
+            self.failed += count_before(rest, " failed");
+        }
+        // libtest may print "test x ... " before the test's own stderr line.
+        if let Some(pos) = line.find(NEEDS_MARK) {
+            self.note_needs(line[pos + NEEDS_MARK.len()..].trim());
+        }
+    }
+
+    fn note_needs(&mut self, needs: &str) {
+        if !self.needs.iter().any(|n| n == needs) {
+            self.needs.push(needs.to_owned());
+        }
+    }
+
+    /// Moves the tests that only said NEEDS out of "passed".
+    fn settle(&mut self) {
+        self.passed = self.passed.saturating_sub(self.needs.len() as u64);
+    }
+
+    fn line(&self) -> String {
+        let mut s = format!(
+            "faultline tests: {} passed, {} failed, {} needs",
+            self.passed,
+            self.failed,
+            self.needs.len()
+        );
+        if !self.needs.is_empty() {
+            s.push_str(&format!(" ({})", self.needs.join("; ")));
+        }
+        s
+    }
+}
+
+/// The prefix of a test's "needs" line (tracer/tests/common/needs.rs).
+const NEEDS_MARK: &str = "NEEDS ";
+
+/// Runs a `cargo test`, echoing its output, and sums its "test result" lines and the NEEDS
+/// lines tests write to stderr.
+fn run_counting(cmd: &mut Command) -> Result<Counts> {
     use std::io::{BufRead, BufReader};
     let shown = format!("{cmd:?}");
     eprintln!("xtask: {shown}");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("spawning {shown}"))?;
     let stdout = child.stdout.take().context("test output")?;
-    let (mut passed, mut failed) = (0, 0);
+    let stderr = child.stderr.take().context("test errors")?;
+    // stderr on its own thread, so neither pipe fills while the other is read.
+    let errs = std::thread::spawn(move || {
+        let mut seen = Counts::default();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            seen.add(&line);
+        }
+        seen
+    });
+    let mut counts = Counts::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading test output")?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            passed += count_before(rest, " passed");
-            failed += count_before(rest, " failed");
-        }
+        counts.add(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
-    if !status.success() {
-        bail!("{shown} failed: {status} ({passed} passed, {failed} failed)");
+    let from_stderr = errs
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the tests' stderr failed"))?;
+    for n in &from_stderr.needs {
+        counts.note_needs(n);
     }
-    Ok((passed, failed))
+    counts.settle();
+    if !status.success() {
+        bail!("{shown} failed: {status} ({})", counts.line());
+    }
+    Ok(counts)
 }
 
 /// In "ok. 12 passed; 0 failed; …", the number before `label`.
@@ -226,7 +295,30 @@ fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::count_before;
+    use super::{count_before, Counts};
+
+    #[test]
+    fn needs_lines_are_counted_apart_from_passed() {
+        let mut c = Counts::default();
+        for line in [
+            "test a ... ok",
+            "test two_hop ... NEEDS two_hop: task_struct.blocker (kernel ≥ 6.16)",
+            "ok",
+            "NEEDS other: task_struct.blocker (kernel ≥ 6.16)",
+            "NEEDS other: task_struct.blocker (kernel ≥ 6.16)",
+            "test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored",
+        ] {
+            c.add(line);
+        }
+        c.settle();
+        assert_eq!((c.passed, c.failed, c.needs.len()), (5, 1, 2));
+        assert_eq!(
+            c.line(),
+            "faultline tests: 5 passed, 1 failed, 2 needs (two_hop: task_struct.blocker \
+             (kernel ≥ 6.16); other: task_struct.blocker (kernel ≥ 6.16))"
+        );
+    }
 
     #[test]
     fn test_result_lines_are_summed_by_their_counts() {

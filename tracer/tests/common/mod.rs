@@ -192,18 +192,58 @@ impl Drop for Faultline {
     }
 }
 
-/// Runs a scenario and returns its JSON report.
+/// Runs a scenario and returns its JSON report. It must leave nothing in /dev/shm.
 pub fn scenario(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(&*SCENARIO)
+    let child = Command::new(&*SCENARIO)
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run faultline-scenario");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("run faultline-scenario");
     assert!(
         out.status.success(),
         "scenario {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_no_shm_left(pid);
     serde_json::from_slice(&out.stdout).expect("scenario prints one JSON report")
+}
+
+/// The files a scenario of process `pid` has in /dev/shm (`faultline-<name>-<pid>`): the
+/// workloads remove each one right after opening it, so this is empty while they run, after
+/// they exit and after they are killed.
+pub fn shm_files_of(pid: u32) -> Vec<PathBuf> {
+    let suffix = format!("-{pid}");
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("faultline-") && n.ends_with(&suffix))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn assert_no_shm_left(pid: u32) {
+    let left = shm_files_of(pid);
+    assert!(
+        left.is_empty(),
+        "scenario {pid} left files in /dev/shm: {left:?}"
+    );
+}
+
+/// Kills a lingering scenario, reaps it, and checks it left nothing in /dev/shm.
+pub fn kill_scenario(child: &mut Child) {
+    let pid = child.id();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_no_shm_left(pid);
 }
 
 /// A recording in progress.
