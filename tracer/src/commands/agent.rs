@@ -359,7 +359,7 @@ fn snapshot_into(shared: &Shared) -> Result<()> {
     let lost = st.probes.counters()?.get(Counter::RingbufFull);
     let taken = monotonic_ns();
     scan_uffds(&mut st, taken)?;
-    st.probes.prune_exited(proc_exists)?;
+    st.probes.prune_exited(proc_exists);
     let mut states = st.probes.task_states()?;
     st.task_entries = states.len();
     let stale = st

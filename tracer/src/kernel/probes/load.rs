@@ -80,6 +80,7 @@ impl Probes {
             uffd_scan_works: diag_offsets.uffd_poll != 0 && diag_offsets.uffd_ctx_mm != 0,
             uffd_live: None,
             uffd_suspects: Default::default(),
+            prune_failed: None,
         };
         probes.set_config(&plan.config(opts))?;
         probes.attach_optional(&plan, &btf, syscalls.map_err(|e| e.to_string()));

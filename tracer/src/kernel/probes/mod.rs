@@ -94,6 +94,8 @@ pub struct Probes {
     uffd_live: Option<BTreeSet<u64>>,
     /// `UFFD_BY_MM` entries whose context no file had at the last prune.
     uffd_suspects: BTreeSet<(u64, u64)>,
+    /// Why the last prune failed (said once per cause).
+    prune_failed: Option<String>,
 }
 
 impl Probes {

@@ -28,19 +28,36 @@ pub struct Pruned {
 
 impl Probes {
     /// Removes the per-process entries of processes gone from the host; `alive(tgid)` says
-    /// whether /proc still has one.
-    pub fn prune_exited(&mut self, alive: impl Fn(u32) -> bool) -> Result<Pruned, ProbeError> {
-        let proc_faults = self.prune_proc_faults(&alive)?;
-        let uffd_by_mm = self.prune_uffd_contexts()?;
+    /// whether /proc still has one. Never fails the caller's snapshot: a map or scan that
+    /// cannot be read is skipped this time, and said once per cause.
+    pub fn prune_exited(&mut self, alive: impl Fn(u32) -> bool) -> Pruned {
+        let proc_faults = self.prune_proc_faults(&alive);
+        let proc_faults = self.note_prune(proc_faults);
+        let uffd_by_mm = self.prune_uffd_contexts();
+        let uffd_by_mm = self.note_prune(uffd_by_mm);
         if proc_faults + uffd_by_mm > 0 {
             log::debug!(
                 "pruned per-process kernel entries of exited processes: {proc_faults} fault counters, {uffd_by_mm} userfaultfd mms"
             );
         }
-        Ok(Pruned {
+        Pruned {
             proc_faults,
             uffd_by_mm,
-        })
+        }
+    }
+
+    fn note_prune(&mut self, r: Result<usize, ProbeError>) -> usize {
+        match r {
+            Ok(n) => n,
+            Err(e) => {
+                let why = e.to_string();
+                if self.prune_failed.as_deref() != Some(why.as_str()) {
+                    log::warn!("pruning per-process kernel maps of exited processes failed ({why}); their entries stay until it works");
+                }
+                self.prune_failed = Some(why);
+                0
+            }
+        }
     }
 
     fn prune_uffd_contexts(&mut self) -> Result<usize, ProbeError> {
