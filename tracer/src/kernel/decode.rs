@@ -173,10 +173,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{mode, MmapLockEvent};
+    use tracer_common::{lock_type, mode, uffd_op, LockWaitEvent, MmapLockEvent, UffdEvent};
 
     use super::*;
-    use crate::core::event::{Addr, LockMode};
+    use crate::core::event::{Addr, LockMode, LockType, UffdOp};
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain repr(C) value.
@@ -260,5 +260,114 @@ mod tests {
         assert_eq!(decode(&bad_kind), Err(DecodeError::UnknownKind(99)));
         let bad_mode = bytes_of(&wire(WireKind::MmapLockStart, 7, 0));
         assert_eq!(decode(&bad_mode), Err(DecodeError::BadMode(7)));
+    }
+
+    fn header(kind: WireKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            flags: 0,
+            ts_ns: 900,
+            tid: 21,
+            tgid: 20,
+            comm: [0; TASK_COMM_LEN],
+            cgroup_id: 0,
+        }
+    }
+
+    #[test]
+    fn a_lock_wait_end_implies_its_begin_with_owner_and_mm() {
+        let wire = LockWaitEvent {
+            header: header(WireKind::LockWaitEnd),
+            lock: 0xffff_0000_10b8,
+            since_ns: 400,
+            mm: 0xffff_0000_1000,
+            owner_tid: 33,
+            ret: 0,
+            lock_type: lock_type::RWSEM_READ,
+            _pad: [0; 7],
+        };
+        let d = decode(&bytes_of(&wire)).expect("decode");
+        assert_eq!(
+            d.event.kind,
+            EventKind::LockWaitEnd {
+                lock: Addr(0xffff_0000_10b8),
+                ret: 0,
+                mm: Some(Addr(0xffff_0000_1000)),
+            }
+        );
+        assert_eq!(d.since_ns, Some(400));
+        let begin = d.implied.expect("the begin is implied");
+        assert_eq!(begin.ts_ns, 400);
+        assert_eq!(
+            begin.kind,
+            EventKind::LockWaitBegin {
+                lock: Addr(0xffff_0000_10b8),
+                lock_type: LockType::RwsemRead,
+                owner_tid: Some(33),
+                mm: Some(Addr(0xffff_0000_1000)),
+            }
+        );
+        assert_eq!(d.cgroup_id, None, "0 is no cgroup");
+        let bad = LockWaitEvent {
+            lock_type: 99,
+            ..wire
+        };
+        assert!(matches!(
+            decode(&bytes_of(&bad)),
+            Err(DecodeError::BadField {
+                what: "lock type",
+                value: 99
+            })
+        ));
+    }
+
+    #[test]
+    fn uffd_ioctl_ends_imply_their_begin_and_waits_do_not_need_an_op() {
+        let wire = UffdEvent {
+            header: header(WireKind::UffdIoctlEnd),
+            ctx: 0xffff_0000_2000,
+            addr: 0,
+            since_ns: 0,
+            ret: -17,
+            op: uffd_op::COPY,
+            _pad: [0; 7],
+        };
+        let d = decode(&bytes_of(&wire)).expect("decode");
+        assert_eq!(
+            d.event.kind,
+            EventKind::UffdIoctlEnd {
+                uffd: Addr(0xffff_0000_2000),
+                op: UffdOp::Copy,
+                ret: -17,
+            }
+        );
+        assert_eq!(
+            (d.since_ns, d.implied),
+            (None, None),
+            "no start, nothing implied"
+        );
+        let wait = UffdEvent {
+            header: header(WireKind::UffdWaitEnd),
+            since_ns: 700,
+            op: 200,
+            addr: 0x7000,
+            ..wire
+        };
+        let d = decode(&bytes_of(&wait)).expect("an op is not read for a wait");
+        assert_eq!(
+            d.implied.map(|e| e.kind),
+            Some(EventKind::UffdWaitBegin {
+                uffd: Addr(0xffff_0000_2000),
+                addr: Addr(0x7000),
+            })
+        );
+        let bad = UffdEvent { op: 200, ..wire };
+        assert!(matches!(
+            decode(&bytes_of(&bad)),
+            Err(DecodeError::BadField {
+                what: "userfaultfd op",
+                value: 200
+            })
+        ));
     }
 }
