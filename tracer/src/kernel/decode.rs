@@ -1,10 +1,10 @@
-//! Ring-buffer records → core events: the header and the dispatch here, each record's body in
-//! the decoder of the family that writes it (`probes::families::*::decode`). Nothing else
+//! Ring-buffer records → core events: the header here, each record's body in
+//! the decoder of the family that writes it (`probes::families::decode` dispatches). Nothing else
 //! knows the wire layout.
 
 use tracer_common::{reason, EventHeader, EventKind as WireKind, TASK_COMM_LEN};
 
-use super::probes::families::{contention, exit, faults, mmap_lock, uffd};
+use super::probes::families;
 pub use super::probes::families::{contention::lock_type_of, uffd::uffd_op_of};
 use crate::core::event::{Event, EventKind};
 
@@ -150,18 +150,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind = WireKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
     let record = Record { header, bytes };
-    let parts = match kind {
-        WireKind::TaskExit => exit::decode(&record),
-        WireKind::MmapLockStart | WireKind::MmapLockAcquire | WireKind::MmapLockRelease => {
-            mmap_lock::decode(kind, &record)?
-        }
-        WireKind::LockWaitBegin | WireKind::LockWaitEnd => contention::decode(kind, &record)?,
-        WireKind::PageFault => faults::decode(&record)?,
-        WireKind::UffdWaitBegin
-        | WireKind::UffdWaitEnd
-        | WireKind::UffdIoctlBegin
-        | WireKind::UffdIoctlEnd => uffd::decode(kind, &record)?,
-    };
+    let parts = families::decode(kind, &record)?;
     Ok(Decoded {
         event: parts.event,
         reasons: record.reasons(),

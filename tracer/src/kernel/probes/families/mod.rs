@@ -3,8 +3,9 @@
 //! where they attach, typed access to its maps, the decoder of its ring-buffer records and what
 //! faultline gives up when it is missing. The plan (`super::plan`) decides which of them load.
 //!
-//! A new family: its eBPF module, its module here, a line in the plan, and its names in
-//! `tracer_common::names` (CONTRIBUTING.md walks through it).
+//! A new family: its eBPF module, its module here (registered below: `optional()` or `HOOKS`,
+//! a `Coverage` variant, its wire kinds in `decode`), what the plan loads it in, and its names
+//! in `tracer_common::names`. CONTRIBUTING.md walks through it.
 
 pub mod contention;
 pub mod diag;
@@ -13,7 +14,10 @@ pub mod faults;
 pub mod mmap_lock;
 pub mod uffd;
 
+use tracer_common::EventKind as WireKind;
+
 use super::{attach::Program, kernel::Prototypes};
+use crate::kernel::decode::{DecodeError, Parts, Record};
 
 /// A hook with a `tp_btf` program per kernel prototype and a classic-tracepoint fallback: the
 /// programs the probes cannot run without (task exit, and the `mmap_lock` hooks when the
@@ -98,4 +102,20 @@ pub fn optional() -> impl Iterator<Item = &'static Optional> {
         .iter()
         .chain(faults::PROGRAMS)
         .chain(uffd::PROGRAMS)
+}
+
+/// Decodes a record's body by the family that writes its kind.
+pub fn decode(kind: WireKind, record: &Record) -> Result<Parts, DecodeError> {
+    match kind {
+        WireKind::TaskExit => Ok(exit::decode(record)),
+        WireKind::MmapLockStart | WireKind::MmapLockAcquire | WireKind::MmapLockRelease => {
+            mmap_lock::decode(kind, record)
+        }
+        WireKind::LockWaitBegin | WireKind::LockWaitEnd => contention::decode(kind, record),
+        WireKind::PageFault => faults::decode(record),
+        WireKind::UffdWaitBegin
+        | WireKind::UffdWaitEnd
+        | WireKind::UffdIoctlBegin
+        | WireKind::UffdIoctlEnd => uffd::decode(kind, record),
+    }
 }

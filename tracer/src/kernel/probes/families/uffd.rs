@@ -53,6 +53,15 @@ pub fn ioctl_programs() -> impl Iterator<Item = &'static Program> {
         .map(|o| &o.program)
 }
 
+/// What a missing syscall tracepoint of the family costs (`check` lists each).
+pub fn without_tracepoint(program: &str) -> &'static str {
+    if program == program::SYS_EXIT_USERFAULTFD_TP {
+        "userfaultfd creation is not counted"
+    } else {
+        "no userfaultfd ioctl tracing"
+    }
+}
+
 pub const WAITS: GivesUp = GivesUp {
     name: "userfaultfd waits (handle_userfault sleeps and wake-ups)",
     without: "tasks stuck on a userfaultfd are not seen waiting",
