@@ -84,12 +84,9 @@ impl Probes {
         };
         probes.set_config(&plan.config(opts))?;
         probes.attach_optional(&plan, &btf, syscalls.map_err(|e| e.to_string()));
-        let contention = probes
-            .features
-            .iter()
-            .any(|(c, r)| *c == Coverage::LockContention && r.is_ok());
-        if !contention && plan.without_contention() {
-            // Nothing that reads the flags it changes is attached yet.
+        if !probes.covers(Coverage::LockContention) && plan.without_contention() {
+            // The flag this changes (`MMAP_LOCK_HOOKS`) is read only by the contention
+            // programs, which are not attached, and the hooks it adds are not attached yet.
             probes.set_config(&plan.config(opts))?;
         }
         probes.detail = plan.detail();
