@@ -76,15 +76,22 @@ pub mod program {
     pub const SYS_EXIT_USERFAULTFD_TP: &str = "sys_exit_userfaultfd_tp";
     pub const DIAG_TASKS: &str = "diag_tasks";
     /// The benchmark floor: empty programs on the default mode's hooks while no userfaultfd
-    /// exists (the ioctl syscall tracepoints attach only while one does), as (program, hook):
-    /// a tp_btf name, or `category/name` of a classic tracepoint.
-    pub const FLOOR: [(&str, &str); 6] = [
-        ("floor_contention_begin", "contention_begin"),
-        ("floor_contention_end", "contention_end"),
-        ("floor_page_fault_kernel", "page_fault_kernel"),
-        ("floor_sched_switch", "sched_switch"),
-        ("floor_sched_waking", "sched_waking"),
-        ("floor_task_exit", "sched_process_exit"),
+    /// exists (the ioctl syscall tracepoints attach only while one does). Where each attaches
+    /// is said once, in `tracer`'s `kernel::probes::floor`.
+    pub const FLOOR_CONTENTION_BEGIN: &str = "floor_contention_begin";
+    pub const FLOOR_CONTENTION_END: &str = "floor_contention_end";
+    pub const FLOOR_PAGE_FAULT_KERNEL: &str = "floor_page_fault_kernel";
+    pub const FLOOR_SCHED_SWITCH: &str = "floor_sched_switch";
+    pub const FLOOR_SCHED_WAKING: &str = "floor_sched_waking";
+    pub const FLOOR_TASK_EXIT: &str = "floor_task_exit";
+    /// Every floor program, for the object test.
+    pub const FLOOR: [&str; 6] = [
+        FLOOR_CONTENTION_BEGIN,
+        FLOOR_CONTENTION_END,
+        FLOOR_PAGE_FAULT_KERNEL,
+        FLOOR_SCHED_SWITCH,
+        FLOOR_SCHED_WAKING,
+        FLOOR_TASK_EXIT,
     ];
     pub const DIAG_FILES: &str = "diag_files";
 }

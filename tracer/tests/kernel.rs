@@ -13,13 +13,13 @@ use tracer::{
     core::event::{Addr, Event, EventKind, LockMode},
     kernel::probes::{
         kernel::{tracefs_root, KernelBtf},
-        AttachMode, Attached, Detail, Feature, ProbeOptions, Probes,
+        AttachMode, Attached, Coverage, Detail, ProbeOptions, Probes,
     },
 };
 
 /// Whether the running kernel offers what each optional feature hooks, asked of the kernel
 /// itself (its BTF for `tp_btf` hooks, tracefs for classic tracepoints), not of faultline.
-fn kernel_offers(btf: &KernelBtf, feature: Feature) -> bool {
+fn kernel_offers(btf: &KernelBtf, feature: Coverage) -> bool {
     let tp_btf = |names: &[&str]| {
         names
             .iter()
@@ -33,11 +33,11 @@ fn kernel_offers(btf: &KernelBtf, feature: Feature) -> bool {
         })
     };
     match feature {
-        Feature::LockContention => tp_btf(&["contention_begin", "contention_end"]),
-        Feature::PageFaults => tp_btf(&["page_fault_kernel"]),
-        Feature::PerFaultCounts => tp_btf(&["page_fault_user"]),
-        Feature::UffdWaits => tp_btf(&["sched_switch", "sched_waking"]),
-        Feature::UffdIoctls => {
+        Coverage::LockContention => tp_btf(&["contention_begin", "contention_end"]),
+        Coverage::PageFaults => tp_btf(&["page_fault_kernel"]),
+        Coverage::PerFaultCounts => tp_btf(&["page_fault_user"]),
+        Coverage::UffdWaits => tp_btf(&["sched_switch", "sched_waking"]),
+        Coverage::UffdIoctls => {
             tracefs(&["sys_enter_ioctl", "sys_exit_ioctl", "sys_exit_userfaultfd"])
         }
     }
@@ -70,15 +70,15 @@ fn every_program_passes_the_verifier_in_both_attach_modes() {
             // in full mode, as `--detail` documents), and each is attached exactly when the
             // kernel offers its hooks.
             let mut wanted = vec![
-                Feature::LockContention,
-                Feature::PageFaults,
-                Feature::UffdWaits,
-                Feature::UffdIoctls,
+                Coverage::LockContention,
+                Coverage::PageFaults,
+                Coverage::UffdWaits,
+                Coverage::UffdIoctls,
             ];
             if detail == Detail::Full {
-                wanted.push(Feature::PerFaultCounts);
+                wanted.push(Coverage::PerFaultCounts);
             }
-            let reported: Vec<Feature> = probes.features().iter().map(|(f, _)| *f).collect();
+            let reported: Vec<Coverage> = probes.features().iter().map(|(f, _)| *f).collect();
             for f in &wanted {
                 assert!(
                     reported.contains(f),

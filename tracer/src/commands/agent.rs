@@ -376,6 +376,7 @@ fn snapshot_into(shared: &Shared) -> Result<()> {
     let taken = monotonic_ns();
     scan_uffds(&mut st, taken)?;
     restore_uffd_handlers(&mut st, taken)?;
+    st.probes.prune_exited(proc_exists);
     let mut states = st.probes.task_states()?;
     st.task_entries = states.len();
     let stale = st

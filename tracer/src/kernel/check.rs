@@ -5,6 +5,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::kernel::probes::{
+    attach::AttachPoint,
+    families::{exit, mmap_lock, uffd},
     kernel::{self, KernelBtf},
     AttachMode, Detail, IoctlHooks, ProbeOptions, Probes,
 };
@@ -32,37 +34,24 @@ fn item(
     }
 }
 
-/// Classic tracepoints faultline uses: the mmap_lock fallback and the syscall hooks (the other
-/// features attach as tp_btf and are reported as features).
-const TRACEPOINTS: [(&str, &str, &str); 7] = [
-    (
-        "mmap_lock",
-        "mmap_lock_start_locking",
-        "no fallback if tp_btf fails",
-    ),
-    (
-        "mmap_lock",
-        "mmap_lock_acquire_returned",
-        "no fallback if tp_btf fails",
-    ),
-    (
-        "mmap_lock",
-        "mmap_lock_released",
-        "no fallback if tp_btf fails",
-    ),
-    ("sched", "sched_process_exit", "no fallback if tp_btf fails"),
-    (
-        "syscalls",
-        "sys_enter_ioctl",
-        "no userfaultfd ioctl tracing",
-    ),
-    ("syscalls", "sys_exit_ioctl", "no userfaultfd ioctl tracing"),
-    (
-        "syscalls",
-        "sys_exit_userfaultfd",
-        "userfaultfd creation is not counted",
-    ),
-];
+/// Classic tracepoints faultline uses: the fallback of the hooks (in `check`'s order) and the
+/// syscall hooks (the other optional programs attach as tp_btf and are reported as features).
+fn tracepoints() -> Vec<(&'static str, &'static str, &'static str)> {
+    let hooks = [
+        &mmap_lock::START,
+        &mmap_lock::ACQUIRE,
+        &mmap_lock::RELEASE,
+        &exit::TASK_EXIT,
+    ]
+    .map(|h| (h.category, h.tracepoint, "no fallback if tp_btf fails"));
+    let syscalls = uffd::ioctl_programs().filter_map(|p| match p.at {
+        AttachPoint::Tracepoint { category, name } => {
+            Some((category, name, uffd::without_tracepoint(p.name)))
+        }
+        _ => None,
+    });
+    hooks.into_iter().chain(syscalls).collect()
+}
 
 /// Runs every check. Loading probes needs root; without it those items say so.
 pub fn run() -> Vec<Item> {
@@ -223,7 +212,7 @@ pub fn run() -> Vec<Item> {
                 root.display().to_string(),
                 "classic tracepoints unavailable",
             ));
-            for (cat, name, without) in TRACEPOINTS {
+            for (cat, name, without) in tracepoints() {
                 let ok = root
                     .join("events")
                     .join(cat)

@@ -1,11 +1,12 @@
-//! Ring-buffer records → core events. The only place that knows the wire layout.
+//! Ring-buffer records → core events: the header here, each record's body in
+//! the decoder of the family that writes it (`probes::families::decode` dispatches). Nothing else
+//! knows the wire layout.
 
-use tracer_common::{
-    lock_type, mode, reason, uffd_op, EventHeader, EventKind as WireKind, LockWaitEvent,
-    MmapLockEvent, PageFaultEvent, UffdEvent, TASK_COMM_LEN,
-};
+use tracer_common::{reason, EventHeader, EventKind as WireKind, TASK_COMM_LEN};
 
-use crate::core::event::{Addr, Event, EventKind, LockMode, LockType, UffdOp};
+use super::probes::families;
+pub use super::probes::families::{contention::lock_type_of, uffd::uffd_op_of};
+use crate::core::event::{Event, EventKind};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -17,45 +18,6 @@ pub enum DecodeError {
     BadMode(u8),
     #[error("ring-buffer record has invalid {what} {value}")]
     BadField { what: &'static str, value: u8 },
-}
-
-pub fn lock_type_of(t: u8) -> Result<LockType, DecodeError> {
-    Ok(match t {
-        lock_type::MUTEX => LockType::Mutex,
-        lock_type::RWSEM_READ => LockType::RwsemRead,
-        lock_type::RWSEM_WRITE => LockType::RwsemWrite,
-        lock_type::SPINLOCK => LockType::Spinlock,
-        lock_type::RWLOCK_READ => LockType::RwlockRead,
-        lock_type::RWLOCK_WRITE => LockType::RwlockWrite,
-        lock_type::OTHER => LockType::Other,
-        value => {
-            return Err(DecodeError::BadField {
-                what: "lock type",
-                value,
-            })
-        }
-    })
-}
-
-pub fn uffd_op_of(op: u8) -> Result<UffdOp, DecodeError> {
-    Ok(match op {
-        uffd_op::API => UffdOp::Api,
-        uffd_op::REGISTER => UffdOp::Register,
-        uffd_op::UNREGISTER => UffdOp::Unregister,
-        uffd_op::WAKE => UffdOp::Wake,
-        uffd_op::COPY => UffdOp::Copy,
-        uffd_op::ZEROPAGE => UffdOp::Zeropage,
-        uffd_op::WRITEPROTECT => UffdOp::Writeprotect,
-        uffd_op::CONTINUE => UffdOp::Continue,
-        uffd_op::POISON => UffdOp::Poison,
-        uffd_op::MOVE => UffdOp::Move,
-        value => {
-            return Err(DecodeError::BadField {
-                what: "userfaultfd op",
-                value,
-            })
-        }
-    })
 }
 
 /// Why the kernel sent a record (`tracer_common::reason` bits).
@@ -117,193 +79,93 @@ fn comm(raw: &[u8; TASK_COMM_LEN]) -> Option<String> {
     (end > 0).then(|| String::from_utf8_lossy(&raw[..end]).into_owned())
 }
 
+/// One ring-buffer record: its header, read once, and its bytes for the family's own type.
+pub struct Record<'a> {
+    pub header: EventHeader,
+    bytes: &'a [u8],
+}
+
+impl Record<'_> {
+    /// The record as its family's wire type.
+    pub fn read<T: Copy>(&self) -> Result<T, DecodeError> {
+        read(self.bytes)
+    }
+
+    /// A core event of this record's task at `ts_ns`.
+    pub fn at(&self, ts_ns: u64, kind: EventKind) -> Event {
+        Event {
+            ts_ns,
+            tid: self.header.tid,
+            pid: self.header.tgid,
+            comm: comm(&self.header.comm),
+            kind,
+        }
+    }
+
+    /// The event at the record's own time.
+    pub fn now(&self, kind: EventKind) -> Event {
+        self.at(self.header.ts_ns, kind)
+    }
+
+    pub fn reasons(&self) -> Reasons {
+        Reasons(self.header.flags)
+    }
+}
+
+/// What a family's decoder makes of a record (see `Decoded`).
+pub struct Parts {
+    pub event: Event,
+    pub since_ns: Option<u64>,
+    pub implied: Option<Event>,
+}
+
+impl Parts {
+    /// An event that implies nothing earlier.
+    pub fn alone(event: Event) -> Self {
+        Self {
+            event,
+            since_ns: None,
+            implied: None,
+        }
+    }
+
+    /// The end of something that began at `since` (0: unknown): the begin is implied.
+    pub fn ending(record: &Record, event: Event, since: u64, begin: EventKind) -> Self {
+        let since_ns = nonzero(since);
+        Self {
+            event,
+            since_ns,
+            implied: since_ns.map(|s| record.at(s, begin)),
+        }
+    }
+}
+
+/// A kernel value where 0 means "none".
+pub fn nonzero(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+/// Decodes one record: the header here, the rest by the family that wrote it.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind = WireKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
-    let at = |ts_ns: u64, kind: EventKind| Event {
-        ts_ns,
-        tid: header.tid,
-        pid: header.tgid,
-        comm: comm(&header.comm),
-        kind,
-    };
-    let reasons = Reasons(header.flags);
-    let nonzero = |v: u64| (v != 0).then_some(v);
-    let (event, since_ns, implied) = match kind {
-        WireKind::TaskExit => (at(header.ts_ns, EventKind::TaskExit {}), None, None),
-        WireKind::MmapLockStart | WireKind::MmapLockAcquire | WireKind::MmapLockRelease => {
-            let ev: MmapLockEvent = read(bytes)?;
-            let lock_mode = match ev.mode {
-                mode::READ => LockMode::Read,
-                mode::WRITE => LockMode::Write,
-                other => return Err(DecodeError::BadMode(other)),
-            };
-            // 0: the caller's own mm; u32::MAX: a foreign mm whose owner could not be read. An
-            // mm owned by the caller's own process (exec's new mm, a fork child's before it
-            // runs) is reported as the caller's: `mm_pid` names other processes only.
-            let mm_pid = (ev.mm_tgid != 0 && ev.mm_tgid != u32::MAX && ev.mm_tgid != header.tgid)
-                .then_some(ev.mm_tgid);
-            let mm = Addr(ev.mm);
-            let since = nonzero(ev.since_ns);
-            match kind {
-                WireKind::MmapLockStart => (
-                    at(
-                        header.ts_ns,
-                        EventKind::MmapLockStart {
-                            mm,
-                            mode: lock_mode,
-                            mm_pid,
-                        },
-                    ),
-                    since,
-                    None,
-                ),
-                WireKind::MmapLockAcquire => (
-                    at(
-                        header.ts_ns,
-                        EventKind::MmapLockAcquire {
-                            mm,
-                            mode: lock_mode,
-                            success: ev.success != 0,
-                            mm_pid,
-                        },
-                    ),
-                    since,
-                    since.map(|s| {
-                        at(
-                            s,
-                            EventKind::MmapLockStart {
-                                mm,
-                                mode: lock_mode,
-                                mm_pid,
-                            },
-                        )
-                    }),
-                ),
-                _ => (
-                    at(
-                        header.ts_ns,
-                        EventKind::MmapLockRelease {
-                            mm,
-                            mode: lock_mode,
-                            mm_pid,
-                        },
-                    ),
-                    since,
-                    since.map(|s| {
-                        at(
-                            s,
-                            EventKind::MmapLockAcquire {
-                                mm,
-                                mode: lock_mode,
-                                success: true,
-                                mm_pid,
-                            },
-                        )
-                    }),
-                ),
-            }
-        }
-        WireKind::LockWaitBegin | WireKind::LockWaitEnd => {
-            let ev: LockWaitEvent = read(bytes)?;
-            let lock = Addr(ev.lock);
-            let begin = EventKind::LockWaitBegin {
-                lock,
-                lock_type: lock_type_of(ev.lock_type)?,
-                owner_tid: (ev.owner_tid != 0).then_some(ev.owner_tid),
-                mm: nonzero(ev.mm).map(Addr),
-            };
-            let since = nonzero(ev.since_ns);
-            if kind == WireKind::LockWaitBegin {
-                (at(header.ts_ns, begin), None, None)
-            } else {
-                (
-                    at(
-                        header.ts_ns,
-                        EventKind::LockWaitEnd {
-                            lock,
-                            ret: ev.ret,
-                            mm: nonzero(ev.mm).map(Addr),
-                        },
-                    ),
-                    since,
-                    since.map(|s| at(s, begin)),
-                )
-            }
-        }
-        WireKind::PageFault => {
-            let ev: PageFaultEvent = read(bytes)?;
-            (
-                at(
-                    header.ts_ns,
-                    EventKind::PageFault {
-                        addr: Addr(ev.addr),
-                        user: ev.user != 0,
-                        error_code: ev.error_code,
-                        under_lock: reasons.0 & reason::UNDER_LOCK != 0,
-                    },
-                ),
-                None,
-                None,
-            )
-        }
-        WireKind::UffdWaitBegin | WireKind::UffdWaitEnd => {
-            let ev: UffdEvent = read(bytes)?;
-            let uffd = Addr(ev.ctx);
-            let since = nonzero(ev.since_ns);
-            let begin = EventKind::UffdWaitBegin {
-                uffd,
-                addr: Addr(ev.addr),
-            };
-            if kind == WireKind::UffdWaitBegin {
-                (at(header.ts_ns, begin), None, None)
-            } else {
-                (
-                    at(header.ts_ns, EventKind::UffdWaitEnd { uffd }),
-                    since,
-                    since.map(|s| at(s, begin)),
-                )
-            }
-        }
-        WireKind::UffdIoctlBegin | WireKind::UffdIoctlEnd => {
-            let ev: UffdEvent = read(bytes)?;
-            let uffd = Addr(ev.ctx);
-            let op = uffd_op_of(ev.op)?;
-            let since = nonzero(ev.since_ns);
-            if kind == WireKind::UffdIoctlBegin {
-                (
-                    at(header.ts_ns, EventKind::UffdIoctlBegin { uffd, op }),
-                    None,
-                    None,
-                )
-            } else {
-                (
-                    at(
-                        header.ts_ns,
-                        EventKind::UffdIoctlEnd {
-                            uffd,
-                            op,
-                            ret: ev.ret,
-                        },
-                    ),
-                    since,
-                    since.map(|s| at(s, EventKind::UffdIoctlBegin { uffd, op })),
-                )
-            }
-        }
-    };
+    let record = Record { header, bytes };
+    let parts = families::decode(kind, &record)?;
     Ok(Decoded {
-        event,
-        reasons,
-        since_ns,
-        implied,
+        event: parts.event,
+        reasons: record.reasons(),
+        since_ns: parts.since_ns,
+        implied: parts.implied,
         cgroup_id: nonzero(header.cgroup_id),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::{lock_type, mode, uffd_op, LockWaitEvent, MmapLockEvent, UffdEvent};
+
     use super::*;
+    use crate::core::event::{Addr, LockMode, LockType, UffdOp};
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain repr(C) value.
@@ -387,5 +249,114 @@ mod tests {
         assert_eq!(decode(&bad_kind), Err(DecodeError::UnknownKind(99)));
         let bad_mode = bytes_of(&wire(WireKind::MmapLockStart, 7, 0));
         assert_eq!(decode(&bad_mode), Err(DecodeError::BadMode(7)));
+    }
+
+    fn header(kind: WireKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            flags: 0,
+            ts_ns: 900,
+            tid: 21,
+            tgid: 20,
+            comm: [0; TASK_COMM_LEN],
+            cgroup_id: 0,
+        }
+    }
+
+    #[test]
+    fn a_lock_wait_end_implies_its_begin_with_owner_and_mm() {
+        let wire = LockWaitEvent {
+            header: header(WireKind::LockWaitEnd),
+            lock: 0xffff_0000_10b8,
+            since_ns: 400,
+            mm: 0xffff_0000_1000,
+            owner_tid: 33,
+            ret: 0,
+            lock_type: lock_type::RWSEM_READ,
+            _pad: [0; 7],
+        };
+        let d = decode(&bytes_of(&wire)).expect("decode");
+        assert_eq!(
+            d.event.kind,
+            EventKind::LockWaitEnd {
+                lock: Addr(0xffff_0000_10b8),
+                ret: 0,
+                mm: Some(Addr(0xffff_0000_1000)),
+            }
+        );
+        assert_eq!(d.since_ns, Some(400));
+        let begin = d.implied.expect("the begin is implied");
+        assert_eq!(begin.ts_ns, 400);
+        assert_eq!(
+            begin.kind,
+            EventKind::LockWaitBegin {
+                lock: Addr(0xffff_0000_10b8),
+                lock_type: LockType::RwsemRead,
+                owner_tid: Some(33),
+                mm: Some(Addr(0xffff_0000_1000)),
+            }
+        );
+        assert_eq!(d.cgroup_id, None, "0 is no cgroup");
+        let bad = LockWaitEvent {
+            lock_type: 99,
+            ..wire
+        };
+        assert!(matches!(
+            decode(&bytes_of(&bad)),
+            Err(DecodeError::BadField {
+                what: "lock type",
+                value: 99
+            })
+        ));
+    }
+
+    #[test]
+    fn uffd_ioctl_ends_imply_their_begin_and_waits_do_not_need_an_op() {
+        let wire = UffdEvent {
+            header: header(WireKind::UffdIoctlEnd),
+            ctx: 0xffff_0000_2000,
+            addr: 0,
+            since_ns: 0,
+            ret: -17,
+            op: uffd_op::COPY,
+            _pad: [0; 7],
+        };
+        let d = decode(&bytes_of(&wire)).expect("decode");
+        assert_eq!(
+            d.event.kind,
+            EventKind::UffdIoctlEnd {
+                uffd: Addr(0xffff_0000_2000),
+                op: UffdOp::Copy,
+                ret: -17,
+            }
+        );
+        assert_eq!(
+            (d.since_ns, d.implied),
+            (None, None),
+            "no start, nothing implied"
+        );
+        let wait = UffdEvent {
+            header: header(WireKind::UffdWaitEnd),
+            since_ns: 700,
+            op: 200,
+            addr: 0x7000,
+            ..wire
+        };
+        let d = decode(&bytes_of(&wait)).expect("an op is not read for a wait");
+        assert_eq!(
+            d.implied.map(|e| e.kind),
+            Some(EventKind::UffdWaitBegin {
+                uffd: Addr(0xffff_0000_2000),
+                addr: Addr(0x7000),
+            })
+        );
+        let bad = UffdEvent { op: 200, ..wire };
+        assert!(matches!(
+            decode(&bytes_of(&bad)),
+            Err(DecodeError::BadField {
+                what: "userfaultfd op",
+                value: 200
+            })
+        ));
     }
 }

@@ -1,8 +1,12 @@
 //! Kernel features faultline uses, each found in the running kernel's BTF rather than assumed
 //! from its version, with the first mainline version that has it: `faultline check` names what
-//! is missing and since when it exists, and what faultline does without it.
+//! is missing and since when it exists, and what faultline does without it. (What the optional
+//! programs cover once loaded is another idea: `probes::Coverage`.)
 
-use super::probes::kernel::KernelBtf;
+use super::probes::{
+    families::{contention, mmap_lock},
+    kernel::KernelBtf,
+};
 
 /// How a feature shows in BTF.
 enum Probe {
@@ -25,14 +29,14 @@ pub const FEATURES: [KernelFeature; 7] = [
     KernelFeature {
         name: "mmap_lock tracepoints",
         probe: Probe::Type("btf_trace_mmap_lock_start_locking"),
-        since: "5.11",
-        without: "no mmap_lock holds or waits from the mmap_lock hooks; waits still come from lock contention where the kernel has it",
+        since: mmap_lock::SINCE,
+        without: mmap_lock::KERNEL_WITHOUT,
     },
     KernelFeature {
         name: "lock contention tracepoints (lock:contention_begin/end)",
-        probe: Probe::Type("btf_trace_contention_begin"),
+        probe: Probe::Type(contention::BTF_TYPE),
         since: "5.19",
-        without: "no kernel-lock edges; the agent runs with --detail holders so mmap_lock waits still show",
+        without: contention::KERNEL_WITHOUT,
     },
     KernelFeature {
         name: "BPF task iterator (bpf_iter__task)",

@@ -1,10 +1,15 @@
-//! Kernel adapters: loading and attaching the probes with feature discovery (`probes`),
-//! decoding ring-buffer records into core events (`decode`), the ring-buffer stream (`stream`),
-//! kernel aggregates (`stats`), the reclaiming of per-task entries that outlive their task
-//! (`reclaim`), the live feed that reconciles streamed records and snapshots of
-//! the per-task map into the engine (`live`), what this kernel offers (`check`), and host facts
-//! about processes: their cgroup and workload (`workload`, cached by `pidcache`), and whether
-//! they are in the agent's scope (`scope`).
+//! Kernel adapters:
+//! - `probes`: the plan (detail mode × kernel features), then one load and one attach; one
+//!   module per probe family in `probes::families` (`exit`, `mmap_lock`, `contention`,
+//!   `faults`, `uffd`, `diag`), mirroring `tracer-ebpf`'s;
+//! - `decode`: ring-buffer records into core events (each family decodes its own);
+//! - `stream`: the ring-buffer stream; `stats`: kernel aggregates;
+//! - `reclaim`: per-task entries that outlive their task;
+//! - `live`: the live feed that reconciles streamed records and snapshots of the per-task map
+//!   into the engine;
+//! - `check`: what this kernel offers; `features`: the kernel features found in BTF;
+//! - host facts about processes: `procfs`, their cgroup and workload (`cgroup_ids`,
+//!   `workload`, cached by `pidcache`), and whether they are in the agent's scope (`scope`).
 
 pub mod cgroup_ids;
 pub mod check;

@@ -248,7 +248,7 @@ fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         task_entries_reclaimed: st.reclaimer.reclaimed(),
         task_capacity: st.probes.max_tasks(),
         proc_fault_entries,
-        programs: st.probes.program_stats(&st.btf),
+        programs: st.probes.program_stats(),
         alerts: st.sink.counts().clone(),
         blocked,
         events_received: st.telemetry.events_received,

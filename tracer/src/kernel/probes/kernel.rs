@@ -40,7 +40,7 @@ pub enum MmapLockProto {
     MemcgPath,
     /// A layout faultline has no programs for (the argument names, for the report).
     Unknown(Vec<String>),
-    /// No `mmap_lock` tracepoints in BTF (before 5.8, or not built).
+    /// No `mmap_lock` tracepoints in BTF (before 5.11, or not built).
     Missing,
 }
 

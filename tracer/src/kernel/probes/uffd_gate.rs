@@ -21,17 +21,15 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray, PerCpuValues},
-    programs::{trace_point::TracePointLinkId, TracePoint},
     util::nr_cpus,
-    Btf,
 };
-use tracer_common::{
-    diag_kind,
-    names::{map, program},
-    TaskState,
-};
+use tracer_common::{diag_kind, names::map, TaskState};
 
-use super::{iter, Feature, Hook, ProbeError, Probes, OPTIONAL};
+use super::{
+    attach::{self, Link, Program},
+    families::{diag, uffd},
+    maps, Coverage, ProbeError, Probes,
+};
 
 /// How long the hooks stay after the last userfaultfd is gone: a workload that opens one
 /// after another (a test suite, repeated migrations) does not re-enter the window each time.
@@ -72,9 +70,8 @@ pub struct UffdFile {
 #[derive(Default)]
 pub(super) struct Gate {
     /// The links of the attached hooks; empty while detached.
-    links: Vec<(&'static str, TracePointLinkId)>,
+    links: Vec<(&'static Program, Link)>,
     last_seen: Option<Instant>,
-    scan_loaded: bool,
     /// (mm, ctx) pairs already written to `UFFD_BY_MM`.
     seeded: BTreeSet<(u64, u64)>,
     /// Why the last attach failed (logged once per cause).
@@ -93,10 +90,11 @@ pub struct Scan {
     pub switched: Option<bool>,
 }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
-    move |e| ProbeError::Map {
-        map: name,
-        message: e.to_string(),
+impl Gate {
+    /// Forgets a (mm, context) pair the prune removed from `UFFD_BY_MM`, so that a scan that
+    /// finds it again writes it again.
+    pub(super) fn forget(&mut self, pair: (u64, u64)) {
+        self.seeded.remove(&pair);
     }
 }
 
@@ -110,10 +108,7 @@ impl Probes {
     pub fn ioctl_hooks_attached(&self) -> bool {
         match &self.gate {
             Some(g) => !g.links.is_empty(),
-            None => self
-                .features
-                .iter()
-                .any(|(f, r)| *f == Feature::UffdIoctls && r.is_ok()),
+            None => self.covers(Coverage::UffdIoctls),
         }
     }
 
@@ -146,13 +141,11 @@ impl Probes {
     }
 
     fn scan_with(&mut self, gate: &mut Gate, now: Instant) -> Result<Scan, ProbeError> {
-        if !gate.scan_loaded {
-            let btf =
-                Btf::from_sys_fs().map_err(|e| ProbeError::Load(format!("kernel BTF: {e}")))?;
-            iter::load(&mut self.ebpf, program::DIAG_FILES, "task_file", &btf)?;
-            gate.scan_loaded = true;
+        if !diag::loaded(&mut self.ebpf, &diag::FILES) {
+            let btf = attach::kernel_btf()?;
+            diag::load(&mut self.ebpf, &diag::FILES, &btf)?;
         }
-        let records = iter::run(&mut self.ebpf, program::DIAG_FILES)?;
+        let records = diag::run(&mut self.ebpf, &diag::FILES)?;
         let mut waiting: Vec<(u32, u64)> = records
             .iter()
             .filter(|r| r.kind == diag_kind::UFFD_WAITER && r.d != 0)
@@ -172,6 +165,8 @@ impl Probes {
             .collect();
         files.sort_unstable();
         files.dedup();
+        // The prune of `UFFD_BY_MM` later in this snapshot needs the same scan.
+        self.uffd_live = Some(files.iter().map(|f| f.ctx).collect());
         log::trace!("userfaultfd scan: {} descriptors", files.len());
         let mut scan = Scan {
             switched: None,
@@ -220,12 +215,8 @@ impl Probes {
         if waiting.is_empty() {
             return Ok(Vec::new());
         }
-        let m = self
-            .ebpf
-            .map_mut(map::TASK_STATE)
-            .ok_or(ProbeError::MissingMap(map::TASK_STATE))?;
         let mut states: HashMap<_, u32, TaskState> =
-            HashMap::try_from(m).map_err(map_err(map::TASK_STATE))?;
+            maps::typed_mut(&mut self.ebpf, map::TASK_STATE)?;
         let mut seeded = Vec::new();
         for &(tid, ctx) in waiting {
             let known = states.get(&tid, 0).ok();
@@ -254,12 +245,7 @@ impl Probes {
     /// waiting, and on which context) and that userfaultfd is in use at all.
     fn seed(&mut self, gate: &mut Gate, files: &[UffdFile]) -> Result<(), ProbeError> {
         {
-            let m = self
-                .ebpf
-                .map_mut(map::UFFD_BY_MM)
-                .ok_or(ProbeError::MissingMap(map::UFFD_BY_MM))?;
-            let mut by_mm: HashMap<_, u64, u64> =
-                HashMap::try_from(m).map_err(map_err(map::UFFD_BY_MM))?;
+            let mut by_mm: HashMap<_, u64, u64> = maps::typed_mut(&mut self.ebpf, map::UFFD_BY_MM)?;
             for f in files.iter().filter(|f| f.mm != 0) {
                 if gate.seeded.insert((f.mm, f.ctx)) {
                     // Full: the kernel side counts its own misses; nothing more to do here.
@@ -267,32 +253,18 @@ impl Probes {
                 }
             }
         }
-        let m = self
-            .ebpf
-            .map_mut(map::UFFD_ACTIVE)
-            .ok_or(ProbeError::MissingMap(map::UFFD_ACTIVE))?;
-        let mut active: Array<_, u64> = Array::try_from(m).map_err(map_err(map::UFFD_ACTIVE))?;
-        active.set(0, 1, 0).map_err(map_err(map::UFFD_ACTIVE))
+        let mut active: Array<_, u64> = maps::typed_mut(&mut self.ebpf, map::UFFD_ACTIVE)?;
+        active
+            .set(0, 1, 0)
+            .map_err(ProbeError::map(map::UFFD_ACTIVE))
     }
 
     /// Attaches every gated hook, or none: a partial set is detached again.
-    fn attach_ioctls(&mut self) -> Result<Vec<(&'static str, TracePointLinkId)>, ProbeError> {
+    fn attach_ioctls(&mut self) -> Result<Vec<(&'static Program, Link)>, ProbeError> {
         let mut links = Vec::new();
-        for (name, hook, feature) in &OPTIONAL {
-            let (Feature::UffdIoctls, Hook::Tracepoint(cat, tp)) = (feature, hook) else {
-                continue;
-            };
-            let attached = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::Load(format!("program {name} missing")))
-                .and_then(|p| {
-                    let p: &mut TracePoint =
-                        p.try_into().map_err(|e| Self::program_error(name, e))?;
-                    p.attach(cat, tp).map_err(|e| Self::program_error(name, e))
-                });
-            match attached {
-                Ok(id) => links.push((*name, id)),
+        for p in uffd::ioctl_programs() {
+            match attach::attach(&mut self.ebpf, p) {
+                Ok(link) => links.push((p, link)),
                 Err(e) => {
                     let _ = self.detach_ioctls(links);
                     return Err(e);
@@ -302,24 +274,13 @@ impl Probes {
         Ok(links)
     }
 
-    fn detach_ioctls(
-        &mut self,
-        links: Vec<(&'static str, TracePointLinkId)>,
-    ) -> Result<(), ProbeError> {
-        for (name, id) in links {
-            if let Some(p) = self.ebpf.program_mut(name) {
-                let p: &mut TracePoint = p.try_into().map_err(|e| Self::program_error(name, e))?;
-                p.detach(id).map_err(|e| Self::program_error(name, e))?;
-            }
+    fn detach_ioctls(&mut self, links: Vec<(&'static Program, Link)>) -> Result<(), ProbeError> {
+        for (p, link) in links {
+            attach::detach(&mut self.ebpf, p, link)?;
         }
         // An ioctl in flight when its exit hook went away leaves its CPU marked: a wake-up
         // there must not be taken for a handler's.
-        let m = self
-            .ebpf
-            .map_mut(map::IOCTL_ON_CPU)
-            .ok_or(ProbeError::MissingMap(map::IOCTL_ON_CPU))?;
-        let mut on_cpu: PerCpuArray<_, u32> =
-            PerCpuArray::try_from(m).map_err(map_err(map::IOCTL_ON_CPU))?;
+        let mut on_cpu: PerCpuArray<_, u32> = maps::typed_mut(&mut self.ebpf, map::IOCTL_ON_CPU)?;
         let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Map {
             map: map::IOCTL_ON_CPU,
             message: e.to_string(),
@@ -328,6 +289,8 @@ impl Probes {
             map: map::IOCTL_ON_CPU,
             message: e.to_string(),
         })?;
-        on_cpu.set(0, zeros, 0).map_err(map_err(map::IOCTL_ON_CPU))
+        on_cpu
+            .set(0, zeros, 0)
+            .map_err(ProbeError::map(map::IOCTL_ON_CPU))
     }
 }
