@@ -8,6 +8,7 @@
 //! iterators) and `uffd_gate` (the userfaultfd ioctl hooks, attached only while a userfaultfd
 //! exists).
 
+mod detach;
 pub mod iter;
 pub mod kernel;
 pub mod prototype;
