@@ -26,7 +26,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tracer_common::Counter;
 
 use crate::{
     commands::single,
@@ -46,7 +45,7 @@ use self::{
     log_lines::Reporter,
     shutdown::{DrainBound, DrainEnd},
     snapshot::{scan_uffds, snapshot_into},
-    state::{lock, raise_all, AgentState, Shared},
+    state::{lock, AgentState, Shared},
     telemetry::Telemetry,
 };
 
@@ -158,34 +157,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // needs it too; both run on this one task, so a RefCell is enough.
     let reporter = RefCell::new(Reporter::new(opts.max_log_lines));
     let on_record = |r: Result<Decoded, DecodeError>| {
-        {
-            let mut st = lock(&shared);
-            // Out of scope (another network namespace's process): not ours to report.
-            if let Ok(d) = &r {
-                if !st.scope.admits(d.event.pid) {
-                    return;
-                }
-            }
-            match &r {
-                Ok(d) => {
-                    st.telemetry.on_record(d);
-                    let mut alerts = st.feed.on_record(d);
-                    if !alerts.is_empty() {
-                        // Alerts are rare: read the loss counter only for them, so one resting
-                        // on a lost record waits for the next snapshot to confirm it.
-                        let lost = st
-                            .probes
-                            .counters()
-                            .ok()
-                            .map(|c| c.get(Counter::RingbufFull));
-                        alerts = st.feed.vet(alerts, lost);
-                    }
-                    raise_all(&mut st, alerts);
-                }
-                Err(_) => st.telemetry.decode_errors += 1,
-            }
+        // Out of scope (another network namespace's process): not ours to report.
+        if lock(&shared).on_record(&r) {
+            reporter.borrow_mut().handle(r);
         }
-        reporter.borrow_mut().handle(r);
     };
     loop {
         tokio::select! {

@@ -6,10 +6,13 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use tracer_common::Counter;
+
 use crate::{
     core::{detect::Alert, views::GraphView},
     kernel::{
         cgroup_ids,
+        decode::{DecodeError, Decoded},
         live::{self, LiveFeed},
         probes::{kernel::KernelBtf, Probes},
         reclaim::TaskEntryReclaimer,
@@ -37,6 +40,37 @@ pub struct AgentState {
     pub reclaimer: TaskEntryReclaimer,
     /// Which processes this agent reports on (`--scope`).
     pub scope: ScopeFilter,
+}
+
+impl AgentState {
+    /// One ring-buffer record into the feed, the agent's counts and the alert sink; `false`
+    /// for a record of a process out of scope (another network namespace's: not ours).
+    pub fn on_record(&mut self, r: &Result<Decoded, DecodeError>) -> bool {
+        let d = match r {
+            Ok(d) => d,
+            Err(_) => {
+                self.telemetry.decode_errors += 1;
+                return true;
+            }
+        };
+        if !self.scope.admits(d.event.pid) {
+            return false;
+        }
+        self.telemetry.on_record(d);
+        let mut alerts = self.feed.on_record(d);
+        if !alerts.is_empty() {
+            // Alerts are rare: read the loss counter only for them, so one resting on a lost
+            // record waits for the next snapshot to confirm it.
+            let lost = self
+                .probes
+                .counters()
+                .ok()
+                .map(|c| c.get(Counter::RingbufFull));
+            alerts = self.feed.vet(alerts, lost);
+        }
+        raise_all(self, alerts);
+        true
+    }
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
