@@ -21,7 +21,10 @@ use std::{
     cell::RefCell,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -191,14 +194,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
-    stop(
-        &shared,
-        &mut stream,
-        on_record,
-        &opts,
-        (&mut sigterm, &mut sigint),
-    )
-    .await;
+    let interrupted = shutdown::watch_second_signal(sigterm, sigint);
+    stop(&shared, &mut stream, on_record, &opts, &interrupted);
     let raised: u64 = lock(&shared).sink.counts().values().sum();
     log::info!("faultline agent: stopping ({raised} alerts raised)");
     Ok(())
@@ -209,33 +206,23 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 /// to empty within a bound, and a last snapshot, which also confirms or drops alerts held after
 /// a loss. Every alert raised is written as an incident before exit. A second stop request
 /// during the drain ends it at once, without the last snapshot.
-async fn stop(
+fn stop(
     shared: &Shared,
     stream: &mut EventStream,
     on_record: impl Fn(Result<Decoded, DecodeError>),
     opts: &AgentOptions,
-    (sigterm, sigint): (
-        &mut tokio::signal::unix::Signal,
-        &mut tokio::signal::unix::Signal,
-    ),
+    interrupted: &AtomicBool,
 ) {
     stream.drain_now(&on_record);
     if let Err(e) = scan_uffds(&mut lock(shared), monotonic_ns()) {
         log::warn!("last userfaultfd scan at shutdown failed: {e:#}");
     }
     let detached = lock(shared).probes.detach_all();
-    let second = async {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-    };
     let drained = shutdown::drain(
         || stream.drain_now(&on_record),
         DrainBound::for_ring(opts.probes.ring_bytes),
-        second,
-    )
-    .await;
+        || interrupted.load(Ordering::Relaxed),
+    );
     log::info!("faultline agent: {detached} probes detached; {drained}");
     if drained.end == DrainEnd::Interrupted {
         log::warn!("second stop request: exiting without the last snapshot");

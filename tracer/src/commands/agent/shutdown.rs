@@ -3,9 +3,14 @@
 //! open. A second SIGTERM or SIGINT during the drain ends it at once.
 
 use std::{
-    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
+
+use tokio::signal::unix::Signal;
 
 use crate::kernel::stream::MAX_BATCH;
 
@@ -57,18 +62,18 @@ pub struct Drained {
 }
 
 /// Calls `batch` (which hands over at most one batch of records and says how many) until it
-/// finds the buffer empty, the bound is reached, or `interrupt` completes, whichever first.
-/// `interrupt` is polled before each batch, so a second signal is never kept waiting for more
-/// than one batch.
-pub async fn drain(
+/// finds the buffer empty, the bound is reached, or `interrupted` says a second stop request
+/// came, whichever first. `interrupted` is asked before each batch, so a second signal never
+/// waits for more than one batch. Synchronous: the drain is all work and no waiting, and the
+/// signal is watched by a task of its own (`watch_second_signal`).
+pub fn drain(
     mut batch: impl FnMut() -> usize,
     bound: DrainBound,
-    interrupt: impl Future<Output = ()>,
+    interrupted: impl Fn() -> bool,
 ) -> Drained {
     let started = Instant::now();
     let mut records = 0;
     let mut batches = 0;
-    tokio::pin!(interrupt);
     let end = loop {
         if started.elapsed() >= bound.time {
             break DrainEnd::TimeBound;
@@ -76,12 +81,7 @@ pub async fn drain(
         if batches >= bound.batches {
             break DrainEnd::BatchBound;
         }
-        let interrupted = tokio::select! {
-            biased;
-            () = &mut interrupt => true,
-            () = std::future::ready(()) => false,
-        };
-        if interrupted {
+        if interrupted() {
             break DrainEnd::Interrupted;
         }
         let n = batch();
@@ -98,6 +98,21 @@ pub async fn drain(
         end,
         took: started.elapsed(),
     }
+}
+
+/// A flag set once SIGTERM or SIGINT comes again. A task of its own, on a runtime worker: the
+/// drain never yields, and a signal reaches a waiting task only when the runtime's driver runs.
+pub fn watch_second_signal(mut sigterm: Signal, mut sigint: Signal) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        set.store(true, Ordering::Relaxed);
+    });
+    flag
 }
 
 impl std::fmt::Display for Drained {
@@ -117,14 +132,6 @@ impl std::fmt::Display for Drained {
 mod tests {
     use super::*;
 
-    fn run<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-
     const LOOSE: DrainBound = DrainBound {
         time: Duration::from_secs(60),
         batches: 1000,
@@ -133,15 +140,15 @@ mod tests {
     #[test]
     fn a_drain_reads_batches_until_one_finds_the_buffer_empty() {
         let mut left = 3 * MAX_BATCH + 7;
-        let got = run(drain(
+        let got = drain(
             || {
                 let n = left.min(MAX_BATCH);
                 left -= n;
                 n
             },
             LOOSE,
-            std::future::pending(),
-        ));
+            || false,
+        );
         assert_eq!(got.end, DrainEnd::Empty);
         assert_eq!(got.records, 3 * MAX_BATCH + 7, "every record read");
     }
@@ -149,7 +156,7 @@ mod tests {
     #[test]
     fn a_source_that_never_empties_stops_at_the_batch_bound() {
         let bound = DrainBound::for_ring(4 << 20);
-        let got = run(drain(|| MAX_BATCH, bound, std::future::pending()));
+        let got = drain(|| MAX_BATCH, bound, || false);
         assert_eq!(got.end, DrainEnd::BatchBound);
         assert_eq!(got.records, bound.batches * MAX_BATCH);
         assert!(
@@ -164,30 +171,32 @@ mod tests {
             time: Duration::from_millis(50),
             batches: usize::MAX,
         };
-        let got = run(drain(
+        let got = drain(
             || {
                 std::thread::sleep(Duration::from_millis(10));
                 1
             },
             bound,
-            std::future::pending(),
-        ));
+            || false,
+        );
         assert_eq!(got.end, DrainEnd::TimeBound);
         assert!(got.took < Duration::from_secs(1), "{got:?}");
     }
 
     #[test]
     fn a_second_stop_request_ends_the_drain_before_the_next_batch() {
-        let mut calls = 0;
-        let got = run(drain(
+        // The request comes while the second batch is read.
+        let calls = std::cell::Cell::new(0);
+        let got = drain(
             || {
-                calls += 1;
+                calls.set(calls.get() + 1);
                 MAX_BATCH
             },
             LOOSE,
-            std::future::ready(()),
-        ));
+            || calls.get() >= 2,
+        );
         assert_eq!(got.end, DrainEnd::Interrupted);
-        assert_eq!(calls, 0, "no batch read after the request");
+        assert_eq!(calls.get(), 2, "no batch read after the request");
+        assert_eq!(got.records, 2 * MAX_BATCH);
     }
 }
