@@ -35,6 +35,11 @@ fn parse_stat(stat: &str) -> Option<(String, char)> {
     Some((comm, state))
 }
 
+/// The running kernel's release (`uname -r`), or "unknown".
+pub fn kernel_release() -> String {
+    read("/proc/sys/kernel/osrelease").map_or_else(|| "unknown".into(), |s| s.trim().to_owned())
+}
+
 /// Every thread on the host (or of one process).
 pub fn tasks(only_pid: Option<u32>) -> Vec<ProcTask> {
     let pids = match only_pid {

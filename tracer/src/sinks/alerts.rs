@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     core::detect::{Alert, AlertKind, Confidence, Severity},
     core::views::GraphView,
-    kernel::workload::Workload,
+    core::workload::Workload,
 };
 
 /// Alerts kept in memory for `/api/alerts`; older ones stay on disk as incidents.
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn an_alert_carries_the_workload_of_its_first_task_and_counts_under_it() {
-        use crate::{core::views::TaskView, kernel::workload::Attribution};
+        use crate::core::{views::TaskView, workload::Attribution};
         let mut sink = AlertSink::new(None, 10).expect("sink");
         let a = Attribution::from_path("/system.slice/db.service");
         let task = |tid, pid| TaskView {

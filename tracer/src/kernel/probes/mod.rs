@@ -16,6 +16,7 @@
 //!   facts about the running kernel.
 
 pub mod attach;
+mod detach;
 mod error;
 pub mod families;
 mod floor;

@@ -12,8 +12,7 @@ use axum::{
 
 use crate::{
     core::detect::{Alert, Severity},
-    core::views::GraphView,
-    sinks::http::{lock, Shared},
+    sinks::agent_view::{Agent, PageView as Snapshot},
 };
 
 use super::{
@@ -46,23 +45,8 @@ pub fn expand_set(query: Option<&str>) -> BTreeSet<String> {
         .collect()
 }
 
-/// What the page needs, copied out under the agent's lock (rendering happens outside it).
-struct Snapshot {
-    view: GraphView,
-    alerts: Vec<Alert>,
-    events: u64,
-}
-
-fn snapshot(shared: &Shared) -> Snapshot {
-    let st = lock(shared);
-    let engine = st.feed.engine();
-    let recent: Vec<&Alert> = st.sink.recent().map(|r| &r.alert).collect();
-    let skip = recent.len().saturating_sub(PAGE_ALERTS);
-    Snapshot {
-        view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
-        alerts: recent.into_iter().skip(skip).cloned().collect(),
-        events: engine.events(),
-    }
+fn snapshot(agent: &Agent) -> Snapshot {
+    agent.page(PAGE_ALERTS)
 }
 
 /// The part of the page that refreshes: summary, graph, groups, alerts.
@@ -156,8 +140,8 @@ async fn render_off_thread(snap: Snapshot, expand: BTreeSet<String>) -> String {
 }
 
 /// `GET /`.
-pub async fn index(State(shared): State<Shared>) -> Html<String> {
-    let snap = snapshot(&shared);
+pub async fn index(State(agent): State<Agent>) -> Html<String> {
+    let snap = snapshot(&agent);
     let meta = "live · refreshes every 2 s · <label><input type=\"checkbox\" id=\"pause\"> \
          pause</label> · <span id=\"status\">rendered by the agent</span> · <a \
          style=\"color:#cfd8dc\" href=\"/api/graph\">JSON</a> · <a style=\"color:#cfd8dc\" \
@@ -170,14 +154,14 @@ pub async fn index(State(shared): State<Shared>) -> Html<String> {
 }
 
 /// `GET /ui/live?expand=…`: the refreshing part of the page.
-pub async fn live(State(shared): State<Shared>, RawQuery(q): RawQuery) -> Html<String> {
-    let snap = snapshot(&shared);
+pub async fn live(State(agent): State<Agent>, RawQuery(q): RawQuery) -> Html<String> {
+    let snap = snapshot(&agent);
     Html(render_off_thread(snap, expand_set(q.as_deref())).await)
 }
 
 /// `GET /api/graph.svg?expand=…`: the picture alone.
-pub async fn graph_svg(State(shared): State<Shared>, RawQuery(q): RawQuery) -> impl IntoResponse {
-    let view = snapshot(&shared).view;
+pub async fn graph_svg(State(agent): State<Agent>, RawQuery(q): RawQuery) -> impl IntoResponse {
+    let view = snapshot(&agent).view;
     let expand = expand_set(q.as_deref());
     let drawn = tokio::task::spawn_blocking(move || {
         svg::document(&Scene::from_view(&view).grouped(&expand).capped(MAX_NODES))

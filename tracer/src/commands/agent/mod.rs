@@ -1,0 +1,234 @@
+//! `faultline agent`: load, attach, drain the ring buffer, report. Wiring only; each job has
+//! its file:
+//!
+//! - `state`: what the agent's tasks share (the live feed, the probes, the alert sink) and the
+//!   live graph it hands out;
+//! - `telemetry`: what the agent counts itself; `metrics_input`: what a scrape shows;
+//! - `view`: the views the HTTP sinks read (`sinks::agent_view`);
+//! - `snapshot`: the kernel's per-task map and the host's userfaultfds read into the feed;
+//! - `log_lines`: the lines logged for slow records;
+//! - `shutdown`: detach, drain within a bound, last snapshot.
+
+mod log_lines;
+pub mod metrics_input;
+mod shutdown;
+mod snapshot;
+pub mod state;
+pub mod telemetry;
+mod view;
+
+use std::{
+    cell::RefCell,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    commands::single,
+    core::detect::Thresholds,
+    kernel::decode::{DecodeError, Decoded},
+    kernel::live::{monotonic_ns, LiveFeed},
+    kernel::probes::{kernel::KernelBtf, ProbeOptions, Probes},
+    kernel::procfs,
+    kernel::reclaim::TaskEntryReclaimer,
+    kernel::scope::{Scope, ScopeFilter},
+    kernel::stats::{self, Summary},
+    kernel::stream::EventStream,
+    sinks::{agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory},
+};
+
+use self::{
+    log_lines::Reporter,
+    shutdown::{DrainBound, DrainEnd},
+    snapshot::{scan_uffds, snapshot_into},
+    state::{lock, AgentState, Shared},
+    telemetry::Telemetry,
+};
+
+pub use self::log_lines::describe;
+
+pub struct AgentOptions {
+    pub probes: ProbeOptions,
+    pub thresholds: Thresholds,
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Where incidents are written; `None` keeps alerts in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub max_incidents: usize,
+    /// How often the kernel's per-task map is read into the engine and the timed detectors run.
+    pub snapshot_interval: Duration,
+    pub summary_interval: Duration,
+    /// Most slow-event lines logged per summary interval; the rest are counted.
+    pub max_log_lines: u32,
+    /// Turn on the kernel's BPF run-time statistics for the probes' self-metrics.
+    pub self_metrics: bool,
+    /// Which processes to report on: the whole host, or this agent's network namespace.
+    pub scope: Scope,
+}
+
+pub async fn run(opts: AgentOptions) -> Result<()> {
+    // Before anything is loaded: a second agent must leave the first one's programs alone.
+    let _claim = single::claim(&single::instance_name())?;
+    // Before the start line: a stop request that follows it must find the handlers in place.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing a SIGINT handler")?;
+    let mut probes = Probes::load(&opts.probes)?;
+    let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
+    let attached = probes.attached();
+    let detail = probes.detail();
+    for lost in detail.gives_up() {
+        log::info!("detail {detail}: without {lost}");
+    }
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
+    let shared: Shared = Arc::new(Mutex::new(AgentState {
+        feed: LiveFeed::new(
+            opts.thresholds,
+            opts.probes
+                .wait_threshold
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            opts.probes
+                .hold_threshold
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        ),
+        sink: AlertSink::new(opts.state_dir.clone(), opts.max_incidents)?,
+        probes,
+        btf: KernelBtf::load()?,
+        telemetry: Telemetry::default(),
+        series: SeriesMemory::default(),
+        kernel_release: procfs::kernel_release(),
+        task_entries: 0,
+        // Every 16 snapshots: every 4 s at the default interval.
+        reclaimer: TaskEntryReclaimer::new(16),
+        scope: ScopeFilter::new(opts.scope)?,
+    }));
+    // Per-program run time for the self-metrics, only when asked: the kernel counts it only
+    // while someone holds this fd (undone when the agent exits), and counting costs two clock
+    // reads on every run of every program.
+    let _stats = if opts.self_metrics {
+        match stats::enable_run_time() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!("BPF run-time statistics unavailable ({e}); faultline_probe_run_seconds_total stays 0");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let local = listener.local_addr().context("listening address")?;
+    let server = {
+        let agent: Agent = shared.clone();
+        let app = http::router(agent);
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    };
+    // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
+    scan_uffds(&mut lock(&shared), monotonic_ns())?;
+    log::info!(
+        "faultline agent: probes attached ({}, detail {}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
+        attached,
+        detail,
+        local,
+        match opts.scope {
+            Scope::Host => "host",
+            Scope::Netns => "netns",
+        },
+        humantime::format_duration(opts.probes.wait_threshold),
+        humantime::format_duration(opts.probes.hold_threshold),
+        humantime::format_duration(opts.thresholds.stall),
+    );
+    let mut last = stats::snapshot(&lock(&shared).probes)?;
+    let mut summary_tick = tokio::time::interval(opts.summary_interval);
+    summary_tick.tick().await;
+    let mut snapshot_tick = tokio::time::interval(opts.snapshot_interval);
+    snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The ring-buffer future borrows the reporter for as long as it waits, and the summary tick
+    // needs it too; both run on this one task, so a RefCell is enough.
+    let reporter = RefCell::new(Reporter::new(opts.max_log_lines));
+    let on_record = |r: Result<Decoded, DecodeError>| {
+        // Out of scope (another network namespace's process): not ours to report.
+        if lock(&shared).on_record(&r) {
+            reporter.borrow_mut().handle(r);
+        }
+    };
+    loop {
+        tokio::select! {
+            r = stream.next_batch(on_record) => {
+                r.context("reading the ring buffer")?;
+            }
+            _ = snapshot_tick.tick() => {
+                // Records already in the ring buffer first, so the model is as of the moment
+                // the walk starts.
+                stream.drain_now(on_record);
+                snapshot_into(&shared)?;
+            }
+            _ = summary_tick.tick() => {
+                let now = stats::snapshot(&lock(&shared).probes)?;
+                let delta = now.since(&last);
+                log::info!("{}", Summary(&delta));
+                if delta.lost() > 0 {
+                    log::warn!(
+                        "{} events lost: the ring buffer was full (raise --wait-threshold or --hold-threshold)",
+                        delta.lost()
+                    );
+                }
+                reporter.borrow_mut().end_interval();
+                last = now;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    server.abort();
+    let interrupted = shutdown::watch_second_signal(sigterm, sigint);
+    stop(&shared, &mut stream, on_record, &opts, &interrupted);
+    let raised: u64 = lock(&shared).sink.counts().values().sum();
+    log::info!("faultline agent: stopping ({raised} alerts raised)");
+    Ok(())
+}
+
+/// The end of the agent's life: what the kernel already sent, a last userfaultfd scan while the
+/// hooks can still follow it, then the probes detached (no new record), the ring buffer drained
+/// to empty within a bound, and a last snapshot, which also confirms or drops alerts held after
+/// a loss. Every alert raised is written as an incident before exit. A second stop request
+/// during the drain ends it at once, without the last snapshot.
+fn stop(
+    shared: &Shared,
+    stream: &mut EventStream,
+    on_record: impl Fn(Result<Decoded, DecodeError>),
+    opts: &AgentOptions,
+    interrupted: &AtomicBool,
+) {
+    stream.drain_now(&on_record);
+    if let Err(e) = scan_uffds(&mut lock(shared), monotonic_ns()) {
+        log::warn!("last userfaultfd scan at shutdown failed: {e:#}");
+    }
+    let detached = lock(shared).probes.detach_all();
+    let drained = shutdown::drain(
+        || stream.drain_now(&on_record),
+        DrainBound::for_ring(opts.probes.ring_bytes),
+        || interrupted.load(Ordering::Relaxed),
+    );
+    log::info!("faultline agent: {detached} probes detached; {drained}");
+    if drained.end == DrainEnd::Interrupted {
+        log::warn!("second stop request: exiting without the last snapshot");
+        return;
+    }
+    if let Err(e) = snapshot_into(shared) {
+        log::warn!("last snapshot at shutdown failed: {e:#}");
+    }
+}

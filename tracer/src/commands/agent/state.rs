@@ -1,0 +1,127 @@
+//! The agent's state: what its tasks (ring buffer, snapshots, HTTP) share, locked briefly and
+//! never across an `.await`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tracer_common::Counter;
+
+use crate::{
+    core::{detect::Alert, views::GraphView},
+    kernel::{
+        cgroup_ids,
+        decode::{DecodeError, Decoded},
+        live::{self, LiveFeed},
+        probes::{kernel::KernelBtf, Probes},
+        reclaim::TaskEntryReclaimer,
+        scope::ScopeFilter,
+        workload,
+    },
+    sinks::{alerts::AlertSink, metrics::SeriesMemory},
+};
+
+use super::telemetry::Telemetry;
+
+pub struct AgentState {
+    pub feed: LiveFeed,
+    pub sink: AlertSink,
+    pub probes: Probes,
+    pub btf: KernelBtf,
+    pub telemetry: Telemetry,
+    /// What each per-process counter family has exported: no `_total` series goes down.
+    pub series: SeriesMemory,
+    pub kernel_release: String,
+    /// Entries of the kernel's per-task map at the last snapshot (walking the map again for
+    /// every scrape would repeat the snapshot's work).
+    pub task_entries: usize,
+    /// Deletes kernel per-task entries that outlived their task.
+    pub reclaimer: TaskEntryReclaimer,
+    /// Which processes this agent reports on (`--scope`).
+    pub scope: ScopeFilter,
+}
+
+impl AgentState {
+    /// One ring-buffer record into the feed, the agent's counts and the alert sink; `false`
+    /// for a record of a process out of scope (another network namespace's: not ours).
+    pub fn on_record(&mut self, r: &Result<Decoded, DecodeError>) -> bool {
+        let d = match r {
+            Ok(d) => d,
+            Err(_) => {
+                self.telemetry.decode_errors += 1;
+                return true;
+            }
+        };
+        if !self.scope.admits(d.event.pid) {
+            return false;
+        }
+        self.telemetry.on_record(d);
+        let mut alerts = self.feed.on_record(d);
+        if !alerts.is_empty() {
+            // Alerts are rare: read the loss counter only for them, so one resting on a lost
+            // record waits for the next snapshot to confirm it.
+            let lost = self
+                .probes
+                .counters()
+                .ok()
+                .map(|c| c.get(Counter::RingbufFull));
+            alerts = self.feed.vet(alerts, lost);
+        }
+        raise_all(self, alerts);
+        true
+    }
+}
+
+pub type Shared = Arc<Mutex<AgentState>>;
+
+pub fn lock(shared: &Mutex<AgentState>) -> MutexGuard<'_, AgentState> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The live graph as the engine has it, with the tasks a loss left unknown marked (cheap: call
+/// under the lock).
+pub fn engine_view(st: &AgentState) -> LiveView {
+    let engine = st.feed.engine();
+    let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    view.mark_unknown(st.feed.unknown());
+    let cgroups = view
+        .tasks
+        .iter()
+        .filter_map(|t| Some((t.pid, st.feed.cgroup_of(t.pid)?)))
+        .collect();
+    LiveView { view, cgroups }
+}
+
+/// The engine's graph, with the cgroup ids its processes' records carried, before /proc is read.
+pub struct LiveView {
+    view: GraphView,
+    cgroups: HashMap<u32, u64>,
+}
+
+impl LiveView {
+    /// Adds what the host says of the view's tasks: the process of tasks the model never saw
+    /// (/proc), and every process's cgroup and workload: /proc while it lives, else the cgroup
+    /// its records came from (file reads: outside the lock where possible).
+    pub fn resolve(self) -> GraphView {
+        let Self { mut view, cgroups } = self;
+        view.identify(live::identify);
+        view.attribute(|pid| {
+            workload::attribute(pid)
+                .or_else(|| cgroups.get(&pid).and_then(|id| cgroup_ids::attribute(*id)))
+        });
+        view
+    }
+}
+
+/// Hands the detectors' alerts to the alert sink with the graph they were raised on.
+pub fn raise_all(st: &mut AgentState, alerts: Vec<Alert>) {
+    if alerts.is_empty() {
+        return;
+    }
+    let view = engine_view(st).resolve();
+    for a in alerts {
+        st.sink.raise(a, &view);
+    }
+}

@@ -1,0 +1,233 @@
+//! Per-process and per-workload counters folded into the top N plus "other", without any
+//! `_total` series ever going down.
+//!
+//! Ranking by count and summing the rest as "other" at each scrape (what the gauges do) moves a
+//! process's whole count out of "other" the moment it enters the top N: "other" drops, and
+//! Prometheus reads the drop as a counter reset, so `rate()` and `increase()` invent traffic.
+//! Here the agent keeps, for the life of the process, the last count it read for every key and
+//! the value it exported for every series. At each scrape only what a key counted since the
+//! last scrape is added, to its own series while its group is in the top N and to "other"
+//! otherwise. So a series once exported only grows (if its group leaves the top N it is not
+//! shown, and comes back with at least the value it had), and "other" keeps what it was given.
+//! The price: a series counts from when its group was first named, not from the agent's start.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    hash::Hash,
+};
+
+use crate::core::detect::AlertKind;
+
+use super::{ProcessKey, TOP_PROCESSES, TOP_WORKLOADS};
+
+/// The series of one folded counter family: for each group named (the top N, best first) and
+/// for "other" (always present, last), one value per sub-label. Only `CounterFold` makes one,
+/// so "other" is always there and no series of it ever went down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Folded<G, S>(Vec<(G, S, u64)>);
+
+impl<G, S> Folded<G, S> {
+    pub fn series(&self) -> &[(G, S, u64)] {
+        &self.0
+    }
+}
+
+/// One family's memory: see the module doc.
+#[derive(Debug)]
+pub struct CounterFold<G, S> {
+    top: usize,
+    other: G,
+    /// Sub-labels every group shown carries (zero until counted), e.g. every alert kind.
+    subs: Vec<S>,
+    /// The count last read for each key: what the next read's increment is measured from.
+    seen: HashMap<(G, S), u64>,
+    /// The value exported for each series, named or "other": it only ever grows.
+    exported: HashMap<(G, S), u64>,
+}
+
+impl<G, S> CounterFold<G, S>
+where
+    G: Clone + Eq + Hash + Ord,
+    S: Clone + Eq + Hash + Ord,
+{
+    pub fn new(top: usize, other: G, subs: Vec<S>) -> Self {
+        Self {
+            top,
+            other,
+            subs,
+            seen: HashMap::new(),
+            exported: HashMap::new(),
+        }
+    }
+
+    /// Folds one reading of cumulative counts (each key's count since the agent started; a
+    /// key's count never decreases, and a key counted under `other` stays there).
+    pub fn fold<'a>(
+        &mut self,
+        counts: impl IntoIterator<Item = (&'a G, &'a S, u64)>,
+    ) -> Folded<G, S>
+    where
+        G: 'a,
+        S: 'a,
+    {
+        let counts: Vec<(&G, &S, u64)> = counts.into_iter().collect();
+        let mut totals: HashMap<&G, u64> = HashMap::new();
+        for (g, _, n) in &counts {
+            if **g != self.other {
+                *totals.entry(*g).or_default() += n;
+            }
+        }
+        let mut ranked: Vec<(&G, u64)> = totals.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        ranked.truncate(self.top);
+        let named: Vec<G> = ranked.into_iter().map(|(g, _)| g.clone()).collect();
+        let is_named: HashSet<&G> = named.iter().collect();
+        for (g, s, n) in counts {
+            let key = (g.clone(), s.clone());
+            let before = self.seen.insert(key.clone(), n).unwrap_or(0);
+            // A count read lower than before (never, for the agent's own counters) adds
+            // nothing: a series must not go down, and must not count twice either.
+            let grown = n.saturating_sub(before);
+            let target = if is_named.contains(g) {
+                key
+            } else {
+                (self.other.clone(), s.clone())
+            };
+            *self.exported.entry(target).or_default() += grown;
+        }
+        let mut out = Vec::new();
+        for g in named.iter().chain(std::iter::once(&self.other)) {
+            let mut subs: Vec<&S> = self.subs.iter().collect();
+            // Sub-labels outside the fixed list still show (sorted after it).
+            let mut extra: Vec<&S> = self
+                .exported
+                .keys()
+                .filter(|(eg, es)| eg == g && !self.subs.contains(es))
+                .map(|(_, s)| s)
+                .collect();
+            extra.sort();
+            subs.extend(extra);
+            for s in subs {
+                let v = self
+                    .exported
+                    .get(&(g.clone(), s.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                out.push((g.clone(), s.clone(), v));
+            }
+        }
+        Folded(out)
+    }
+}
+
+/// The agent's folded counter families, each with its memory.
+#[derive(Debug)]
+pub struct SeriesMemory {
+    process_slow_waits: CounterFold<ProcessKey, ()>,
+    workload_slow_waits: CounterFold<String, ()>,
+    workload_alerts: CounterFold<String, AlertKind>,
+}
+
+/// What one scrape shows of the folded families.
+#[derive(Clone, Debug)]
+pub struct FoldedCounters {
+    pub process_slow_waits: Folded<ProcessKey, ()>,
+    pub workload_slow_waits: Folded<String, ()>,
+    pub workload_alerts: Folded<String, AlertKind>,
+}
+
+impl Default for SeriesMemory {
+    fn default() -> Self {
+        Self {
+            process_slow_waits: CounterFold::new(TOP_PROCESSES, ProcessKey::other(), vec![()]),
+            workload_slow_waits: CounterFold::new(TOP_WORKLOADS, "other".to_owned(), vec![()]),
+            workload_alerts: CounterFold::new(
+                TOP_WORKLOADS,
+                "other".to_owned(),
+                AlertKind::ALL.to_vec(),
+            ),
+        }
+    }
+}
+
+impl SeriesMemory {
+    /// Folds the agent's cumulative counts: slow waits by process and by workload, alerts by
+    /// (workload, kind).
+    pub fn fold(
+        &mut self,
+        slow_waits_by_process: &HashMap<ProcessKey, u64>,
+        slow_waits_by_workload: &HashMap<String, u64>,
+        alerts_by_workload: &BTreeMap<(String, AlertKind), u64>,
+    ) -> FoldedCounters {
+        FoldedCounters {
+            process_slow_waits: self
+                .process_slow_waits
+                .fold(slow_waits_by_process.iter().map(|(k, n)| (k, &(), *n))),
+            workload_slow_waits: self
+                .workload_slow_waits
+                .fold(slow_waits_by_workload.iter().map(|(k, n)| (k, &(), *n))),
+            workload_alerts: self
+                .workload_alerts
+                .fold(alerts_by_workload.iter().map(|((w, k), n)| (w, k, *n))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold(f: &mut CounterFold<String, ()>, counts: &[(&str, u64)]) -> Vec<(String, u64)> {
+        let owned: Vec<(String, u64)> = counts.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect();
+        f.fold(owned.iter().map(|(k, n)| (k, &(), *n)))
+            .series()
+            .iter()
+            .map(|(g, _, n)| (g.clone(), *n))
+            .collect()
+    }
+
+    #[test]
+    fn a_process_entering_the_top_n_leaves_other_where_it_was() {
+        let mut f = CounterFold::new(1, "other".to_owned(), vec![()]);
+        assert_eq!(
+            fold(&mut f, &[("a", 10), ("b", 5)]),
+            [("a".into(), 10), ("other".into(), 5)]
+        );
+        // b overtakes a: a's later counts go to other, b's own series starts from its name.
+        assert_eq!(
+            fold(&mut f, &[("a", 11), ("b", 20)]),
+            [("b".into(), 15), ("other".into(), 6)]
+        );
+        // a back on top: its series resumes where it was shown last, other keeps what it had.
+        assert_eq!(
+            fold(&mut f, &[("a", 40), ("b", 20)]),
+            [("a".into(), 39), ("other".into(), 6)]
+        );
+    }
+
+    #[test]
+    fn other_counts_under_other_and_is_always_shown() {
+        let mut f = CounterFold::new(2, "other".to_owned(), vec![()]);
+        assert_eq!(fold(&mut f, &[]), [("other".into(), 0)]);
+        assert_eq!(
+            fold(&mut f, &[("other", 50), ("a", 1)]),
+            [("a".into(), 1), ("other".into(), 50)]
+        );
+    }
+
+    #[test]
+    fn named_groups_carry_every_sub_label() {
+        let mut f = CounterFold::new(1, "other".to_owned(), vec![1u8, 2]);
+        let (w, s) = ("w".to_owned(), 2u8);
+        let got = f.fold([(&w, &s, 3)]);
+        assert_eq!(
+            got.series(),
+            [
+                ("w".into(), 1, 0),
+                ("w".into(), 2, 3),
+                ("other".into(), 1, 0),
+                ("other".into(), 2, 0)
+            ]
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Lock families: `mmap_lock` waits, holds and acquisitions, and contended kernel locks.
+
+use prometheus::proto::{MetricFamily, MetricType};
+use tracer_common::{lock_type, Counter as K, Histogram as H, HIST_LOCK_BASE};
+
+use super::{
+    encode::{counter, family, histogram, plain_counters},
+    MetricsInput,
+};
+
+const LOCK_TYPES: [(u8, &str); 7] = [
+    (lock_type::MUTEX, "mutex"),
+    (lock_type::RWSEM_READ, "rwsem_read"),
+    (lock_type::RWSEM_WRITE, "rwsem_write"),
+    (lock_type::SPINLOCK, "spinlock"),
+    (lock_type::RWLOCK_READ, "rwlock_read"),
+    (lock_type::RWLOCK_WRITE, "rwlock_write"),
+    (lock_type::OTHER, "other"),
+];
+
+pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
+    let c = |k: K| m.counter(k);
+    let mut f = vec![
+        family(
+            "faultline_mmap_lock_wait_seconds",
+            "Time from asking for mmap_lock to getting it, by mode (log2 buckets; sum estimated).",
+            MetricType::HISTOGRAM,
+            vec![
+                histogram(&[("mode", "read")], &m.hist(H::WaitRead as u32)),
+                histogram(&[("mode", "write")], &m.hist(H::WaitWrite as u32)),
+            ],
+        ),
+        family(
+            "faultline_mmap_lock_hold_seconds",
+            "Time mmap_lock was held, by mode (log2 buckets; sum estimated).",
+            MetricType::HISTOGRAM,
+            vec![
+                histogram(&[("mode", "read")], &m.hist(H::HoldRead as u32)),
+                histogram(&[("mode", "write")], &m.hist(H::HoldWrite as u32)),
+            ],
+        ),
+        family(
+            "faultline_mmap_lock_acquisitions_total",
+            "Successful mmap_lock acquisitions, by mode.",
+            MetricType::COUNTER,
+            vec![
+                counter(&[("mode", "read")], c(K::AcquireRead)),
+                counter(&[("mode", "write")], c(K::AcquireWrite)),
+            ],
+        ),
+        family(
+            "faultline_mmap_lock_failed_total",
+            "mmap_lock attempts that failed (trylock, interrupted killable lock), by mode.",
+            MetricType::COUNTER,
+            vec![
+                counter(&[("mode", "read")], c(K::FailedRead)),
+                counter(&[("mode", "write")], c(K::FailedWrite)),
+            ],
+        ),
+    ];
+    f.extend(plain_counters(&[
+        ("faultline_mmap_lock_slow_waits_total", "mmap_lock acquisitions that waited at least the wait threshold.", c(K::SlowWait)),
+        ("faultline_mmap_lock_long_holds_total", "mmap_lock holds that lasted at least the hold threshold.", c(K::LongHold)),
+        ("faultline_mmap_lock_recursive_reads_total", "Read attempts on an mmap_lock the task already holds for read.", c(K::RecursiveRead)),
+        ("faultline_mmap_lock_downgrades_total", "Write holds downgraded to read.", c(K::Downgrade)),
+        ("faultline_mmap_lock_unmatched_releases_total", "Releases with no hold known for the releasing task (non-owner release, or a hold older than the agent).", c(K::UnmatchedRelease)),
+        ("faultline_lock_contentions_total", "Contended sleeping kernel locks (mutex, rwsem, other).", c(K::LockContended)),
+    ]));
+    f.push(family(
+        "faultline_lock_wait_seconds",
+        "Waits on contended kernel locks, by lock type (log2 buckets; sum estimated).",
+        MetricType::HISTOGRAM,
+        LOCK_TYPES
+            .iter()
+            .map(|(t, name)| histogram(&[("type", name)], &m.hist(HIST_LOCK_BASE + *t as u32)))
+            .collect(),
+    ));
+    f
+}

@@ -1,0 +1,177 @@
+//! Rendering a whole scrape: bounds, labels, buckets.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tracer_common::{Histogram as H, ProcFaults, HIST_BUCKETS};
+
+use super::*;
+
+fn input() -> MetricsInput {
+    let db = Attribution::from_path("/system.slice/db.service");
+    let mut hists = vec![[0; HIST_BUCKETS as usize]; 21];
+    hists[H::WaitWrite as usize][20] = 3; // ~1-2 ms
+    hists[H::WaitWrite as usize][40] = 1; // ~18 min: beyond the last bucket
+    MetricsInput {
+        version: "0.1.0",
+        kernel: "6.18".into(),
+        counters: vec![0; tracer_common::COUNTER_COUNT as usize],
+        hists,
+        uffd_errors: vec![0; tracer_common::UFFD_ERROR_SLOTS as usize],
+        proc_faults: (0..15)
+            .map(|i| {
+                (
+                    ProcessKey::new(format!("p{i}"), Some(&db)),
+                    ProcFaults {
+                        user: i,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+        proc_faults_per_mode: true,
+        task_entries: 1,
+        task_entries_reclaimed: 0,
+        task_capacity: 32768,
+        proc_fault_entries: 15,
+        programs: vec![("mmap_lock_start_btf".into(), 1_500_000_000, 10)],
+        alerts: AlertKind::ALL.iter().map(|k| (*k, 0)).collect(),
+        blocked: BTreeMap::from([("mmap_lock", 2)]),
+        events_received: 5,
+        decode_errors: 0,
+        model_entries: [("tasks", 0), ("mm_locks", 0), ("uffds", 0)],
+        tasks_state_unknown: 0,
+        alerts_refuted: 0,
+        uffd_ioctl_hooks: false,
+        faults_by_workload: (0..15)
+            .map(|i| {
+                (
+                    format!("systemd:s{i}.service"),
+                    ProcFaults {
+                        user: i,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+        folded: SeriesMemory::default().fold(
+            &HashMap::from([
+                (ProcessKey::new("a".into(), Some(&db)), 5),
+                (ProcessKey::new("a".into(), None), 7),
+            ]),
+            &HashMap::from([("docker:0123456789ab".into(), 4)]),
+            &BTreeMap::from([
+                (("pod:u/c".to_string(), AlertKind::Deadlock), 2),
+                (("host".to_string(), AlertKind::Stall), 1),
+            ]),
+        ),
+    }
+}
+
+#[test]
+fn workload_series_are_bounded_and_name_the_workload() {
+    let text = render(&input()).expect("render");
+    let named = text
+        .lines()
+        .filter(|l| l.starts_with("faultline_workload_page_faults{") && l.contains("mode=\"user\""))
+        .count();
+    assert_eq!(named, TOP_WORKLOADS + 1, "{text}");
+    assert!(
+        text.contains("faultline_workload_page_faults{workload=\"other\",mode=\"user\"} 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_workload_slow_waits_total{workload=\"docker:0123456789ab\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_workload_alerts_total{workload=\"pod:u/c\",kind=\"deadlock\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_workload_alerts_total{workload=\"other\",kind=\"deadlock\"} 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn log2_buckets_become_cumulative_le_buckets_in_seconds() {
+    let text = render(&input()).expect("render");
+    // 2^21 ns = 0.002097152 s holds the three ~1 ms waits, and so does every bucket above.
+    assert!(
+        text.contains(
+            "faultline_mmap_lock_wait_seconds_bucket{mode=\"write\",le=\"0.002097152\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "faultline_mmap_lock_wait_seconds_bucket{mode=\"write\",le=\"68.719476736\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_mmap_lock_wait_seconds_bucket{mode=\"write\",le=\"+Inf\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_mmap_lock_wait_seconds_count{mode=\"write\"} 4"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_quiet_host_still_renders_every_family() {
+    let mut m = input();
+    m.proc_faults.clear();
+    m.folded = SeriesMemory::default().fold(&HashMap::new(), &HashMap::new(), &BTreeMap::new());
+    m.programs.clear();
+    let text = render(&m).expect("a scrape of a quiet host renders");
+    assert!(
+        text.contains(
+            "faultline_process_slow_waits_total{process=\"other\",workload=\"other\",cgroup=\"other\"} 0"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "faultline_top_process_page_faults{process=\"other\",workload=\"other\",cgroup=\"other\",mode=\"user\"} 0"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn per_process_series_are_bounded_to_the_top_n_plus_other() {
+    let text = render(&input()).expect("render");
+    let procs = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("faultline_top_process_page_faults{") && l.contains("mode=\"user\"")
+        })
+        .count();
+    assert_eq!(procs, TOP_PROCESSES + 1, "{text}");
+    // p0..p4 are the smallest: folded into other = 0+1+2+3+4.
+    assert!(
+        text.contains(
+            "faultline_top_process_page_faults{process=\"other\",workload=\"other\",cgroup=\"other\",mode=\"user\"} 10"
+        ),
+        "{text}"
+    );
+    // One name in two cgroups is two series, each with its workload and cgroup.
+    assert!(
+        text.contains(
+            "faultline_process_slow_waits_total{process=\"a\",workload=\"systemd:db.service\",cgroup=\"/system.slice/db.service\"} 5"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "faultline_process_slow_waits_total{process=\"a\",workload=\"unknown\",cgroup=\"unknown\"} 7"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_probe_run_seconds_total{program=\"mmap_lock_start_btf\"} 1.5"),
+        "{text}"
+    );
+}
