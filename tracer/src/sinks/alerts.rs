@@ -55,7 +55,7 @@ struct Incident<'a> {
 
 pub struct AlertSink {
     recent: VecDeque<RaisedAlert>,
-    counts: BTreeMap<AlertKind, u64>,
+    counts: BTreeMap<(AlertKind, Confidence), u64>,
     by_workload: BTreeMap<(String, AlertKind), u64>,
     state_dir: Option<PathBuf>,
     /// Incident files (JSON paths) in the state directory, oldest first.
@@ -95,7 +95,10 @@ impl AlertSink {
         };
         Ok(Self {
             recent: VecDeque::new(),
-            counts: AlertKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            counts: AlertKind::ALL
+                .iter()
+                .flat_map(|k| Confidence::ALL.iter().map(move |c| ((*k, *c), 0)))
+                .collect(),
             by_workload: BTreeMap::new(),
             state_dir,
             incidents,
@@ -118,7 +121,7 @@ impl AlertSink {
             Severity::Critical => log::error!("{}: {qualified}", alert.kind.as_str()),
             Severity::Warning => log::warn!("{}: {qualified}", alert.kind.as_str()),
         }
-        *self.counts.entry(alert.kind).or_default() += 1;
+        *self.counts.entry((alert.kind, alert.confidence)).or_default() += 1;
         let task = alert
             .tids
             .first()
@@ -191,7 +194,8 @@ impl AlertSink {
         &self.by_workload
     }
 
-    pub fn counts(&self) -> &BTreeMap<AlertKind, u64> {
+    /// Alerts raised by kind and confidence (every pair present from the start, at 0).
+    pub fn counts(&self) -> &BTreeMap<(AlertKind, Confidence), u64> {
         &self.counts
     }
 }
@@ -222,7 +226,7 @@ mod tests {
         for ts in 1..=3 {
             sink.raise(alert(ts), &view);
         }
-        assert_eq!(sink.counts()[&AlertKind::Stall], 3);
+        assert_eq!(sink.counts()[&(AlertKind::Stall, Confidence::Certain)], 3);
         assert_eq!(sink.recent().count(), 3);
         let files = existing_incidents(dir.path());
         assert_eq!(

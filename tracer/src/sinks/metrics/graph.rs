@@ -20,11 +20,11 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ),
         family(
             "faultline_alerts_total",
-            "Alerts raised, by kind.",
+            "Alerts raised, by kind and confidence (probable: resting on an inferred edge or a task of unknown state).",
             MetricType::COUNTER,
             m.alerts
                 .iter()
-                .map(|(k, n)| counter(&[("kind", k.as_str())], *n))
+                .map(|((k, c), n)| counter(&[("kind", k.as_str()), ("confidence", c.as_str())], *n))
                 .collect(),
         ),
         family(

@@ -31,7 +31,7 @@ use tracer_common::{Counter as K, ProcFaults, HIST_BUCKETS};
 
 use faultline_core::workload::Attribution;
 
-use crate::core::detect::AlertKind;
+use crate::core::detect::{AlertKind, Confidence};
 
 pub use fold::{FoldedCounters, SeriesMemory};
 
@@ -62,7 +62,7 @@ pub struct MetricsInput {
     pub proc_fault_entries: usize,
     /// (program, run time ns, run count) from the kernel's BPF statistics.
     pub programs: Vec<(String, u64, u64)>,
-    pub alerts: BTreeMap<AlertKind, u64>,
+    pub alerts: BTreeMap<(AlertKind, Confidence), u64>,
     /// Blocked tasks by what they wait on.
     pub blocked: BTreeMap<&'static str, u64>,
     pub events_received: u64,

@@ -34,7 +34,10 @@ fn input() -> MetricsInput {
         task_capacity: 32768,
         proc_fault_entries: 15,
         programs: vec![("mmap_lock_start_btf".into(), 1_500_000_000, 10)],
-        alerts: AlertKind::ALL.iter().map(|k| (*k, 0)).collect(),
+        alerts: AlertKind::ALL
+            .iter()
+            .map(|k| ((*k, Confidence::Certain), 0))
+            .collect(),
         blocked: BTreeMap::from([("mmap_lock", 2)]),
         events_received: 5,
         decode_errors: 0,
