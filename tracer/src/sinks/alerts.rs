@@ -121,7 +121,10 @@ impl AlertSink {
             Severity::Critical => log::error!("{}: {qualified}", alert.kind.as_str()),
             Severity::Warning => log::warn!("{}: {qualified}", alert.kind.as_str()),
         }
-        *self.counts.entry((alert.kind, alert.confidence)).or_default() += 1;
+        *self
+            .counts
+            .entry((alert.kind, alert.confidence))
+            .or_default() += 1;
         let task = alert
             .tids
             .first()

@@ -343,3 +343,48 @@ fn diagnose_draws_a_probable_cycle_titled_as_probable() {
         "the picture says probable too: {svg}"
     );
 }
+
+#[test]
+fn a_task_of_unknown_state_and_an_owner_word_hold_say_so_in_their_box() {
+    let mut engine = Engine::new(Default::default());
+    // A reader contends behind writer 2, which it found in the owner word (default mode).
+    engine.apply(&ev(
+        1,
+        1,
+        "reader",
+        EventKind::LockWaitBegin {
+            lock: Addr(0x1070),
+            lock_type: crate::core::event::LockType::RwsemRead,
+            owner_tid: Some(2),
+            mm: Some(MM),
+        },
+    ));
+    let box_of = |engine: &Engine, tid: u32| {
+        let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+        let scene = Scene::from_view(&view);
+        scene
+            .nodes
+            .iter()
+            .find(|n| n.id == format!("t{tid}"))
+            .map(|n| n.lines.join(" / "))
+            .unwrap_or_default()
+    };
+    assert!(
+        box_of(&engine, 2).contains("(write, from the owner word)"),
+        "{}",
+        box_of(&engine, 2)
+    );
+    assert!(!box_of(&engine, 1).contains("state unknown"));
+    engine.apply(&Event {
+        ts_ns: 2,
+        tid: 0,
+        pid: 0,
+        comm: None,
+        kind: EventKind::Lost { count: 3 },
+    });
+    assert!(
+        box_of(&engine, 1).contains("state unknown: events lost"),
+        "{}",
+        box_of(&engine, 1)
+    );
+}

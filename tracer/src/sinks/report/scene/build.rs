@@ -7,7 +7,7 @@ use crate::{
     core::diagnosis::{Confidence, Diagnosis, Source, Wait},
     core::event::{Addr, LockMode},
     core::graph::{LockRef, Reason},
-    core::model::{Blocked, Tid},
+    core::model::{Blocked, HoldSeen, Tid},
     core::views::GraphView,
 };
 
@@ -95,13 +95,24 @@ impl Scene {
                 .holds
                 .iter()
                 .take(2)
-                .map(|h| match owners.get(&h.mm) {
-                    Some(p) => format!("holds mmap_lock of pid {p} ({})", h.mode),
-                    None => format!("holds mmap_lock of mm {} ({})", h.mm, h.mode),
+                .map(|h| {
+                    // A write hold seen only through a waiter's read of the owner word.
+                    let how = match h.seen {
+                        HoldSeen::Acquired => "",
+                        HoldSeen::OwnerWord => ", from the owner word",
+                    };
+                    match owners.get(&h.mm) {
+                        Some(p) => format!("holds mmap_lock of pid {p} ({}{how})", h.mode),
+                        None => format!("holds mmap_lock of mm {} ({}{how})", h.mm, h.mode),
+                    }
                 })
                 .collect();
             if t.holds.len() > 2 {
                 more.push(format!("+{} more holds", t.holds.len() - 2));
+            }
+            // After a loss, until a snapshot confirms it: the box says its state may be stale.
+            if t.state_unknown {
+                more.push("state unknown: events lost".into());
             }
             index.insert(t.tid, nodes.len());
             let mut node = task_node(
