@@ -167,24 +167,7 @@ impl Model {
                 self.mm_locks.entry(mm).or_default().readers.insert(tid, ts);
                 self.insert_hold(tid, mm, LockMode::Read, ts);
             }
-            (LockMode::Write, _) => {
-                // Nobody else can hold it now: forget any holder whose release we missed.
-                let stale: Vec<Tid> = lock
-                    .readers
-                    .keys()
-                    .copied()
-                    .chain(lock.writer.map(|(w, _)| w))
-                    .filter(|&t| t != tid)
-                    .collect();
-                for t in stale {
-                    self.repairs += 1;
-                    self.drop_hold(t, mm);
-                }
-                let lock = self.mm_locks.entry(mm).or_default();
-                lock.readers.remove(&tid);
-                lock.writer = Some((tid, ts));
-                self.insert_hold(tid, mm, LockMode::Write, ts);
-            }
+            (LockMode::Write, _) => self.become_writer(tid, mm, ts, HoldSeen::Acquired),
         }
     }
 
@@ -224,30 +207,40 @@ impl Model {
                 .unwrap_or(waiter_pid);
             self.touch_task(writer, pid, None, ts);
         }
+        self.mm_locks
+            .entry(mm)
+            .or_default()
+            .inferred_readers
+            .clear();
+        self.become_writer(writer, mm, ts, HoldSeen::OwnerWord);
+    }
+
+    /// `tid` holds `mm`'s lock for write from `ts`: nobody else can hold it, so any holder
+    /// whose release was missed is forgotten.
+    pub(super) fn become_writer(&mut self, tid: Tid, mm: Addr, ts: u64, seen: HoldSeen) {
         let lock = self.mm_locks.entry(mm).or_default();
-        lock.inferred_readers.clear();
         let stale: Vec<Tid> = lock
             .readers
             .keys()
             .copied()
             .chain(lock.writer.map(|(w, _)| w))
-            .filter(|&t| t != writer)
+            .filter(|&t| t != tid)
             .collect();
         for t in stale {
             self.repairs += 1;
             self.drop_hold(t, mm);
         }
         let lock = self.mm_locks.entry(mm).or_default();
-        lock.readers.remove(&writer);
-        lock.writer = Some((writer, ts));
-        if let Some(t) = self.tasks.get_mut(&writer) {
+        lock.readers.remove(&tid);
+        lock.writer = Some((tid, ts));
+        if let Some(t) = self.tasks.get_mut(&tid) {
             t.holds.insert(
                 mm,
                 Hold {
                     mode: LockMode::Write,
                     since_ns: ts,
                     depth: 1,
-                    seen: HoldSeen::OwnerWord,
+                    seen,
                 },
             );
         }

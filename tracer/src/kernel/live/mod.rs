@@ -91,6 +91,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The contention a snapshot shows for a task, as the record that would have said it.
+fn contention(st: &TaskState, owner_tid: Option<u32>, mm: Option<Addr>) -> Option<EventKind> {
+    let lock_type = crate::kernel::decode::lock_type_of(st.lock_type).ok()?;
+    Some(EventKind::LockWaitBegin {
+        lock: Addr(st.lock),
+        lock_type,
+        owner_tid,
+        mm,
+    })
+}
+
 /// The writer a contended `mmap_lock` waiter found in the rwsem's owner word, if any.
 fn names_writer(st: &TaskState) -> Option<u32> {
     let rwsem = matches!(st.lock_type, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
@@ -394,17 +405,10 @@ impl LiveFeed {
                 )
                 && !is_gone(&self.alive)
             {
-                if let Ok(lock_type) = crate::kernel::decode::lock_type_of(st.lock_type) {
-                    let ev = base(
-                        st.lock_since_ns,
-                        EventKind::LockWaitBegin {
-                            lock: Addr(st.lock),
-                            lock_type,
-                            owner_tid: (st.lock_owner != 0).then_some(st.lock_owner),
-                            mm: None,
-                        },
-                    );
-                    alerts.extend(self.engine.apply(&ev));
+                if let Some(kind) =
+                    contention(st, (st.lock_owner != 0).then_some(st.lock_owner), None)
+                {
+                    alerts.extend(self.engine.apply(&base(st.lock_since_ns, kind)));
                 }
             }
             let mm = Addr(st.wait_mm);
@@ -438,17 +442,8 @@ impl LiveFeed {
                     && after_exit(st.lock_since_ns)
                     && !is_gone(&self.alive)
                 {
-                    if let Ok(lock_type) = crate::kernel::decode::lock_type_of(st.lock_type) {
-                        let ev = base(
-                            st.lock_since_ns,
-                            EventKind::LockWaitBegin {
-                                lock: Addr(st.lock),
-                                lock_type,
-                                owner_tid: Some(writer),
-                                mm: Some(mm),
-                            },
-                        );
-                        alerts.extend(self.engine.apply(&ev));
+                    if let Some(kind) = contention(st, Some(writer), Some(mm)) {
+                        alerts.extend(self.engine.apply(&base(st.lock_since_ns, kind)));
                     }
                 }
             }
