@@ -355,6 +355,14 @@ fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) ->
     for p in &programs {
         initramfs::add_binary(&mut cpio, p)?;
     }
+    // iproute2's ip at /usr/sbin/ip, first on the guest's PATH ahead of busybox's /bin/ip,
+    // which has no `ip netns` (the workload test's network namespace).
+    let ip = fs::read(IPROUTE2)
+        .with_context(|| format!("reading {IPROUTE2} (apt-get install iproute2)"))?;
+    cpio.file("/usr/sbin/ip", 0o755, &ip);
+    for lib in initramfs::libraries(Path::new(IPROUTE2))? {
+        cpio.host_file(&lib)?;
+    }
     let mut files = Vec::new();
     let mut modules = Vec::new();
     for m in kernels::module_files(kernel, &MODULES)? {
@@ -395,6 +403,8 @@ fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) ->
 }
 
 const BUSYBOX: &str = "/bin/busybox";
+/// iproute2's `ip` on the host (Debian: /bin/ip, with /usr/sbin/ip a link to it).
+const IPROUTE2: &str = "/bin/ip";
 const EXEC_SCRIPT: &str = "/vmtest-exec.sh";
 
 /// Whether KVM guests boot here: a tiny initramfs must print its mark within a few seconds.
