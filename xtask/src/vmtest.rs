@@ -65,8 +65,9 @@ const SKIPPED_IN_VM: [(&str, &str); 3] = [
 const GUEST_PROGRAMS: [&str; 2] = ["/usr/bin/setpriv", "/usr/bin/stress-ng"];
 
 /// Kernel modules the tests need, loaded in the guest when the kernel has them as modules.
-/// FUSE: scenarios that hold the mmap_lock through a slow FUSE read.
-const MODULES: [&str; 1] = ["fuse"];
+/// FUSE: scenarios that hold the mmap_lock through a slow FUSE read. veth: the workload
+/// test's network namespace is joined to the host by a veth pair.
+const MODULES: [&str; 2] = ["fuse", "veth"];
 
 /// A guest prints this prefix on every line the host parses.
 pub const MARK: &str = "@@VMTEST";
