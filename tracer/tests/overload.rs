@@ -165,7 +165,7 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
     );
 
     let storm = Command::new(&*SCENARIO)
-        .args(["storm", "--count", "200000", "--threads", "2"])
+        .args(["storm", "--count", "50000", "--threads", "2"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("run the storm");
@@ -177,7 +177,8 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
     let (mut seen_unknown, mut gauge_max) = (Vec::new(), 0.0_f64);
     let mut lost;
     let mut storm_ended: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Seconds on a real machine; minutes in an emulated guest (QEMU TCG).
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let m = metrics(&addr);
         lost = sample(&m, "faultline_events_lost_total");
@@ -207,7 +208,7 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
         }
         assert!(
             Instant::now() < deadline,
-            "the storm did not end within 60 s"
+            "the storm did not end within 300 s"
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -219,7 +220,7 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
 
     assert!(
         lost > lost_before,
-        "a 4 KiB ring buffer under a 200k-op storm lost nothing ({lost_before} lost before it)"
+        "a 4 KiB ring buffer under a 50k-op storm lost nothing ({lost_before} lost before it)"
     );
     let line = agent.wait_for("events lost (ring buffer full)", Duration::from_secs(5));
     assert!(

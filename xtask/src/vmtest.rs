@@ -65,8 +65,9 @@ const SKIPPED_IN_VM: [(&str, &str); 3] = [
 const GUEST_PROGRAMS: [&str; 2] = ["/usr/bin/setpriv", "/usr/bin/stress-ng"];
 
 /// Kernel modules the tests need, loaded in the guest when the kernel has them as modules.
-/// FUSE: scenarios that hold the mmap_lock through a slow FUSE read.
-const MODULES: [&str; 1] = ["fuse"];
+/// FUSE: scenarios that hold the mmap_lock through a slow FUSE read. veth: the workload
+/// test's network namespace is joined to the host by a veth pair.
+const MODULES: [&str; 2] = ["fuse", "veth"];
 
 /// A guest prints this prefix on every line the host parses.
 pub const MARK: &str = "@@VMTEST";
@@ -355,6 +356,14 @@ fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) ->
     for p in &programs {
         initramfs::add_binary(&mut cpio, p)?;
     }
+    // iproute2's ip at /usr/sbin/ip, first on the guest's PATH ahead of busybox's /bin/ip,
+    // which has no `ip netns` (the workload test's network namespace).
+    let ip = fs::read(IPROUTE2)
+        .with_context(|| format!("reading {IPROUTE2} (apt-get install iproute2)"))?;
+    cpio.file("/usr/sbin/ip", 0o755, &ip);
+    for lib in initramfs::libraries(Path::new(IPROUTE2))? {
+        cpio.host_file(&lib)?;
+    }
     let mut files = Vec::new();
     let mut modules = Vec::new();
     for m in kernels::module_files(kernel, &MODULES)? {
@@ -395,6 +404,8 @@ fn initramfs(kernel: &Kernel, bins: &Binaries, args: &VmtestArgs, out: &Path) ->
 }
 
 const BUSYBOX: &str = "/bin/busybox";
+/// iproute2's `ip` on the host (Debian: /bin/ip, with /usr/sbin/ip a link to it).
+const IPROUTE2: &str = "/bin/ip";
 const EXEC_SCRIPT: &str = "/vmtest-exec.sh";
 
 /// Whether KVM guests boot here: a tiny initramfs must print its mark within a few seconds.
