@@ -29,15 +29,18 @@ use self::{
 };
 
 /// The integration-test binaries that need the kernel: every one of them runs in each guest
-/// and on the host, except those in `SKIPPED_IN_VM`. The others (`cli`, `replay`, `layers`,
-/// `reconcile`, `bad_input`, `deploy`, `package`) never load a program or start an agent.
+/// and on the host, except those in `SKIPPED_IN_VM`. The others (`cli`, `replay`,
+/// `replay_input`, `default_mode`, `metrics_monotonic`, `layers`, `reconcile`, `bad_input`,
+/// `deploy`, `package`) never load a program or start an agent.
 /// `soak` runs for its suite length (60 s, `FAULTLINE_SOAK_SECONDS`).
-const KERNEL_TESTS: [&str; 7] = [
+const KERNEL_TESTS: [&str; 9] = [
     "agent_lifecycle",
     "diagnose",
     "kernel",
     "kernel_locks",
     "overload",
+    "prune",
+    "record",
     "soak",
     "workload",
 ];

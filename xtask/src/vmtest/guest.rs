@@ -62,10 +62,11 @@ pub const MOUNTS: [Mount; 10] = [
 pub const PATH: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// Commands the guest runs by name: the init script's, and those the kernel tests spawn
-/// (tracer/tests/common: `sh`, `ip`, `nsenter`, `setpriv`).
-pub const COMMANDS: [&str; 17] = [
-    "sh", "mount", "mkdir", "insmod", "ip", "ifconfig", "uname", "nproc", "tr", "timeout", "sync",
-    "poweroff", "echo", "nsenter", "setpriv", "cat", "awk",
+/// (tracer/tests/common: `sh`, `ip`, `nsenter`, `setpriv`; tracer/tests/record: `mount`,
+/// `umount` for its small tmpfs).
+pub const COMMANDS: [&str; 18] = [
+    "sh", "mount", "umount", "mkdir", "insmod", "ip", "ifconfig", "uname", "nproc", "tr",
+    "timeout", "sync", "poweroff", "echo", "nsenter", "setpriv", "cat", "awk",
 ];
 
 fn under(path: &Path, dir: &str) -> bool {
