@@ -309,7 +309,11 @@ fn a_deadlock_in_one_namespace_reaches_alertmanager_with_its_instance_and_worklo
     assert!(firing_b.is_empty(), "{firing_b:#?}");
     let (_, metrics) = http_get(&b.addr, "/metrics");
     assert!(
-        metrics.contains("faultline_alerts_total{kind=\"deadlock\"} 0"),
+        ["certain", "probable"]
+            .iter()
+            .all(|c| metrics.contains(&format!(
+                "faultline_alerts_total{{kind=\"deadlock\",confidence=\"{c}\"}} 0"
+            ))),
         "{metrics}"
     );
 

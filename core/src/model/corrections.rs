@@ -9,6 +9,12 @@ impl Model {
     /// Applies `ev` if it is a correction; returns whether it was.
     pub(super) fn correct(&mut self, ev: &Event) -> bool {
         match &ev.kind {
+            // From a task (`tid` set): only that task's state may rest on the lost records.
+            EventKind::Lost { .. } if ev.tid != 0 => {
+                if self.tasks.contains_key(&ev.tid) {
+                    self.unknown.insert(ev.tid);
+                }
+            }
             EventKind::Lost { .. } => self.lost(),
             EventKind::Confirmed {} => self.unknown.clear(),
             EventKind::WaitEnded {} => self.end_wait(ev.tid),

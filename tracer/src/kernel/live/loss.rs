@@ -87,11 +87,10 @@ impl LiveFeed {
         self.hold_if_unconfirmed(alerts)
     }
 
-    /// After a loss, each snapshot vets the alerts held since the last one: those it still
-    /// supports are published (while the loss is unconfirmed they carry its doubt, as the
-    /// detectors qualify alerts on unknown tasks), the rest are dropped. `confirmed`: this
-    /// snapshot was taken after every loss noticed, so the tasks' state is known again.
-    pub(super) fn confirm_held(&mut self, alerts: &mut Vec<Alert>, confirmed: bool) {
+    /// After a loss, the snapshot just applied is the confirmation: held alerts it still
+    /// supports are published, the rest are dropped, and no task is unknown any more (a
+    /// `confirmed` event), until a record older than a lossy walk says otherwise.
+    pub(super) fn confirm_held(&mut self, alerts: &mut Vec<Alert>) {
         let held = std::mem::take(&mut self.held);
         let total = held.len();
         let model = self.engine.model();
@@ -105,10 +104,8 @@ impl LiveFeed {
             );
         }
         alerts.splice(0..0, kept);
-        if confirmed {
-            let now = self.last_snapshot_ns.unwrap_or(0);
-            alerts.extend(self.correct(0, 0, now, EventKind::Confirmed {}));
-            self.unconfirmed = false;
-        }
+        let now = self.last_snapshot_ns.unwrap_or(0);
+        alerts.extend(self.correct(0, 0, now, EventKind::Confirmed {}));
+        self.unconfirmed = false;
     }
 }

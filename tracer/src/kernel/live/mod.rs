@@ -74,6 +74,8 @@ pub struct LiveFeed {
     lost: u64,
     /// A loss was noticed and no snapshot has confirmed the model since.
     unconfirmed: bool,
+    /// When the last snapshot's walk began, if that snapshot noticed a loss itself.
+    lossy_walk_ns: Option<u64>,
     /// Alerts raised while unconfirmed, waiting for that snapshot.
     held: Vec<Alert>,
     /// Alerts a snapshot refuted after a loss.
@@ -122,6 +124,7 @@ impl LiveFeed {
             lost_seen: 0,
             lost: 0,
             unconfirmed: false,
+            lossy_walk_ns: None,
             held: Vec::new(),
             suppressed: 0,
         }
@@ -217,6 +220,22 @@ impl LiveFeed {
             self.exits.insert(d.event.tid, d.event.ts_ns);
         }
         alerts.extend(self.engine.apply(&d.event));
+        // A record from before a walk that followed a loss: the walk did not see what it says,
+        // and records around it may be the lost ones. The task is unknown until the next
+        // snapshot.
+        let stale = self
+            .lossy_walk_ns
+            .is_some_and(|walk| d.event.ts_ns < walk && d.event.tid != 0);
+        if stale && !self.engine.model().unknown.contains(&d.event.tid) {
+            alerts.extend(self.engine.apply(&Event {
+                ts_ns: d.event.ts_ns,
+                tid: d.event.tid,
+                pid: d.event.pid,
+                comm: None,
+                kind: EventKind::Lost { count: 0 },
+            }));
+            self.unconfirmed = true;
+        }
         self.hold_if_unconfirmed(alerts)
     }
 
@@ -231,11 +250,12 @@ impl LiveFeed {
         if self.last_snapshot_ns.is_some_and(|last| taken_ns < last) {
             return Vec::new();
         }
-        // A loss first noticed by this snapshot's own read of the counter may still have records
-        // of before the walk in the ring buffer (applied after it): only a later snapshot can
-        // confirm it. A loss the stream noticed earlier is confirmed by this one.
+        // The walk is the authority for every task it covers, so it confirms the losses counted
+        // before it. Records older than the walk may still wait in the ring buffer, though, and
+        // a loss among them cannot be seen here: a task such a record touches after this walk
+        // is unknown again until the next snapshot (see `on_record`).
         let noticed_now = self.note_lost(lost_total) > 0;
-        let confirms = self.unconfirmed && !noticed_now;
+        self.lossy_walk_ns = noticed_now.then_some(taken_ns);
         let shown: HashMap<u32, &TaskState> = states.iter().map(|(t, s)| (*t, s)).collect();
         let mut alerts = self.end_what_the_kernel_no_longer_shows(&shown, taken_ns);
         alerts.extend(self.apply_shown(states, taken_ns));
@@ -246,7 +266,7 @@ impl LiveFeed {
         alerts.extend(self.uffd_waits_ended(taken_ns));
         alerts.extend(self.engine.advance_to(taken_ns));
         if self.unconfirmed {
-            self.confirm_held(&mut alerts, confirms);
+            self.confirm_held(&mut alerts);
         }
         alerts
     }

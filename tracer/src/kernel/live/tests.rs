@@ -57,18 +57,45 @@ fn feed() -> LiveFeed {
 }
 
 #[test]
-fn a_loss_noticed_at_a_snapshot_is_confirmed_only_by_a_later_one() {
+fn a_record_older_than_a_lossy_walk_makes_its_task_unknown_until_the_next_snapshot() {
     let mut feed = feed();
     let snap = [(12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[]))];
     feed.on_snapshot(&snap, 1_000 * MS, 0);
-    assert!(feed.unknown().is_empty());
-    // 5 records lost before this snapshot's walk: the waiter's state is unknown, and stays
-    // so through this snapshot, whose walk may predate records still in the ring buffer.
+    // 5 records lost before this walk: the walk covers every task, so it confirms them...
     feed.on_snapshot(&snap, 2_000 * MS, 5);
-    assert_eq!(feed.unknown().iter().copied().collect::<Vec<_>>(), vec![12]);
     assert_eq!(feed.lost(), 5);
-    // The next snapshot, with no new loss, confirms it.
+    assert!(feed.unknown().is_empty());
+    // ...but a record from before the walk, still in the ring buffer, says what the walk did
+    // not see, beside records that may be the lost ones: its task is unknown again.
+    let record = |ts_ns: u64| Decoded {
+        event: Event {
+            ts_ns,
+            tid: 12,
+            pid: 10,
+            comm: None,
+            kind: EventKind::PageFault {
+                addr: Addr(0x1000),
+                user: true,
+                error_code: 0,
+                under_lock: false,
+            },
+        },
+        reasons: Reasons(0),
+        since_ns: None,
+        implied: None,
+        cgroup_id: None,
+    };
+    feed.on_record(&record(1_900 * MS));
+    assert_eq!(feed.unknown().iter().copied().collect::<Vec<_>>(), vec![12]);
+    // A record after the walk is fresh evidence, as any record of the task's own.
+    feed.on_record(&record(2_100 * MS));
+    assert!(feed.unknown().is_empty());
+    feed.on_record(&record(1_950 * MS));
+    assert_eq!(feed.unknown().len(), 1);
+    // The next snapshot, with no new loss, confirms it; older records no longer mark anyone.
     feed.on_snapshot(&snap, 3_000 * MS, 5);
+    assert!(feed.unknown().is_empty());
+    feed.on_record(&record(2_500 * MS));
     assert!(feed.unknown().is_empty());
 }
 
