@@ -10,9 +10,15 @@ use std::{
 
 use serde::Serialize;
 
+mod confidence;
+mod narrate;
+
+pub use confidence::Confidence;
+
+use self::{confidence::inferred, narrate::Narrator};
 use crate::{
     event::{Addr, LockMode},
-    graph::{Edge, LockRef, Reason, WaitsFor},
+    graph::{Edge, Reason, WaitsFor},
     model::{Blocked, Model, Notice, Tid},
 };
 
@@ -60,26 +66,6 @@ pub enum Severity {
     Critical,
 }
 
-/// How sure an alert is: `certain` when every edge and task it rests on was seen (records or
-/// kernel state), `probable` when one of them is inferred or may be stale after a loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Confidence {
-    Certain,
-    Probable,
-}
-
-impl Confidence {
-    pub const ALL: [Confidence; 2] = [Self::Certain, Self::Probable];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Certain => "certain",
-            Self::Probable => "probable",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Alert {
     pub kind: AlertKind,
@@ -122,54 +108,6 @@ impl Alert {
     }
 }
 
-/// What of `path` and `tids` was inferred rather than seen, one sentence each.
-fn inferred(model: &Model, path: &[&Edge], tids: &[Tid]) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in path {
-        let to = model.describe(e.to);
-        match (&e.lock, e.reason) {
-            (LockRef::MmapLock { mm, .. }, Reason::HoldsInferred) => {
-                let why = model
-                    .mm_locks
-                    .get(mm)
-                    .and_then(|l| l.inferred_readers.get(&e.to))
-                    .map_or("no detail", String::as_str);
-                out.push(format!(
-                    "{to} is inferred to hold mmap_lock {mm} for read: {why}"
-                ));
-            }
-            (LockRef::Uffd { uffd }, Reason::UffdHandler) => {
-                let Some(ctx) = model.uffds.get(uffd) else {
-                    continue;
-                };
-                if !ctx.resolvers.is_empty() {
-                    continue; // seen resolving faults on it: a handler by its own ioctls
-                }
-                if ctx.setup.contains(&e.to) {
-                    out.push(format!(
-                        "{to} is taken for the handler of userfaultfd {uffd} because it set it up; no task was seen resolving a fault on it"
-                    ));
-                } else {
-                    out.push(format!(
-                        "{to} is taken for the handler of userfaultfd {uffd} because its process holds the descriptor open; no ioctl on it was seen"
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    for t in tids {
-        if model.unknown.contains(t) {
-            out.push(format!(
-                "the state of {} is unknown: records were lost since it was last seen, and no snapshot has confirmed it yet",
-                model.describe(*t)
-            ));
-        }
-    }
-    out.dedup();
-    out
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {
     /// A task blocked this long is a stall (uffd_stall for userfaultfd waits).
@@ -197,93 +135,6 @@ fn ns(d: Duration) -> u64 {
 fn fmt_dur(n: u64) -> String {
     let d = Duration::from_millis(n / 1_000_000);
     humantime::format_duration(d).to_string()
-}
-
-/// Human names of locks and hops.
-struct Narrator<'a> {
-    model: &'a Model,
-}
-
-impl Narrator<'_> {
-    fn whose_mm(&self, mm: Addr, owner_pid: Option<u32>) -> String {
-        match owner_pid {
-            Some(p) => format!("the mmap_lock of pid {p}"),
-            None => format!("the mmap_lock of mm {mm}"),
-        }
-    }
-
-    /// "waits for X, held for read by Y" — the part of a sentence one edge says.
-    fn hop(&self, e: &Edge) -> String {
-        let to = self.model.describe(e.to);
-        let wants = e.wants.map(|m| format!(" for {m}")).unwrap_or_default();
-        match (&e.lock, e.reason) {
-            (LockRef::MmapLock { mm, owner_pid }, Reason::QueuedBehindWriter) => format!(
-                "waits for {}{wants}, queued behind writer {to}",
-                self.whose_mm(*mm, *owner_pid)
-            ),
-            (LockRef::MmapLock { mm, owner_pid }, Reason::HoldsInferred) => {
-                let why = self
-                    .model
-                    .mm_locks
-                    .get(mm)
-                    .and_then(|l| l.inferred_readers.get(&e.to))
-                    .map_or("no detail", String::as_str);
-                format!(
-                    "waits for {}{wants}, held for read by {to} (inferred: {why})",
-                    self.whose_mm(*mm, *owner_pid)
-                )
-            }
-            (LockRef::MmapLock { mm, owner_pid }, _) => format!(
-                "waits for {}{wants}, held{} by {to}",
-                self.whose_mm(*mm, *owner_pid),
-                e.held.map(|m| format!(" for {m}")).unwrap_or_default()
-            ),
-            (LockRef::KernelLock { lock, lock_type }, _) => {
-                let kind = serde_json::to_value(lock_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "lock".into());
-                format!("waits for the {kind} {lock} owned by {to}")
-            }
-            (LockRef::Uffd { uffd }, _) => {
-                format!("waits for userfaultfd {uffd} to be served by {to}")
-            }
-        }
-    }
-
-    /// One paragraph: "A waits for …, which waits for …, which is running (the root holder)."
-    fn chain(&self, start: Tid, path: &[&Edge], graph: &WaitsFor) -> String {
-        let mut s = self.model.describe(start);
-        for (i, e) in path.iter().enumerate() {
-            if i > 0 {
-                s.push_str(", which");
-            }
-            let _ = write!(s, " {}", self.hop(e));
-        }
-        if let Some(last) = path.last() {
-            if path[..path.len() - 1].iter().any(|e| e.from == last.to) || last.to == start {
-                s.push_str(", closing the cycle");
-            } else if graph.out(last.to).is_empty() {
-                let blocked = self
-                    .model
-                    .task(last.to)
-                    .is_some_and(|t| t.blocked.is_some());
-                if blocked {
-                    // Waiting, on a holder nobody identified (the default mode infers the read
-                    // holders of an mmap_lock, and may find none): never call it the holder.
-                    let _ = write!(
-                        s,
-                        "; {} waits too, on a holder that is not known",
-                        self.model.describe(last.to)
-                    );
-                } else {
-                    let _ = write!(s, "; {} is the root holder", self.model.describe(last.to));
-                }
-            }
-        }
-        s.push('.');
-        s
-    }
 }
 
 /// What makes one occurrence of an alert: the same key never alerts twice while it lasts.

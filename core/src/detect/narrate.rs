@@ -1,0 +1,96 @@
+//! Alerts in words: one sentence per hop of a chain, the same in replay, logs and incidents.
+
+use std::fmt::Write as _;
+
+use crate::{
+    event::Addr,
+    graph::{Edge, LockRef, Reason, WaitsFor},
+    model::{Model, Tid},
+};
+
+/// Human names of locks and hops.
+pub(super) struct Narrator<'a> {
+    pub(super) model: &'a Model,
+}
+
+impl Narrator<'_> {
+    pub(super) fn whose_mm(&self, mm: Addr, owner_pid: Option<u32>) -> String {
+        match owner_pid {
+            Some(p) => format!("the mmap_lock of pid {p}"),
+            None => format!("the mmap_lock of mm {mm}"),
+        }
+    }
+
+    /// "waits for X, held for read by Y" — the part of a sentence one edge says.
+    pub(super) fn hop(&self, e: &Edge) -> String {
+        let to = self.model.describe(e.to);
+        let wants = e.wants.map(|m| format!(" for {m}")).unwrap_or_default();
+        match (&e.lock, e.reason) {
+            (LockRef::MmapLock { mm, owner_pid }, Reason::QueuedBehindWriter) => format!(
+                "waits for {}{wants}, queued behind writer {to}",
+                self.whose_mm(*mm, *owner_pid)
+            ),
+            (LockRef::MmapLock { mm, owner_pid }, Reason::HoldsInferred) => {
+                let why = self
+                    .model
+                    .mm_locks
+                    .get(mm)
+                    .and_then(|l| l.inferred_readers.get(&e.to))
+                    .map_or("no detail", String::as_str);
+                format!(
+                    "waits for {}{wants}, held for read by {to} (inferred: {why})",
+                    self.whose_mm(*mm, *owner_pid)
+                )
+            }
+            (LockRef::MmapLock { mm, owner_pid }, _) => format!(
+                "waits for {}{wants}, held{} by {to}",
+                self.whose_mm(*mm, *owner_pid),
+                e.held.map(|m| format!(" for {m}")).unwrap_or_default()
+            ),
+            (LockRef::KernelLock { lock, lock_type }, _) => {
+                let kind = serde_json::to_value(lock_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "lock".into());
+                format!("waits for the {kind} {lock} owned by {to}")
+            }
+            (LockRef::Uffd { uffd }, _) => {
+                format!("waits for userfaultfd {uffd} to be served by {to}")
+            }
+        }
+    }
+
+    /// One paragraph: "A waits for …, which waits for …, which is running (the root holder)."
+    pub(super) fn chain(&self, start: Tid, path: &[&Edge], graph: &WaitsFor) -> String {
+        let mut s = self.model.describe(start);
+        for (i, e) in path.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", which");
+            }
+            let _ = write!(s, " {}", self.hop(e));
+        }
+        if let Some(last) = path.last() {
+            if path[..path.len() - 1].iter().any(|e| e.from == last.to) || last.to == start {
+                s.push_str(", closing the cycle");
+            } else if graph.out(last.to).is_empty() {
+                let blocked = self
+                    .model
+                    .task(last.to)
+                    .is_some_and(|t| t.blocked.is_some());
+                if blocked {
+                    // Waiting, on a holder nobody identified (the default mode infers the read
+                    // holders of an mmap_lock, and may find none): never call it the holder.
+                    let _ = write!(
+                        s,
+                        "; {} waits too, on a holder that is not known",
+                        self.model.describe(last.to)
+                    );
+                } else {
+                    let _ = write!(s, "; {} is the root holder", self.model.describe(last.to));
+                }
+            }
+        }
+        s.push('.');
+        s
+    }
+}
