@@ -11,6 +11,7 @@
 //! - `graph`: one full detector pass over 100k tasks (tracer/benches/engine.rs);
 //! - `diagnose`: `faultline diagnose` on a host with 10k extra threads, beside `ps` walking the
 //!   same /proc (target: under 1 s).
+//!
 //! (Over 500 lines on purpose: the conditions, their workloads and the ratio table are one
 //! definition of what `bench` measures; split, a condition would be read in three places.)
 

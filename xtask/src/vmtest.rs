@@ -4,6 +4,7 @@
 //! Every kernel gets one result line (version, tests passed/failed, features `faultline check`
 //! reports unavailable and why); `target/vmtest/summary.json` keeps the last result per kernel,
 //! and `--readme` turns it into the README's "Supported kernels" table.
+//!
 //! (Over 500 lines: the run's sequence — build, initramfs, boot, collect — reads top to bottom
 //! here; the parts with a job of their own are in `vmtest/`.)
 

@@ -1,5 +1,6 @@
 //! Reading a guest's console into a result, the summary file kept between runs, and the
 //! README table generated from it.
+//!
 //! (Over 500 lines, about half of it tests of console parsing on real guest output.)
 
 use std::{fs, path::Path};

@@ -1,6 +1,7 @@
 //! The analysis on fixtures: the shapes `faultline diagnose` names, built by hand from the facts
 //! the real workloads show (tracer/tests/diagnose.rs runs those workloads), and one snapshot
 //! kept as JSON.
+//!
 //! (Over 500 lines: one fixture per shape, each short; splitting by shape would scatter the
 //! builders they share.)
 
