@@ -146,13 +146,6 @@ impl GraphView {
         }
     }
 
-    /// Marks the tasks whose state is unknown since a loss (live agent only).
-    pub fn mark_unknown(&mut self, unknown: &BTreeSet<Tid>) {
-        for t in self.tasks.iter_mut() {
-            t.state_unknown = unknown.contains(&t.tid);
-        }
-    }
-
     /// Graphviz DOT: tasks as boxes (blocked ones filled), edges labelled with lock and reason,
     /// cycle edges in red.
     pub fn to_dot(&self) -> String {

@@ -80,12 +80,11 @@ pub fn lock(shared: &Mutex<AgentState>) -> MutexGuard<'_, AgentState> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The live graph as the engine has it, with the tasks a loss left unknown marked (cheap: call
-/// under the lock).
+/// The live graph as the engine has it (tasks a loss left unknown come marked from the model;
+/// cheap: call under the lock).
 pub fn engine_view(st: &AgentState) -> LiveView {
     let engine = st.feed.engine();
-    let mut view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
-    view.mark_unknown(st.feed.unknown());
+    let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
     let cgroups = view
         .tasks
         .iter()
