@@ -323,6 +323,11 @@ export FAULTLINE={f} SCENARIO={sc}
                 "echo \"{MARK} begin {name}\"\ntimeout -s KILL 900 {} --test-threads=1 2>&1\necho \"{MARK} end {name} rc=$?\"\n",
                 path.display()
             ));
+            // What a test binary left running (tests must clean up after themselves): the
+            // processes besides /init and kernel threads.
+            s.push_str(&format!(
+                "left=$(ps -o pid,args | awk 'NR > 1 && $2 !~ /^\\[/ && $0 !~ /\\/init$|ps -o pid|awk NR/ {{ printf \"%s; \", $0 }}')\necho \"{MARK} leftovers {name} $left\"\n"
+            ));
         }
     }
     s.push_str(&format!(
@@ -651,6 +656,11 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
             run_vm(&kernel, &bins, args, &mut accel)?
         };
         println!("{}", run.line());
+        if !run.ok() {
+            for p in &run.panics {
+                println!("vmtest {label}: {p}");
+            }
+        }
         if !run.ok() && !run.console_tail.is_empty() {
             println!(
                 "vmtest {label}: the console's last lines ({}):",

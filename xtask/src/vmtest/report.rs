@@ -30,12 +30,17 @@ pub struct KernelRun {
     pub failures: Vec<String>,
     /// `faultline check` items reported unavailable: (name, why).
     pub unavailable: Vec<(String, String)>,
+    /// Processes a test binary left running: `binary: pid args; …`.
+    pub leftovers: Vec<String>,
     /// What went wrong outside the tests (timeout, crash, no check output).
     pub problems: Vec<String>,
     /// Where a guest that stopped before its end was (`binary::test`, or between tests).
     pub stalled_in: Option<String>,
     /// The first line the guest kernel printed about a stall, lockup or panic, if any.
     pub kernel_said: Option<String>,
+    /// What each failed test said when it panicked (`binary: panicked at …` and the message),
+    /// shown when the run is not ok: the console's tail is mostly the backtrace.
+    pub panics: Vec<String>,
     /// The console's last lines, shown when the run is not ok.
     pub console_tail: Vec<String>,
     pub console_log: String,
@@ -91,6 +96,9 @@ impl KernelRun {
                 .collect();
             s.push_str(&format!("; unavailable: {}", items.join("; ")));
         }
+        for l in &self.leftovers {
+            s.push_str(&format!("; left running after {l}"));
+        }
         for p in &self.problems {
             s.push_str(&format!("; {p}"));
         }
@@ -114,6 +122,7 @@ impl KernelRun {
                 .map(|(n, w)| json!({"name": n, "why": w}))
                 .collect::<Vec<_>>(),
             "problems": self.problems,
+            "leftovers": self.leftovers,
             "stalled_in": self.stalled_in,
             "kernel_said": self.kernel_said,
             "ok": self.ok(),
@@ -144,7 +153,14 @@ struct Binary {
     needs: Vec<(String, String)>,
     /// libtest's "test result:" totals (passed, failed, ignored).
     totals: Option<(u64, u64, u64)>,
+    /// Panic messages: each "panicked at" line with the message lines after it.
+    panics: Vec<String>,
+    /// Message lines still to take after a "panicked at" line.
+    panic_lines_left: usize,
 }
+
+/// How many lines of a panic's message are kept (a graph dumped in an assertion is one line).
+const PANIC_MESSAGE_LINES: usize = 4;
 
 impl Binary {
     fn outcome(&mut self, name: &str, outcome: &str) {
@@ -160,6 +176,7 @@ impl Binary {
 
     /// One line of libtest output (console noise is ignored).
     fn line(&mut self, line: &str) {
+        self.panic_line(line);
         let line = match line.find(NEEDS_MARK) {
             Some(pos) => {
                 let (before, needs) = line.split_at(pos);
@@ -200,6 +217,7 @@ impl Binary {
 
     /// Counts the tests that reported an outcome: (passed, failed, ignored).
     fn tally(&self, run: &mut KernelRun) -> (u64, u64, u64) {
+        run.panics.extend(self.panics.iter().cloned());
         let (mut passed, mut failed, mut ignored) = (0, 0, 0);
         for (test, o) in &self.outcomes {
             match (o.as_str(), self.needs_of(test)) {
@@ -217,6 +235,22 @@ impl Binary {
             }
         }
         (passed, failed, ignored)
+    }
+
+    /// Keeps a panic's location and message, which libtest prints before the backtrace.
+    fn panic_line(&mut self, line: &str) {
+        if line.contains("panicked at") {
+            self.panics.push(format!("{}: {line}", self.name));
+            self.panic_lines_left = PANIC_MESSAGE_LINES;
+        } else if self.panic_lines_left > 0 {
+            if line.starts_with("stack backtrace:") || line.starts_with("note: ") {
+                self.panic_lines_left = 0;
+            } else if let Some(last) = self.panics.last_mut() {
+                last.push_str(" / ");
+                last.push_str(line);
+                self.panic_lines_left -= 1;
+            }
+        }
     }
 
     fn needs_of(&self, test: &str) -> Option<&(String, String)> {
@@ -387,6 +421,13 @@ pub fn parse_guest(lines: &[String], listed: &Listed) -> KernelRun {
                     }
                 }
                 "done" => finished = true,
+                "leftovers" => {
+                    if let Some((name, left)) = tail.split_once(' ') {
+                        if !left.trim().is_empty() {
+                            run.leftovers.push(format!("{name}: {}", left.trim()));
+                        }
+                    }
+                }
                 "begin" => {
                     begun.push(tail.to_owned());
                     current = Some(Binary {
@@ -743,6 +784,23 @@ test k2 ... [  130.1] rcu: INFO: rcu_preempt self-detected stall on CPU
             .last()
             .is_some_and(|l| l.contains("jiffies")));
         assert!(!run.ok());
+    }
+
+    #[test]
+    fn a_failed_test_keeps_its_panic_message_not_only_the_backtrace() {
+        let console = "@@VMTEST begin overload\nrunning 1 test\n\
+            test storm ... FAILED\nfailures:\n---- storm stdout ----\n\
+            thread 'storm' panicked at tracer/tests/overload.rs:226:5:\n\
+            a 4 KiB ring buffer lost nothing\n\
+            stack backtrace:\n   0: rust_begin_unwind\n\
+            test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+            @@VMTEST end overload rc=101\n@@VMTEST done";
+        let run = parse_guest(&lines(console), &Listed::new());
+        assert_eq!(
+            run.panics,
+            vec!["overload: thread 'storm' panicked at tracer/tests/overload.rs:226:5: / a 4 KiB ring buffer lost nothing"]
+        );
+        assert_eq!(run.failed, 1);
     }
 
     #[test]
