@@ -1,9 +1,11 @@
 //! The engine: events in, lock model and waits-for graph kept, alerts out. Deterministic: time
-//! is the events' `ts_ns`, so replaying a recording reproduces the live run.
+//! is the events' `ts_ns`, the timed detectors run on the events' clock (and at each `snapshot`
+//! event), and alerts after a loss are held and vetted here, so replaying what a live source
+//! fed the engine reproduces what it decided.
 
 use crate::{
-    detect::{Alert, Detector, Thresholds},
-    event::Event,
+    detect::{vetting::Vetting, Alert, Detector, Thresholds},
+    event::{Event, EventKind},
     graph::WaitsFor,
     model::Model,
 };
@@ -15,6 +17,7 @@ const CHECK_INTERVAL_NS: u64 = 50_000_000;
 pub struct Engine {
     model: Model,
     detector: Detector,
+    vetting: Vetting,
     events: u64,
     now_ns: u64,
     next_check_ns: u64,
@@ -25,13 +28,15 @@ impl Engine {
         Self {
             model: Model::new(),
             detector: Detector::new(thresholds),
+            vetting: Vetting::default(),
             events: 0,
             now_ns: 0,
             next_check_ns: 0,
         }
     }
 
-    /// Applies one event; returns the alerts it (or the time it advanced to) raised.
+    /// Applies one event; returns the alerts it (or the time it advanced to) raised that may be
+    /// published now (after a loss, alerts wait for the confirmation: see `detect::vetting`).
     pub fn apply(&mut self, ev: &Event) -> Vec<Alert> {
         self.events += 1;
         // Across CPUs timestamps may step back a little: time never goes backwards.
@@ -40,22 +45,47 @@ impl Engine {
         if let Some(notice) = self.model.apply(ev) {
             alerts.extend(self.detector.on_notice(&self.model, &notice));
         }
-        if self.now_ns >= self.next_check_ns && !ev.kind.is_correction() {
-            alerts.extend(self.check());
+        // Not on a correction: a snapshot's conclusions are all in before they are judged, at
+        // the `snapshot` event that closes them.
+        let due = self.now_ns >= self.next_check_ns && !ev.kind.is_correction();
+        if due || matches!(ev.kind, EventKind::Snapshot {}) {
+            alerts.extend(self.run_checks());
         }
-        alerts
+        self.vetting.vet(&self.model, &ev.kind, alerts)
     }
 
-    /// Runs the timed detectors at the current time (also at the end of a trace).
+    /// Runs the timed detectors at the current time (at the end of a trace); returns what may
+    /// be published.
     pub fn check(&mut self) -> Vec<Alert> {
+        let alerts = self.run_checks();
+        self.vetting.hold(alerts)
+    }
+
+    fn run_checks(&mut self) -> Vec<Alert> {
         self.next_check_ns = self.now_ns.saturating_add(CHECK_INTERVAL_NS);
         self.detector.check(&self.model, self.now_ns)
     }
 
-    /// Moves time forward without an event (live: the wall clock says nobody moved).
-    pub fn advance_to(&mut self, ts_ns: u64) -> Vec<Alert> {
-        self.now_ns = self.now_ns.max(ts_ns);
-        self.check()
+    /// Holds `alerts` (raised before a loss was noticed, that may rest on it) like those raised
+    /// after it, while the loss is unconfirmed; returns those that may be published.
+    pub fn hold(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
+        self.vetting.hold(alerts)
+    }
+
+    /// Whether records were lost and no snapshot has confirmed the model since.
+    pub fn unconfirmed(&self) -> bool {
+        self.vetting.unconfirmed()
+    }
+
+    /// Alerts held since a loss, waiting for a confirmation (a trace that ends before one leaves
+    /// them here).
+    pub fn held(&self) -> &[Alert] {
+        self.vetting.held()
+    }
+
+    /// Alerts held after a loss and dropped because the confirmation refuted them.
+    pub fn dropped(&self) -> u64 {
+        self.vetting.dropped()
     }
 
     pub fn events(&self) -> u64 {

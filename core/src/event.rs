@@ -221,6 +221,15 @@ pub enum EventKind {
     /// A snapshot taken after every loss so far confirmed or corrected each task's state: none
     /// is unknown any more. `tid` and `pid` are 0.
     Confirmed {},
+    /// A snapshot of the kernel's state, taken at `ts_ns`, has been applied (its corrections
+    /// come before this event): the timed detectors run now, as the live agent ran them then.
+    /// `tid` and `pid` are 0.
+    Snapshot {},
+    /// First line of an agent's journal (`agent --record`): the events that follow are in the
+    /// order the agent applied them, so one whose real time was learned late (the start of a
+    /// wait a snapshot found, an acquisition's start carried by its end) may come after later
+    /// ones by any amount. `tid` and `pid` are 0.
+    Journal {},
 }
 
 /// A task inferred to hold an `mmap_lock` for read, and why.
@@ -260,6 +269,8 @@ impl EventKind {
                 | Self::ProcessGone {}
                 | Self::ReadHoldersInferred { .. }
                 | Self::Confirmed {}
+                | Self::Snapshot {}
+                | Self::Journal {}
         )
     }
 
@@ -286,6 +297,8 @@ impl EventKind {
             Self::ProcessGone {} => "process_gone",
             Self::ReadHoldersInferred { .. } => "read_holders_inferred",
             Self::Confirmed {} => "confirmed",
+            Self::Snapshot {} => "snapshot",
+            Self::Journal {} => "journal",
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::{self, BufRead, Read as _, Write};
 
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 
 /// Longest line accepted. An event is a few hundred bytes; a longer line is not a trace (a
 /// binary file, a missing newline), and reading it whole would let one line take any memory.
@@ -47,6 +47,9 @@ pub struct TraceReader<R> {
     /// The latest timestamp so far and its line.
     latest: Option<(u64, usize)>,
     failed: bool,
+    /// The trace opened with a `journal` event: events are in the order an agent applied them,
+    /// where a wait's real start learned late comes after later events, so time may step back.
+    applied_order: bool,
     /// Whether a last line cut short is set aside (`cut_line`) instead of being an error.
     lenient: bool,
     cut: Option<TraceError>,
@@ -61,6 +64,7 @@ impl<R: BufRead> TraceReader<R> {
             buf: Vec::new(),
             latest: None,
             failed: false,
+            applied_order: false,
             lenient: false,
             cut: None,
         }
@@ -138,7 +142,10 @@ impl<R: BufRead> TraceReader<R> {
                     }));
                 }
             };
-            if let Some((latest, earlier_line)) = self.latest {
+            if self.latest.is_none() && matches!(ev.kind, EventKind::Journal {}) {
+                self.applied_order = true;
+            }
+            if let Some((latest, earlier_line)) = self.latest.filter(|_| !self.applied_order) {
                 if latest.saturating_sub(ev.ts_ns) > MAX_STEP_BACK_NS {
                     return Some(Err(TraceError::OutOfOrder {
                         line,
@@ -329,6 +336,19 @@ mod tests {
             err.starts_with("line 3: ts_ns 1000 is 5999 ms before line 2's 6000000000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_agent_journal_may_step_back_in_time_but_only_when_it_says_so_first() {
+        let at =
+            |ts: u64| format!("{{\"ts_ns\":{ts},\"tid\":1,\"pid\":1,\"kind\":\"task_exit\"}}\n");
+        let journal = "{\"ts_ns\":1,\"tid\":0,\"pid\":0,\"kind\":\"journal\"}\n";
+        // A wait a snapshot found, applied with its real start 5 s back.
+        let backdated = format!("{journal}{}{}", at(6_000_000_000), at(1_000_000_000));
+        assert!(TraceReader::new(backdated.as_bytes()).all(|r| r.is_ok()));
+        let journal_later = journal.replace("\"ts_ns\":1,", "\"ts_ns\":6000000000,");
+        let late = format!("{}{journal_later}{}", at(6_000_000_000), at(1_000_000_000));
+        assert!(first_error(&late).starts_with("line 3: ts_ns 1000000000 is 5000 ms before"));
     }
 
     #[test]

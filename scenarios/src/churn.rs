@@ -2,16 +2,22 @@
 //! cron jobs, health checks and shells do. Their tids are reused later by other processes and
 //! their mm addresses by later mms: what a live model must forget in time.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Result};
 
 use crate::util::{gettid, now_ns, LoopReport, Mapping};
 
-/// Forks `count` children one after another; each maps a page, writes it, changes its
-/// protection (a write hold of its own mmap_lock) and exits. Fails if any child fails.
-pub(crate) fn churn(count: u32) -> Result<()> {
+/// Forks `count` children one after another (fewer if `within` runs out first); each maps a
+/// page, writes it, changes its protection (a write hold of its own mmap_lock) and exits.
+/// Fails if any child fails. The report's `count` is how many ran.
+pub(crate) fn churn(count: u32, within: Option<Duration>) -> Result<()> {
     let start_ns = now_ns();
+    let started = Instant::now();
     let mut failed = 0u32;
-    for _ in 0..count {
+    let mut ran = 0u32;
+    while ran < count && within.is_none_or(|w| started.elapsed() < w) {
+        ran += 1;
         // SAFETY: the child only makes async-signal-safe calls (mmap, mprotect, munmap) before
         // `_exit`; the parent is single-threaded.
         let pid = unsafe { libc::fork() };
@@ -37,13 +43,13 @@ pub(crate) fn churn(count: u32) -> Result<()> {
         }
     }
     if failed > 0 {
-        bail!("churn: {failed} of {count} children failed");
+        bail!("churn: {failed} of {ran} children failed");
     }
     let report = LoopReport {
         scenario: "churn",
         pid: std::process::id(),
         tid: gettid(),
-        count,
+        count: ran,
         start_ns,
         end_ns: now_ns(),
         target_pid: None,

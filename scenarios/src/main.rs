@@ -185,6 +185,10 @@ enum Scenario {
     Churn {
         #[arg(long, default_value_t = 100_000)]
         count: u32,
+        /// Stop forking after this long even if `count` is not reached (the report says how
+        /// many ran): a slow host, or an emulated guest, gets a bounded churn.
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
     ForeignRead {
@@ -242,7 +246,9 @@ fn main() {
         ),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
-        Scenario::Churn { count } => churn(count),
+        Scenario::Churn { count, seconds } => {
+            churn(count, seconds.map(std::time::Duration::from_secs))
+        }
     };
     if let Err(e) = result {
         eprintln!("faultline-scenario: error: {e:#}");

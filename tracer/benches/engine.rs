@@ -79,7 +79,13 @@ fn main() {
     let build = t0.elapsed();
     let blocked = engine.model().blocked.len();
     // Far enough in trace time that every detector fires once.
-    engine.advance_to(10_000_000_000);
+    engine.apply(&Event {
+        ts_ns: 10_000_000_000,
+        tid: 0,
+        pid: 0,
+        comm: None,
+        kind: EventKind::Snapshot {},
+    });
     let mut best = f64::MAX;
     let mut alerts = 0;
     for _ in 0..5 {

@@ -150,6 +150,11 @@ struct AgentArgs {
     /// (one agent per namespace sharing a kernel; the probes themselves are host-wide).
     #[arg(long, value_enum, default_value_t = tracer::kernel::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
     scope: tracer::kernel::scope::Scope,
+    /// Also write every event the agent's engine applies (the kernel's records and what the
+    /// snapshots concluded) to this trace file, mode 0600: `faultline replay FILE` then
+    /// raises the alerts the agent raised. It keeps raw addresses.
+    #[arg(long, env = "FAULTLINE_RECORD")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -273,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 max_log_lines: a.max_log_lines,
                 self_metrics: a.self_metrics,
                 scope: a.scope,
+                record: a.record,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

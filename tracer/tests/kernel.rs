@@ -387,23 +387,23 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let (mut agent, addr) = Faultline::agent(
-        state.path(),
-        &[
-            "--wait-threshold",
-            "1ms",
-            "--hold-threshold",
-            "20ms",
-            "--stall-threshold",
-            "150ms",
-            "--rwr-threshold",
-            "100ms",
-            "--snapshot-interval",
-            "50ms",
-            "--summary-interval",
-            "1s",
-        ],
-    );
+    let journal_dir = tempfile::tempdir().expect("tempdir");
+    let journal = journal_dir.path().join("agent.jsonl");
+    let thresholds = ["--stall-threshold", "150ms", "--rwr-threshold", "100ms"];
+    let mut args = vec![
+        "--wait-threshold",
+        "1ms",
+        "--hold-threshold",
+        "20ms",
+        "--snapshot-interval",
+        "50ms",
+        "--summary-interval",
+        "1s",
+        "--record",
+        journal.to_str().expect("utf-8 path"),
+    ];
+    args.extend(thresholds);
+    let (mut agent, addr) = Faultline::agent(state.path(), &args);
 
     let report = scenario(&["rwr", "--hold-mib", "2048"]);
     assert_eq!(
@@ -477,6 +477,70 @@ fn the_agent_builds_the_live_graph_of_a_convoy_and_raises_its_alerts() {
     agent.wait_for("mmap_lock: acquired", Duration::from_secs(5));
     let (status, _) = agent.stop();
     assert!(status.success(), "agent exits cleanly on SIGTERM");
+
+    // `--record` kept every event the agent's engine applied, the snapshots' conclusions
+    // included (the holder was inferred, never seen acquiring): replayed, they raise exactly
+    // the alerts the agent raised, on this host's other processes too.
+    let mode = std::fs::metadata(&journal)
+        .expect("the journal")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "a trace keeps raw addresses: owner only"
+    );
+    let text = std::fs::read_to_string(&journal).expect("the journal");
+    assert!(
+        text.contains("\"kind\":\"read_holders_inferred\"")
+            && text.contains("\"kind\":\"snapshot\""),
+        "the journal has the snapshots' conclusions"
+    );
+    let mut replay_args = vec!["replay", "--json"];
+    replay_args.extend(thresholds);
+    replay_args.push(journal.to_str().expect("utf-8 path"));
+    let out = std::process::Command::new(common::FAULTLINE)
+        .args(&replay_args)
+        .output()
+        .expect("faultline replay");
+    assert!(
+        out.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("replay JSON");
+    let key = |a: &serde_json::Value| {
+        (
+            a["kind"].as_str().unwrap_or("?").to_owned(),
+            u64s(a, "tids"),
+            a["confidence"].as_str().unwrap_or("?").to_owned(),
+        )
+    };
+    let mut from_replay: Vec<_> = replayed["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(key)
+        .collect();
+    let mut from_agent: Vec<_> = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|doc| key(&doc["alert"]))
+        .collect();
+    from_replay.sort();
+    from_agent.sort();
+    assert!(
+        from_agent
+            .iter()
+            .any(|(k, t, _)| k == "rwr_inversion" && t.first() == Some(&reader)),
+        "{from_agent:?}"
+    );
+    assert_eq!(
+        from_replay, from_agent,
+        "replaying the agent's journal raises what the agent raised"
+    );
 }
 
 #[test]

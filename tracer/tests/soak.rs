@@ -440,10 +440,18 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
     // The background load ends 15 s before the soak does, so the checks see it stopped.
     let load_seconds = seconds - 15;
     let mut stress = stress_ng(load_seconds);
+    // Bounded in time too: an emulated guest forks far slower than the rate asked for, and the
+    // report says how many ran.
     let mut churn = Reaped(
         Command::new(&*SCENARIO)
-            .args(["churn", "--count", &churn_count.to_string()])
-            .stdout(Stdio::null())
+            .args([
+                "churn",
+                "--count",
+                &churn_count.to_string(),
+                "--seconds",
+                &load_seconds.to_string(),
+            ])
+            .stdout(Stdio::piped())
             .spawn()
             .expect("faultline-scenario churn"),
     );
@@ -461,8 +469,21 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
         Ok(s) => s.to_string(),
         Err(e) => e,
     };
-    match churn.finish(load_end + Duration::from_secs(seconds)) {
-        Ok(s) if s.success() => {}
+    let mut churned = 0;
+    match churn.finish(load_end) {
+        Ok(s) if s.success() => {
+            let mut out = String::new();
+            if let Some(mut o) = churn.0.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut o, &mut out);
+            }
+            churned = serde_json::from_str::<serde_json::Value>(out.trim())
+                .ok()
+                .and_then(|r| r["count"].as_u64())
+                .unwrap_or(0);
+            if churned == 0 {
+                failures.push(format!("the churn reported no process: {out:?}"));
+            }
+        }
         Ok(s) => failures.push(format!("churn of {churn_count} processes exited with {s}")),
         Err(e) => failures.push(format!("churn of {churn_count} processes: {e}")),
     }
@@ -629,7 +650,7 @@ fn under_churn_every_alert_is_true_and_nothing_leaks() {
     }
     eprintln!(
         "soak: {seconds} s (load stopped at {load_stopped:.0} s), {} scenario runs ({formed} formed, \
-         {unformed} of {convoys} convoys unformed), {churn_count} churned processes; stress-ng {stress_status}\n\
+         {unformed} of {convoys} convoys unformed), {churned} churned processes (of {churn_count} asked, within {load_seconds} s); stress-ng {stress_status}\n\
          soak: kernel maps before → after the load: {}\n\
          soak: alerts {by_kind:?} ({} about other processes, not judged); missed {}; unrelated {}; \
          blocked after load {} (and {blocked_elsewhere} tasks of other processes)\n\

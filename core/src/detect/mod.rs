@@ -12,6 +12,7 @@ use serde::Serialize;
 
 mod confidence;
 mod narrate;
+pub mod vetting;
 
 pub use confidence::Confidence;
 

@@ -357,7 +357,9 @@ impl Model {
             | EventKind::TaskGone {}
             | EventKind::ProcessGone {}
             | EventKind::ReadHoldersInferred { .. }
-            | EventKind::Confirmed {} => {}
+            | EventKind::Confirmed {}
+            | EventKind::Snapshot {}
+            | EventKind::Journal {} => {}
         }
         None
     }

@@ -1,12 +1,10 @@
 //! `faultline record`: every event from the live kernel into a trace file (format v1).
 //!
 //! What it promises (see `docs/trace-format.md`): whole lines written at least once a second
-//! (`file`); a write error stops the recording at once, leaving the file on a complete line; a
+//! (`sinks::trace_file`); a write error stops the recording at once, leaving the file on a complete line; a
 //! `lost` record wherever the ring buffer dropped records; on stop, the probes are detached
 //! first and the ring buffer is then drained to empty, within a bound; a second SIGTERM or
 //! SIGINT ends at once.
-
-mod file;
 
 use std::{
     path::PathBuf,
@@ -22,9 +20,8 @@ use crate::{
     kernel::decode::{DecodeError, Decoded},
     kernel::probes::{ProbeOptions, Probes},
     kernel::stream::{EventStream, MAX_BATCH},
+    sinks::trace_file::{self as file, TraceFile},
 };
-
-use self::file::TraceFile;
 
 /// How often buffered lines are written out and the kernel's lost counter is read. Half a second,
 /// so that "at most a second behind" holds even when a tick comes late.

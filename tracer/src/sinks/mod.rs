@@ -1,6 +1,7 @@
 //! Sinks: adapters over finished views. The HTTP API (`http`) over what the agent hands out
 //! (`agent_view`), Prometheus exposition (`metrics`), alerts with their incident files
-//! (`alerts`), and pictures: the live page, SVG graphs and HTML reports (`report`). Adding one
+//! (`alerts`), trace files of events (`trace_file`: `record`, `agent --record`), and pictures:
+//! the live page, SVG graphs and HTML reports (`report`). Adding one
 //! touches nothing in the core; no sink reads the kernel, /proc or the agent's lock.
 
 pub mod agent_view;
@@ -8,3 +9,4 @@ pub mod alerts;
 pub mod http;
 pub mod metrics;
 pub mod report;
+pub mod trace_file;

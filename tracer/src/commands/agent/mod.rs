@@ -7,8 +7,10 @@
 //! - `view`: the views the HTTP sinks read (`sinks::agent_view`);
 //! - `snapshot`: the kernel's per-task map and the host's userfaultfds read into the feed;
 //! - `log_lines`: the lines logged for slow records;
-//! - `shutdown`: detach, drain within a bound, last snapshot.
+//! - `shutdown`: detach, drain within a bound, last snapshot;
+//! - `journal`: `--record`, every event the engine applied, for `replay`.
 
+mod journal;
 mod log_lines;
 pub mod metrics_input;
 mod shutdown;
@@ -45,6 +47,7 @@ use crate::{
 };
 
 use self::{
+    journal::Journal,
     log_lines::Reporter,
     shutdown::{DrainBound, DrainEnd},
     snapshot::{scan_uffds, snapshot_into},
@@ -71,6 +74,8 @@ pub struct AgentOptions {
     pub self_metrics: bool,
     /// Which processes to report on: the whole host, or this agent's network namespace.
     pub scope: Scope,
+    /// Write every event the engine applies to this trace file (`--record`).
+    pub record: Option<PathBuf>,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
@@ -91,20 +96,27 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
+    let journal = opts.record.as_deref().map(Journal::create).transpose()?;
+    let feed = LiveFeed::new(
+        opts.thresholds,
+        opts.probes
+            .wait_threshold
+            .as_nanos()
+            .try_into()
+            .unwrap_or(u64::MAX),
+        opts.probes
+            .hold_threshold
+            .as_nanos()
+            .try_into()
+            .unwrap_or(u64::MAX),
+    );
     let shared: Shared = Arc::new(Mutex::new(AgentState {
-        feed: LiveFeed::new(
-            opts.thresholds,
-            opts.probes
-                .wait_threshold
-                .as_nanos()
-                .try_into()
-                .unwrap_or(u64::MAX),
-            opts.probes
-                .hold_threshold
-                .as_nanos()
-                .try_into()
-                .unwrap_or(u64::MAX),
-        ),
+        feed: if journal.is_some() {
+            feed.with_journal()
+        } else {
+            feed
+        },
+        journal,
         sink: AlertSink::new(opts.state_dir.clone(), opts.max_incidents)?,
         probes,
         btf: KernelBtf::load()?,
@@ -230,5 +242,10 @@ fn stop(
     }
     if let Err(e) = snapshot_into(shared) {
         log::warn!("last snapshot at shutdown failed: {e:#}");
+    }
+    let mut st = lock(shared);
+    st.journal_out();
+    if let Some(j) = st.journal.as_mut() {
+        j.flush();
     }
 }

@@ -86,6 +86,10 @@ pub fn snapshot_into(shared: &Shared) -> Result<()> {
         states.retain(|(_, s)| st.scope.admits(s.tgid));
     }
     let alerts = st.feed.on_snapshot(&states, taken, lost);
+    st.journal_out();
+    if let Some(j) = st.journal.as_mut() {
+        j.flush();
+    }
     raise_all(&mut st, alerts);
     Ok(())
 }

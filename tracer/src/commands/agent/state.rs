@@ -22,7 +22,7 @@ use crate::{
     sinks::{alerts::AlertSink, metrics::SeriesMemory},
 };
 
-use super::telemetry::Telemetry;
+use super::{journal::Journal, telemetry::Telemetry};
 
 pub struct AgentState {
     pub feed: LiveFeed,
@@ -40,6 +40,8 @@ pub struct AgentState {
     pub reclaimer: TaskEntryReclaimer,
     /// Which processes this agent reports on (`--scope`).
     pub scope: ScopeFilter,
+    /// Where every event the engine applied goes (`--record`), if anywhere.
+    pub journal: Option<Journal>,
 }
 
 impl AgentState {
@@ -68,8 +70,16 @@ impl AgentState {
                 .map(|c| c.get(Counter::RingbufFull));
             alerts = self.feed.vet(alerts, lost);
         }
+        self.journal_out();
         raise_all(self, alerts);
         true
+    }
+
+    /// What the feed applied, into the `--record` file's buffer.
+    pub fn journal_out(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            j.take_from(&mut self.feed);
+        }
     }
 }
 

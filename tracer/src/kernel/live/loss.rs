@@ -1,50 +1,15 @@
 //! Losses: when the ring buffer drops records, the tasks with state become unknown (a `lost`
-//! event), alerts raised meanwhile are held, and each snapshot vets them; a snapshot taken
-//! after every loss confirms the model again (a `confirmed` event).
+//! event) and the engine holds the alerts raised meanwhile; a snapshot taken after every loss
+//! confirms the model again (a `confirmed` event), on which the engine publishes the held
+//! alerts the corrected model still supports (`core::detect::vetting`).
 
 use super::LiveFeed;
 use crate::{
-    core::detect::{Alert, AlertKind},
-    core::event::{Event, EventKind, LockMode},
-    core::model::{Blocked, Model},
+    core::detect::Alert,
+    core::event::{Event, EventKind},
 };
 
-/// Whether an alert raised before a loss still describes the model after a snapshot corrected it.
-fn still_true(model: &Model, a: &Alert) -> bool {
-    let blocked_since = |tid: u32| {
-        model
-            .task(tid)
-            .and_then(|t| t.blocked.as_ref())
-            .map(Blocked::since_ns)
-    };
-    let Some(&subject) = a.tids.first() else {
-        return false;
-    };
-    match a.kind {
-        AlertKind::Deadlock => a.tids.iter().all(|&t| blocked_since(t).is_some()),
-        // The read hold the second request came on top of, still there: one taken after the
-        // alert is another hold, and does not confirm it.
-        AlertKind::RecursiveRead => model.task(subject).is_some_and(|t| {
-            t.holds
-                .values()
-                .any(|h| h.mode == LockMode::Read && h.since_ns < a.ts_ns)
-        }),
-        AlertKind::Stall | AlertKind::UffdStall | AlertKind::RwrInversion => {
-            blocked_since(subject).is_some_and(|s| s <= a.ts_ns)
-        }
-    }
-}
-
 impl LiveFeed {
-    pub(super) fn hold_if_unconfirmed(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
-        if self.unconfirmed {
-            self.held.extend(alerts);
-            Vec::new()
-        } else {
-            alerts
-        }
-    }
-
     /// Notes the kernel's lost-record counter. New losses make every task with state unknown
     /// until the next snapshot; returns how many records were newly lost.
     pub fn note_lost(&mut self, lost_total: u64) -> u64 {
@@ -59,22 +24,23 @@ impl LiveFeed {
         // that carries it marks the same tasks unknown.
         // Stamped with the feed's own time (that of the records), not the clock: a loss does
         // not move time forward.
-        let raised = self.engine.apply(&Event {
+        let was_unconfirmed = self.engine.unconfirmed();
+        // The engine holds what follows until a confirmation (nothing is raised by the loss
+        // itself: the timed detectors do not run on it).
+        let raised = self.apply(&Event {
             ts_ns: self.engine.now_ns(),
             tid: 0,
             pid: 0,
             comm: None,
             kind: EventKind::Lost { count: new },
         });
-        // Alerts the timed detectors raised on the way rest on the loss too: held.
-        self.held.extend(raised);
-        if !self.unconfirmed {
+        debug_assert!(raised.is_empty(), "a loss is held, never published");
+        if !was_unconfirmed {
             log::warn!(
                 "{new} events lost (ring buffer full): {} tasks' state unknown until the next snapshot taken after the loss confirms it; alerts held until then",
                 self.unknown().len()
             );
         }
-        self.unconfirmed = true;
         new
     }
 
@@ -84,28 +50,24 @@ impl LiveFeed {
         if let Some(total) = lost_total {
             self.note_lost(total);
         }
-        self.hold_if_unconfirmed(alerts)
+        // Raised before the loss was noticed, but perhaps on top of it. (A replay of the
+        // journal publishes these: there the loss comes after them.)
+        self.engine.hold(alerts)
     }
 
     /// After a loss, the snapshot just applied is the confirmation: held alerts it still
     /// supports are published, the rest are dropped, and no task is unknown any more (a
     /// `confirmed` event), until a record older than a lossy walk says otherwise.
-    pub(super) fn confirm_held(&mut self, alerts: &mut Vec<Alert>) {
-        let held = std::mem::take(&mut self.held);
-        let total = held.len();
-        let model = self.engine.model();
-        let kept: Vec<Alert> = held.into_iter().filter(|a| still_true(model, a)).collect();
-        let dropped = total - kept.len();
-        self.suppressed += dropped as u64;
-        if total > 0 {
+    pub(super) fn confirm(&mut self, taken_ns: u64) -> Vec<Alert> {
+        let (held, dropped_before) = (self.engine.held().len(), self.engine.dropped());
+        let kept = self.correct(0, 0, taken_ns, EventKind::Confirmed {});
+        let dropped = self.engine.dropped() - dropped_before;
+        if held > 0 {
             log::info!(
-                "snapshot after the loss confirmed {} of {total} held alerts; {dropped} dropped",
-                kept.len()
+                "snapshot after the loss confirmed {} of {held} held alerts; {dropped} dropped",
+                held as u64 - dropped
             );
         }
-        alerts.splice(0..0, kept);
-        let now = self.last_snapshot_ns.unwrap_or(0);
-        alerts.extend(self.correct(0, 0, now, EventKind::Confirmed {}));
-        self.unconfirmed = false;
+        kept
     }
 }

@@ -72,14 +72,11 @@ pub struct LiveFeed {
     lost_seen: u64,
     /// Records lost since the feed started.
     lost: u64,
-    /// A loss was noticed and no snapshot has confirmed the model since.
-    unconfirmed: bool,
     /// When the last snapshot's walk began, if that snapshot noticed a loss itself.
     lossy_walk_ns: Option<u64>,
-    /// Alerts raised while unconfirmed, waiting for that snapshot.
-    held: Vec<Alert>,
-    /// Alerts a snapshot refuted after a loss.
-    suppressed: u64,
+    /// Every event applied to the engine since the journal was last taken, in order, when
+    /// asked for (`agent --record`): replayed, they decide what the engine decided here.
+    journal: Option<Vec<Event>>,
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
@@ -123,11 +120,31 @@ impl LiveFeed {
             alive: Box::new(proc_exists),
             lost_seen: 0,
             lost: 0,
-            unconfirmed: false,
             lossy_walk_ns: None,
-            held: Vec::new(),
-            suppressed: 0,
+            journal: None,
         }
+    }
+
+    /// Keeps every event applied to the engine, for `take_journal`.
+    pub fn with_journal(mut self) -> Self {
+        self.journal = Some(Vec::new());
+        self
+    }
+
+    /// The events applied since the last call (empty without `with_journal`).
+    pub fn take_journal(&mut self) -> Vec<Event> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Applies `ev` to the engine, journaled: the one way anything reaches the model.
+    fn apply(&mut self, ev: &Event) -> Vec<Alert> {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(ev.clone());
+        }
+        self.engine.apply(ev)
     }
 
     /// Uses `alive` instead of /proc to tell whether a process or task exists.
@@ -158,7 +175,7 @@ impl LiveFeed {
 
     /// Alerts held after a loss and dropped because the next snapshot refuted them.
     pub fn suppressed(&self) -> u64 {
-        self.suppressed
+        self.engine.dropped()
     }
 
     fn waiting_on(&self, tid: u32, mm: Addr) -> bool {
@@ -205,12 +222,12 @@ impl LiveFeed {
     }
 
     /// Applies one streamed record, after the earlier event it implies when the engine has not
-    /// seen that one. Alerts raised while a loss is unconfirmed are held (see `vet`).
+    /// seen that one. Alerts raised while a loss is unconfirmed are held by the engine.
     pub fn on_record(&mut self, d: &Decoded) -> Vec<Alert> {
         let mut alerts = Vec::new();
         if let Some(implied) = &d.implied {
             if !self.reflects(implied) {
-                alerts.extend(self.engine.apply(implied));
+                alerts.extend(self.apply(implied));
             }
         }
         if let Some(id) = d.cgroup_id {
@@ -219,7 +236,7 @@ impl LiveFeed {
         if matches!(d.event.kind, EventKind::TaskExit {}) {
             self.exits.insert(d.event.tid, d.event.ts_ns);
         }
-        alerts.extend(self.engine.apply(&d.event));
+        alerts.extend(self.apply(&d.event));
         // A record from before a walk that followed a loss: the walk did not see what it says,
         // and records around it may be the lost ones. The task is unknown until the next
         // snapshot.
@@ -227,16 +244,15 @@ impl LiveFeed {
             .lossy_walk_ns
             .is_some_and(|walk| d.event.ts_ns < walk && d.event.tid != 0);
         if stale && !self.engine.model().unknown.contains(&d.event.tid) {
-            alerts.extend(self.engine.apply(&Event {
+            alerts.extend(self.apply(&Event {
                 ts_ns: d.event.ts_ns,
                 tid: d.event.tid,
                 pid: d.event.pid,
                 comm: None,
                 kind: EventKind::Lost { count: 0 },
             }));
-            self.unconfirmed = true;
         }
-        self.hold_if_unconfirmed(alerts)
+        alerts
     }
 
     /// Applies a snapshot of the kernel's per-task map, taken (its walk started) at `taken_ns`,
@@ -264,10 +280,12 @@ impl LiveFeed {
         self.exits.retain(|_, &mut e| e >= taken_ns);
         self.last_snapshot_ns = Some(taken_ns);
         alerts.extend(self.uffd_waits_ended(taken_ns));
-        alerts.extend(self.engine.advance_to(taken_ns));
-        if self.unconfirmed {
-            self.confirm_held(&mut alerts);
+        if self.engine.unconfirmed() {
+            // Every loss so far was counted before the walk, which covered every task.
+            alerts.extend(self.confirm(taken_ns));
         }
+        // The timed detectors, now that every conclusion of the walk is in.
+        alerts.extend(self.correct(0, 0, taken_ns, EventKind::Snapshot {}));
         alerts
     }
 
@@ -364,7 +382,7 @@ impl LiveFeed {
 
     /// Applies a correction: what the feed concluded from a snapshot, as an event.
     fn correct(&mut self, tid: u32, pid: u32, ts_ns: u64, kind: EventKind) -> Vec<Alert> {
-        self.engine.apply(&Event {
+        self.apply(&Event {
             ts_ns,
             tid,
             pid,
@@ -409,7 +427,7 @@ impl LiveFeed {
                             mm_pid: self.known_owner(mm),
                         },
                     );
-                    alerts.extend(self.engine.apply(&ev));
+                    alerts.extend(self.apply(&ev));
                 }
             }
             // The contended rwsem of an mmap_lock attempt is that attempt (applied below).
@@ -428,7 +446,7 @@ impl LiveFeed {
                 if let Some(kind) =
                     contention(st, (st.lock_owner != 0).then_some(st.lock_owner), None)
                 {
-                    alerts.extend(self.engine.apply(&base(st.lock_since_ns, kind)));
+                    alerts.extend(self.apply(&base(st.lock_since_ns, kind)));
                 }
             }
             let mm = Addr(st.wait_mm);
@@ -446,7 +464,7 @@ impl LiveFeed {
                         mm_pid: self.known_owner(mm),
                     },
                 );
-                alerts.extend(self.engine.apply(&ev));
+                alerts.extend(self.apply(&ev));
             }
             // The writer its contention read in the owner word holds the lock: exact evidence,
             // given to the model as the contention record that carried it.
@@ -463,7 +481,7 @@ impl LiveFeed {
                     && !is_gone(&self.alive)
                 {
                     if let Some(kind) = contention(st, Some(writer), Some(mm)) {
-                        alerts.extend(self.engine.apply(&base(st.lock_since_ns, kind)));
+                        alerts.extend(self.apply(&base(st.lock_since_ns, kind)));
                     }
                 }
             }
@@ -486,7 +504,7 @@ impl LiveFeed {
                         addr: Addr(st.uffd_addr),
                     },
                 );
-                alerts.extend(self.engine.apply(&ev));
+                alerts.extend(self.apply(&ev));
             }
         }
         alerts

@@ -33,7 +33,7 @@ impl LiveFeed {
             .collect();
         let mut alerts = Vec::new();
         for (tid, pid, uffd) in ended {
-            alerts.extend(self.engine.apply(&Event {
+            alerts.extend(self.apply(&Event {
                 ts_ns: now_ns,
                 tid,
                 pid,
@@ -78,7 +78,7 @@ impl LiveFeed {
                     }
                 },
             };
-            alerts.extend(self.engine.apply(&Event {
+            alerts.extend(self.apply(&Event {
                 ts_ns: now_ns,
                 tid,
                 pid,
@@ -86,7 +86,7 @@ impl LiveFeed {
                 kind: EventKind::UffdHandlerSeen { uffd, resolver },
             }));
         }
-        (self.hold_if_unconfirmed(alerts), gone)
+        (alerts, gone)
     }
 
     /// What the agent's userfaultfd scan found: the descriptors, as (holding process,
@@ -114,7 +114,7 @@ impl LiveFeed {
             if blocked {
                 continue;
             }
-            alerts.extend(self.engine.apply(&Event {
+            alerts.extend(self.apply(&Event {
                 ts_ns: since_ns,
                 tid,
                 pid,
@@ -136,7 +136,7 @@ impl LiveFeed {
             if known || !(self.alive)(pid) {
                 continue;
             }
-            alerts.extend(self.engine.apply(&Event {
+            alerts.extend(self.apply(&Event {
                 ts_ns: now_ns,
                 tid: pid,
                 pid,

@@ -258,7 +258,9 @@ impl TimelineBuilder {
             | EventKind::Lost { .. }
             | EventKind::ProcessGone {}
             | EventKind::ReadHoldersInferred { .. }
-            | EventKind::Confirmed {} => {}
+            | EventKind::Confirmed {}
+            | EventKind::Snapshot {}
+            | EventKind::Journal {} => {}
             // A snapshot's corrections end bars like the records they stand for.
             EventKind::WaitEnded {} => self.end_wait(tid, ts),
             EventKind::HoldEnded { mm } => self.release(tid, *mm, ts),

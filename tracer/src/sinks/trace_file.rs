@@ -50,8 +50,17 @@ pub struct TraceFile {
 }
 
 impl TraceFile {
+    /// Creates (or truncates) the file, readable by its owner only: a trace keeps raw kernel
+    /// and user addresses and names every process it saw (`docs/security.md`).
     pub fn create(path: &Path) -> io::Result<Self> {
-        Ok(Self::new(path, File::create(path)?))
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Self::new(path, file))
     }
 
     fn new(path: &Path, file: File) -> Self {
