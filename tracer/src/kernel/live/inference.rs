@@ -1,7 +1,8 @@
 //! Read holders in the default mode: nothing sees an uncontended `mmap_lock` acquisition, so
 //! the read holders a contended lock waits for are inferred at each snapshot (the rwsem owner
-//! word's last reader, else threads whose kernel stack is inside a function that holds the lock
-//! for read), labelled as inferred, and replaced by the next snapshot's inference.
+//! word's last reader when its kernel stack confirms it, else threads whose kernel stack is
+//! inside a function that holds the lock for read, else the owner word's last reader alone),
+//! labelled as inferred, and replaced by the next snapshot's inference.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,6 +90,12 @@ impl LiveFeed {
     }
 
     /// Candidates for the read holders of `mm`, each with its evidence.
+    ///
+    /// The owner word names the *last* reader to take the lock, which may have released it
+    /// since: another thread's page fault after the real holder took the lock (every fault
+    /// takes it for read on kernels without per-VMA locks) leaves that thread's name there. So
+    /// a hint is trusted alone only when no thread's stack shows a read hold; a stack inside a
+    /// function that holds the lock for read is the stronger evidence.
     fn read_holders_of(
         &self,
         mm: Addr,
@@ -100,7 +107,8 @@ impl LiveFeed {
                 .iter()
                 .any(|f| procfs::READ_HOLDER_FRAMES.contains(&f.as_str()))
         };
-        let mut out = Vec::new();
+        let mut confirmed = Vec::new();
+        let mut unconfirmed = Vec::new();
         for &h in hints.into_iter().flatten() {
             if waiters.contains(&h) {
                 continue;
@@ -108,17 +116,16 @@ impl LiveFeed {
             let Some(pid) = procfs::tgid_of(h) else {
                 continue; // gone: it holds nothing
             };
-            let why = if in_holder_frame(pid, h) {
-                HINT_AND_STACK_EVIDENCE
+            if in_holder_frame(pid, h) {
+                confirmed.push(reader(h, pid, HINT_AND_STACK_EVIDENCE));
             } else {
-                HINT_EVIDENCE
-            };
-            out.push(reader(h, pid, why));
+                unconfirmed.push(reader(h, pid, HINT_EVIDENCE));
+            }
         }
-        if !out.is_empty() {
-            return out;
+        if !confirmed.is_empty() {
+            return confirmed;
         }
-        // No hint: threads of the processes involved whose stack shows a read hold.
+        // Threads of the processes involved whose stack shows a read hold.
         let model = self.engine.model();
         let pids: BTreeSet<u32> = model
             .mm_locks
@@ -127,13 +134,18 @@ impl LiveFeed {
             .into_iter()
             .chain(waiters.iter().filter_map(|w| model.task(*w).map(|t| t.pid)))
             .collect();
+        let mut by_stack = Vec::new();
         for pid in pids {
             for tid in procfs::threads(pid) {
                 if !waiters.contains(&tid) && in_holder_frame(pid, tid) {
-                    out.push(reader(tid, pid, STACK_EVIDENCE));
+                    by_stack.push(reader(tid, pid, STACK_EVIDENCE));
                 }
             }
         }
-        out
+        if by_stack.is_empty() {
+            unconfirmed
+        } else {
+            by_stack
+        }
     }
 }

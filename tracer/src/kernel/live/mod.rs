@@ -10,9 +10,9 @@
 //!   past the streaming thresholds (whose ends the kernel will therefore stream) are applied
 //!   with their real start times;
 //! - in the default mode nothing sees an uncontended `mmap_lock` acquisition, so the read
-//!   holders a contended lock waits for are inferred at each snapshot (the rwsem owner word's
-//!   last reader, else threads whose kernel stack is inside a function that holds the lock for
-//!   read), labelled as inferred, and replaced by the next snapshot's inference.
+//!   holders a contended lock waits for are inferred at each snapshot (`inference`: the kernel
+//!   stacks of the threads involved, and the rwsem owner word's last reader), labelled as
+//!   inferred, and replaced by the next snapshot's inference.
 //!
 //! The snapshot is the authority for what is in progress, and records and snapshots are ordered
 //! by the kernel's monotonic clock:
