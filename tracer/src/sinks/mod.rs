@@ -8,3 +8,4 @@ pub mod alerts;
 pub mod http;
 pub mod metrics;
 pub mod report;
+pub mod web;
