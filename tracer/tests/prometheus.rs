@@ -301,3 +301,35 @@ fn the_agent_warns_when_it_listens_beyond_loopback_without_a_web_config() {
         "one warning line: {lines:?}"
     );
 }
+
+#[test]
+fn a_scrape_answers_within_a_second_behind_a_thousand_half_open_connections() {
+    if !require_root("a_scrape_answers_within_a_second_behind_a_thousand_half_open_connections") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, target) = Faultline::agent(state.path(), &[]);
+    assert_eq!(http_get(&target, "/metrics").0, 200);
+    // Slowloris: connections that say nothing, or start a head and never finish it.
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut s = std::net::TcpStream::connect(&target).expect("half-open connection");
+        if i % 2 == 1 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ")
+                .expect("partial head");
+        }
+        held.push(s);
+    }
+    let start = Instant::now();
+    let (status, body) = http_get(&target, "/metrics");
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(body.contains("faultline_build_info"), "{body}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the scrape took {took:?} behind 1000 half-open connections"
+    );
+    drop(held);
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}

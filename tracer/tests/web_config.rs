@@ -1,8 +1,9 @@
 //! The HTTP API's TCP front (`sinks::web`), served for real on loopback in this process (no
 //! kernel needed: the front knows nothing of what it serves): authentication and its rate
 //! limit, TLS with client certificates, the config reread from disk, half-open connections,
-//! the Host check. The agent itself with a web config: its refusal of a bad file, its warning
-//! beyond loopback; its TLS scrape by a real Prometheus is in `prometheus.rs`.
+//! the Host check; and the agent's refusal of a bad file (before it loads anything). What needs
+//! a running agent (a real Prometheus scraping it over TLS, the warning beyond loopback, a
+//! scrape behind half-open connections) is in `prometheus.rs`.
 
 #[path = "web/pki.rs"]
 mod pki;
