@@ -36,6 +36,9 @@ use tower_service::Service as _;
 
 use super::reload::Web;
 
+/// How often reaching the cap is logged at most.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// The client's address, put in each request's extensions for the rate limit.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
@@ -166,6 +169,7 @@ async fn http1<IO>(
 pub async fn serve(listener: TcpListener, app: Router, web: Arc<Web>, limits: Limits) {
     let slots: Shared = Arc::default();
     let mut refused_logged = false;
+    let mut last_full: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -180,6 +184,15 @@ pub async fn serve(listener: TcpListener, app: Router, web: Arc<Web>, limits: Li
                 continue;
             }
         };
+        // Only this loop adds connections: the count read here is the one `admit` sees.
+        let full = lock(&slots).open.len() >= limits.max_connections;
+        if full && last_full.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
+            log::warn!(
+                "HTTP API: {} connections open, the most allowed; closing idle ones for new ones (a client is holding connections open)",
+                limits.max_connections
+            );
+            last_full = Some(std::time::Instant::now());
+        }
         let Some((id, in_flight, closed)) = admit(&slots, limits.max_connections) else {
             // Every slot busy with a request: this one is closed (dropped) unanswered.
             continue;
