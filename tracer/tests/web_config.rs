@@ -241,6 +241,31 @@ fn a_connection_that_sends_no_head_is_closed_after_the_header_read_timeout() {
 }
 
 #[test]
+fn a_tls_connection_that_never_finishes_its_handshake_is_closed() {
+    let pki = pki::Pki::new();
+    let config = pki.dir.path().join("web.yml");
+    pki::replace(&config, &pki.tls_config("prometheus", "s3cret"));
+    let limits = Limits {
+        tls_handshake_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let addr = serve(Some(&config), limits);
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    // The first bytes of a ClientHello record, then nothing.
+    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "a stalled handshake held its connection {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn on_loopback_only_requests_naming_the_loopback_address_are_served() {
     let addr = serve(None, Limits::default());
     let port = addr.rsplit(':').next().expect("port");

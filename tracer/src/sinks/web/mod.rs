@@ -46,11 +46,56 @@ pub fn spawn(
     }))
 }
 
-/// The line logged at start when the API is reachable beyond loopback with no web config.
+/// The line logged at start when the API is reachable beyond loopback without TLS or without
+/// authentication (no web config, or one that leaves either out).
 pub fn exposure_warning(local: std::net::SocketAddr, web: &Web) -> Option<String> {
-    (!local.ip().is_loopback() && !web.configured()).then(|| {
-        format!(
-            "the HTTP API listens on {local}, beyond loopback, without --web.config.file: no TLS and no authentication, so anyone who can reach it reads the graph (process names, pids, cgroups); add a web config (TLS, basic_auth_users) or listen on 127.0.0.1"
-        )
-    })
+    if local.ip().is_loopback() {
+        return None;
+    }
+    let active = web.current();
+    let missing = match (
+        active.tls.is_some(),
+        active.users.is_some() || active.client_certs_required,
+    ) {
+        (true, true) => return None,
+        (false, false) => "no TLS and no authentication",
+        (false, true) => "no TLS (credentials and data cross the network in clear)",
+        (true, false) => "no authentication (no basic_auth_users, no required client certificate)",
+    };
+    let how = if web.configured() {
+        "complete the web config"
+    } else {
+        "add --web.config.file (TLS, basic_auth_users)"
+    };
+    Some(format!(
+        "the HTTP API listens on {local}, beyond loopback, with {missing}: anyone who can reach it reads the graph (process names, pids, cgroups); {how}, or listen on 127.0.0.1"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_loopback_without_tls_or_authentication_is_warned_about() {
+        let any: std::net::SocketAddr = "0.0.0.0:9720".parse().expect("addr");
+        let lo: std::net::SocketAddr = "127.0.0.1:9720".parse().expect("addr");
+        let none = Web::load(None).expect("no config");
+        assert!(exposure_warning(lo, &none).is_none());
+        let w = exposure_warning(any, &none).expect("warned");
+        assert!(
+            w.contains("no TLS and no authentication") && w.contains("--web.config.file"),
+            "{w}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.yml");
+        let hash = bcrypt::hash("x", 4).expect("hash");
+        std::fs::write(&path, format!("basic_auth_users:\n  u: '{hash}'\n")).expect("write");
+        let users_only = Web::load(Some(&path)).expect("loads");
+        let w = exposure_warning(any, &users_only).expect("warned");
+        assert!(
+            w.contains("no TLS (") && w.contains("complete the web config"),
+            "{w}"
+        );
+    }
 }

@@ -21,6 +21,8 @@ pub struct Active {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Users>,
     pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+    /// Every client must present a certificate the client CA signed.
+    pub client_certs_required: bool,
     /// The files whose change means a reread.
     watched: Vec<PathBuf>,
 }
@@ -32,6 +34,7 @@ impl Active {
             tls: None,
             users: None,
             headers: Vec::new(),
+            client_certs_required: false,
             watched: Vec::new(),
         }
     }
@@ -56,10 +59,15 @@ impl Active {
             None => None,
         };
         let users = (!settings.users.is_empty()).then(|| Users::new(settings.users));
+        let client_certs_required = settings
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth == config::ClientAuth::RequireAndVerifyClientCert);
         Ok(Self {
             tls,
             users,
             headers: settings.headers,
+            client_certs_required,
             watched,
         })
     }
