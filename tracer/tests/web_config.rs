@@ -182,6 +182,37 @@ fn a_changed_config_file_takes_effect_without_restart_and_a_bad_one_is_ignored()
 }
 
 #[test]
+fn a_renewed_certificate_is_served_without_restart() {
+    let old = pki::Pki::new();
+    let config = old.dir.path().join("web.yml");
+    pki::replace(&config, &old.tls_config("prometheus", "s3cret"));
+    let addr = serve(Some(&config), Limits::default());
+    let auth = Some(("prometheus", "s3cret"));
+    assert_eq!(old.get(&addr, "/metrics", true, auth).expect("TLS").0, 200);
+    // A new CA signs the new server and client certificates; the config file is untouched.
+    let new = pki::Pki::new();
+    assert!(
+        new.get(&addr, "/metrics", true, auth).is_err(),
+        "the new CA was trusted already"
+    );
+    for (from, to) in [
+        (&new.server_cert, &old.server_cert),
+        (&new.server_key, &old.server_key),
+        (&new.ca, &old.ca),
+    ] {
+        pki::replace(to, &std::fs::read_to_string(from).expect("read pem"));
+    }
+    let deadline = Instant::now() + web::reload::POLL * 4;
+    while new.get(&addr, "/metrics", true, auth).map(|r| r.0) != Ok(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn a_thousand_half_open_connections_do_not_keep_a_scrape_waiting() {
     let addr = serve(None, Limits::default());
     let host = addr.as_str();
