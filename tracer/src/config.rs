@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 20] = [
+pub const KEYS: [(&str, &str); 21] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -16,6 +16,7 @@ pub const KEYS: [(&str, &str); 20] = [
     ("rwr_threshold", "FAULTLINE_RWR_THRESHOLD"),
     ("deadlock_confirm", "FAULTLINE_DEADLOCK_CONFIRM"),
     ("listen", "FAULTLINE_LISTEN"),
+    ("web_config_file", "FAULTLINE_WEB_CONFIG_FILE"),
     ("state_dir", "FAULTLINE_STATE_DIR"),
     ("max_incidents", "FAULTLINE_MAX_INCIDENTS"),
     ("snapshot_interval", "FAULTLINE_SNAPSHOT_INTERVAL"),

@@ -123,6 +123,16 @@ struct AgentArgs {
     /// Loopback by default: the graph names processes and their locks.
     #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
     listen: std::net::SocketAddr,
+    /// Web config (YAML, as for Prometheus exporters): TLS (`tls_server_config`), basic-auth
+    /// users with bcrypt hashes (`basic_auth_users`), response headers (`http_server_config`).
+    /// Reread when it or its certificate files change. Needed to listen beyond loopback safely.
+    #[arg(
+        long = "web.config.file",
+        alias = "web-config-file",
+        value_name = "FILE",
+        env = "FAULTLINE_WEB_CONFIG_FILE"
+    )]
+    web_config_file: Option<PathBuf>,
     /// Directory for incident files (each alert with the graph at detection, JSON + DOT + HTML).
     #[arg(
         long,
@@ -271,6 +281,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 probes: a.probes.options(),
                 thresholds: a.detect.thresholds(),
                 listen: a.listen,
+                web_config: a.web_config_file,
                 state_dir: Some(a.state_dir),
                 max_incidents: a.max_incidents,
                 snapshot_interval: a.snapshot_interval,

@@ -133,6 +133,59 @@ fn the_daemonset_has_the_least_privilege_that_works() {
 }
 
 #[test]
+fn the_daemonset_listens_beyond_loopback_only_with_tls_and_users_from_a_secret() {
+    let docs = documents(&manifest());
+    let pod = &of_kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let config = of_kind(&docs, "ConfigMap")["data"]["faultline.toml"]
+        .as_str()
+        .expect("config");
+    let pairs = tracer::config::parse("configmap", config).expect("valid config");
+    let web = pairs
+        .iter()
+        .find(|(k, _)| *k == "FAULTLINE_WEB_CONFIG_FILE")
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .expect("the shipped config sets web_config_file");
+    // The web config and what it names come from a Secret mounted read-only.
+    let mount = c["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| web.starts_with(m["mountPath"].as_str().unwrap_or("-")) && m["name"] != "config")
+        .expect("the web config's directory is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let vol = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("its volume");
+    assert_eq!(vol["secret"]["secretName"], "faultline-web", "{vol}");
+    // The probes speak TLS to /healthz, which needs no credentials.
+    assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+    // The example web.yml for the Secret: TLS with the mounted files, and users, refused until
+    // its placeholder is a real hash.
+    let path = repo().join("deploy/kubernetes/web.yml");
+    let text = std::fs::read_to_string(&path).expect("web.yml");
+    let e = tracer::sinks::web::config::parse(&path, &text).expect_err("placeholder hash");
+    assert!(e.to_string().contains("basic_auth_users.prometheus"), "{e}");
+    let filled = text.replace(
+        "REPLACE-ME",
+        "'$2y$04$vNiO0U.AOG7nMdr9b4kyTuahbLg4aVmKqmCGqDCFGtJ2hZ8hy5zCq'",
+    );
+    let settings = tracer::sinks::web::config::parse(&path, &filled).expect("filled in");
+    let tls = settings.tls.expect("TLS");
+    assert!(tls
+        .cert_file
+        .starts_with(mount["mountPath"].as_str().expect("path")));
+    assert!(tls
+        .key_file
+        .starts_with(mount["mountPath"].as_str().expect("path")));
+    assert_eq!(settings.users.len(), 1);
+}
+
+#[test]
 fn the_service_monitor_selects_the_agents_service_and_port() {
     let docs = documents(&manifest());
     let svc = of_kind(&docs, "Service");

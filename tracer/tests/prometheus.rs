@@ -4,6 +4,8 @@
 //! every metric the dashboard and the alert rules name exists in it.
 
 mod common;
+#[path = "web/pki.rs"]
+mod pki;
 
 use std::{
     io::Write,
@@ -40,12 +42,17 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Self {
+        Self::start_with(target, "")
+    }
+
+    /// With `job` added to the scrape job's settings (indented as its keys).
+    fn start_with(target: &str, job: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: faultline\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: faultline\n{job}    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .expect("write prometheus.yml");
@@ -194,6 +201,135 @@ fn prometheus_scrapes_the_agent_and_sees_contention_in_the_histograms() {
             "{user} uses {name}, which the agent does not export"
         );
     }
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
+
+/// The address in the agent's start line ("API on http(s)://ADDR, ...").
+fn api_addr(agent: &mut Faultline, scheme: &str) -> String {
+    let marker = format!("API on {scheme}://");
+    let line = agent.wait_for(&marker, Duration::from_secs(1));
+    line.split(marker.as_str())
+        .nth(1)
+        .and_then(|r| r.split([',', ' ']).next())
+        .expect("the start line names the API address")
+        .to_owned()
+}
+
+#[test]
+fn prometheus_scrapes_the_agent_over_tls_with_a_client_certificate_and_basic_auth() {
+    if !require_root(
+        "prometheus_scrapes_the_agent_over_tls_with_a_client_certificate_and_basic_auth",
+    ) {
+        return;
+    }
+    let pki = pki::Pki::new();
+    let web = pki.dir.path().join("web.yml");
+    pki::replace(&web, &pki.tls_config("prometheus", "s3cret"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().to_str().expect("utf-8").to_owned();
+    let web_arg = web.to_str().expect("utf-8").to_owned();
+    // Beyond loopback, as the DaemonSet listens: with a web config, no warning.
+    let mut agent = Faultline::start(
+        &[
+            "agent",
+            "--listen",
+            "0.0.0.0:0",
+            "--state-dir",
+            &state_dir,
+            "--web.config.file",
+            &web_arg,
+        ],
+        "probes attached",
+    );
+    let addr = api_addr(&mut agent, "https");
+    let port = addr.rsplit(':').next().expect("port");
+    let target = format!("127.0.0.1:{port}");
+    let job = format!(
+        "    scheme: https\n    basic_auth:\n      username: prometheus\n      password: s3cret\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      key_file: {}\n",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let prom = Prometheus::start_with(&target, &job);
+    prom.wait_for("the agent up over TLS", r#"up{job="faultline"}"#, |v| {
+        v == 1.0
+    });
+    prom.wait_for(
+        "the agent's metrics over TLS",
+        r#"count({job="faultline",__name__=~"faultline_.+"})"#,
+        |v| v > 10.0,
+    );
+    // Without credentials, the same endpoint is closed.
+    assert_eq!(
+        pki.get(&target, "/metrics", true, None).expect("TLS").0,
+        401
+    );
+    assert_eq!(
+        pki.get(&target, "/healthz", true, None).expect("TLS").0,
+        200
+    );
+    let (status, lines) = agent.stop();
+    assert!(status.success());
+    assert!(
+        !lines.iter().any(|l| l.contains("beyond loopback")),
+        "warned although a web config is set: {lines:?}"
+    );
+}
+
+#[test]
+fn the_agent_warns_when_it_listens_beyond_loopback_without_a_web_config() {
+    if !require_root("the_agent_warns_when_it_listens_beyond_loopback_without_a_web_config") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().to_str().expect("utf-8").to_owned();
+    let mut agent = Faultline::start(
+        &["agent", "--listen", "0.0.0.0:0", "--state-dir", &state_dir],
+        "probes attached",
+    );
+    let warning = agent.wait_for("beyond loopback", Duration::from_secs(1));
+    assert!(warning.contains("--web.config.file"), "{warning}");
+    let (status, lines) = agent.stop();
+    assert!(status.success());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("beyond loopback"))
+            .count(),
+        1,
+        "one warning line: {lines:?}"
+    );
+}
+
+#[test]
+fn a_scrape_answers_within_a_second_behind_a_thousand_half_open_connections() {
+    if !require_root("a_scrape_answers_within_a_second_behind_a_thousand_half_open_connections") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, target) = Faultline::agent(state.path(), &[]);
+    assert_eq!(http_get(&target, "/metrics").0, 200);
+    // Slowloris: connections that say nothing, or start a head and never finish it.
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut s = std::net::TcpStream::connect(&target).expect("half-open connection");
+        if i % 2 == 1 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: ")
+                .expect("partial head");
+        }
+        held.push(s);
+    }
+    let start = Instant::now();
+    let (status, body) = http_get(&target, "/metrics");
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(body.contains("faultline_build_info"), "{body}");
+    assert!(
+        took < Duration::from_secs(1),
+        "the scrape took {took:?} behind 1000 half-open connections"
+    );
+    drop(held);
     let (status, _) = agent.stop();
     assert!(status.success());
 }

@@ -1,7 +1,8 @@
 //! Sinks: adapters over finished views. The HTTP API (`http`) over what the agent hands out
 //! (`agent_view`), Prometheus exposition (`metrics`), alerts with their incident files
 //! (`alerts`), trace files of events (`trace_file`: `record`, `agent --record`), and pictures:
-//! the live page, SVG graphs and HTML reports (`report`). Adding one
+//! the live page, SVG graphs and HTML reports (`report`). `web` serves the HTTP API: TLS, basic
+//! auth, timeouts, the connection cap and the Host check (`--web.config.file`). Adding one
 //! touches nothing in the core; no sink reads the kernel, /proc or the agent's lock.
 
 pub mod agent_view;
@@ -10,3 +11,4 @@ pub mod http;
 pub mod metrics;
 pub mod report;
 pub mod trace_file;
+pub mod web;

@@ -43,7 +43,7 @@ use crate::{
     kernel::scope::{Scope, ScopeFilter},
     kernel::stats::{self, Summary},
     kernel::stream::EventStream,
-    sinks::{agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory},
+    sinks::{agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory, web},
 };
 
 use self::{
@@ -62,6 +62,8 @@ pub struct AgentOptions {
     pub thresholds: Thresholds,
     /// Address of the HTTP API.
     pub listen: SocketAddr,
+    /// The Prometheus exporter-toolkit web config (TLS, basic auth, headers), if any.
+    pub web_config: Option<PathBuf>,
     /// Where incidents are written; `None` keeps alerts in memory only.
     pub state_dir: Option<PathBuf>,
     pub max_incidents: usize,
@@ -81,6 +83,9 @@ pub struct AgentOptions {
 pub async fn run(opts: AgentOptions) -> Result<()> {
     // Before anything is loaded: a second agent must leave the first one's programs alone.
     let _claim = single::claim(&single::instance_name())?;
+    // Before anything is loaded: a web config that does not load keeps the agent from starting
+    // (serving without the TLS or authentication it asks for would be worse).
+    let web = web::Web::load(opts.web_config.as_deref())?;
     // Before the start line: a stop request that follows it must find the handlers in place.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
@@ -143,17 +148,31 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         None
     };
     let local = listener.local_addr().context("listening address")?;
+    if let Some(warning) = web::exposure_warning(local, &web) {
+        log::warn!("{warning}");
+    }
+    let scheme = if web.current().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = {
         let agent: Agent = shared.clone();
-        let app = http::router(agent);
-        tokio::spawn(async move { axum::serve(listener, app).await })
+        web::spawn(
+            listener,
+            http::router(agent),
+            web.clone(),
+            web::Limits::default(),
+        )
+        .context("serving the HTTP API")?
     };
     // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
     scan_uffds(&mut lock(&shared), monotonic_ns())?;
     log::info!(
-        "faultline agent: probes attached ({}, detail {}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
+        "faultline agent: probes attached ({}, detail {}), API on {}://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
         detail,
+        scheme,
         local,
         match opts.scope {
             Scope::Host => "host",
