@@ -18,6 +18,7 @@ pub use confidence::Confidence;
 use self::{confidence::inferred, narrate::Narrator};
 use crate::{
     event::{Addr, LockMode},
+    exposure::Exposure,
     graph::{Edge, Reason, WaitsFor},
     model::{Blocked, Model, Notice, Tid},
 };
@@ -88,10 +89,10 @@ impl Alert {
         ts_ns: u64,
         tids: Vec<Tid>,
         summary: String,
-        model: &Model,
+        narrator: &Narrator<'_>,
         path: &[&Edge],
     ) -> Self {
-        let evidence = inferred(model, path, &tids);
+        let evidence = inferred(narrator, path, &tids);
         Self {
             kind,
             severity: kind.severity(),
@@ -152,6 +153,8 @@ enum Key {
 #[derive(Default)]
 pub struct Detector {
     pub thresholds: Thresholds,
+    /// How alerts name addresses (raw in a replay; opaque ids in the agent's by default).
+    pub exposure: Exposure,
     raised: HashSet<Key>,
 }
 
@@ -159,6 +162,7 @@ impl Detector {
     pub fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
+            exposure: Exposure::Raw,
             raised: HashSet::new(),
         }
     }
@@ -203,7 +207,12 @@ impl Detector {
                             .collect()
                     })
                     .unwrap_or_default();
-                let narrator = Narrator { model };
+                // A copy (16 bytes): `self` is borrowed mutably while the narrator lives.
+                let exposure = self.exposure.clone();
+                let narrator = Narrator {
+                    model,
+                    exposure: &exposure,
+                };
                 let mut summary = format!(
                     "{} asks for {} for read while holding it for read since {} ago",
                     model.describe(*tid),
@@ -224,7 +233,7 @@ impl Detector {
                     *ts_ns,
                     vec![*tid],
                     summary,
-                    model,
+                    &narrator,
                     &[],
                 ))
             }
@@ -236,7 +245,12 @@ impl Detector {
         let graph = WaitsFor::build(model);
         let cycles = graph.cycles();
         self.forget_ended(model, &cycles);
-        let narrator = Narrator { model };
+        // A copy (16 bytes): `self` is borrowed mutably while the narrator lives.
+        let exposure = self.exposure.clone();
+        let narrator = Narrator {
+            model,
+            exposure: &exposure,
+        };
         let mut alerts = Vec::new();
         let mut in_deadlock: BTreeSet<Tid> = BTreeSet::new();
         let since = |t: Tid| {
@@ -294,7 +308,7 @@ impl Detector {
                 now,
                 tids,
                 summary,
-                model,
+                &narrator,
                 &path,
             ));
         }
@@ -340,7 +354,7 @@ impl Detector {
                                 now,
                                 tids,
                                 summary,
-                                model,
+                                &narrator,
                                 &path,
                             ));
                         }
@@ -402,7 +416,7 @@ impl Detector {
                     if matches!(blocked, Blocked::Uffd { .. }) {
                         qualifying.extend(out.iter());
                     }
-                    alerts.push(Alert::new(kind, now, tids, summary, model, &qualifying));
+                    alerts.push(Alert::new(kind, now, tids, summary, &narrator, &qualifying));
                 }
             }
         }
