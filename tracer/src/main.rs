@@ -150,6 +150,11 @@ struct AgentArgs {
     /// (one agent per namespace sharing a kernel; the probes themselves are host-wide).
     #[arg(long, value_enum, default_value_t = tracer::kernel::scope::Scope::Host, env = "FAULTLINE_SCOPE")]
     scope: tracer::kernel::scope::Scope,
+    /// Show raw kernel and user addresses (mm, lock, userfaultfd, fault address) in the API,
+    /// alerts, incidents and logs instead of opaque ids (mm-…, lock-…). Refused unless --listen
+    /// is loopback: kernel addresses defeat KASLR. See docs/security.md.
+    #[arg(long, env = "FAULTLINE_EXPOSE_ADDRESSES")]
+    expose_addresses: bool,
 }
 
 #[derive(Args)]
@@ -273,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 max_log_lines: a.max_log_lines,
                 self_metrics: a.self_metrics,
                 scope: a.scope,
+                expose_addresses: a.expose_addresses,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
