@@ -217,6 +217,7 @@ mod tests {
             summary: "s".into(),
             confidence: crate::core::detect::Confidence::Certain,
             evidence: Vec::new(),
+            locks: Vec::new(),
         }
     }
 

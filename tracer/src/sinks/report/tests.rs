@@ -153,6 +153,7 @@ fn names_with_markup_are_escaped_everywhere() {
         summary: format!("deadlock of {nasty}"),
         confidence: crate::core::detect::Confidence::Probable,
         evidence: vec![format!("{nasty} is inferred")],
+        locks: Vec::new(),
     };
     let page = super::incident_html(&alert, &view);
     for doc in [&drawn, &page] {
