@@ -114,4 +114,14 @@ mod tests {
         );
         assert_eq!(parse("x", "not json"), None);
     }
+
+    #[test]
+    fn opaque_context_ids_give_no_ioctl_evidence_and_holds_still_count() {
+        let body = r#"{"now_ns":1,"tasks":[],"cycles":[],
+            "edges":[{"from":5,"to":6,"reason":"holds"}],
+            "uffds":[{"uffd":"uffd-3f9a1c2b0e4d","resolvers":[9],"setup":[9]}]}"#;
+        let f = parse("127.0.0.1:1", body).expect("parses");
+        assert!(f.uffds.is_empty(), "{:?}", f.uffds);
+        assert_eq!(f.holders[&5].len(), 1);
+    }
 }
