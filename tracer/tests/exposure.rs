@@ -330,3 +330,25 @@ fn expose_addresses_beyond_loopback_is_refused_in_one_line() {
         );
     }
 }
+
+#[test]
+fn a_trace_is_written_for_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !require_root("a_trace_is_written_for_its_owner_only") {
+        return;
+    }
+    // Traces keep raw addresses: even a file that was world-readable before is narrowed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("trace.jsonl");
+    std::fs::write(&path, "").expect("an existing file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = path.to_str().expect("utf-8");
+    let mut rec = Faultline::start(&["record", "-o", out, "-d", "1s"], "recording to");
+    assert!(rec.wait_exit(Duration::from_secs(30)).success());
+    let mode = std::fs::metadata(&path)
+        .expect("trace")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the trace's mode: {mode:o}");
+}
