@@ -6,6 +6,7 @@
 use crate::{
     detect::{vetting::Vetting, Alert, Detector, Thresholds},
     event::{Event, EventKind},
+    exposure::Exposure,
     graph::WaitsFor,
     model::Model,
 };
@@ -33,6 +34,11 @@ impl Engine {
             now_ns: 0,
             next_check_ns: 0,
         }
+    }
+
+    /// Names addresses in the alerts raised from now on as `exposure` says (raw by default).
+    pub fn set_exposure(&mut self, exposure: Exposure) {
+        self.detector.exposure = exposure;
     }
 
     /// Applies one event; returns the alerts it (or the time it advanced to) raised that may be

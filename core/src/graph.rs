@@ -8,25 +8,45 @@ use serde::Serialize;
 
 use crate::{
     event::{Addr, LockMode, LockType},
+    exposure::{AddrKind, Exposure, Shown},
     model::{Blocked, Model, Tid},
 };
 
-/// What an edge goes through.
+/// What an edge goes through. `A`: how addresses are held (see `model::Blocked`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum LockRef {
+pub enum LockRef<A = Addr> {
     MmapLock {
-        mm: Addr,
+        mm: A,
         #[serde(skip_serializing_if = "Option::is_none")]
         owner_pid: Option<u32>,
     },
     KernelLock {
-        lock: Addr,
+        lock: A,
         lock_type: LockType,
     },
     Uffd {
-        uffd: Addr,
+        uffd: A,
     },
+}
+
+impl LockRef {
+    /// As `exposure` shows it.
+    pub fn shown(&self, exposure: &Exposure) -> LockRef<Shown> {
+        match *self {
+            Self::MmapLock { mm, owner_pid } => LockRef::MmapLock {
+                mm: exposure.show(AddrKind::Mm, mm),
+                owner_pid,
+            },
+            Self::KernelLock { lock, lock_type } => LockRef::KernelLock {
+                lock: exposure.show(AddrKind::Lock, lock),
+                lock_type,
+            },
+            Self::Uffd { uffd } => LockRef::Uffd {
+                uffd: exposure.show(AddrKind::Uffd, uffd),
+            },
+        }
+    }
 }
 
 /// Why `from` waits for `to`.
@@ -47,10 +67,10 @@ pub enum Reason {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Edge {
+pub struct Edge<A = Addr> {
     pub from: Tid,
     pub to: Tid,
-    pub lock: LockRef,
+    pub lock: LockRef<A>,
     /// The mode `from` asks for, for rwsems.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wants: Option<LockMode>,
@@ -60,6 +80,21 @@ pub struct Edge {
     pub reason: Reason,
     /// When `from` started waiting.
     pub since_ns: u64,
+}
+
+impl Edge {
+    /// As `exposure` shows it.
+    pub fn shown(&self, exposure: &Exposure) -> Edge<Shown> {
+        Edge {
+            from: self.from,
+            to: self.to,
+            lock: self.lock.shown(exposure),
+            wants: self.wants,
+            held: self.held,
+            reason: self.reason,
+            since_ns: self.since_ns,
+        }
+    }
 }
 
 /// Every cycle of a directed graph given as (from, to) pairs: its strongly connected components

@@ -12,6 +12,7 @@ pub mod detect;
 pub mod diagnosis;
 pub mod engine;
 pub mod event;
+pub mod exposure;
 pub mod graph;
 pub mod model;
 pub mod trace;

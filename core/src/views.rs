@@ -1,11 +1,15 @@
 //! Read-only views of the engine for sinks: the graph as JSON and as Graphviz DOT.
+//!
+//! A view is built for its readers: every address in it is shown as the `Exposure` it is
+//! built with says (raw, or an opaque id), so what a sink renders from it needs no care.
 
 use std::{collections::BTreeSet, fmt::Write as _, sync::Arc};
 
 use serde::Serialize;
 
 use crate::{
-    event::{Addr, LockMode},
+    event::LockMode,
+    exposure::{AddrKind, Exposure, Shown},
     graph::{Edge, LockRef, Reason, WaitsFor},
     model::{Blocked, HoldSeen, Model, Tid},
     workload::{Attribution, Workload},
@@ -13,7 +17,7 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct HoldView {
-    pub mm: Addr,
+    pub mm: Shown,
     pub mode: LockMode,
     /// When it began, or (`seen: owner_word`) when it was first seen held.
     pub since_ns: u64,
@@ -28,7 +32,7 @@ pub struct TaskView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub blocked: Option<Blocked>,
+    pub blocked: Option<Blocked<Shown>>,
     pub holds: Vec<HoldView>,
     /// The process's cgroup v2 path (live agent only: a replayed trace's pids are not ours).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +50,7 @@ pub struct TaskView {
 pub struct GraphView {
     pub now_ns: u64,
     pub tasks: Vec<TaskView>,
-    pub edges: Vec<Edge>,
+    pub edges: Vec<Edge<Shown>>,
     pub cycles: Vec<Vec<Tid>>,
     /// userfaultfd contexts in use, with who was seen serving them: `faultline diagnose` asks
     /// for this as evidence of who handles a context (the kernel records no handler).
@@ -55,7 +59,7 @@ pub struct GraphView {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UffdView {
-    pub uffd: Addr,
+    pub uffd: Shown,
     /// Tasks seen resolving faults on it (COPY, ZEROPAGE, WAKE, …).
     pub resolvers: Vec<Tid>,
     /// Tasks seen setting it up (API, REGISTER, UNREGISTER).
@@ -65,7 +69,8 @@ pub struct UffdView {
 }
 
 impl GraphView {
-    pub fn build(model: &Model, graph: &WaitsFor, now_ns: u64) -> Self {
+    /// The graph of `model` at `now_ns`, its addresses shown as `exposure` says.
+    pub fn build(model: &Model, graph: &WaitsFor, now_ns: u64, exposure: &Exposure) -> Self {
         let mut tids: BTreeSet<Tid> = model.blocked.iter().copied().collect();
         tids.extend(graph.all_edges().map(|e| e.to));
         let tasks = tids
@@ -75,12 +80,12 @@ impl GraphView {
                     tid,
                     pid: t.pid,
                     comm: t.comm.clone(),
-                    blocked: t.blocked.clone(),
+                    blocked: t.blocked.as_ref().map(|b| b.shown(exposure)),
                     holds: t
                         .holds
                         .iter()
                         .map(|(mm, h)| HoldView {
-                            mm: *mm,
+                            mm: exposure.show(AddrKind::Mm, *mm),
                             mode: h.mode,
                             since_ns: h.since_ns,
                             seen: h.seen,
@@ -105,14 +110,14 @@ impl GraphView {
         Self {
             now_ns,
             tasks,
-            edges: graph.all_edges().cloned().collect(),
+            edges: graph.all_edges().map(|e| e.shown(exposure)).collect(),
             cycles: graph.cycles(),
             uffds: {
                 let mut u: Vec<UffdView> = model
                     .uffds
                     .iter()
                     .map(|(uffd, ctx)| UffdView {
-                        uffd: *uffd,
+                        uffd: exposure.show(AddrKind::Uffd, *uffd),
                         resolvers: ctx.resolvers.iter().copied().collect(),
                         setup: ctx.setup.iter().copied().collect(),
                         holders: ctx.holders.iter().copied().collect(),
@@ -240,7 +245,8 @@ mod tests {
     use super::*;
     use crate::{
         engine::Engine,
-        event::{Event, EventKind},
+        event::{Addr, Event, EventKind},
+        exposure::AddrKey,
     };
 
     #[test]
@@ -282,7 +288,7 @@ mod tests {
                 mm_pid: None,
             },
         ));
-        let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+        let view = GraphView::build(e.model(), &e.graph(), e.now_ns(), &Exposure::Raw);
         assert_eq!(view.cycles, vec![vec![1, 2]]);
         let dot = view.to_dot();
         assert!(
@@ -334,11 +340,11 @@ mod tests {
             },
         ));
         e.apply(&ev(3, 3, EventKind::UffdHeld { uffd }));
-        let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+        let view = GraphView::build(e.model(), &e.graph(), e.now_ns(), &Exposure::Raw);
         assert_eq!(
             view.uffds,
             vec![UffdView {
-                uffd,
+                uffd: Shown::Raw(uffd),
                 resolvers: vec![2],
                 setup: vec![1],
                 holders: vec![3],
@@ -346,5 +352,139 @@ mod tests {
         );
         let json = serde_json::to_value(&view).expect("JSON");
         assert_eq!(json["uffds"][0]["uffd"], "0xc0", "{json}");
+    }
+
+    /// t1 holds an mm for read and writer t2 waits for it; t3 waits on a kernel
+    /// lock owned by t1; t4 faults on a userfaultfd t1 set up.
+    fn engine_with_every_address() -> (Engine, [Addr; 4]) {
+        use crate::event::{LockType, UffdOp};
+        let (mm, lock, uffd, at) = (
+            Addr(0xffff_8880_1234_5000),
+            Addr(0xffff_8880_2222_0040),
+            Addr(0xffff_8880_3333_0080),
+            Addr(0x7f12_3456_7000),
+        );
+        let mut e = Engine::new(Default::default());
+        let ev = |ts, tid, kind| Event {
+            ts_ns: ts,
+            tid,
+            pid: tid,
+            comm: None,
+            kind,
+        };
+        let read = LockMode::Read;
+        e.apply(&ev(
+            0,
+            1,
+            EventKind::MmapLockAcquire {
+                mm,
+                mode: read,
+                success: true,
+                mm_pid: None,
+            },
+        ));
+        e.apply(&ev(
+            1,
+            2,
+            EventKind::MmapLockStart {
+                mm,
+                mode: LockMode::Write,
+                mm_pid: None,
+            },
+        ));
+        e.apply(&ev(
+            2,
+            1,
+            EventKind::MmapLockStart {
+                mm,
+                mode: read,
+                mm_pid: None,
+            },
+        ));
+        e.apply(&ev(
+            3,
+            3,
+            EventKind::LockWaitBegin {
+                lock,
+                lock_type: LockType::Mutex,
+                owner_tid: Some(1),
+                mm: None,
+            },
+        ));
+        e.apply(&ev(
+            4,
+            1,
+            EventKind::UffdIoctlBegin {
+                uffd,
+                op: UffdOp::Register,
+            },
+        ));
+        e.apply(&ev(5, 4, EventKind::UffdWaitBegin { uffd, addr: at }));
+        (e, [mm, lock, uffd, at])
+    }
+
+    fn edges_mm(v: &serde_json::Value) -> Vec<String> {
+        v["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["lock"]["mm"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn an_opaque_view_shows_no_address_and_one_id_per_address() {
+        let (e, addrs) = engine_with_every_address();
+        let ex = Exposure::Opaque(AddrKey::new([5; 16]));
+        let view = GraphView::build(e.model(), &e.graph(), e.now_ns(), &ex);
+        let json = serde_json::to_string(&view).expect("JSON");
+        let dot = view.to_dot();
+        for a in addrs {
+            let raw = format!("{:x}", a.0);
+            assert!(
+                !json.contains(&raw) && !dot.contains(&raw),
+                "{a} shown: {json}\n{dot}"
+            );
+        }
+        assert!(!json.contains("0x") && !dot.contains("0x"), "{json}\n{dot}");
+        let mm = ex.show(AddrKind::Mm, addrs[0]).to_string();
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        let t1 = v["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tid"] == 1))
+            .expect("t1");
+        assert_eq!(t1["holds"][0]["mm"], mm.as_str(), "{v}");
+        let t2 = v["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tid"] == 2))
+            .expect("t2");
+        assert_eq!(t2["blocked"]["mm"], mm.as_str(), "{v}");
+        assert_eq!(edges_mm(&v), vec![mm.clone()], "{v}");
+        let lock = ex.show(AddrKind::Lock, addrs[1]).to_string();
+        let uffd = ex.show(AddrKind::Uffd, addrs[2]).to_string();
+        let edges = v["edges"].as_array().expect("edges");
+        assert!(
+            edges.iter().any(|e| e["lock"]["lock"] == lock.as_str()),
+            "{v}"
+        );
+        assert!(
+            edges.iter().any(|e| e["lock"]["uffd"] == uffd.as_str()),
+            "{v}"
+        );
+        assert_eq!(v["uffds"][0]["uffd"], uffd.as_str(), "{v}");
+        let t4 = v["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tid"] == 4))
+            .expect("t4");
+        assert_eq!(
+            t4["blocked"]["addr"],
+            ex.show(AddrKind::User, addrs[3]).to_string().as_str(),
+            "{v}"
+        );
+        assert!(dot.contains(&format!("lock {lock}")), "{dot}");
+        // The same model, raw: the addresses are there (what replay and diagnose show).
+        let raw = GraphView::build(e.model(), &e.graph(), e.now_ns(), &Exposure::Raw);
+        let raw_json = serde_json::to_string(&raw).expect("JSON");
+        assert!(raw_json.contains("0xffff888012345000"), "{raw_json}");
     }
 }

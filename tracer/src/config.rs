@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 21] = [
+pub const KEYS: [(&str, &str); 22] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -28,6 +28,7 @@ pub const KEYS: [(&str, &str); 21] = [
     ("scope", "FAULTLINE_SCOPE"),
     ("uffd_ioctl_hooks", "FAULTLINE_UFFD_IOCTL_HOOKS"),
     ("record", "FAULTLINE_RECORD"),
+    ("expose_addresses", "FAULTLINE_EXPOSE_ADDRESSES"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -165,6 +165,11 @@ struct AgentArgs {
     /// raises the alerts the agent raised. It keeps raw addresses.
     #[arg(long, env = "FAULTLINE_RECORD")]
     record: Option<PathBuf>,
+    /// Show raw kernel and user addresses (mm, lock, userfaultfd, fault address) in the API,
+    /// alerts, incidents and logs instead of opaque ids (mm-…, lock-…). Refused unless --listen
+    /// is loopback: kernel addresses defeat KASLR. See docs/security.md.
+    #[arg(long, env = "FAULTLINE_EXPOSE_ADDRESSES")]
+    expose_addresses: bool,
 }
 
 #[derive(Args)]
@@ -290,6 +295,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 self_metrics: a.self_metrics,
                 scope: a.scope,
                 record: a.record,
+                expose_addresses: a.expose_addresses,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -1,8 +1,10 @@
 //! How sure an alert is, and what it rests on that was inferred rather than seen.
 
+use super::narrate::Narrator;
 use crate::{
+    exposure::AddrKind,
     graph::{Edge, LockRef, Reason},
-    model::{Model, Tid},
+    model::Tid,
 };
 
 use serde::Serialize;
@@ -28,7 +30,8 @@ impl Confidence {
 }
 
 /// What of `path` and `tids` was inferred rather than seen, one sentence each.
-pub(super) fn inferred(model: &Model, path: &[&Edge], tids: &[Tid]) -> Vec<String> {
+pub(super) fn inferred(names: &Narrator<'_>, path: &[&Edge], tids: &[Tid]) -> Vec<String> {
+    let model = names.model;
     let mut out = Vec::new();
     for e in path {
         let to = model.describe(e.to);
@@ -40,7 +43,8 @@ pub(super) fn inferred(model: &Model, path: &[&Edge], tids: &[Tid]) -> Vec<Strin
                     .and_then(|l| l.inferred_readers.get(&e.to))
                     .map_or("no detail", String::as_str);
                 out.push(format!(
-                    "{to} is inferred to hold mmap_lock {mm} for read: {why}"
+                    "{to} is inferred to hold mmap_lock {} for read: {why}",
+                    names.show(AddrKind::Mm, *mm)
                 ));
             }
             (LockRef::Uffd { uffd }, Reason::UffdHandler) => {
@@ -50,6 +54,7 @@ pub(super) fn inferred(model: &Model, path: &[&Edge], tids: &[Tid]) -> Vec<Strin
                 if !ctx.resolvers.is_empty() {
                     continue; // seen resolving faults on it: a handler by its own ioctls
                 }
+                let uffd = names.show(AddrKind::Uffd, *uffd);
                 if ctx.setup.contains(&e.to) {
                     out.push(format!(
                         "{to} is taken for the handler of userfaultfd {uffd} because it set it up; no task was seen resolving a fault on it"

@@ -19,7 +19,8 @@ pub use confidence::Confidence;
 use self::{confidence::inferred, narrate::Narrator};
 use crate::{
     event::{Addr, LockMode},
-    graph::{Edge, Reason, WaitsFor},
+    exposure::{AddrKind, Exposure, Shown},
+    graph::{Edge, LockRef, Reason, WaitsFor},
     model::{Blocked, Model, Notice, Tid},
 };
 
@@ -80,6 +81,10 @@ pub struct Alert {
     /// task of unknown state. Empty when `certain`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<String>,
+    /// The locks the alert's chain goes through, in its order, named as the graph's edges name
+    /// them (the same ids in `/api/graph` during one agent run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<LockRef<Shown>>,
 }
 
 impl Alert {
@@ -89,10 +94,17 @@ impl Alert {
         ts_ns: u64,
         tids: Vec<Tid>,
         summary: String,
-        model: &Model,
+        narrator: &Narrator<'_>,
         path: &[&Edge],
     ) -> Self {
-        let evidence = inferred(model, path, &tids);
+        let evidence = inferred(narrator, path, &tids);
+        let mut locks: Vec<LockRef<Shown>> = Vec::new();
+        for e in path {
+            let lock = e.lock.shown(narrator.exposure);
+            if !locks.contains(&lock) {
+                locks.push(lock);
+            }
+        }
         Self {
             kind,
             severity: kind.severity(),
@@ -105,6 +117,7 @@ impl Alert {
                 Confidence::Probable
             },
             evidence,
+            locks,
         }
     }
 }
@@ -153,6 +166,8 @@ enum Key {
 #[derive(Default)]
 pub struct Detector {
     pub thresholds: Thresholds,
+    /// How alerts name addresses (raw in a replay; opaque ids in the agent's by default).
+    pub exposure: Exposure,
     raised: HashSet<Key>,
 }
 
@@ -160,6 +175,7 @@ impl Detector {
     pub fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
+            exposure: Exposure::Raw,
             raised: HashSet::new(),
         }
     }
@@ -204,7 +220,12 @@ impl Detector {
                             .collect()
                     })
                     .unwrap_or_default();
-                let narrator = Narrator { model };
+                // A copy (16 bytes): `self` is borrowed mutably while the narrator lives.
+                let exposure = self.exposure.clone();
+                let narrator = Narrator {
+                    model,
+                    exposure: &exposure,
+                };
                 let mut summary = format!(
                     "{} asks for {} for read while holding it for read since {} ago",
                     model.describe(*tid),
@@ -220,14 +241,23 @@ impl Detector {
                         queued.join(", ")
                     );
                 }
-                Some(Alert::new(
+                let mut alert = Alert::new(
                     AlertKind::RecursiveRead,
                     *ts_ns,
                     vec![*tid],
                     summary,
-                    model,
+                    &narrator,
                     &[],
-                ))
+                );
+                // No edge: the lock is the task's own hold.
+                alert.locks.push(
+                    LockRef::MmapLock {
+                        mm: *mm,
+                        owner_pid: owner,
+                    }
+                    .shown(&exposure),
+                );
+                Some(alert)
             }
         }
     }
@@ -237,7 +267,12 @@ impl Detector {
         let graph = WaitsFor::build(model);
         let cycles = graph.cycles();
         self.forget_ended(model, &cycles);
-        let narrator = Narrator { model };
+        // A copy (16 bytes): `self` is borrowed mutably while the narrator lives.
+        let exposure = self.exposure.clone();
+        let narrator = Narrator {
+            model,
+            exposure: &exposure,
+        };
         let mut alerts = Vec::new();
         let mut in_deadlock: BTreeSet<Tid> = BTreeSet::new();
         let since = |t: Tid| {
@@ -295,7 +330,7 @@ impl Detector {
                 now,
                 tids,
                 summary,
-                model,
+                &narrator,
                 &path,
             ));
         }
@@ -341,7 +376,7 @@ impl Detector {
                                 now,
                                 tids,
                                 summary,
-                                model,
+                                &narrator,
                                 &path,
                             ));
                         }
@@ -364,9 +399,11 @@ impl Detector {
                             let handlers: Vec<String> =
                                 out.iter().map(|e| narrator.model.describe(e.to)).collect();
                             let mut s = format!(
-                                "{} blocked {} in a userfaultfd fault at {addr} on {uffd}; ",
+                                "{} blocked {} in a userfaultfd fault at {} on {}; ",
                                 model.describe(tid),
-                                fmt_dur(waited)
+                                fmt_dur(waited),
+                                narrator.show(AddrKind::User, *addr),
+                                narrator.show(AddrKind::Uffd, *uffd),
                             );
                             let ctx = model.uffds.get(uffd);
                             let resolved_before = ctx.is_some_and(|c| !c.resolvers.is_empty());
@@ -403,11 +440,30 @@ impl Detector {
                     if matches!(blocked, Blocked::Uffd { .. }) {
                         qualifying.extend(out.iter());
                     }
-                    alerts.push(Alert::new(kind, now, tids, summary, model, &qualifying));
+                    let mut alert = Alert::new(kind, now, tids, summary, &narrator, &qualifying);
+                    // No edge out (no owner or handler known): the lock is the one it waits for.
+                    if alert.locks.is_empty() {
+                        alert.locks.push(waited_on(model, blocked).shown(&exposure));
+                    }
+                    alerts.push(alert);
                 }
             }
         }
         alerts
+    }
+}
+
+/// The lock a blocked task waits for, as an edge would name it.
+fn waited_on(model: &Model, blocked: &Blocked) -> LockRef {
+    match *blocked {
+        Blocked::MmapLock { mm, .. } => LockRef::MmapLock {
+            mm,
+            owner_pid: model.mm_locks.get(&mm).and_then(|l| l.owner_pid),
+        },
+        Blocked::KernelLock {
+            lock, lock_type, ..
+        } => LockRef::KernelLock { lock, lock_type },
+        Blocked::Uffd { uffd, .. } => LockRef::Uffd { uffd },
     }
 }
 
@@ -434,4 +490,84 @@ fn cycle_path<'g>(graph: &'g WaitsFor, start: Tid, cycle: &[Tid]) -> Vec<&'g Edg
         cur = e.to;
     }
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        engine::Engine,
+        event::{Addr, Event, EventKind, LockType},
+        exposure::{AddrKey, AddrKind, Exposure},
+    };
+
+    /// Stall alerts of a task waiting on a mutex and of one waiting on a userfaultfd, raised
+    /// under `exposure`, as JSON.
+    fn stalls(exposure: Exposure, lock: Addr, uffd: Addr) -> Vec<serde_json::Value> {
+        let mut e = Engine::new(Default::default());
+        e.set_exposure(exposure);
+        let ev = |ts, tid, kind| Event {
+            ts_ns: ts,
+            tid,
+            pid: tid,
+            comm: None,
+            kind,
+        };
+        let mut alerts = e.apply(&ev(
+            0,
+            3,
+            EventKind::LockWaitBegin {
+                lock,
+                lock_type: LockType::Mutex,
+                owner_tid: Some(1),
+                mm: None,
+            },
+        ));
+        alerts.extend(e.apply(&ev(
+            1,
+            4,
+            EventKind::UffdWaitBegin {
+                uffd,
+                addr: Addr(0x7f12_3456_7000),
+            },
+        )));
+        alerts.extend(e.advance_to(5_000_000_000));
+        alerts
+            .iter()
+            .map(|a| serde_json::to_value(a).expect("JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn alerts_name_locks_by_the_ids_the_graph_uses() {
+        let (lock, uffd) = (Addr(0xffff_8880_2222_0040), Addr(0xffff_8880_3333_0080));
+        let ex = Exposure::Opaque(AddrKey::new([4; 16]));
+        let (lock_id, uffd_id) = (
+            ex.show(AddrKind::Lock, lock).to_string(),
+            ex.show(AddrKind::Uffd, uffd).to_string(),
+        );
+        let opaque = stalls(ex, lock, uffd);
+        assert_eq!(opaque.len(), 2, "{opaque:#?}");
+        let text = serde_json::to_string(&opaque).expect("JSON");
+        assert!(!text.contains("0x"), "{text}");
+        assert!(
+            text.contains(&format!("mutex {lock_id} owned by")),
+            "{text}"
+        );
+        assert!(
+            text.contains("userfaultfd fault at addr-") && text.contains(&format!("on {uffd_id};")),
+            "{text}"
+        );
+        let locks: Vec<&serde_json::Value> = opaque.iter().map(|a| &a["locks"][0]).collect();
+        assert!(
+            locks.iter().any(|l| l["lock"] == lock_id.as_str()),
+            "{text}"
+        );
+        assert!(
+            locks.iter().any(|l| l["uffd"] == uffd_id.as_str()),
+            "{text}"
+        );
+
+        let raw = serde_json::to_string(&stalls(Exposure::Raw, lock, uffd)).expect("JSON");
+        assert!(raw.contains("mutex 0xffff888022220040"), "{raw}");
+    }
 }

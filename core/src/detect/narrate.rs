@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     event::Addr,
+    exposure::{AddrKind, Exposure, Shown},
     graph::{Edge, LockRef, Reason, WaitsFor},
     model::{Model, Tid},
 };
@@ -11,13 +12,19 @@ use crate::{
 /// Human names of locks and hops.
 pub(super) struct Narrator<'a> {
     pub(super) model: &'a Model,
+    /// How addresses are named.
+    pub(super) exposure: &'a Exposure,
 }
 
 impl Narrator<'_> {
+    pub(super) fn show(&self, kind: AddrKind, addr: Addr) -> Shown {
+        self.exposure.show(kind, addr)
+    }
+
     pub(super) fn whose_mm(&self, mm: Addr, owner_pid: Option<u32>) -> String {
         match owner_pid {
             Some(p) => format!("the mmap_lock of pid {p}"),
-            None => format!("the mmap_lock of mm {mm}"),
+            None => format!("the mmap_lock of mm {}", self.show(AddrKind::Mm, mm)),
         }
     }
 
@@ -52,9 +59,11 @@ impl Narrator<'_> {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "lock".into());
+                let lock = self.show(AddrKind::Lock, *lock);
                 format!("waits for the {kind} {lock} owned by {to}")
             }
             (LockRef::Uffd { uffd }, _) => {
+                let uffd = self.show(AddrKind::Uffd, *uffd);
                 format!("waits for userfaultfd {uffd} to be served by {to}")
             }
         }

@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::event::{Addr, Event, EventKind, LockMode, LockType};
+use crate::{
+    event::{Addr, Event, EventKind, LockMode, LockType},
+    exposure::{AddrKind, Exposure, Shown},
+};
 
 mod contention;
 mod corrections;
@@ -26,37 +29,67 @@ mod uffd;
 
 pub type Tid = u32;
 
-/// What a blocked task waits for.
+/// What a blocked task waits for. `A` is how addresses are held: `Addr` in the model, as a
+/// view shows them (`exposure::Shown`) in views.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Blocked {
+pub enum Blocked<A = Addr> {
     /// An `mmap_lock` acquisition in flight.
     MmapLock {
-        mm: Addr,
+        mm: A,
         mode: LockMode,
         since_ns: u64,
     },
     /// A contended kernel lock (`lock:contention_begin`).
     KernelLock {
-        lock: Addr,
+        lock: A,
         lock_type: LockType,
         owner: Option<Tid>,
         since_ns: u64,
     },
     /// A fault waiting for a userfaultfd handler.
-    Uffd {
-        uffd: Addr,
-        addr: Addr,
-        since_ns: u64,
-    },
+    Uffd { uffd: A, addr: A, since_ns: u64 },
 }
 
-impl Blocked {
+impl<A> Blocked<A> {
     pub fn since_ns(&self) -> u64 {
         match self {
             Self::MmapLock { since_ns, .. }
             | Self::KernelLock { since_ns, .. }
             | Self::Uffd { since_ns, .. } => *since_ns,
+        }
+    }
+}
+
+impl Blocked {
+    /// As `exposure` shows it.
+    pub fn shown(&self, exposure: &Exposure) -> Blocked<Shown> {
+        match *self {
+            Self::MmapLock { mm, mode, since_ns } => Blocked::MmapLock {
+                mm: exposure.show(AddrKind::Mm, mm),
+                mode,
+                since_ns,
+            },
+            Self::KernelLock {
+                lock,
+                lock_type,
+                owner,
+                since_ns,
+            } => Blocked::KernelLock {
+                lock: exposure.show(AddrKind::Lock, lock),
+                lock_type,
+                owner,
+                since_ns,
+            },
+            Self::Uffd {
+                uffd,
+                addr,
+                since_ns,
+            } => Blocked::Uffd {
+                uffd: exposure.show(AddrKind::Uffd, uffd),
+                addr: exposure.show(AddrKind::User, addr),
+                since_ns,
+            },
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     core::detect::{Alert, Thresholds},
     core::engine::Engine,
     core::event::{Event, EventKind},
+    core::exposure::Exposure,
     core::trace::{TraceError, TraceReader},
     core::views::GraphView,
     sinks::report::replay::{AlertPicture, Pictures},
@@ -253,7 +254,12 @@ pub fn pictures(path: &Path, reading: Reading, thresholds: Thresholds) -> Result
         shots.extend(AlertPicture::at(engine, alerts))
     })?;
     let engine = &replayed.engine;
-    let end_view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    let end_view = GraphView::build(
+        engine.model(),
+        &engine.graph(),
+        engine.now_ns(),
+        &Exposure::Raw,
+    );
     let mut timeline = Pictures::timeline_builder(&shots, &end_view);
     // The second pass reads what the first did (a cut line was reported once already); it
     // needs the events only, not the engine.

@@ -206,7 +206,7 @@ impl AlertSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{core::engine::Engine, core::views::GraphView};
+    use crate::{core::engine::Engine, core::exposure::Exposure, core::views::GraphView};
 
     fn alert(ts: u64) -> Alert {
         Alert {
@@ -217,6 +217,7 @@ mod tests {
             summary: "s".into(),
             confidence: crate::core::detect::Confidence::Certain,
             evidence: Vec::new(),
+            locks: Vec::new(),
         }
     }
 
@@ -225,7 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sink = AlertSink::new(Some(dir.path().to_path_buf()), 2).expect("sink");
         let e = Engine::new(Default::default());
-        let view = GraphView::build(e.model(), &e.graph(), 0);
+        let view = GraphView::build(e.model(), &e.graph(), 0, &Exposure::Raw);
         for ts in 1..=3 {
             sink.raise(alert(ts), &view);
         }

@@ -3,8 +3,9 @@
 //! a complete line and holds everything up to about a second before.
 
 use std::{
-    fs::File,
+    fs::{File, Permissions},
     io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -13,6 +14,9 @@ use crate::core::{event::Event, trace::TraceWriter};
 /// Buffered bytes past which the buffer is written out before its time: bounds the memory a burst
 /// takes and what a SIGKILL can lose.
 const FLUSH_BYTES: usize = 1 << 20;
+
+/// rw------- : what a trace file is created with.
+const OWNER_ONLY: u32 = 0o600;
 
 /// Why the recording could not go on. One line: the file, the problem, what the file still holds.
 #[derive(Debug, thiserror::Error)]
@@ -50,16 +54,21 @@ pub struct TraceFile {
 }
 
 impl TraceFile {
-    /// Creates (or truncates) the file, readable by its owner only: a trace keeps raw kernel
-    /// and user addresses and names every process it saw (`docs/security.md`).
+    /// Creates (or truncates) `path`, readable by its owner only: a trace keeps raw kernel and
+    /// user addresses, pids, comms and cgroups (docs/security.md).
     pub fn create(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let file = std::fs::OpenOptions::new()
+        let file = File::options()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(OWNER_ONLY)
             .open(path)?;
+        // The mode above applies only to a file it creates; an existing one keeps its own. Only
+        // a regular file is narrowed (a trace sent to /dev/stdout must not chmod the terminal).
+        let meta = file.metadata()?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(Permissions::from_mode(OWNER_ONLY))?;
+        }
         Ok(Self::new(path, file))
     }
 
@@ -164,6 +173,21 @@ mod tests {
     }
 
     /// `/dev/full` refuses every write with ENOSPC, the way a full disk does.
+    #[test]
+    fn a_trace_file_is_readable_by_its_owner_only_even_when_it_existed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("fresh.jsonl");
+        let old = dir.path().join("old.jsonl");
+        std::fs::write(&old, "old\n").expect("old file");
+        std::fs::set_permissions(&old, Permissions::from_mode(0o644)).expect("chmod");
+        for path in [&fresh, &old] {
+            drop(TraceFile::create(path).expect("create"));
+            let mode = std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+        }
+        assert_eq!(std::fs::read(&old).expect("read").len(), 0, "truncated");
+    }
+
     #[test]
     fn a_write_error_names_the_file_and_what_it_keeps() {
         let full = File::options()

@@ -4,13 +4,18 @@
 use std::time::Duration;
 
 use crate::{
-    core::event::EventKind,
+    core::{
+        event::EventKind,
+        exposure::{AddrKind, Exposure},
+    },
     kernel::decode::{DecodeError, Decoded},
 };
 
-/// One human line for a record worth reporting, or `None` for one that is not.
-pub fn describe(d: &Decoded) -> Option<String> {
+/// One human line for a record worth reporting, or `None` for one that is not; addresses as
+/// `exposure` shows them (logs leave the host too: journald forwarders, log shippers).
+pub fn describe(d: &Decoded, exposure: &Exposure) -> Option<String> {
     let ev = &d.event;
+    let mm = |a| exposure.show(AddrKind::Mm, a);
     let who = format!(
         "tid {} ({}) pid {}",
         ev.tid,
@@ -25,11 +30,11 @@ pub fn describe(d: &Decoded) -> Option<String> {
         humantime::format_duration(Duration::from_micros(ev.ts_ns.saturating_sub(since) / 1000))
     };
     match (&ev.kind, d.since_ns) {
-        (EventKind::MmapLockAcquire { mode, mm_pid, mm, .. }, Some(since)) if d.reasons.slow_wait() => {
-            Some(format!("{who} waited {} for {} ({mode}, mm {mm})", dur(since), whose(mm_pid)))
+        (EventKind::MmapLockAcquire { mode, mm_pid, mm: m, .. }, Some(since)) if d.reasons.slow_wait() => {
+            Some(format!("{who} waited {} for {} ({mode}, mm {})", dur(since), whose(mm_pid), mm(*m)))
         }
-        (EventKind::MmapLockRelease { mode, mm_pid, mm }, Some(since)) if d.reasons.long_hold() => {
-            Some(format!("{who} held {} for {} ({mode}, mm {mm})", whose(mm_pid), dur(since)))
+        (EventKind::MmapLockRelease { mode, mm_pid, mm: m }, Some(since)) if d.reasons.long_hold() => {
+            Some(format!("{who} held {} for {} ({mode}, mm {})", whose(mm_pid), dur(since), mm(*m)))
         }
         (EventKind::LockWaitEnd { lock, .. }, Some(since)) if d.reasons.slow_wait() => {
             let (kind, owner) = match d.implied.as_ref().map(|i| &i.kind) {
@@ -42,18 +47,20 @@ pub fn describe(d: &Decoded) -> Option<String> {
                 ),
                 _ => ("lock".into(), String::new()),
             };
-            Some(format!("{who} waited {} for {kind} {lock}{owner}", dur(since)))
+            Some(format!("{who} waited {} for {kind} {}{owner}", dur(since), exposure.show(AddrKind::Lock, *lock)))
         }
         (EventKind::UffdWaitBegin { uffd, addr }, _) => Some(format!(
-            "{who} waits for userfaultfd {uffd} to resolve a fault at {addr}"
+            "{who} waits for userfaultfd {} to resolve a fault at {}",
+            exposure.show(AddrKind::Uffd, *uffd),
+            exposure.show(AddrKind::User, *addr)
         )),
         (EventKind::UffdIoctlEnd { op, ret, .. }, _) if *ret < 0 => Some(format!(
             "{who}: userfaultfd ioctl {op:?} failed with errno {}",
             -ret
         )),
-        (EventKind::MmapLockStart { mm_pid, mm, .. }, _) if d.reasons.recursive() => Some(format!(
-            "{who} asks for {} for read while already holding it for read (recursive read, mm {mm}): deadlocks if a writer queues"
-            , whose(mm_pid)
+        (EventKind::MmapLockStart { mm_pid, mm: m, .. }, _) if d.reasons.recursive() => Some(format!(
+            "{who} asks for {} for read while already holding it for read (recursive read, mm {}): deadlocks if a writer queues"
+            , whose(mm_pid), mm(*m)
         )),
         _ => None,
     }
@@ -62,15 +69,17 @@ pub fn describe(d: &Decoded) -> Option<String> {
 /// Logs what the kernel streamed, at most `max_lines` lines per summary interval.
 pub struct Reporter {
     max_lines: u32,
+    exposure: Exposure,
     logged: u32,
     suppressed: u64,
     decode_errors: u64,
 }
 
 impl Reporter {
-    pub fn new(max_lines: u32) -> Self {
+    pub fn new(max_lines: u32, exposure: Exposure) -> Self {
         Self {
             max_lines,
+            exposure,
             logged: 0,
             suppressed: 0,
             decode_errors: 0,
@@ -80,7 +89,7 @@ impl Reporter {
     pub fn handle(&mut self, r: Result<Decoded, DecodeError>) {
         match r {
             Ok(d) => {
-                if let Some(line) = describe(&d) {
+                if let Some(line) = describe(&d, &self.exposure) {
                     if self.logged < self.max_lines {
                         self.logged += 1;
                         log::warn!("{line}");
@@ -106,6 +115,8 @@ impl Reporter {
         if self.decode_errors > 0 {
             log::warn!("{} ring-buffer records did not decode", self.decode_errors);
         }
-        *self = Self::new(self.max_lines);
+        self.logged = 0;
+        self.suppressed = 0;
+        self.decode_errors = 0;
     }
 }

@@ -8,8 +8,10 @@
 //! - `snapshot`: the kernel's per-task map and the host's userfaultfds read into the feed;
 //! - `log_lines`: the lines logged for slow records;
 //! - `shutdown`: detach, drain within a bound, last snapshot;
-//! - `journal`: `--record`, every event the engine applied, for `replay`.
+//! - `journal`: `--record`, every event the engine applied, for `replay`;
+//! - `exposure`: raw addresses or opaque ids in all of the above (`--expose-addresses`).
 
+pub mod exposure;
 mod journal;
 mod log_lines;
 pub mod metrics_input;
@@ -78,9 +80,14 @@ pub struct AgentOptions {
     pub scope: Scope,
     /// Write every event the engine applies to this trace file (`--record`).
     pub record: Option<PathBuf>,
+    /// Raw kernel and user addresses in the API, alerts, incidents and logs instead of opaque
+    /// ids; refused unless `listen` is loopback.
+    pub expose_addresses: bool,
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
+    // First: a refused --expose-addresses must leave nothing loaded or claimed.
+    let exposure = exposure::choose(opts.expose_addresses, &opts.listen)?;
     // Before anything is loaded: a second agent must leave the first one's programs alone.
     let _claim = single::claim(&single::instance_name())?;
     // Before anything is loaded: a web config that does not load keeps the agent from starting
@@ -102,6 +109,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
     let journal = opts.record.as_deref().map(Journal::create).transpose()?;
+    let exposed = exposure.is_raw();
     let feed = LiveFeed::new(
         opts.thresholds,
         opts.probes
@@ -114,7 +122,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             .as_nanos()
             .try_into()
             .unwrap_or(u64::MAX),
-    );
+    )
+    .with_exposure(exposure.clone());
     let shared: Shared = Arc::new(Mutex::new(AgentState {
         feed: if journal.is_some() {
             feed.with_journal()
@@ -132,6 +141,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         // Every 16 snapshots: every 4 s at the default interval.
         reclaimer: TaskEntryReclaimer::new(16),
         scope: ScopeFilter::new(opts.scope)?,
+        exposure: exposure.clone(),
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock
@@ -169,11 +179,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
     scan_uffds(&mut lock(&shared), monotonic_ns())?;
     log::info!(
-        "faultline agent: probes attached ({}, detail {}), API on {}://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
+        "faultline agent: probes attached ({}, detail {}), API on {}://{}{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
         detail,
         scheme,
         local,
+        if exposed { " (raw addresses)" } else { "" },
         match opts.scope {
             Scope::Host => "host",
             Scope::Netns => "netns",
@@ -189,7 +200,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The ring-buffer future borrows the reporter for as long as it waits, and the summary tick
     // needs it too; both run on this one task, so a RefCell is enough.
-    let reporter = RefCell::new(Reporter::new(opts.max_log_lines));
+    let reporter = RefCell::new(Reporter::new(opts.max_log_lines, exposure));
     let on_record = |r: Result<Decoded, DecodeError>| {
         // Out of scope (another network namespace's process): not ours to report.
         if lock(&shared).on_record(&r) {

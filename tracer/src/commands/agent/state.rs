@@ -9,7 +9,7 @@ use std::{
 use tracer_common::Counter;
 
 use crate::{
-    core::{detect::Alert, views::GraphView},
+    core::{detect::Alert, exposure::Exposure, views::GraphView},
     kernel::{
         cgroup_ids,
         decode::{DecodeError, Decoded},
@@ -42,6 +42,8 @@ pub struct AgentState {
     pub scope: ScopeFilter,
     /// Where every event the engine applied goes (`--record`), if anywhere.
     pub journal: Option<Journal>,
+    /// How the views it hands out show addresses (`--expose-addresses`).
+    pub exposure: Exposure,
 }
 
 impl AgentState {
@@ -94,7 +96,12 @@ pub fn lock(shared: &Mutex<AgentState>) -> MutexGuard<'_, AgentState> {
 /// cheap: call under the lock).
 pub fn engine_view(st: &AgentState) -> LiveView {
     let engine = st.feed.engine();
-    let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+    let view = GraphView::build(
+        engine.model(),
+        &engine.graph(),
+        engine.now_ns(),
+        &st.exposure,
+    );
     let cgroups = view
         .tasks
         .iter()

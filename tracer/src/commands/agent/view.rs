@@ -28,7 +28,12 @@ impl AgentView for Mutex<AgentState> {
         let kept: Vec<&Alert> = st.sink.recent().map(|r| &r.alert).collect();
         let skip = kept.len().saturating_sub(recent);
         PageView {
-            view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
+            view: GraphView::build(
+                engine.model(),
+                &engine.graph(),
+                engine.now_ns(),
+                &st.exposure,
+            ),
             alerts: kept.into_iter().skip(skip).cloned().collect(),
             events: engine.events(),
         }

@@ -43,6 +43,7 @@ use crate::{
     core::detect::{Alert, Thresholds},
     core::engine::Engine,
     core::event::{Addr, Event, EventKind, LockMode},
+    core::exposure::Exposure,
     core::model::{Blocked, HoldSeen},
     kernel::decode::Decoded,
     kernel::procfs,
@@ -150,6 +151,12 @@ impl LiveFeed {
     /// Uses `alive` instead of /proc to tell whether a process or task exists.
     pub fn with_liveness(mut self, alive: Liveness) -> Self {
         self.alive = alive;
+        self
+    }
+
+    /// Alerts name addresses as `exposure` says (raw by default).
+    pub fn with_exposure(mut self, exposure: Exposure) -> Self {
+        self.engine.set_exposure(exposure);
         self
     }
 

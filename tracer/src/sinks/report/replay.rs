@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, fmt::Write as _};
 use crate::{
     core::detect::{Alert, AlertKind, Severity},
     core::engine::Engine,
+    core::exposure::Exposure,
     core::views::GraphView,
 };
 
@@ -37,7 +38,12 @@ impl AlertPicture {
     pub fn at(engine: &Engine, alerts: Vec<Alert>) -> impl Iterator<Item = Self> + '_ {
         alerts.into_iter().map(|alert| Self {
             alert,
-            view: GraphView::build(engine.model(), &engine.graph(), engine.now_ns()),
+            view: GraphView::build(
+                engine.model(),
+                &engine.graph(),
+                engine.now_ns(),
+                &Exposure::Raw,
+            ),
         })
     }
 }

@@ -6,6 +6,7 @@ use crate::{
     core::detect::{Alert, AlertKind, Severity},
     core::engine::Engine,
     core::event::{Addr, Event, EventKind, LockMode},
+    core::exposure::Exposure,
     core::views::GraphView,
 };
 
@@ -76,7 +77,7 @@ fn convoy(readers: u32) -> (Vec<Event>, GraphView) {
     for x in &events {
         e.apply(x);
     }
-    let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+    let view = GraphView::build(e.model(), &e.graph(), e.now_ns(), &Exposure::Raw);
     (events, view)
 }
 
@@ -90,7 +91,7 @@ fn cycle(comm: &str) -> GraphView {
     ] {
         e.apply(&x);
     }
-    GraphView::build(e.model(), &e.graph(), e.now_ns())
+    GraphView::build(e.model(), &e.graph(), e.now_ns(), &Exposure::Raw)
 }
 
 #[test]
@@ -152,6 +153,7 @@ fn names_with_markup_are_escaped_everywhere() {
         summary: format!("deadlock of {nasty}"),
         confidence: crate::core::detect::Confidence::Probable,
         evidence: vec![format!("{nasty} is inferred")],
+        locks: Vec::new(),
     };
     let page = super::incident_html(&alert, &view);
     for doc in [&drawn, &page] {
@@ -198,7 +200,7 @@ fn a_cycle_is_marked_on_its_boxes_its_arrows_and_above_the_picture() {
 #[test]
 fn an_empty_graph_says_so() {
     let e = Engine::new(Default::default());
-    let view = GraphView::build(e.model(), &e.graph(), 0);
+    let view = GraphView::build(e.model(), &e.graph(), 0, &Exposure::Raw);
     let drawn = svg::render(&Scene::from_view(&view), "t");
     assert!(drawn.contains("no blocked tasks"), "{drawn}");
 }
@@ -312,7 +314,7 @@ fn the_largest_picture_drawn_is_laid_out_with_every_box() {
             },
         ));
     }
-    let view = GraphView::build(e.model(), &e.graph(), e.now_ns());
+    let view = GraphView::build(e.model(), &e.graph(), e.now_ns(), &Exposure::Raw);
     let scene = Scene::from_view(&view)
         .grouped(&BTreeSet::new())
         .capped(super::scene::MAX_NODES);
@@ -360,7 +362,12 @@ fn a_task_of_unknown_state_and_an_owner_word_hold_say_so_in_their_box() {
         },
     ));
     let box_of = |engine: &Engine, tid: u32| {
-        let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns());
+        let view = GraphView::build(
+            engine.model(),
+            &engine.graph(),
+            engine.now_ns(),
+            &Exposure::Raw,
+        );
         let scene = Scene::from_view(&view);
         scene
             .nodes

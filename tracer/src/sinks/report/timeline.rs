@@ -64,7 +64,8 @@ fn type_name(t: &crate::core::event::LockType) -> String {
         .unwrap_or_else(|| "lock".into())
 }
 
-fn mm_name(owners: &HashMap<Addr, u32>, mm: Addr) -> String {
+/// `K`: the raw address (replay's events) or as a view shows it.
+fn mm_name<K: std::hash::Hash + Eq + std::fmt::Display>(owners: &HashMap<K, u32>, mm: K) -> String {
     match owners.get(&mm) {
         Some(p) => format!("mmap_lock of pid {p}"),
         None => format!("mmap_lock of mm {mm}"),
@@ -299,7 +300,7 @@ impl Timeline {
     /// What the graph at one moment says about time: each task's current wait and holds, since
     /// when (no history: the agent keeps none).
     pub fn from_view(view: &GraphView, marks: Vec<(u64, String)>) -> Self {
-        let owners: HashMap<Addr, u32> = view
+        let owners: HashMap<crate::core::exposure::Shown, u32> = view
             .edges
             .iter()
             .filter_map(|e| match e.lock {

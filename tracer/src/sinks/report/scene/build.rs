@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     core::diagnosis::{Confidence, Diagnosis, Source, Wait},
-    core::event::{Addr, LockMode},
+    core::event::LockMode,
+    core::exposure::Shown,
     core::graph::{LockRef, Reason},
     core::model::{Blocked, HoldSeen, Tid},
     core::views::GraphView,
@@ -13,7 +14,7 @@ use crate::{
 
 use super::{super::text::short_duration, EdgeKind, Member, Node, Scene, SceneEdge};
 
-fn lock_name(lock: &LockRef) -> String {
+fn lock_name<A: std::fmt::Display>(lock: &LockRef<A>) -> String {
     match lock {
         LockRef::MmapLock {
             owner_pid: Some(p), ..
@@ -62,7 +63,7 @@ impl Scene {
     /// The engine's graph at `view.now_ns`, one box per task.
     pub fn from_view(view: &GraphView) -> Self {
         // Who owns each mm, as the edges name it, for the "holds" lines.
-        let owners: BTreeMap<Addr, u32> = view
+        let owners: BTreeMap<Shown, u32> = view
             .edges
             .iter()
             .filter_map(|e| match e.lock {
