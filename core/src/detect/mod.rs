@@ -530,7 +530,7 @@ mod tests {
                 addr: Addr(0x7f12_3456_7000),
             },
         )));
-        alerts.extend(e.advance_to(5_000_000_000));
+        alerts.extend(e.apply(&ev(5_000_000_000, 0, EventKind::Snapshot {})));
         alerts
             .iter()
             .map(|a| serde_json::to_value(a).expect("JSON"))
