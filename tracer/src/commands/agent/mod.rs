@@ -41,7 +41,7 @@ use crate::{
     kernel::scope::{Scope, ScopeFilter},
     kernel::stats::{self, Summary},
     kernel::stream::EventStream,
-    sinks::{agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory},
+    sinks::{agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory, unix_api::UnixApi},
 };
 
 use self::{
@@ -75,7 +75,7 @@ pub struct AgentOptions {
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
     // Before anything is loaded: a second agent must leave the first one's programs alone.
-    let _claim = single::claim(&single::instance_name())?;
+    let claim = single::claim(&single::run_dir())?;
     // Before the start line: a stop request that follows it must find the handlers in place.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
@@ -136,13 +136,22 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         let app = http::router(agent);
         tokio::spawn(async move { axum::serve(listener, app).await })
     };
+    // The same API where only this agent's user and root can reach it: what diagnose trusts.
+    let mut unix_api = UnixApi::bind(claim.dir()).with_context(|| {
+        format!(
+            "cannot listen on {}",
+            claim.dir().join(crate::sinks::unix_api::SOCKET).display()
+        )
+    })?;
+    let unix_server = unix_api.serve(http::router(shared.clone()));
     // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
     scan_uffds(&mut lock(&shared), monotonic_ns())?;
     log::info!(
-        "faultline agent: probes attached ({}, detail {}), API on http://{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
+        "faultline agent: probes attached ({}, detail {}), API on http://{} and {}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
         detail,
         local,
+        unix_api.path().display(),
         match opts.scope {
             Scope::Host => "host",
             Scope::Netns => "netns",
@@ -194,6 +203,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
+    unix_server.abort();
     let interrupted = shutdown::watch_second_signal(sigterm, sigint);
     stop(&shared, &mut stream, on_record, &opts, &interrupted);
     let raised: u64 = lock(&shared).sink.counts().values().sum();
