@@ -141,7 +141,7 @@ pub fn on_group_exit() {
 /// prunes any other).
 pub fn on_task_exit(tid: u32, state: Option<&TaskState>) {
     if let Some(ctx) = state.map(|s| s.handler_ctx).filter(|&c| c != 0) {
-        let _ = UFFD_HANDLERS.remove(&UffdHandlerKey { ctx, tid, _pad: 0 });
+        let _ = UFFD_HANDLERS.remove(UffdHandlerKey { ctx, tid, _pad: 0 });
     }
 }
 
