@@ -673,3 +673,45 @@ fn userfaultfd_ioctls_on_other_descriptors_leave_no_trace() {
     let (status, _) = agent.stop();
     assert!(status.success());
 }
+
+#[test]
+fn a_userfaultfd_handlers_entry_goes_with_its_task_not_at_the_next_snapshot() {
+    if !require_root("a_userfaultfd_handlers_entry_goes_with_its_task_not_at_the_next_snapshot") {
+        return;
+    }
+    // Snapshots far apart: the agent's own prune of tasks gone cannot be what deletes it.
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, _) = Faultline::agent(
+        state.path(),
+        &["--snapshot-interval", "60s", "--uffd-ioctl-hooks", "always"],
+    );
+    let handlers = || {
+        maps::map_counts(agent.pid())
+            .get("UFFD_HANDLERS")
+            .and_then(|m| m.entries)
+            .expect("the agent holds UFFD_HANDLERS")
+    };
+    let before = handlers();
+    // Sets its userfaultfd up (API, REGISTER: a handler entry), then idles until stdin closes.
+    let (mut idle, report) = scenario_held(&["uffd-idle", "--linger-ms", "20000"]);
+    assert_eq!(report["scenario"], "uffd-idle", "{report}");
+    let during = handlers();
+    assert!(
+        during > before,
+        "the set-up ioctls made a handler entry: {before} -> {during}"
+    );
+    drop(idle.stdin.take());
+    let _ = idle.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut after = handlers();
+    while after > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = handlers();
+    }
+    assert!(
+        after <= before,
+        "the entry went with its task's exit: {before} -> {during} -> {after}"
+    );
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
