@@ -4,6 +4,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use tracer::{
     commands::agent::{self, AgentOptions},
+    commands::diagnose::agent::AgentAt,
     commands::record::{self, RecordOptions},
     commands::replay,
     core::detect::Thresholds,
@@ -224,9 +225,11 @@ struct DiagnoseArgs {
     /// Also write the graph as an SVG picture to this file.
     #[arg(long, value_name = "OUT")]
     svg: Option<PathBuf>,
-    /// The agent's API address, asked for what only it knows (mmap_lock read holders).
-    #[arg(long, default_value = "127.0.0.1:9720", env = "FAULTLINE_LISTEN")]
-    agent: String,
+    /// Ask the agent at this HTTP address instead of on its Unix socket (FAULTLINE_RUN_DIR,
+    /// default /run/faultline, agent.sock). Nothing proves who answers over TCP: its read
+    /// holders are shown as unverified and never make a deadlock certain.
+    #[arg(long, value_name = "ADDR")]
+    agent: Option<String>,
     /// Do not ask an agent.
     #[arg(long)]
     no_agent: bool,
@@ -360,7 +363,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 &tracer::commands::diagnose::DiagnoseOptions {
                     pid: d.pid,
                     min_blocked: d.min_blocked,
-                    agent: (!d.no_agent).then(|| d.agent.clone()),
+                    agent: (!d.no_agent).then(|| match &d.agent {
+                        Some(addr) => AgentAt::Http(addr.clone()),
+                        None => AgentAt::RunDir(tracer::commands::single::run_dir()),
+                    }),
                 },
             )?;
             if let Some(out) = &d.svg {

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    instance, kill_scenario, require_root, scenario_lingering, shm_files_of, Faultline, FAULTLINE,
-};
+use common::{kill_scenario, require_root, scenario_lingering, shm_files_of, Faultline, FAULTLINE};
 
 /// BPF object ids (`prog_id:` / `link_id:` lines) among the open fds of process `pid`.
 fn bpf_ids(pid: u32, key: &str) -> Vec<u32> {
@@ -97,7 +95,7 @@ fn a_second_agent_is_refused_with_one_line_naming_the_first() {
     let out = Command::new(FAULTLINE)
         .args(["agent", "--listen", "127.0.0.1:0", "--state-dir"])
         .arg(second_state.path())
-        .env("FAULTLINE_INSTANCE", instance())
+        .env("FAULTLINE_RUN_DIR", first.run_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run a second agent");
@@ -118,6 +116,85 @@ fn a_second_agent_is_refused_with_one_line_naming_the_first() {
     );
     let (status, _) = first.stop();
     assert!(status.success(), "the first agent is unaffected");
+}
+
+/// Runs `sh -c SCRIPT` as `nobody` with no capabilities (util-linux `setpriv`).
+fn as_nobody(script: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "sh",
+        "-c",
+        script,
+    ]);
+    cmd
+}
+
+#[test]
+fn a_squatter_on_the_old_abstract_socket_does_not_block_the_agent() {
+    if !require_root("a_squatter_on_the_old_abstract_socket_does_not_block_the_agent") {
+        return;
+    }
+    use std::os::linux::net::SocketAddrExt;
+    // What any process in the network namespace could do against the old single-agent claim.
+    let name = std::os::unix::net::SocketAddr::from_abstract_name(b"faultline-agent")
+        .expect("abstract name");
+    // Already held (by a real squatter, or an older agent): the point stands either way.
+    let _squat = std::os::unix::net::UnixListener::bind_addr(&name).ok();
+    let state = tempfile::tempdir().expect("tempdir");
+    let (first, _) = agent(state.path(), &[]);
+    let (status, _) = first.stop();
+    assert!(status.success(), "the agent ran beside the squatter");
+}
+
+#[test]
+fn a_process_without_root_cannot_take_the_single_agent_lock() {
+    if !require_root("a_process_without_root_cannot_take_the_single_agent_lock") {
+        return;
+    }
+    // /run in miniature: root's, open to everyone for reading, writable by root only.
+    let base = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let run = base.path().join("faultline");
+    let state = tempfile::tempdir().expect("tempdir");
+    // The agent creates the directory, then stops: the lock is free, the file stays.
+    let (first, _) = Faultline::agent_in(state.path(), &["--summary-interval", "60s"], Some(&run));
+    let (status, _) = first.stop();
+    assert!(status.success());
+    let lock = run.join("agent.lock");
+    assert!(lock.exists(), "the lock file stays between agents");
+    // Everything a squatter could try: take the file, or replace it and take that.
+    let script = format!(
+        "flock -n -x {lock} true && echo took; rm -f {lock} && echo removed; \
+         flock -n -x {dir}/other.lock true && echo created; exit 0",
+        lock = lock.display(),
+        dir = run.display()
+    );
+    let out = as_nobody(&script).output().expect("setpriv (util-linux)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.trim().is_empty(),
+        "nobody got at the run directory ({said}); stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a squatter holding the lock in the background does not block the next agent.
+    let mut squatter = as_nobody(&format!("exec flock -n -x {} sleep 5", lock.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    thread::sleep(Duration::from_millis(200));
+    let (second, _) = Faultline::agent_in(state.path(), &["--summary-interval", "60s"], Some(&run));
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let (status, _) = second.stop();
+    assert!(status.success());
 }
 
 #[test]

@@ -24,18 +24,38 @@ fn agent_turn() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn diagnose(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(FAULTLINE)
-        .arg("diagnose")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run diagnose");
-    assert!(
-        out.status.success(),
-        "diagnose: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON document")
+    diagnose_with_stderr(args, None).0
+}
+
+/// `faultline diagnose ARGS --json`, asking the agent whose run directory is `run_dir` (its
+/// Unix socket) unless ARGS say otherwise: the document and stderr.
+fn diagnose_with_stderr(
+    args: &[&str],
+    run_dir: Option<&std::path::Path>,
+) -> (serde_json::Value, String) {
+    collect(spawn_diagnose(args, run_dir))
+}
+
+fn spawn_diagnose(args: &[&str], run_dir: Option<&std::path::Path>) -> Child {
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.arg("diagnose").args(args).arg("--json");
+    if let Some(dir) = run_dir {
+        cmd.env("FAULTLINE_RUN_DIR", dir);
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run diagnose")
+}
+
+fn collect(child: Child) -> (serde_json::Value, String) {
+    let out = child.wait_with_output().expect("diagnose");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "diagnose: {stderr}");
+    (
+        serde_json::from_slice(&out.stdout).expect("one JSON document"),
+        stderr,
+    )
 }
 
 fn task(doc: &serde_json::Value, tid: u64) -> &serde_json::Value {
@@ -163,7 +183,7 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
     // With an agent running, the read holder comes from what it saw; without, from /proc.
     let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
-    let (agent, addr) = Faultline::agent(
+    let (agent, _) = Faultline::agent(
         state.path(),
         &["--snapshot-interval", "50ms", "--hold-threshold", "20ms"],
     );
@@ -182,7 +202,12 @@ fn a_writer_queued_behind_a_long_reader_with_readers_behind_it_is_the_rwr_chain(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("text");
-    let doc = diagnose(&["--agent", &addr]);
+    // On the agent's Unix socket, checked: what it says counts as the agent's.
+    let (doc, stderr) = diagnose_with_stderr(&[], Some(agent.run_dir()));
+    assert!(
+        !stderr.contains("WARN"),
+        "the real agent on its socket is trusted without a warning: {stderr}"
+    );
     let rd = task(&doc, reader);
     assert_eq!(rd["wait"]["kind"], "mmap_lock", "{rd:#}");
     assert_eq!(rd["wait"]["mode"], "read");
@@ -368,7 +393,7 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
     // matches the agent's contexts to its own by address: the agent must show them raw.
     let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
-    let (agent, addr) = Faultline::agent(
+    let (agent, _) = Faultline::agent(
         state.path(),
         &[
             "--snapshot-interval",
@@ -398,7 +423,7 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
         "without the agent, the message pending, the only free thread could read it"
     );
 
-    let doc = diagnose(&["--agent", &addr]);
+    let (doc, _) = diagnose_with_stderr(&[], Some(agent.run_dir()));
     let h = task(&doc, holder);
     assert_eq!(blocked_on(h), vec![handler], "{h:#}");
     let named = h["wait"]["candidates"]
@@ -465,5 +490,116 @@ fn a_monitor_waiting_in_epoll_on_the_userfaultfd_is_named_from_that_evidence_and
             .is_some_and(|c| c.iter().all(|c| !u64s(c, "tids").contains(&faulter))),
         "{doc:#}"
     );
+    finish(child);
+}
+
+/// Answers `connections` requests on `listener` with `body` as a 200 JSON response: a stand-in
+/// for the agent that any local user could run.
+fn fake_agent<S: std::io::Read + std::io::Write>(
+    mut accept: impl FnMut() -> std::io::Result<S> + Send + 'static,
+    connections: usize,
+    body: String,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok(mut conn) = accept() else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })
+}
+
+#[test]
+fn holds_from_an_agent_diagnose_cannot_verify_never_make_a_deadlock_certain() {
+    let test = "holds_from_an_agent_diagnose_cannot_verify_never_make_a_deadlock_certain";
+    if !require_root(test) {
+        return;
+    }
+    // A real read-held mmap_lock with a writer queued behind it and a reader behind the writer;
+    // the fakes claim the reader holds the lock the writer waits for, which with the kernel's
+    // reader-behind-writer edge would make a certain deadlock if believed.
+    let (child, r) = scenario_lingering(&["rwr", "--hold-mib", "8192", "--announce"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (writer, reader) = (
+        r["writer"].as_u64().unwrap_or(0),
+        r["reader"].as_u64().unwrap_or(0),
+    );
+    let body = format!(
+        r#"{{"now_ns":1,"tasks":[],"cycles":[],"edges":[{{"from":{writer},"to":{reader},"reason":"holds"}}],"uffds":[]}}"#
+    );
+    let never_certain = |doc: &serde_json::Value, how: &str| {
+        let wr = task(doc, writer);
+        assert!(
+            wr["blocked_on_sources"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|e| e["source"] != "agent")),
+            "{how}: the fake's hold is not counted as the agent's: {wr:#}"
+        );
+        let certain: Vec<_> = doc["cycles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["confidence"] == "certain" && u64s(c, "tids").contains(&writer))
+            .collect();
+        assert!(
+            certain.is_empty(),
+            "{how}: no certain deadlock: {certain:#?}"
+        );
+    };
+    let warnings = |stderr: &str| stderr.lines().filter(|l| l.contains("WARN")).count();
+
+    // Both diagnoses at once: the convoy lasts only as long as the populate.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = tcp.local_addr().expect("addr").to_string();
+    let served_tcp = fake_agent(move || tcp.accept().map(|(c, _)| c), 1, body.clone());
+    let run = common::run_dir();
+    let unix = std::os::unix::net::UnixListener::bind(run.path().join("agent.sock")).expect("bind");
+    let served_unix = fake_agent(move || unix.accept().map(|(c, _)| c), 1, body);
+    let over_tcp = spawn_diagnose(&["--agent", &addr], None);
+    let over_unix = spawn_diagnose(&[], Some(run.path()));
+
+    // Over TCP, given explicitly: used, but only as unverified, and said so once.
+    let (doc, stderr) = collect(over_tcp);
+    served_tcp.join().expect("fake TCP agent");
+    never_certain(&doc, "over TCP");
+    let wr = task(&doc, writer);
+    assert!(
+        wr["blocked_on_sources"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|e| e["tid"] == reader && e["source"] == "agent_unverified")),
+        "the TCP answer is shown, labelled unverified: {wr:#}"
+    );
+    assert_eq!(warnings(&stderr), 1, "one warning line: {stderr}");
+    assert!(stderr.contains("unverified"), "{stderr}");
+
+    // On a Unix socket in a safe directory, but served by a program that is not faultline:
+    // ignored, with one warning line naming it.
+    let (doc, stderr) = collect(over_unix);
+    never_certain(&doc, "an impostor on the socket");
+    let wr = task(&doc, writer);
+    assert!(
+        wr["blocked_on_sources"].as_array().is_some_and(|s| s
+            .iter()
+            .all(|e| !e["source"].as_str().is_some_and(|s| s.starts_with("agent")))),
+        "nothing of the impostor's is used: {wr:#}"
+    );
+    assert_eq!(warnings(&stderr), 1, "one warning line: {stderr}");
+    assert!(
+        stderr.contains("ignoring") && stderr.contains("not faultline"),
+        "{stderr}"
+    );
+    // The impostor was connected to (and dropped) without being asked anything.
+    served_unix.join().expect("fake Unix agent");
     finish(child);
 }

@@ -270,12 +270,13 @@ fn expose_addresses_on_loopback_shows_the_raw_addresses() {
 /// instead of refusing is stopped after a few seconds (and fails the test).
 fn agent_refusal(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let state = tempfile::tempdir().expect("tempdir");
+    let run = common::run_dir();
     let mut child = Command::new(FAULTLINE)
         .arg("agent")
         .args(["--state-dir", state.path().to_str().expect("utf-8")])
         .args(args)
         .envs(env.iter().copied())
-        .env("FAULTLINE_INSTANCE", common::instance())
+        .env("FAULTLINE_RUN_DIR", run.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -326,10 +326,7 @@ fn the_agent_refuses_to_start_on_a_bad_web_config_with_one_line() {
     let out = Command::new(FAULTLINE)
         .args(["agent", "--listen", "127.0.0.1:0", "--web.config.file"])
         .arg(&config)
-        .env(
-            "FAULTLINE_INSTANCE",
-            format!("faultline-test-{}", std::process::id()),
-        )
+        .env("FAULTLINE_RUN_DIR", dir.path().join("run"))
         .output()
         .expect("run faultline");
     assert!(!out.status.success());
@@ -351,10 +348,7 @@ fn the_agent_refuses_to_start_on_a_bad_web_config_with_one_line() {
     let out = Command::new(FAULTLINE)
         .args(["agent", "--listen", "127.0.0.1:0", "--config"])
         .arg(&toml)
-        .env(
-            "FAULTLINE_INSTANCE",
-            format!("faultline-test-{}", std::process::id()),
-        )
+        .env("FAULTLINE_RUN_DIR", dir.path().join("run"))
         .output()
         .expect("run faultline");
     assert!(!out.status.success());

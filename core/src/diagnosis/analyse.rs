@@ -422,6 +422,7 @@ fn edge_evidence(t: &DiagTask, e: &Edge, name: &dyn Fn(u32) -> String) -> String
                 Source::Kernel => "is a writer queued ahead of it (kernel)",
                 Source::Agent => "holds it for read (agent)",
                 Source::AgentInferred => "holds it for read (inferred by the agent)",
+                Source::AgentUnverified => "holds it for read (an unverified agent says so)",
                 _ => "holds it for read (guess from /proc: running in the process, or a read-holding function on its stack)",
             };
             format!("{from} waits for the mmap_lock of pid {mm_pid} for {mode}; {to} {how}")

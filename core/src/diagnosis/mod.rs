@@ -40,6 +40,9 @@ pub enum Source {
     /// The running agent's waits-for graph, which inferred the hold (its default mode does not
     /// see uncontended acquisitions; the agent's alert says on what evidence).
     AgentInferred,
+    /// An agent reached over TCP (`diagnose --agent`): nothing proves who answered, so a local
+    /// user could have fabricated it. Never counted as certain.
+    AgentUnverified,
     /// A guess from /proc (state, stacks): the kernel does not record mmap_lock read holders.
     Heuristic,
     /// A userfaultfd handler named from the evidence listed with the wait (the kernel records

@@ -229,7 +229,9 @@ impl Diagnosis {
                         " [style=dashed, color=red, label=\"probable\"]"
                     }
                     (_, Source::Kernel) => "",
-                    (_, Source::Agent | Source::AgentInferred) => " [style=dashed]",
+                    (_, Source::Agent | Source::AgentInferred | Source::AgentUnverified) => {
+                        " [style=dashed]"
+                    }
                     (_, Source::Heuristic) => " [style=dotted]",
                     (_, Source::Evidence) => " [style=dashed, label=\"handler?\"]",
                 };
@@ -248,6 +250,7 @@ fn edge_label(from: &DiagTask, to: u32, source: Source) -> String {
         Source::Kernel => String::new(),
         Source::Agent => " [agent]".into(),
         Source::AgentInferred => " [agent, inferred]".into(),
+        Source::AgentUnverified => " [agent, unverified]".into(),
         Source::Heuristic => " [guess from /proc]".into(),
         Source::Evidence => match &from.wait {
             Wait::Uffd { candidates, .. } => candidates

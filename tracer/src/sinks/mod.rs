@@ -1,4 +1,5 @@
-//! Sinks: adapters over finished views. The HTTP API (`http`) over what the agent hands out
+//! Sinks: adapters over finished views. The HTTP API (`http`, also served on a Unix socket by
+//! `unix_api`) over what the agent hands out
 //! (`agent_view`), Prometheus exposition (`metrics`), alerts with their incident files
 //! (`alerts`), trace files of events (`trace_file`: `record`, `agent --record`), and pictures:
 //! the live page, SVG graphs and HTML reports (`report`). `web` serves the HTTP API: TLS, basic
@@ -11,4 +12,5 @@ pub mod http;
 pub mod metrics;
 pub mod report;
 pub mod trace_file;
+pub mod unix_api;
 pub mod web;

@@ -54,15 +54,28 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// The single-agent claim of this test process's agents: tests run beside other agents on the
-/// host (another checkout's suite, a real deployment) without refusing each other.
-pub fn instance() -> String {
-    format!("faultline-test-{}", std::process::id())
+/// A run directory (single-agent lock, API socket) of one agent: tests run beside other agents
+/// on the host (another checkout's suite, a real deployment, each other) without refusing
+/// each other. Root's and 0700, as the agent requires.
+pub fn run_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("faultline-run-")
+        .tempdir()
+        .expect("tempdir for the agent's run directory");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod 0700 the agent's run directory");
+    dir
 }
 
 /// A faultline child process whose stderr is collected line by line.
 pub struct Faultline {
     child: Child,
+    /// Removed when dropped; the agent's run directory unless `start_in` named another.
+    _run_dir: tempfile::TempDir,
+    run_at: PathBuf,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -70,10 +83,18 @@ pub struct Faultline {
 impl Faultline {
     /// Starts `faultline ARGS` and waits until a stderr line contains `ready`.
     pub fn start(args: &[&str], ready: &str) -> Self {
+        Self::start_in(args, ready, None)
+    }
+
+    /// `start`, with the run directory `FAULTLINE_RUN_DIR` set to `run_at` when given (the
+    /// agent creates it when absent) instead of a fresh one.
+    pub fn start_in(args: &[&str], ready: &str, run_at: Option<&Path>) -> Self {
+        let run_dir = run_dir();
+        let run_at = run_at.unwrap_or(run_dir.path()).to_owned();
         let mut child = Command::new(FAULTLINE)
             .args(args)
             .env("RUST_LOG", "info")
-            .env("FAULTLINE_INSTANCE", instance())
+            .env("FAULTLINE_RUN_DIR", &run_at)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -89,6 +110,8 @@ impl Faultline {
         });
         let mut f = Self {
             child,
+            _run_dir: run_dir,
+            run_at,
             lines: rx,
             seen: Vec::new(),
         };
@@ -126,10 +149,15 @@ impl Faultline {
     /// Starts `faultline agent` on a free loopback port with its state in `state`, plus `extra`
     /// flags; returns it with the address of its API.
     pub fn agent(state: &Path, extra: &[&str]) -> (Self, String) {
+        Self::agent_in(state, extra, None)
+    }
+
+    /// `agent`, in run directory `run_at` when given (see `start_in`).
+    pub fn agent_in(state: &Path, extra: &[&str], run_at: Option<&Path>) -> (Self, String) {
         let state = state.to_str().expect("utf-8 state dir");
         let mut args = vec!["agent", "--listen", "127.0.0.1:0", "--state-dir", state];
         args.extend_from_slice(extra);
-        let mut agent = Self::start(&args, "probes attached");
+        let mut agent = Self::start_in(&args, "probes attached", run_at);
         let line = agent.wait_for("API on http://", Duration::from_secs(1));
         let addr = line
             .split("API on http://")
@@ -142,6 +170,11 @@ impl Faultline {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its run directory (`FAULTLINE_RUN_DIR`): its single-agent lock and API socket.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_at
     }
 
     pub fn signal(&self, signal: i32) {

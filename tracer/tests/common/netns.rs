@@ -109,12 +109,15 @@ pub struct NsAgent {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     _state: tempfile::TempDir,
+    /// Its own single-agent lock: agents in separate namespaces act as separate hosts.
+    _run_dir: tempfile::TempDir,
 }
 
 impl NsAgent {
     /// Starts the agent with `extra` flags and waits until its probes are attached.
     pub fn start(ns: &Netns, extra: &[&str]) -> Self {
         let state = tempfile::tempdir().expect("tempdir");
+        let run_dir = crate::common::run_dir();
         let addr = format!("{}:{AGENT_PORT}", ns.ns_ip);
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path()))
@@ -130,6 +133,7 @@ impl NsAgent {
             .arg(state.path())
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("FAULTLINE_RUN_DIR", run_dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -149,6 +153,7 @@ impl NsAgent {
             lines,
             seen: Vec::new(),
             _state: state,
+            _run_dir: run_dir,
         };
         agent.wait_for("probes attached", Duration::from_secs(60));
         agent

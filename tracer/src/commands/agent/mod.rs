@@ -45,7 +45,9 @@ use crate::{
     kernel::scope::{Scope, ScopeFilter},
     kernel::stats::{self, Summary},
     kernel::stream::EventStream,
-    sinks::{agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory, web},
+    sinks::{
+        agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory, unix_api::UnixApi, web,
+    },
 };
 
 use self::{
@@ -89,10 +91,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // First: a refused --expose-addresses must leave nothing loaded or claimed.
     let exposure = exposure::choose(opts.expose_addresses, &opts.listen)?;
     // Before anything is loaded: a second agent must leave the first one's programs alone.
-    let _claim = single::claim(&single::instance_name())?;
-    // Before anything is loaded: a web config that does not load keeps the agent from starting
-    // (serving without the TLS or authentication it asks for would be worse).
+    // Before anything is loaded or claimed: a web config that does not load keeps the agent
+    // from starting (serving without the TLS or authentication it asks for would be worse).
     let web = web::Web::load(opts.web_config.as_deref())?;
+    let claim = single::claim(&single::run_dir())?;
     // Before the start line: a stop request that follows it must find the handlers in place.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
@@ -176,15 +178,24 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         )
         .context("serving the HTTP API")?
     };
+    // The same API where only this agent's user and root can reach it: what diagnose trusts.
+    let mut unix_api = UnixApi::bind(claim.dir()).with_context(|| {
+        format!(
+            "cannot listen on {}",
+            claim.dir().join(crate::sinks::unix_api::SOCKET).display()
+        )
+    })?;
+    let unix_server = unix_api.serve(http::router(shared.clone()));
     // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
     scan_uffds(&mut lock(&shared), monotonic_ns())?;
     log::info!(
-        "faultline agent: probes attached ({}, detail {}), API on {}://{}{}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
+        "faultline agent: probes attached ({}, detail {}), API on {}://{}{} and {}, scope {}, wait threshold {}, hold threshold {}, stall threshold {}",
         attached,
         detail,
         scheme,
         local,
         if exposed { " (raw addresses)" } else { "" },
+        unix_api.path().display(),
         match opts.scope {
             Scope::Host => "host",
             Scope::Netns => "netns",
@@ -236,6 +247,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         }
     }
     server.abort();
+    unix_server.abort();
     let interrupted = shutdown::watch_second_signal(sigterm, sigint);
     stop(&shared, &mut stream, on_record, &opts, &interrupted);
     let raised: u64 = lock(&shared).sink.counts().values().sum();

@@ -18,7 +18,7 @@ use crate::{
     kernel::{probes::ProbeError, procfs},
 };
 
-pub fn gather(agent_addr: Option<&str>) -> Result<Snapshot, ProbeError> {
+pub fn gather(agent_at: Option<&agent::AgentAt>) -> Result<Snapshot, ProbeError> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(ProbeError::Privileges);
@@ -27,7 +27,7 @@ pub fn gather(agent_addr: Option<&str>) -> Result<Snapshot, ProbeError> {
     let uffd_fds = procfs::uffd_fds();
     let records = kernel::read_kernel_state(&uffd_fds)?;
     let mut snapshot = from_records(&records);
-    snapshot.agent = agent_addr.and_then(agent::ask);
+    snapshot.agent = agent_at.and_then(agent::ask);
 
     // Details for the tasks that may be blocked: D-state sleepers and every task the kernel
     // named as a waiter.

@@ -21,13 +21,13 @@ use crate::kernel::probes::ProbeError;
 pub struct DiagnoseOptions {
     pub pid: Option<u32>,
     pub min_blocked: Duration,
-    /// The agent's API, asked for read holders and userfaultfd ioctls when it answers.
-    pub agent: Option<String>,
+    /// The agent asked for read holders and userfaultfd ioctls, if any.
+    pub agent: Option<agent::AgentAt>,
 }
 
 /// Gathers a snapshot of this host and analyses it.
 pub fn diagnose(opts: &DiagnoseOptions) -> Result<Diagnosis, ProbeError> {
-    let snapshot = gather::gather(opts.agent.as_deref())?;
+    let snapshot = gather::gather(opts.agent.as_ref())?;
     Ok(analyse(
         &snapshot,
         &Filter {

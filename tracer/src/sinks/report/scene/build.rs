@@ -290,6 +290,7 @@ impl Scene {
                         Source::Kernel => None,
                         Source::Agent => Some("from the agent"),
                         Source::AgentInferred => Some("inferred by the agent"),
+                        Source::AgentUnverified => Some("from an unverified agent"),
                         Source::Heuristic => Some("guess from /proc"),
                         Source::Evidence => Some("handler named from evidence"),
                     },
