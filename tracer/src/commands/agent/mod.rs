@@ -3,7 +3,8 @@
 //!
 //! - `state`: what the agent's tasks share (the live feed, the probes, the alert sink) and the
 //!   live graph it hands out;
-//! - `telemetry`: what the agent counts itself; `metrics_input`: what a scrape shows;
+//! - `telemetry`: what the agent counts itself; `metrics_input`: what a scrape shows, with
+//!   `process_faults`: its /proc part, cached and read off the lock;
 //! - `view`: the views the HTTP sinks read (`sinks::agent_view`);
 //! - `snapshot`: the kernel's per-task map and the host's userfaultfds read into the feed;
 //! - `log_lines`: the lines logged for slow records;
@@ -11,6 +12,7 @@
 
 mod log_lines;
 pub mod metrics_input;
+mod process_faults;
 mod shutdown;
 mod snapshot;
 pub mod state;
@@ -46,6 +48,7 @@ use crate::{
 
 use self::{
     log_lines::Reporter,
+    process_faults::ProcessFaults,
     shutdown::{DrainBound, DrainEnd},
     snapshot::{scan_uffds, snapshot_into},
     state::{lock, AgentState, Shared},
@@ -115,6 +118,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         // Every 16 snapshots: every 4 s at the default interval.
         reclaimer: TaskEntryReclaimer::new(16),
         scope: ScopeFilter::new(opts.scope)?,
+        process_faults: Arc::new(ProcessFaults::new(ScopeFilter::new(opts.scope)?)),
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock

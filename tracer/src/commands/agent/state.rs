@@ -22,7 +22,7 @@ use crate::{
     sinks::{alerts::AlertSink, metrics::SeriesMemory},
 };
 
-use super::telemetry::Telemetry;
+use super::{process_faults::ProcessFaults, telemetry::Telemetry};
 
 pub struct AgentState {
     pub feed: LiveFeed,
@@ -40,6 +40,8 @@ pub struct AgentState {
     pub reclaimer: TaskEntryReclaimer,
     /// Which processes this agent reports on (`--scope`).
     pub scope: ScopeFilter,
+    /// Per-process faults for `/metrics`, refreshed off the lock (`process_faults`).
+    pub process_faults: Arc<ProcessFaults>,
 }
 
 impl AgentState {

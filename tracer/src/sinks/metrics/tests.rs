@@ -67,6 +67,7 @@ fn input() -> MetricsInput {
                 (("host".to_string(), AlertKind::Stall), 1),
             ]),
         ),
+        api_refused: [("render", 3), ("scrape", 0)],
     }
 }
 
