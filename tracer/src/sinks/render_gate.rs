@@ -159,7 +159,12 @@ mod tests {
         release_tx.send(()).expect("release");
         assert_eq!(first.await.expect("join").expect("first ran"), 1);
         // Free again: served.
-        assert_eq!(GATE.run(Duration::from_millis(50), || 3).await.expect("ran"), 3);
+        assert_eq!(
+            GATE.run(Duration::from_millis(50), || 3)
+                .await
+                .expect("ran"),
+            3
+        );
         assert_eq!(GATE.refused(), 1);
     }
 }

@@ -186,7 +186,9 @@ mod tests {
         assert_eq!(second.lists.0[0].1.user, 7);
         // Past it: read again.
         if let Some((at, _)) = locked(&cache.last).as_mut() {
-            *at = at.checked_sub(REFRESH).expect("the host is up longer than REFRESH");
+            *at = at
+                .checked_sub(REFRESH)
+                .expect("the host is up longer than REFRESH");
         }
         let third = cache.get(|| read(9)).expect("third");
         assert_eq!(reads.get(), 2);
