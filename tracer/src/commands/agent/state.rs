@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    time::Duration,
 };
 
 use tracer_common::Counter;
@@ -14,6 +15,7 @@ use crate::{
         cgroup_ids,
         decode::{DecodeError, Decoded},
         live::{self, LiveFeed},
+        pidcache::PidCache,
         probes::{kernel::KernelBtf, Probes},
         reclaim::TaskEntryReclaimer,
         scope::ScopeFilter,
@@ -107,13 +109,27 @@ impl LiveView {
     /// its records came from (file reads: outside the lock where possible).
     pub fn resolve(self) -> GraphView {
         let Self { mut view, cgroups } = self;
-        view.identify(live::identify);
+        view.identify(identify_cached);
         view.attribute(|pid| {
             workload::attribute(pid)
                 .or_else(|| cgroups.get(&pid).and_then(|id| cgroup_ids::attribute(*id)))
         });
         view
     }
+}
+
+/// Names a task the model never saw (a lock owner read from the kernel) from /proc, cached
+/// briefly: every graph request asks again for the same few tasks, and a flood of requests must
+/// not become a flood of /proc reads. A tid reused within `IDENTIFY_TTL` is misnamed that long.
+fn identify_cached(tid: u32) -> Option<(u32, Option<String>)> {
+    const IDENTIFY_TTL: Duration = Duration::from_secs(2);
+    type Identities = PidCache<Option<(u32, Option<String>)>>;
+    static CACHE: OnceLock<Mutex<Identities>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| Mutex::new(PidCache::new(4096, IDENTIFY_TTL)))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(tid, live::identify)
 }
 
 /// Hands the detectors' alerts to the alert sink with the graph they were raised on.
