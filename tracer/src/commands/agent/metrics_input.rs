@@ -1,12 +1,13 @@
-//! What a scrape shows: the probes' maps, the model's blocked tasks and the agent's own counts
-//! folded so that none goes down, copied under the agent's lock (no /proc read there); then
-//! per-process faults from a cache refreshed off the lock (`process_faults`).
+//! What a scrape shows: the model's blocked tasks and the agent's own counts folded so that none
+//! goes down, copied under the agent's lock (no /proc read, no map walk there); the probes'
+//! aggregate maps read after it on their own handles; per-process faults from a cache refreshed
+//! off the lock (`process_faults`).
 
 use std::{collections::BTreeMap, sync::Mutex};
 
 use crate::{
     core::model::Blocked,
-    kernel::{probes::Detail, stats},
+    kernel::probes::Detail,
     sinks::metrics::{FoldedCounters, MetricsInput, SeriesMemory},
 };
 
@@ -49,10 +50,9 @@ fn blocked(st: &AgentState) -> BTreeMap<&'static str, u64> {
     blocked
 }
 
-/// Everything but the per-process faults, under the lock: map reads of fixed size and the
-/// model's counts, no /proc.
-fn under_lock(st: &mut AgentState) -> Result<MetricsInput, String> {
-    let snap = stats::snapshot(&st.probes).map_err(|e| e.to_string())?;
+/// What is copied under the lock: the model's counts and the agent's own, and the programs'
+/// statistics (one small read per program); no /proc, and none of the aggregate maps' lookups.
+fn under_lock(st: &mut AgentState) -> MetricsInput {
     let model = st.feed.engine().model();
     let model_entries = [
         ("tasks", model.tasks.len()),
@@ -60,12 +60,12 @@ fn under_lock(st: &mut AgentState) -> Result<MetricsInput, String> {
         ("uffds", model.uffds.len()),
     ];
     let folded = folded_counters(&mut st.series, &st.telemetry, st.sink.counts_by_workload());
-    Ok(MetricsInput {
+    MetricsInput {
         version: env!("CARGO_PKG_VERSION"),
         kernel: st.kernel_release.clone(),
-        counters: snap.counters.0.clone(),
-        hists: snap.hists.iter().map(|h| h.0).collect(),
-        uffd_errors: st.probes.uffd_errors().map_err(|e| e.to_string())?,
+        counters: Vec::new(),
+        hists: Vec::new(),
+        uffd_errors: Vec::new(),
         proc_faults: Vec::new(),
         proc_faults_per_mode: st.probes.detail() == Detail::Full,
         task_entries: st.task_entries,
@@ -84,16 +84,25 @@ fn under_lock(st: &mut AgentState) -> Result<MetricsInput, String> {
         faults_by_workload: Vec::new(),
         folded,
         api_refused: [("render", 0), ("scrape", 0)],
-    })
+    }
 }
 
-/// A scrape: the snapshot under the lock, then the cached per-process faults (whose refresh, when
-/// due, takes the lock again only to read the kernel's map).
+/// A scrape: the snapshot under the lock, then the aggregate maps on their own handles, then
+/// the cached per-process faults (whose refresh, when due, takes the lock again only to read
+/// the kernel's per-process map).
 pub fn metrics_input(shared: &Mutex<AgentState>) -> Result<MetricsInput, String> {
-    let (mut m, cache) = {
+    let (mut m, aggregates, cache) = {
         let mut st = lock(shared);
-        (under_lock(&mut st)?, st.process_faults.clone())
+        (
+            under_lock(&mut st),
+            st.aggregates.clone(),
+            st.process_faults.clone(),
+        )
     };
+    let e = |e: crate::kernel::probes::ProbeError| e.to_string();
+    m.counters = aggregates.counters().map_err(e)?.0;
+    m.hists = aggregates.histograms().map_err(e)?;
+    m.uffd_errors = aggregates.uffd_errors().map_err(e)?;
     let faults = cache.get(|| {
         let st = lock(shared);
         Ok(KernelFaults {

@@ -91,6 +91,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     for lost in detail.gives_up() {
         log::info!("detail {detail}: without {lost}");
     }
+    let aggregates = Arc::new(probes.aggregates()?);
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
@@ -119,6 +120,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         reclaimer: TaskEntryReclaimer::new(16),
         scope: ScopeFilter::new(opts.scope)?,
         process_faults: Arc::new(ProcessFaults::new(ScopeFilter::new(opts.scope)?)),
+        aggregates,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock

@@ -16,7 +16,7 @@ use crate::{
         decode::{DecodeError, Decoded},
         live::{self, LiveFeed},
         pidcache::PidCache,
-        probes::{kernel::KernelBtf, Probes},
+        probes::{kernel::KernelBtf, Aggregates, Probes},
         reclaim::TaskEntryReclaimer,
         scope::ScopeFilter,
         workload,
@@ -44,6 +44,8 @@ pub struct AgentState {
     pub scope: ScopeFilter,
     /// Per-process faults for `/metrics`, refreshed off the lock (`process_faults`).
     pub process_faults: Arc<ProcessFaults>,
+    /// The probes' aggregate maps on their own handles: `/metrics` reads them off the lock.
+    pub aggregates: Arc<Aggregates>,
 }
 
 impl AgentState {

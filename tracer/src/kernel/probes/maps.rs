@@ -43,6 +43,67 @@ pub fn per_cpu_sums(ebpf: &Ebpf, name: &'static str, len: u32) -> Result<Vec<u64
         .collect()
 }
 
+/// A second handle on a per-CPU array of the object, owned: readable while the `Probes` are
+/// borrowed elsewhere (under the agent's lock), as the kernel's own updates are per CPU and a
+/// read is a copy.
+fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+    let Some(Map::PerCpuArray(data)) = ebpf.map(name) else {
+        return Err(ProbeError::MissingMap(name));
+    };
+    let id = data.info().map_err(ProbeError::map(name))?.id();
+    let again = MapData::from_id(id).map_err(ProbeError::map(name))?;
+    PerCpuArray::try_from(Map::PerCpuArray(again)).map_err(ProbeError::map(name))
+}
+
+fn sums(
+    array: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    len: u32,
+) -> Result<Vec<u64>, ProbeError> {
+    (0..len)
+        .map(|i| {
+            array
+                .get(&i, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .map_err(ProbeError::map(name))
+        })
+        .collect()
+}
+
+/// The aggregate maps a scrape reads (counters, histograms, userfaultfd errors: about 1,400
+/// lookups), on their own handles so that a scrape reads them without the agent's lock.
+pub struct Aggregates {
+    counters: PerCpuArray<MapData, u64>,
+    histograms: PerCpuArray<MapData, u64>,
+    uffd_errors: PerCpuArray<MapData, u64>,
+}
+
+impl Aggregates {
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        sums(&self.counters, map::COUNTERS, COUNTER_COUNT).map(Counters)
+    }
+
+    pub fn histograms(&self) -> Result<Vec<[u64; HIST_BUCKETS as usize]>, ProbeError> {
+        let flat = sums(&self.histograms, map::HISTOGRAMS, HIST_COUNT * HIST_BUCKETS)?;
+        Ok(flat
+            .chunks_exact(HIST_BUCKETS as usize)
+            .map(|c| {
+                let mut row = [0u64; HIST_BUCKETS as usize];
+                row.copy_from_slice(c);
+                row
+            })
+            .collect())
+    }
+
+    pub fn uffd_errors(&self) -> Result<Vec<u64>, ProbeError> {
+        sums(
+            &self.uffd_errors,
+            map::UFFD_ERRORS,
+            tracer_common::UFFD_ERROR_SLOTS,
+        )
+    }
+}
+
 impl Probes {
     /// Rewrites the runtime config; takes effect for the next event.
     pub fn set_config(&mut self, config: &Config) -> Result<(), ProbeError> {
@@ -78,6 +139,15 @@ impl Probes {
     /// Capacity of the per-task state map.
     pub fn max_tasks(&self) -> u32 {
         self.max_tasks
+    }
+
+    /// Second handles on the aggregate maps, for readers that must not hold the probes.
+    pub fn aggregates(&self) -> Result<Aggregates, ProbeError> {
+        Ok(Aggregates {
+            counters: reopen(&self.ebpf, map::COUNTERS)?,
+            histograms: reopen(&self.ebpf, map::HISTOGRAMS)?,
+            uffd_errors: reopen(&self.ebpf, map::UFFD_ERRORS)?,
+        })
     }
 
     /// Counters summed over CPUs, indexed by `Counter`.
