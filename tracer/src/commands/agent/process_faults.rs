@@ -7,7 +7,8 @@
 //! client scraping in a loop would hold the lock most of the time, and the ring-buffer consumer
 //! needs it for every record. So one refresh serves every scrape for `REFRESH` (a Prometheus
 //! scrape interval is 15 s or more: two scrapes that close see the same gauges), only one runs
-//! at a time, and the only part under the agent's lock is the kernel map read of full mode.
+//! at a time, and the only part under the agent's lock is one walk of the kernel's per-process
+//! map (its counters in full mode, its size in every mode), at most once per `REFRESH`.
 
 use std::{
     sync::Mutex,
