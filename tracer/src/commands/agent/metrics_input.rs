@@ -88,8 +88,7 @@ fn under_lock(st: &mut AgentState) -> MetricsInput {
 }
 
 /// A scrape: the snapshot under the lock, then the aggregate maps on their own handles, then
-/// the cached per-process faults (whose refresh, when due, takes the lock again only to read
-/// the kernel's per-process map).
+/// the cached per-process faults (`process_faults`), all of it after the lock.
 pub fn metrics_input(shared: &Mutex<AgentState>) -> Result<MetricsInput, String> {
     let (mut m, aggregates, cache) = {
         let mut st = lock(shared);
@@ -104,10 +103,9 @@ pub fn metrics_input(shared: &Mutex<AgentState>) -> Result<MetricsInput, String>
     m.hists = aggregates.histograms().map_err(e)?;
     m.uffd_errors = aggregates.uffd_errors().map_err(e)?;
     let faults = cache.get(|| {
-        let st = lock(shared);
         Ok(KernelFaults {
-            faults: st.probes.proc_faults().map_err(|e| e.to_string())?,
-            per_fault: st.probes.detail() == Detail::Full,
+            faults: aggregates.proc_faults.read(),
+            per_fault: m.proc_faults_per_mode,
         })
     })?;
     let (proc_faults, by_workload) = faults.lists;

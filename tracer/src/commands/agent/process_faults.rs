@@ -7,8 +7,8 @@
 //! client scraping in a loop would hold the lock most of the time, and the ring-buffer consumer
 //! needs it for every record. So one refresh serves every scrape for `REFRESH` (a Prometheus
 //! scrape interval is 15 s or more: two scrapes that close see the same gauges), only one runs
-//! at a time, and the only part under the agent's lock is one walk of the kernel's per-process
-//! map (its counters in full mode, its size in every mode), at most once per `REFRESH`.
+//! at a time, and none of it holds the agent's lock (the kernel's per-process map, walked at
+//! most once per `REFRESH`, is read on a handle of its own).
 
 use std::{
     sync::Mutex,
@@ -31,8 +31,8 @@ const NAMED_PROCESSES: usize = 3 * TOP_PROCESSES;
 /// Per-process faults: (process, faults) and (workload, faults), the largest named first.
 pub type FaultLists = (Vec<(ProcessKey, ProcFaults)>, Vec<(String, ProcFaults)>);
 
-/// What the kernel's per-process fault map holds, read under the agent's lock when a refresh
-/// is due: its counters (used in full mode) and its number of entries (always exported).
+/// What the kernel's per-process fault map holds, read when a refresh is due: its counters
+/// (used in full mode) and its number of entries (always exported).
 pub struct KernelFaults {
     pub faults: Vec<(u32, ProcFaults)>,
     pub per_fault: bool,
@@ -76,9 +76,9 @@ impl ProcessFaults {
             .map(|(_, r)| r.clone())
     }
 
-    /// The faults as of at most `REFRESH` ago. `read_kernel` takes the agent's lock briefly to
-    /// read the kernel's map; it runs only when a refresh is due, and never while the agent's
-    /// lock is held by the caller (it must not be: this may wait for another refresh).
+    /// The faults as of at most `REFRESH` ago. `read_kernel` reads the kernel's map; it runs
+    /// only when a refresh is due. Never call this holding the agent's lock: it may wait for
+    /// another scrape's refresh.
     pub fn get(
         &self,
         read_kernel: impl FnOnce() -> Result<KernelFaults, String>,

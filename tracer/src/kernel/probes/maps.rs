@@ -3,14 +3,14 @@
 //! two lookups.
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
 use tracer_common::{
     names::map, Config, Counter, TaskState, COUNTER_COUNT, HIST_BUCKETS, HIST_COUNT,
 };
 
-use super::{ProbeError, Probes};
+use super::{families::faults::ProcFaultsMap, ProbeError, Probes};
 
 /// Map `name` of the object as the typed map `T`.
 pub fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -46,13 +46,20 @@ pub fn per_cpu_sums(ebpf: &Ebpf, name: &'static str, len: u32) -> Result<Vec<u64
 /// A second handle on a per-CPU array of the object, owned: readable while the `Probes` are
 /// borrowed elsewhere (under the agent's lock), as the kernel's own updates are per CPU and a
 /// read is a copy.
-fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
-    let Some(Map::PerCpuArray(data)) = ebpf.map(name) else {
-        return Err(ProbeError::MissingMap(name));
+fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    let again = |data: &MapData| -> Result<MapData, ProbeError> {
+        let id = data.info().map_err(ProbeError::map(name))?.id();
+        MapData::from_id(id).map_err(ProbeError::map(name))
     };
-    let id = data.info().map_err(ProbeError::map(name))?.id();
-    let again = MapData::from_id(id).map_err(ProbeError::map(name))?;
-    PerCpuArray::try_from(Map::PerCpuArray(again)).map_err(ProbeError::map(name))
+    match ebpf.map(name) {
+        Some(Map::PerCpuArray(data)) => Ok(Map::PerCpuArray(again(data)?)),
+        Some(Map::PerCpuHashMap(data)) => Ok(Map::PerCpuHashMap(again(data)?)),
+        _ => Err(ProbeError::MissingMap(name)),
+    }
+}
+
+fn reopen_array(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+    PerCpuArray::try_from(reopen(ebpf, name)?).map_err(ProbeError::map(name))
 }
 
 fn sums(
@@ -71,11 +78,13 @@ fn sums(
 }
 
 /// The aggregate maps a scrape reads (counters, histograms, userfaultfd errors: about 1,400
-/// lookups), on their own handles so that a scrape reads them without the agent's lock.
+/// lookups; per-process faults: a walk of up to 16,384 entries), on their own handles so that
+/// a scrape reads them without the agent's lock.
 pub struct Aggregates {
     counters: PerCpuArray<MapData, u64>,
     histograms: PerCpuArray<MapData, u64>,
     uffd_errors: PerCpuArray<MapData, u64>,
+    pub proc_faults: ProcFaultsMap,
 }
 
 impl Aggregates {
@@ -144,9 +153,13 @@ impl Probes {
     /// Second handles on the aggregate maps, for readers that must not hold the probes.
     pub fn aggregates(&self) -> Result<Aggregates, ProbeError> {
         Ok(Aggregates {
-            counters: reopen(&self.ebpf, map::COUNTERS)?,
-            histograms: reopen(&self.ebpf, map::HISTOGRAMS)?,
-            uffd_errors: reopen(&self.ebpf, map::UFFD_ERRORS)?,
+            counters: reopen_array(&self.ebpf, map::COUNTERS)?,
+            histograms: reopen_array(&self.ebpf, map::HISTOGRAMS)?,
+            uffd_errors: reopen_array(&self.ebpf, map::UFFD_ERRORS)?,
+            proc_faults: ProcFaultsMap(
+                PerCpuHashMap::try_from(reopen(&self.ebpf, map::PROC_FAULTS)?)
+                    .map_err(ProbeError::map(map::PROC_FAULTS))?,
+            ),
         })
     }
 
