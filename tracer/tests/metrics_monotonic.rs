@@ -57,6 +57,7 @@ fn quiet_input(folded: tracer::sinks::metrics::FoldedCounters) -> MetricsInput {
         uffd_ioctl_hooks: false,
         faults_by_workload: Vec::new(),
         folded,
+        api_refused: [("render", 0), ("scrape", 0)],
     }
 }
 

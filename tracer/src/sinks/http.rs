@@ -6,49 +6,80 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
-    Json, Router,
+    Router,
 };
 
 use crate::sinks::{
-    agent_view::{Agent, AlertsDoc},
+    agent_view::Agent,
     metrics,
+    render_gate::{Refused, MAX_WAIT, RENDERS, SCRAPES},
     report::page,
 };
 
-async fn graph(State(agent): State<Agent>) -> Json<crate::core::views::GraphView> {
-    Json(agent.graph())
+async fn graph(State(agent): State<Agent>) -> Response {
+    // Copied under the agent's lock and serialized on a gated blocking thread (`render_gate`).
+    let body = RENDERS
+        .run(MAX_WAIT, move || serde_json::to_vec(&agent.graph()))
+        .await;
+    json(body)
 }
 
-async fn graph_dot(State(agent): State<Agent>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
-        agent.graph().to_dot(),
+/// A JSON document serialized off the async workers, or why there is none.
+fn json(body: Result<serde_json::Result<Vec<u8>>, Refused>) -> Response {
+    match body {
+        Ok(Ok(doc)) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        Ok(Err(e)) => Refused::Failed(e.to_string()).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn graph_dot(State(agent): State<Agent>) -> Response {
+    match RENDERS.run(MAX_WAIT, move || agent.graph().to_dot()).await {
+        Ok(dot) => (
+            [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
+            dot,
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn alerts(State(agent): State<Agent>) -> Response {
+    json(
+        RENDERS
+            .run(MAX_WAIT, move || serde_json::to_vec(&agent.alerts()))
+            .await,
     )
 }
 
-async fn alerts(State(agent): State<Agent>) -> Json<AlertsDoc> {
-    Json(agent.alerts())
-}
-
-async fn metrics_text(State(agent): State<Agent>) -> impl IntoResponse {
-    // Gathered under the agent's lock, rendered outside it.
-    let rendered = agent
-        .metrics()
-        .and_then(|m| metrics::render(&m).map_err(|e| e.to_string()));
+async fn metrics_text(State(agent): State<Agent>) -> Response {
+    // Gathered from a snapshot the agent copies under its lock (its /proc reads cached, off
+    // the lock), rendered outside it; at most `SCRAPE_PERMITS` scrapes at once.
+    let rendered = SCRAPES
+        .run(MAX_WAIT, move || {
+            agent.metrics().and_then(|mut m| {
+                m.api_refused = [("render", RENDERS.refused()), ("scrape", SCRAPES.refused())];
+                metrics::render(&m).map_err(|e| e.to_string())
+            })
+        })
+        .await;
     match rendered {
-        Ok(text) => (
+        Ok(Ok(text)) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
             text,
-        ),
-        Err(e) => (
+        )
+            .into_response(),
+        Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("reading the probes' maps failed: {e}\n"),
-        ),
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
     }
 }
 

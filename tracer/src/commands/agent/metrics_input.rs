@@ -1,21 +1,21 @@
-//! What a scrape shows, gathered under the agent's lock: the probes' maps, per-process faults
-//! (the probes' in full mode, /proc's otherwise), the model's blocked tasks, and the agent's
-//! own counts folded so that none goes down.
+//! What a scrape shows: the model's blocked tasks and the agent's own counts folded so that none
+//! goes down, copied under the agent's lock (no /proc read, no map walk there); the probes'
+//! aggregate maps read after it on their own handles; per-process faults from a cache refreshed
+//! off the lock (`process_faults`).
 
-use std::collections::BTreeMap;
-
-use tracer_common::ProcFaults;
+use std::{collections::BTreeMap, sync::Mutex};
 
 use crate::{
     core::model::Blocked,
-    kernel::{live, probes::Detail, procfs, stats, workload},
-    sinks::metrics::{FoldedCounters, MetricsInput, ProcessKey, SeriesMemory, TOP_PROCESSES},
+    kernel::probes::Detail,
+    sinks::metrics::{FoldedCounters, MetricsInput, SeriesMemory},
 };
 
-use super::{state::AgentState, telemetry::Telemetry};
-
-/// Names only the processes that can make the top N: the rest are "other" without a /proc read.
-const NAMED_PROCESSES: usize = 3 * TOP_PROCESSES;
+use super::{
+    process_faults::KernelFaults,
+    state::{lock, AgentState},
+    telemetry::Telemetry,
+};
 
 /// The agent's cumulative counts, folded into the series a scrape shows (the path every scrape
 /// takes; see `metrics::fold` for why it keeps a memory).
@@ -29,55 +29,6 @@ pub fn folded_counters(
         &telemetry.slow_waits_by_workload,
         alerts_by_workload,
     )
-}
-
-/// Per-process faults: (process, faults) and (workload, faults), the largest named first.
-type FaultLists = (Vec<(ProcessKey, ProcFaults)>, Vec<(String, ProcFaults)>);
-
-fn process_faults(st: &mut AgentState, per_fault: bool) -> Result<(FaultLists, usize), String> {
-    let kernel_faults = st.probes.proc_faults().map_err(|e| e.to_string())?;
-    let entries = kernel_faults.len();
-    // Per-fault counters exist in full mode only; otherwise the kernel's own per-process
-    // counts (minor + major faults, /proc) stand in, with the mode label saying so.
-    let mut faults: Vec<(u32, Option<String>, ProcFaults)> = if per_fault {
-        kernel_faults
-            .into_iter()
-            .map(|(p, f)| (p, None, f))
-            .collect()
-    } else {
-        procfs::process_faults()
-            .into_iter()
-            .map(|(pid, comm, minor, major)| {
-                let f = ProcFaults {
-                    user: minor + major,
-                    ..ProcFaults::default()
-                };
-                (pid, Some(comm), f)
-            })
-            .collect()
-    };
-    if !st.scope.is_host() {
-        faults.retain(|(pid, _, _)| st.scope.admits(*pid));
-    }
-    faults.sort_by_key(|(_, _, f)| std::cmp::Reverse(f.user + f.kernel));
-    let lists = faults
-        .into_iter()
-        .enumerate()
-        .map(|(i, (pid, comm, f))| {
-            if i < NAMED_PROCESSES {
-                let attribution = workload::attribute(pid);
-                let comm = comm
-                    .or_else(|| live::identify(pid).and_then(|(_, comm)| comm))
-                    .unwrap_or_else(|| "?".into());
-                let key = ProcessKey::new(comm, attribution.as_deref());
-                let workload = key.workload.clone();
-                ((key, f), (workload, f))
-            } else {
-                ((ProcessKey::other(), f), ("other".into(), f))
-            }
-        })
-        .unzip();
-    Ok((lists, entries))
 }
 
 /// Blocked tasks of the model, by what they wait on (every kind present, zero or not).
@@ -99,10 +50,9 @@ fn blocked(st: &AgentState) -> BTreeMap<&'static str, u64> {
     blocked
 }
 
-pub fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
-    let snap = stats::snapshot(&st.probes).map_err(|e| e.to_string())?;
-    let per_fault = st.probes.detail() == Detail::Full;
-    let ((proc_faults, faults_by_workload), proc_fault_entries) = process_faults(st, per_fault)?;
+/// What is copied under the lock: the model's counts and the agent's own, and the programs'
+/// statistics (one small read per program); no /proc, and none of the aggregate maps' lookups.
+fn under_lock(st: &mut AgentState) -> MetricsInput {
     let model = st.feed.engine().model();
     let model_entries = [
         ("tasks", model.tasks.len()),
@@ -110,18 +60,18 @@ pub fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         ("uffds", model.uffds.len()),
     ];
     let folded = folded_counters(&mut st.series, &st.telemetry, st.sink.counts_by_workload());
-    Ok(MetricsInput {
+    MetricsInput {
         version: env!("CARGO_PKG_VERSION"),
         kernel: st.kernel_release.clone(),
-        counters: snap.counters.0.clone(),
-        hists: snap.hists.iter().map(|h| h.0).collect(),
-        uffd_errors: st.probes.uffd_errors().map_err(|e| e.to_string())?,
-        proc_faults,
-        proc_faults_per_mode: per_fault,
+        counters: Vec::new(),
+        hists: Vec::new(),
+        uffd_errors: Vec::new(),
+        proc_faults: Vec::new(),
+        proc_faults_per_mode: st.probes.detail() == Detail::Full,
         task_entries: st.task_entries,
         task_entries_reclaimed: st.reclaimer.reclaimed(),
         task_capacity: st.probes.max_tasks(),
-        proc_fault_entries,
+        proc_fault_entries: 0,
         programs: st.probes.program_stats(),
         alerts: st.sink.counts().clone(),
         blocked: blocked(st),
@@ -131,7 +81,36 @@ pub fn metrics_input(st: &mut AgentState) -> Result<MetricsInput, String> {
         tasks_state_unknown: st.feed.unknown().len(),
         alerts_refuted: st.feed.suppressed(),
         uffd_ioctl_hooks: st.probes.ioctl_hooks_attached(),
-        faults_by_workload,
+        faults_by_workload: Vec::new(),
         folded,
-    })
+        api_refused: [("render", 0), ("scrape", 0)],
+    }
+}
+
+/// A scrape: the snapshot under the lock, then the aggregate maps on their own handles, then
+/// the cached per-process faults (`process_faults`), all of it after the lock.
+pub fn metrics_input(shared: &Mutex<AgentState>) -> Result<MetricsInput, String> {
+    let (mut m, aggregates, cache) = {
+        let mut st = lock(shared);
+        (
+            under_lock(&mut st),
+            st.aggregates.clone(),
+            st.process_faults.clone(),
+        )
+    };
+    let e = |e: crate::kernel::probes::ProbeError| e.to_string();
+    m.counters = aggregates.counters().map_err(e)?.0;
+    m.hists = aggregates.histograms().map_err(e)?;
+    m.uffd_errors = aggregates.uffd_errors().map_err(e)?;
+    let faults = cache.get(|| {
+        Ok(KernelFaults {
+            faults: aggregates.proc_faults.read(),
+            per_fault: m.proc_faults_per_mode,
+        })
+    })?;
+    let (proc_faults, by_workload) = faults.lists;
+    m.proc_faults = proc_faults;
+    m.faults_by_workload = by_workload;
+    m.proc_fault_entries = faults.entries;
+    Ok(m)
 }

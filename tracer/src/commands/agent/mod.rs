@@ -3,7 +3,8 @@
 //!
 //! - `state`: what the agent's tasks share (the live feed, the probes, the alert sink) and the
 //!   live graph it hands out;
-//! - `telemetry`: what the agent counts itself; `metrics_input`: what a scrape shows;
+//! - `telemetry`: what the agent counts itself; `metrics_input`: what a scrape shows, with
+//!   `process_faults`: its /proc part, cached and read off the lock;
 //! - `view`: the views the HTTP sinks read (`sinks::agent_view`);
 //! - `snapshot`: the kernel's per-task map and the host's userfaultfds read into the feed;
 //! - `log_lines`: the lines logged for slow records;
@@ -15,6 +16,7 @@ pub mod exposure;
 mod journal;
 mod log_lines;
 pub mod metrics_input;
+mod process_faults;
 mod shutdown;
 mod snapshot;
 pub mod state;
@@ -53,6 +55,7 @@ use crate::{
 use self::{
     journal::Journal,
     log_lines::Reporter,
+    process_faults::ProcessFaults,
     shutdown::{DrainBound, DrainEnd},
     snapshot::{scan_uffds, snapshot_into},
     state::{lock, AgentState, Shared},
@@ -107,6 +110,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     for lost in detail.gives_up() {
         log::info!("detail {detail}: without {lost}");
     }
+    let aggregates = Arc::new(probes.aggregates()?);
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
@@ -144,6 +148,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         reclaimer: TaskEntryReclaimer::new(16),
         scope: ScopeFilter::new(opts.scope)?,
         exposure: exposure.clone(),
+        process_faults: Arc::new(ProcessFaults::new(ScopeFilter::new(opts.scope)?)),
+        aggregates,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock

@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    time::Duration,
 };
 
 use tracer_common::Counter;
@@ -14,7 +15,8 @@ use crate::{
         cgroup_ids,
         decode::{DecodeError, Decoded},
         live::{self, LiveFeed},
-        probes::{kernel::KernelBtf, Probes},
+        pidcache::PidCache,
+        probes::{kernel::KernelBtf, Aggregates, Probes},
         reclaim::TaskEntryReclaimer,
         scope::ScopeFilter,
         workload,
@@ -22,7 +24,7 @@ use crate::{
     sinks::{alerts::AlertSink, metrics::SeriesMemory},
 };
 
-use super::{journal::Journal, telemetry::Telemetry};
+use super::{journal::Journal, process_faults::ProcessFaults, telemetry::Telemetry};
 
 pub struct AgentState {
     pub feed: LiveFeed,
@@ -44,6 +46,10 @@ pub struct AgentState {
     pub journal: Option<Journal>,
     /// How the views it hands out show addresses (`--expose-addresses`).
     pub exposure: Exposure,
+    /// Per-process faults for `/metrics`, refreshed off the lock (`process_faults`).
+    pub process_faults: Arc<ProcessFaults>,
+    /// The probes' aggregate maps on their own handles: `/metrics` reads them off the lock.
+    pub aggregates: Arc<Aggregates>,
 }
 
 impl AgentState {
@@ -122,13 +128,27 @@ impl LiveView {
     /// its records came from (file reads: outside the lock where possible).
     pub fn resolve(self) -> GraphView {
         let Self { mut view, cgroups } = self;
-        view.identify(live::identify);
+        view.identify(identify_cached);
         view.attribute(|pid| {
             workload::attribute(pid)
                 .or_else(|| cgroups.get(&pid).and_then(|id| cgroup_ids::attribute(*id)))
         });
         view
     }
+}
+
+/// Names a task the model never saw (a lock owner read from the kernel) from /proc, cached
+/// briefly: every graph request asks again for the same few tasks, and a flood of requests must
+/// not become a flood of /proc reads. A tid reused within `IDENTIFY_TTL` is misnamed that long.
+fn identify_cached(tid: u32) -> Option<(u32, Option<String>)> {
+    const IDENTIFY_TTL: Duration = Duration::from_secs(2);
+    type Identities = PidCache<Option<(u32, Option<String>)>>;
+    static CACHE: OnceLock<Mutex<Identities>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| Mutex::new(PidCache::new(4096, IDENTIFY_TTL)))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(tid, live::identify)
 }
 
 /// Hands the detectors' alerts to the alert sink with the graph they were raised on.

@@ -48,6 +48,6 @@ impl AgentView for Mutex<AgentState> {
     }
 
     fn metrics(&self) -> Result<MetricsInput, String> {
-        metrics_input(&mut lock(self))
+        metrics_input(self)
     }
 }

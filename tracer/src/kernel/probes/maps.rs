@@ -3,14 +3,14 @@
 //! two lookups.
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
 use tracer_common::{
     names::map, Config, Counter, TaskState, COUNTER_COUNT, HIST_BUCKETS, HIST_COUNT,
 };
 
-use super::{ProbeError, Probes};
+use super::{families::faults::ProcFaultsMap, ProbeError, Probes};
 
 /// Map `name` of the object as the typed map `T`.
 pub fn typed<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -41,6 +41,76 @@ pub fn per_cpu_sums(ebpf: &Ebpf, name: &'static str, len: u32) -> Result<Vec<u64
                 .map_err(ProbeError::map(name))
         })
         .collect()
+}
+
+/// A second handle on a per-CPU array of the object, owned: readable while the `Probes` are
+/// borrowed elsewhere (under the agent's lock), as the kernel's own updates are per CPU and a
+/// read is a copy.
+fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    let again = |data: &MapData| -> Result<MapData, ProbeError> {
+        let id = data.info().map_err(ProbeError::map(name))?.id();
+        MapData::from_id(id).map_err(ProbeError::map(name))
+    };
+    match ebpf.map(name) {
+        Some(Map::PerCpuArray(data)) => Ok(Map::PerCpuArray(again(data)?)),
+        Some(Map::PerCpuHashMap(data)) => Ok(Map::PerCpuHashMap(again(data)?)),
+        _ => Err(ProbeError::MissingMap(name)),
+    }
+}
+
+fn reopen_array(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, ProbeError> {
+    PerCpuArray::try_from(reopen(ebpf, name)?).map_err(ProbeError::map(name))
+}
+
+fn sums(
+    array: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    len: u32,
+) -> Result<Vec<u64>, ProbeError> {
+    (0..len)
+        .map(|i| {
+            array
+                .get(&i, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .map_err(ProbeError::map(name))
+        })
+        .collect()
+}
+
+/// The aggregate maps a scrape reads (counters, histograms, userfaultfd errors: about 1,400
+/// lookups; per-process faults: a walk of up to 16,384 entries), on their own handles so that
+/// a scrape reads them without the agent's lock.
+pub struct Aggregates {
+    counters: PerCpuArray<MapData, u64>,
+    histograms: PerCpuArray<MapData, u64>,
+    uffd_errors: PerCpuArray<MapData, u64>,
+    pub proc_faults: ProcFaultsMap,
+}
+
+impl Aggregates {
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        sums(&self.counters, map::COUNTERS, COUNTER_COUNT).map(Counters)
+    }
+
+    pub fn histograms(&self) -> Result<Vec<[u64; HIST_BUCKETS as usize]>, ProbeError> {
+        let flat = sums(&self.histograms, map::HISTOGRAMS, HIST_COUNT * HIST_BUCKETS)?;
+        Ok(flat
+            .chunks_exact(HIST_BUCKETS as usize)
+            .map(|c| {
+                let mut row = [0u64; HIST_BUCKETS as usize];
+                row.copy_from_slice(c);
+                row
+            })
+            .collect())
+    }
+
+    pub fn uffd_errors(&self) -> Result<Vec<u64>, ProbeError> {
+        sums(
+            &self.uffd_errors,
+            map::UFFD_ERRORS,
+            tracer_common::UFFD_ERROR_SLOTS,
+        )
+    }
 }
 
 impl Probes {
@@ -78,6 +148,19 @@ impl Probes {
     /// Capacity of the per-task state map.
     pub fn max_tasks(&self) -> u32 {
         self.max_tasks
+    }
+
+    /// Second handles on the aggregate maps, for readers that must not hold the probes.
+    pub fn aggregates(&self) -> Result<Aggregates, ProbeError> {
+        Ok(Aggregates {
+            counters: reopen_array(&self.ebpf, map::COUNTERS)?,
+            histograms: reopen_array(&self.ebpf, map::HISTOGRAMS)?,
+            uffd_errors: reopen_array(&self.ebpf, map::UFFD_ERRORS)?,
+            proc_faults: ProcFaultsMap(
+                PerCpuHashMap::try_from(reopen(&self.ebpf, map::PROC_FAULTS)?)
+                    .map_err(ProbeError::map(map::PROC_FAULTS))?,
+            ),
+        })
     }
 
     /// Counters summed over CPUs, indexed by `Counter`.

@@ -39,7 +39,7 @@ pub use self::{
     error::ProbeError,
     families::Coverage,
     floor::Floor,
-    maps::Counters,
+    maps::{Aggregates, Counters},
     plan::{config_for, AttachMode, Detail, Plan, ProbeOptions},
     prune::Pruned,
     uffd_gate::{IoctlHooks, Scan as UffdScan, UffdFile},

@@ -48,6 +48,15 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ),
     ]));
     f.push(family(
+        "faultline_api_requests_refused_total",
+        "HTTP API requests answered 503 (Retry-After) because more were being rendered at once than the agent allows, by gate.",
+        MetricType::COUNTER,
+        m.api_refused
+            .iter()
+            .map(|(gate, n)| counter(&[("gate", gate)], *n))
+            .collect(),
+    ));
+    f.push(family(
         "faultline_untracked_total",
         "Things the probes could not track because a bounded map was full, by map.",
         MetricType::COUNTER,

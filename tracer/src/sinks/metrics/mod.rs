@@ -80,6 +80,9 @@ pub struct MetricsInput {
     /// Slow waits by process and by workload, alerts by workload: folded by the agent's
     /// `SeriesMemory` so that no series goes down.
     pub folded: FoldedCounters,
+    /// API requests answered 503 because too many were rendered at once, by gate (`render`,
+    /// `scrape`): filled by the HTTP sink, which owns the gates (`render_gate`).
+    pub api_refused: [(&'static str, u64); 2],
 }
 
 impl MetricsInput {

@@ -67,6 +67,7 @@ fn input() -> MetricsInput {
                 (("host".to_string(), AlertKind::Stall), 1),
             ]),
         ),
+        api_refused: [("render", 3), ("scrape", 0)],
     }
 }
 
@@ -177,4 +178,15 @@ fn per_process_series_are_bounded_to_the_top_n_plus_other() {
         text.contains("faultline_probe_run_seconds_total{program=\"mmap_lock_start_btf\"} 1.5"),
         "{text}"
     );
+}
+
+#[test]
+fn requests_the_api_refused_are_counted_by_gate() {
+    let text = render(&input()).expect("render");
+    for line in [
+        "faultline_api_requests_refused_total{gate=\"render\"} 3",
+        "faultline_api_requests_refused_total{gate=\"scrape\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
 }

@@ -7,12 +7,15 @@ use std::collections::BTreeSet;
 use axum::{
     extract::{RawQuery, State},
     http::{header, StatusCode},
-    response::{Html, IntoResponse},
+    response::{Html, IntoResponse, Response},
 };
 
 use crate::{
     core::detect::{Alert, Severity},
-    sinks::agent_view::{Agent, PageView as Snapshot},
+    sinks::{
+        agent_view::{Agent, PageView as Snapshot},
+        render_gate::{Refused, MAX_WAIT, RENDERS},
+    },
 };
 
 use super::{
@@ -126,57 +129,55 @@ const SCRIPT: &str = r#"
 })();
 "#;
 
-/// Lays out and draws off the async workers: a large graph takes a noticeable fraction of a
-/// second, which must not stall the API or the ring-buffer reader.
-async fn render_off_thread(snap: Snapshot, expand: BTreeSet<String>) -> String {
-    tokio::task::spawn_blocking(move || live_fragment(&snap, &expand))
+/// Copies the page's view under the agent's lock and draws it, off the async workers and gated
+/// (`render_gate`): a large graph takes a noticeable fraction of a second, which must not stall
+/// the API or the ring-buffer reader, and a flood of viewers must not queue without bound.
+async fn live_off_thread(agent: Agent, expand: BTreeSet<String>) -> Result<String, Refused> {
+    RENDERS
+        .run(MAX_WAIT, move || live_fragment(&snapshot(&agent), &expand))
         .await
-        .unwrap_or_else(|e| {
-            format!(
-                "<p class=\"hidden-note\">drawing the graph failed: {}</p>",
-                escape(&e.to_string())
-            )
-        })
 }
 
 /// `GET /`.
-pub async fn index(State(agent): State<Agent>) -> Html<String> {
-    let snap = snapshot(&agent);
+pub async fn index(State(agent): State<Agent>) -> Response {
     let meta = "live · refreshes every 2 s · <label><input type=\"checkbox\" id=\"pause\"> \
          pause</label> · <span id=\"status\">rendered by the agent</span> · <a \
          style=\"color:#cfd8dc\" href=\"/api/graph\">JSON</a> · <a style=\"color:#cfd8dc\" \
          href=\"/api/graph.dot\">DOT</a>";
-    let body = format!(
-        "<div id=\"live\">{}</div>",
-        render_off_thread(snap, BTreeSet::new()).await
-    );
-    Html(html::page("faultline", meta, &body, SCRIPT))
+    match live_off_thread(agent, BTreeSet::new()).await {
+        Ok(live) => {
+            let body = format!("<div id=\"live\">{live}</div>");
+            Html(html::page("faultline", meta, &body, SCRIPT)).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
 }
 
-/// `GET /ui/live?expand=…`: the refreshing part of the page.
-pub async fn live(State(agent): State<Agent>, RawQuery(q): RawQuery) -> Html<String> {
-    let snap = snapshot(&agent);
-    Html(render_off_thread(snap, expand_set(q.as_deref())).await)
+/// `GET /ui/live?expand=…`: the refreshing part of the page (a refused refresh shows on the
+/// page as "the agent answered 503", and the next one tries again).
+pub async fn live(State(agent): State<Agent>, RawQuery(q): RawQuery) -> Response {
+    match live_off_thread(agent, expand_set(q.as_deref())).await {
+        Ok(live) => Html(live).into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 /// `GET /api/graph.svg?expand=…`: the picture alone.
-pub async fn graph_svg(State(agent): State<Agent>, RawQuery(q): RawQuery) -> impl IntoResponse {
-    let view = snapshot(&agent).view;
+pub async fn graph_svg(State(agent): State<Agent>, RawQuery(q): RawQuery) -> Response {
     let expand = expand_set(q.as_deref());
-    let drawn = tokio::task::spawn_blocking(move || {
-        svg::document(&Scene::from_view(&view).grouped(&expand).capped(MAX_NODES))
-    })
-    .await;
+    let drawn = RENDERS
+        .run(MAX_WAIT, move || {
+            let view = snapshot(&agent).view;
+            svg::document(&Scene::from_view(&view).grouped(&expand).capped(MAX_NODES))
+        })
+        .await;
     match drawn {
         Ok(svg) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
             svg,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("drawing the graph failed: {e}\n"),
-        ),
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
     }
 }

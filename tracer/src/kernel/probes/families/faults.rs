@@ -1,7 +1,7 @@
 //! Page faults (`tracer-ebpf/src/faults.rs`): kernel-mode faults (the evidence of a fault under
 //! a lock) by default, user faults and the per-process `PROC_FAULTS` counters in full mode.
 
-use aya::maps::PerCpuHashMap;
+use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
 use tracer_common::{
     names::{map, program},
     reason, PageFaultEvent, ProcFaults,
@@ -37,25 +37,42 @@ pub const USER_FAULTS: GivesUp = GivesUp {
     without: "per-process fault counts come from /proc",
 };
 
+/// Each process's counters summed over CPUs; entries that vanish during the walk are skipped.
+fn sum_all<E>(
+    entries: impl Iterator<Item = Result<(u32, PerCpuValues<ProcFaults>), E>>,
+) -> Vec<(u32, ProcFaults)> {
+    entries
+        .filter_map(Result::ok)
+        .map(|(tgid, per_cpu)| {
+            let sum = per_cpu
+                .iter()
+                .fold(ProcFaults::default(), |a, c| ProcFaults {
+                    user: a.user + c.user,
+                    kernel: a.kernel + c.kernel,
+                    under_lock: a.under_lock + c.under_lock,
+                    mmap_lock: a.mmap_lock + c.mmap_lock,
+                });
+            (tgid, sum)
+        })
+        .collect()
+}
+
+/// The per-process fault map on a handle of its own (`Probes::aggregates`): a scrape walks it
+/// without the agent's lock.
+pub struct ProcFaultsMap(pub(in crate::kernel::probes) PerCpuHashMap<MapData, u32, ProcFaults>);
+
+impl ProcFaultsMap {
+    /// Per-process page-fault counters summed over CPUs: (tgid, counters).
+    pub fn read(&self) -> Vec<(u32, ProcFaults)> {
+        sum_all(self.0.iter())
+    }
+}
+
 impl Probes {
     /// Per-process page-fault counters summed over CPUs: (tgid, counters).
     pub fn proc_faults(&self) -> Result<Vec<(u32, ProcFaults)>, ProbeError> {
         let faults: PerCpuHashMap<_, u32, ProcFaults> = maps::typed(&self.ebpf, map::PROC_FAULTS)?;
-        Ok(faults
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(tgid, per_cpu)| {
-                let sum = per_cpu
-                    .iter()
-                    .fold(ProcFaults::default(), |a, c| ProcFaults {
-                        user: a.user + c.user,
-                        kernel: a.kernel + c.kernel,
-                        under_lock: a.under_lock + c.under_lock,
-                        mmap_lock: a.mmap_lock + c.mmap_lock,
-                    });
-                (tgid, sum)
-            })
-            .collect())
+        Ok(sum_all(faults.iter()))
     }
 
     /// Deletes the counters of processes for which `alive` says no; returns how many went.
