@@ -390,7 +390,8 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
     // Nothing in /proc tells the handler from the rescuer; the agent saw the set-up ioctls,
     // which it sees only with its ioctl hooks attached before the userfaultfd is set up (by
     // default they attach at the next snapshot after one exists: docs/design.md). Diagnose
-    // matches the agent's contexts to its own by address: the agent must show them raw.
+    // matches the agent's contexts to its own by address: the agent's Unix socket shows them
+    // raw (its HTTP API shows opaque ids by default).
     let _turn = agent_turn();
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, _) = Faultline::agent(
@@ -400,7 +401,6 @@ fn with_an_agent_the_thread_that_set_the_userfaultfd_up_is_named_and_closes_a_pr
             "50ms",
             "--uffd-ioctl-hooks",
             "always",
-            "--expose-addresses",
         ],
     );
     let (child, r) = scenario_held(&[

@@ -191,7 +191,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             claim.dir().join(crate::sinks::unix_api::SOCKET).display()
         )
     })?;
-    let unix_server = unix_api.serve(http::router(shared.clone()));
+    let unix_server = unix_api.serve(http::router(Arc::new(view::LocalAgent(shared.clone()))));
     // Before saying it is attached: a userfaultfd already open gets its ioctl hooks now.
     scan_uffds(&mut lock(&shared), monotonic_ns())?;
     log::info!(

@@ -101,13 +101,13 @@ pub fn lock(shared: &Mutex<AgentState>) -> MutexGuard<'_, AgentState> {
 /// The live graph as the engine has it (tasks a loss left unknown come marked from the model;
 /// cheap: call under the lock).
 pub fn engine_view(st: &AgentState) -> LiveView {
+    engine_view_as(st, &st.exposure)
+}
+
+/// `engine_view`, with addresses shown as `exposure` says rather than as the agent's API does.
+pub fn engine_view_as(st: &AgentState, exposure: &Exposure) -> LiveView {
     let engine = st.feed.engine();
-    let view = GraphView::build(
-        engine.model(),
-        &engine.graph(),
-        engine.now_ns(),
-        &st.exposure,
-    );
+    let view = GraphView::build(engine.model(), &engine.graph(), engine.now_ns(), exposure);
     let cgroups = view
         .tasks
         .iter()

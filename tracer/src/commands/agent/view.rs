@@ -1,10 +1,10 @@
 //! The views the agent hands its HTTP sinks (`sinks::agent_view`): each copied out under the
 //! lock, with file reads (/proc names, workloads) done after it is released where possible.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::{
-    core::{detect::Alert, views::GraphView},
+    core::{detect::Alert, exposure::Exposure, views::GraphView},
     sinks::{
         agent_view::{AgentView, AlertsDoc, PageView},
         metrics::MetricsInput,
@@ -13,8 +13,34 @@ use crate::{
 
 use super::{
     metrics_input::metrics_input,
-    state::{engine_view, lock, AgentState},
+    state::{engine_view, engine_view_as, lock, AgentState},
 };
+
+/// The agent as its Unix socket serves it: the same views, but the graph with raw addresses.
+/// Only root and the agent's own user can reach that socket (0600 in a 0700 directory), who can
+/// read the kernel's addresses anyway; `faultline diagnose` needs them to match the agent's
+/// userfaultfd contexts with the ones it reads from the kernel. (Alert texts keep the ids they
+/// were written with.)
+pub struct LocalAgent(pub Arc<Mutex<AgentState>>);
+
+impl AgentView for LocalAgent {
+    fn graph(&self) -> GraphView {
+        let view = engine_view_as(&lock(&self.0), &Exposure::Raw);
+        view.resolve()
+    }
+
+    fn page(&self, recent: usize) -> PageView {
+        self.0.page(recent)
+    }
+
+    fn alerts(&self) -> AlertsDoc {
+        self.0.alerts()
+    }
+
+    fn metrics(&self) -> Result<MetricsInput, String> {
+        self.0.metrics()
+    }
+}
 
 impl AgentView for Mutex<AgentState> {
     fn graph(&self) -> GraphView {
