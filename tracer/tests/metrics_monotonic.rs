@@ -58,6 +58,7 @@ fn quiet_input(folded: tracer::sinks::metrics::FoldedCounters) -> MetricsInput {
         faults_by_workload: Vec::new(),
         folded,
         api_refused: [("render", 0), ("scrape", 0)],
+        features: Vec::new(),
     }
 }
 

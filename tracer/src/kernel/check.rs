@@ -68,6 +68,20 @@ pub fn run() -> Vec<Item> {
         "nothing can be traced; `faultline replay` still works",
     ));
 
+    // The same items, names and decisions as the agent's start-up log and its
+    // `faultline_feature_available` gauge: "privilege: <feature>".
+    for a in crate::kernel::privileges::probe() {
+        items.push(item(
+            format!("privilege: {}", a.feature.name()),
+            a.available(),
+            match &a.status {
+                Ok(()) => "available".to_string(),
+                Err(why) => format!("{why}; needs {}", a.feature.granted_by()),
+            },
+            a.feature.without(),
+        ));
+    }
+
     let btf = KernelBtf::load();
     items.push(item(
         "btf",

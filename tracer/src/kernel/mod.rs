@@ -8,6 +8,7 @@
 //! - `live`: the live feed that reconciles streamed records and snapshots of the per-task map
 //!   into the engine;
 //! - `check`: what this kernel offers; `features`: the kernel features found in BTF;
+//!   `privileges`: the features that depend on the agent's privileges, tried at start;
 //! - host facts about processes: `procfs`, their cgroup and workload (`cgroup_ids`,
 //!   `workload`, cached by `pidcache`), and whether they are in the agent's scope (`scope`);
 //! - `peer`: who answers on the agent's Unix socket (peer credentials, executable).
@@ -19,6 +20,7 @@ pub mod features;
 pub mod live;
 pub mod peer;
 pub mod pidcache;
+pub mod privileges;
 pub mod probes;
 pub mod procfs;
 pub mod reclaim;

@@ -84,6 +84,11 @@ fn under_lock(st: &mut AgentState) -> MetricsInput {
         faults_by_workload: Vec::new(),
         folded,
         api_refused: [("render", 0), ("scrape", 0)],
+        features: st
+            .features
+            .iter()
+            .map(|a| (a.feature.name(), a.available()))
+            .collect(),
     }
 }
 

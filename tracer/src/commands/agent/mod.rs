@@ -111,6 +111,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         log::info!("detail {detail}: without {lost}");
     }
     let aggregates = Arc::new(probes.aggregates()?);
+    // Decided once: what the agent does without each is fixed for its life, and the log says
+    // so here, where an operator reading why an alert lacks a name will look.
+    let features = crate::kernel::privileges::probe();
+    for line in features.iter().filter_map(|a| a.missing_line()) {
+        log::warn!("{line}");
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", opts.listen))?;
@@ -150,6 +156,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         exposure: exposure.clone(),
         process_faults: Arc::new(ProcessFaults::new(ScopeFilter::new(opts.scope)?)),
         aggregates,
+        features,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock

@@ -50,6 +50,8 @@ pub struct AgentState {
     pub process_faults: Arc<ProcessFaults>,
     /// The probes' aggregate maps on their own handles: `/metrics` reads them off the lock.
     pub aggregates: Arc<Aggregates>,
+    /// The features that depend on the agent's privileges, decided at start.
+    pub features: Vec<crate::kernel::privileges::Availability>,
 }
 
 impl AgentState {

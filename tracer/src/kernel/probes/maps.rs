@@ -47,9 +47,18 @@ pub fn per_cpu_sums(ebpf: &Ebpf, name: &'static str, len: u32) -> Result<Vec<u64
 /// borrowed elsewhere (under the agent's lock), as the kernel's own updates are per CPU and a
 /// read is a copy.
 fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    // A duplicate of the descriptor, not a reopen by id: BPF_MAP_GET_FD_BY_ID needs
+    // CAP_SYS_ADMIN, which the shipped unit and DaemonSet do not grant (the agent failed to
+    // start under them); dup(2) needs nothing.
     let again = |data: &MapData| -> Result<MapData, ProbeError> {
-        let id = data.info().map_err(ProbeError::map(name))?.id();
-        MapData::from_id(id).map_err(ProbeError::map(name))
+        use std::os::fd::AsFd;
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+            ProbeError::map(name)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }))
+        })?;
+        MapData::from_fd(fd).map_err(ProbeError::map(name))
     };
     match ebpf.map(name) {
         Some(Map::PerCpuArray(data)) => Ok(Map::PerCpuArray(again(data)?)),

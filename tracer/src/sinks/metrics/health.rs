@@ -68,6 +68,15 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ],
     ));
     f.push(family(
+        "faultline_feature_available",
+        "1 if a feature that depends on the agent's privileges or the host works, 0 if not (decided at start; the start-up log and `faultline check` say why and what grants it).",
+        MetricType::GAUGE,
+        m.features
+            .iter()
+            .map(|(name, ok)| gauge(&[("feature", name)], if *ok { 1.0 } else { 0.0 }))
+            .collect(),
+    ));
+    f.push(family(
         "faultline_uffd_ioctl_hooks_attached",
         "1 while the userfaultfd ioctl hooks (syscall tracepoints, a cost on every system call) are attached: by default only while a userfaultfd exists.",
         MetricType::GAUGE,

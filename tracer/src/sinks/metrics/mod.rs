@@ -83,6 +83,9 @@ pub struct MetricsInput {
     /// API requests answered 503 because too many were rendered at once, by gate (`render`,
     /// `scrape`): filled by the HTTP sink, which owns the gates (`render_gate`).
     pub api_refused: [(&'static str, u64); 2],
+    /// (feature, available) for the features that depend on privileges, decided at start
+    /// (`kernel::privileges`).
+    pub features: Vec<(&'static str, bool)>,
 }
 
 impl MetricsInput {

@@ -68,6 +68,7 @@ fn input() -> MetricsInput {
             ]),
         ),
         api_refused: [("render", 3), ("scrape", 0)],
+        features: vec![("holder_stack", true), ("uffd_waits", false)],
     }
 }
 
@@ -189,4 +190,11 @@ fn requests_the_api_refused_are_counted_by_gate() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
+}
+
+#[test]
+fn each_privilege_dependent_feature_is_a_gauge_of_one_or_zero() {
+    let text = render(&input()).expect("render");
+    assert!(text.contains("faultline_feature_available{feature=\"holder_stack\"} 1\n"));
+    assert!(text.contains("faultline_feature_available{feature=\"uffd_waits\"} 0\n"));
 }
