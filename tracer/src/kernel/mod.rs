@@ -9,7 +9,8 @@
 //!   into the engine;
 //! - `check`: what this kernel offers; `features`: the kernel features found in BTF;
 //! - host facts about processes: `procfs`, their cgroup and workload (`cgroup_ids`,
-//!   `workload`, cached by `pidcache`), and whether they are in the agent's scope (`scope`);
+//!   `workload`, cached by `pidcache`; pod names from the kubelet's log directories in `pods`),
+//!   and whether they are in the agent's scope (`scope`);
 //! - `peer`: who answers on the agent's Unix socket (peer credentials, executable).
 
 pub mod cgroup_ids;
@@ -19,6 +20,7 @@ pub mod features;
 pub mod live;
 pub mod peer;
 pub mod pidcache;
+pub mod pods;
 pub mod probes;
 pub mod procfs;
 pub mod reclaim;
