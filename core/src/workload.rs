@@ -57,7 +57,31 @@ pub enum Workload {
         container_id: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         runtime: Option<Runtime>,
+        /// Namespace, pod and container names, when the node says (the kubelet's log
+        /// directories); `None` keeps the uid and container id form.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        names: Option<PodNames>,
     },
+}
+
+/// What the on-call engineer searches for: the pod's namespace and name, and the container's
+/// name when the container id could be matched to one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodNames {
+    pub namespace: String,
+    pub pod: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+impl fmt::Display for PodNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.pod)?;
+        match &self.container {
+            Some(c) => write!(f, "/{c}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Container ids are shown shortened, as `docker ps` and `crictl ps` do.
@@ -73,6 +97,16 @@ impl fmt::Display for Workload {
         match self {
             Self::Systemd { unit } => write!(f, "systemd:{unit}"),
             Self::Container { runtime, id } => write!(f, "{}:{}", runtime.as_str(), short(id)),
+            // Keeps the `pod:` prefix so routes matching `workload=~"pod:.*"` keep working.
+            Self::Pod {
+                names: Some(n),
+                container_id,
+                ..
+            } => match (&n.container, container_id) {
+                // A container id with no name: its short id stands in for the name.
+                (None, Some(c)) => write!(f, "pod:{n}/{}", short(c)),
+                _ => write!(f, "pod:{n}"),
+            },
             Self::Pod {
                 uid, container_id, ..
             } => match container_id {
@@ -162,6 +196,7 @@ pub fn classify(path: &str) -> Option<Workload> {
                 qos,
                 container_id,
                 runtime,
+                names: None,
             });
         }
     }
@@ -223,6 +258,27 @@ impl Attribution {
         Self {
             cgroup: cgroup.to_owned(),
             workload: classify(cgroup),
+        }
+    }
+
+    /// A pod's (uid, container id) when its names are still unknown: what a node-side lookup
+    /// ([`Self::name_pod`]) needs.
+    pub fn unnamed_pod(&self) -> Option<(&str, Option<&str>)> {
+        match &self.workload {
+            Some(Workload::Pod {
+                uid,
+                container_id,
+                names: None,
+                ..
+            }) => Some((uid, container_id.as_deref())),
+            _ => None,
+        }
+    }
+
+    /// Adds the names found for a pod; anything else is left as it is.
+    pub fn name_pod(&mut self, found: PodNames) {
+        if let Some(Workload::Pod { names, .. }) = &mut self.workload {
+            *names = Some(found);
         }
     }
 
@@ -322,6 +378,7 @@ mod tests {
                 qos: Some("burstable".into()),
                 container_id: Some(ID.into()),
                 runtime: Some(Runtime::Containerd),
+                names: None,
             })
         );
         assert_eq!(
@@ -337,6 +394,7 @@ mod tests {
                 qos: None,
                 container_id: None,
                 runtime: None,
+                names: None,
             })
         );
         assert_eq!(
@@ -346,6 +404,7 @@ mod tests {
                 qos: Some("burstable".into()),
                 container_id: Some(ID.into()),
                 runtime: None,
+                names: None,
             })
         );
         // `pod<uid>` outside kubepods is nobody's pod.
@@ -382,6 +441,40 @@ mod tests {
         let pure = "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/x rw\n"), None);
+    }
+
+    #[test]
+    fn named_pods_show_namespace_pod_and_container() {
+        let p = pod_uid_underscored();
+        let mut a = Attribution::from_path(&format!(
+            "/kubepods.slice/kubepods-pod{p}.slice/cri-containerd-{ID}.scope"
+        ));
+        assert_eq!(a.unnamed_pod(), Some((UID, Some(ID))));
+        let names = |container: Option<&str>| PodNames {
+            namespace: "shop".into(),
+            pod: "cart-7d9f".into(),
+            container: container.map(Into::into),
+        };
+        let mut by_id_only = a.clone();
+        a.name_pod(names(Some("app")));
+        assert_eq!(a.label(), "pod:shop/cart-7d9f/app");
+        assert_eq!(a.unnamed_pod(), None, "named once");
+        let json = serde_json::to_value(&a).expect("json");
+        assert_eq!(json["workload"]["namespace"], "shop");
+        assert_eq!(json["workload"]["pod"], "cart-7d9f");
+        assert_eq!(json["workload"]["container"], "app");
+        assert_eq!(json["workload"]["uid"], UID, "the uid stays");
+        // The pod is known but not the container: its short id stands in.
+        by_id_only.name_pod(names(None));
+        assert_eq!(
+            by_id_only.label(),
+            format!("pod:shop/cart-7d9f/{}", &ID[..12])
+        );
+        // Not a pod: nothing to name, and naming changes nothing.
+        let mut unit = Attribution::from_path("/system.slice/a.service");
+        assert_eq!(unit.unnamed_pod(), None);
+        unit.name_pod(names(Some("app")));
+        assert_eq!(unit.label(), "systemd:a.service");
     }
 
     #[test]

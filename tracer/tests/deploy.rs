@@ -101,6 +101,11 @@ fn the_daemonset_has_the_least_privilege_that_works() {
     for (path, host) in [
         ("/sys/kernel/btf", "/sys/kernel/btf"),
         ("/sys/kernel/tracing", "/sys/kernel/tracing"),
+        // The host's cgroup2 tree and the kubelet's log directories, so that cgroup ids resolve
+        // to pods and pods to namespace/pod/container inside the private cgroup namespace.
+        ("/host/sys/fs/cgroup", "/sys/fs/cgroup"),
+        ("/host/var/log/pods", "/var/log/pods"),
+        ("/host/var/log/containers", "/var/log/containers"),
     ] {
         let m = mounts
             .iter()
@@ -115,6 +120,23 @@ fn the_daemonset_has_the_least_privilege_that_works() {
             .expect("the mount's volume");
         assert_eq!(vol["hostPath"]["path"], host);
     }
+    // The agent is told where those are mounted.
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} set"))
+            .to_owned()
+    };
+    assert_eq!(env("FAULTLINE_CGROUP_ROOT"), "/host/sys/fs/cgroup");
+    assert_eq!(env("FAULTLINE_PODS_LOG_DIR"), "/host/var/log/pods");
+    assert_eq!(
+        env("FAULTLINE_CONTAINERS_LOG_DIR"),
+        "/host/var/log/containers"
+    );
     // Scraping: the annotations, the container port and the config's listen address agree.
     let ann = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["prometheus.io/scrape"], "true");

@@ -1,6 +1,7 @@
 //! Workload attribution on the real kernel: processes in cgroups shaped like systemd, Docker and
 //! kubepods/CRI trees are named by their workload, and a convoy run inside a pod's container
-//! cgroup is named by that pod and container in the alert, the graph and the metrics.
+//! cgroup is named by that pod and container (namespace/pod/container, from a kubelet-shaped
+//! `/var/log/pods` tree) in the alert, the graph and the metrics.
 
 #[path = "common/cgroup.rs"]
 mod cgroup;
@@ -46,6 +47,7 @@ fn processes_in_systemd_docker_and_kubepods_cgroups_resolve_to_their_workload() 
                 qos: Some("burstable".into()),
                 container_id: Some(cri.clone()),
                 runtime: Some(Runtime::Containerd),
+                names: None,
             },
         ),
         (
@@ -55,6 +57,7 @@ fn processes_in_systemd_docker_and_kubepods_cgroups_resolve_to_their_workload() 
                 qos: Some("besteffort".into()),
                 container_id: Some(docker.clone()),
                 runtime: None,
+                names: None,
             },
         ),
     ];
@@ -99,12 +102,26 @@ fn a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_m
         uid.replace('-', "_")
     );
     let path = cg.make(&rel);
-    let label = format!("pod:{uid}/{}", &cid[..12]);
+    // The kubelet's log directories, as a node has them: the pod's directory names its
+    // namespace and name, the runtime's link names the container by its id.
+    let (namespace, pod) = ("faultline-test", format!("cart-{}", std::process::id()));
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (pods_dir, containers_dir) = (logs.path().join("pods"), logs.path().join("containers"));
+    let container_dir = pods_dir.join(format!("{namespace}_{pod}_{uid}/app"));
+    std::fs::create_dir_all(&container_dir).expect("pod log dir");
+    std::fs::create_dir_all(&containers_dir).expect("containers dir");
+    std::fs::write(container_dir.join("0.log"), "").expect("log file");
+    std::os::unix::fs::symlink(
+        container_dir.join("0.log"),
+        containers_dir.join(format!("{pod}_{namespace}_app-{cid}.log")),
+    )
+    .expect("container log link");
+    let label = format!("pod:{namespace}/{pod}/app");
 
     // The host is shared (builds, other tests): the agent and the convoy get a network
     // namespace of their own and the agent reports only that namespace (--scope netns).
     let ns = Netns::new('w', 0);
-    let agent = NsAgent::start(
+    let agent = NsAgent::start_with_env(
         &ns,
         &[
             "--wait-threshold",
@@ -117,6 +134,10 @@ fn a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_m
             "100ms",
             "--snapshot-interval",
             "50ms",
+        ],
+        &[
+            ("FAULTLINE_PODS_LOG_DIR", &pods_dir),
+            ("FAULTLINE_CONTAINERS_LOG_DIR", &containers_dir),
         ],
     );
     let addr = agent.addr.clone();
@@ -177,6 +198,9 @@ fn a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_m
     assert_eq!(alert["workload"]["uid"], uid.as_str(), "{alert:#}");
     assert_eq!(alert["workload"]["container_id"], cid.as_str(), "{alert:#}");
     assert_eq!(alert["workload"]["runtime"], "containerd", "{alert:#}");
+    assert_eq!(alert["workload"]["namespace"], namespace, "{alert:#}");
+    assert_eq!(alert["workload"]["pod"], pod.as_str(), "{alert:#}");
+    assert_eq!(alert["workload"]["container"], "app", "{alert:#}");
 
     // The graph at detection (the incident) names it for every task of the convoy.
     let (incident, inc) = std::fs::read_dir(agent.state())
@@ -200,6 +224,7 @@ fn a_convoy_in_a_pod_container_is_named_by_its_workload_in_the_alert_graph_and_m
     for t in ours {
         assert_eq!(t["cgroup"], path.as_str(), "every convoy task: {t:#}");
         assert_eq!(t["workload"]["uid"], uid.as_str(), "{t:#}");
+        assert_eq!(t["workload"]["pod"], pod.as_str(), "{t:#}");
     }
     let dot = std::fs::read_to_string(incident.with_extension("dot")).expect("incident DOT");
     assert!(

@@ -66,12 +66,17 @@ impl CgroupIds {
             };
             let rel = dir.strip_prefix(mount).unwrap_or(Path::new(""));
             let path = format!("/{}", rel.display());
+            // A pod left unnamed (its log directory not there yet) is looked up again.
             let attribution = self
                 .by_id
                 .values()
-                .find(|a| a.cgroup == path)
+                .find(|a| a.cgroup == path && a.unnamed_pod().is_none())
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Attribution::from_path(&path)));
+                .unwrap_or_else(|| {
+                    let mut a = Attribution::from_path(&path);
+                    super::pods::name(&mut a);
+                    Arc::new(a)
+                });
             by_id.insert(meta.ino(), attribution);
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 stack.extend(
@@ -86,13 +91,24 @@ impl CgroupIds {
     }
 }
 
-/// The agent's resolver, over the host's cgroup2 mount.
+/// The host's cgroup2 tree, when the agent's own `/sys/fs/cgroup` is not it: in a container with
+/// a private cgroup namespace (the DaemonSet) that mount shows only the container's subtree, so
+/// the host's is mounted elsewhere (read-only) and named here.
+pub const CGROUP_ROOT_ENV: &str = "FAULTLINE_CGROUP_ROOT";
+
+/// The agent's resolver, over the host's cgroup2 mount (`FAULTLINE_CGROUP_ROOT`, else the first
+/// cgroup2 mount in mountinfo).
 pub fn shared() -> &'static Mutex<CgroupIds> {
     static SHARED: OnceLock<Mutex<CgroupIds>> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let mount = std::fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|m| cgroup2_mount(&m));
+        let configured = std::env::var_os(CGROUP_ROOT_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let mount = configured.or_else(|| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|m| cgroup2_mount(&m))
+        });
         Mutex::new(CgroupIds::new(mount))
     })
 }

@@ -10,7 +10,8 @@
 //! - `check`: what this kernel offers; `features`: the kernel features found in BTF;
 //!   `privileges`: the features that depend on the agent's privileges, tried at start;
 //! - host facts about processes: `procfs`, their cgroup and workload (`cgroup_ids`,
-//!   `workload`, cached by `pidcache`), and whether they are in the agent's scope (`scope`);
+//!   `workload`, cached by `pidcache`; pod names from the kubelet's log directories in `pods`),
+//!   and whether they are in the agent's scope (`scope`);
 //! - `peer`: who answers on the agent's Unix socket (peer credentials, executable).
 
 pub mod cgroup_ids;
@@ -20,6 +21,7 @@ pub mod features;
 pub mod live;
 pub mod peer;
 pub mod pidcache;
+pub mod pods;
 pub mod privileges;
 pub mod probes;
 pub mod procfs;

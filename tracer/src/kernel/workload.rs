@@ -35,7 +35,9 @@ impl Resolver {
         let root = &self.proc_root;
         self.cache.get_or_insert_with(pid, |pid| {
             let text = std::fs::read_to_string(root.join(pid.to_string()).join("cgroup")).ok()?;
-            cgroup_v2_path(&text).map(|p| Arc::new(Attribution::from_path(p)))
+            let mut a = Attribution::from_path(cgroup_v2_path(&text)?);
+            crate::kernel::pods::name(&mut a);
+            Some(Arc::new(a))
         })
     }
 }

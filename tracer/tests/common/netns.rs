@@ -116,6 +116,11 @@ pub struct NsAgent {
 impl NsAgent {
     /// Starts the agent with `extra` flags and waits until its probes are attached.
     pub fn start(ns: &Netns, extra: &[&str]) -> Self {
+        Self::start_with_env(ns, extra, &[])
+    }
+
+    /// As [`Self::start`], with `env` added to the agent's environment.
+    pub fn start_with_env(ns: &Netns, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Self {
         let state = tempfile::tempdir().expect("tempdir");
         let run_dir = crate::common::run_dir();
         let addr = format!("{}:{AGENT_PORT}", ns.ns_ip);
@@ -134,6 +139,7 @@ impl NsAgent {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("FAULTLINE_RUN_DIR", run_dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
