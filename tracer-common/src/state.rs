@@ -50,12 +50,9 @@ pub struct TaskState {
     pub ioctl_since_ns: u64,
     pub ioctl_op: u8,
     pub _pad3: [u8; 7],
-    /// The userfaultfd context this task was last entered in `UFFD_HANDLERS` for (0: none),
-    /// so its exit deletes that entry (the table is keyed by context first).
-    pub handler_ctx: u64,
     pub holds: [Hold; HOLD_SLOTS],
 }
-const _: () = assert!(core::mem::size_of::<TaskState>() == 104 + 24 * HOLD_SLOTS);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 96 + 24 * HOLD_SLOTS);
 
 /// Per-process page-fault counters, in the per-CPU `PROC_FAULTS` hash keyed by tgid (full mode).
 #[repr(C)]

@@ -49,10 +49,7 @@ fn on_task_exit(group_dead: bool) -> Result<(), Counter> {
         uffd::on_group_exit();
     }
     contention::on_task_exit(tid);
-    // SAFETY: the exiting task's own entry, read before it is removed below.
-    let state = TASK_STATE.get_ptr(tid).map(|p| unsafe { &*p });
-    uffd::on_task_exit(tid, state);
-    let had_state = state.is_some();
+    let had_state = TASK_STATE.get_ptr(tid).is_some();
     if had_state {
         let _ = TASK_STATE.remove(tid);
     }

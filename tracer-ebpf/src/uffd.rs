@@ -36,11 +36,9 @@ static UFFD_BY_MM: HashMap<u64, u64> = HashMap::with_max_entries(names::UFFD_CAP
 
 /// (context, tid) pairs already reported as handlers → their role (`handler_role`), so only a
 /// new handler (or a stronger role) is streamed, and a snapshot can restore a handler whose
-/// record was lost. Only real userfaultfds get here (`is_userfaultfd`). When full, a new pair
-/// is counted (`Counter::UffdHandlersFull`) and not streamed: the ring buffer stays bounded.
-/// A task's exit deletes its entry for the last context it handled (`on_task_exit`); the agent
-/// deletes the rest of tasks gone at each snapshot. A context's release has no tracepoint: its
-/// entries go with their tasks.
+/// record was lost. When full, every ioctl of an unknown pair is streamed (safe, only noisier).
+/// A handler's entries are not found by tid at exit: the agent deletes those of tasks gone at
+/// each snapshot.
 #[map]
 static UFFD_HANDLERS: HashMap<UffdHandlerKey, u64> =
     HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
@@ -137,14 +135,6 @@ pub fn on_group_exit() {
     }
 }
 
-/// The task is gone: its handler entry goes too (for the last context it handled; the agent
-/// prunes any other).
-pub fn on_task_exit(tid: u32, state: Option<&TaskState>) {
-    if let Some(ctx) = state.map(|s| s.handler_ctx).filter(|&c| c != 0) {
-        let _ = UFFD_HANDLERS.remove(UffdHandlerKey { ctx, tid, _pad: 0 });
-    }
-}
-
 fn uffd_seen() -> bool {
     UFFD_ACTIVE.get(0).is_some_and(|v| *v != 0)
 }
@@ -156,13 +146,10 @@ fn set_ioctl_on_cpu(tid: u32) {
     }
 }
 
-/// The userfaultfd context behind `fd` of the current task: files->fdt->fd[fd]->private_data,
-/// only if that file is a userfaultfd. Anyone may issue userfaultfd ioctl numbers on any
-/// descriptor (they fail); without the check a pipe's private data would be taken for a
-/// context, its "mm" written to `UFFD_BY_MM` and the caller streamed as a handler.
+/// The userfaultfd context behind `fd` of the current task: files->fdt->fd[fd]->private_data.
 fn ctx_of_fd(fd: u32) -> Result<Option<u64>, Counter> {
     let off = offsets();
-    if off.task_files == 0 || off.files_fdt == 0 || off.file_private == 0 || off.file_f_op == 0 {
+    if off.task_files == 0 || off.files_fdt == 0 || off.file_private == 0 {
         return Ok(None);
     }
     let task = unsafe { bpf_get_current_task() };
@@ -170,27 +157,10 @@ fn ctx_of_fd(fd: u32) -> Result<Option<u64>, Counter> {
     let fdt = read_at::<u64>(files, off.files_fdt)?;
     let fds = read_at::<u64>(fdt, off.fdt_fd)?;
     let file = read_at::<u64>(fds, fd.wrapping_mul(8))?;
-    if file == 0 || !is_userfaultfd(file, &off)? {
+    if file == 0 {
         return Ok(None);
     }
     Ok(Some(read_at::<u64>(file, off.file_private)?).filter(|&c| c != 0))
-}
-
-/// Whether `file` is a userfaultfd: its file operations are userfaultfd's (their address when
-/// kallsyms lists it, else their `poll`, which is userfaultfd's own). Neither known: no file
-/// is trusted to be one.
-fn is_userfaultfd(file: u64, off: &tracer_common::KernelOffsets) -> Result<bool, Counter> {
-    let fops = read_at::<u64>(file, off.file_f_op)?;
-    if fops == 0 {
-        return Ok(false);
-    }
-    if off.uffd_fops != 0 {
-        return Ok(fops == off.uffd_fops);
-    }
-    if off.uffd_poll != 0 && off.fops_poll != 0 {
-        return Ok(read_at::<u64>(fops, off.fops_poll)? == off.uffd_poll);
-    }
-    Ok(false)
 }
 
 struct Ioctl {
@@ -252,15 +222,12 @@ fn on_ioctl_enter(fd: u32, cmd: u32) -> Result<(), Counter> {
     // SAFETY: a plain read of a map value.
     let known = unsafe { UFFD_HANDLERS.get(key) }.copied();
     // New, or a setup task now resolving faults: streamed once more, so user space learns the
-    // stronger role; the table keeps it for snapshots that restore a lost record. Table full:
-    // counted, not streamed, so a flood of handlers cannot flood the ring buffer too.
+    // stronger role; the table keeps it for snapshots that restore a lost record.
     if known.is_none_or(|r| r < role) {
-        if UFFD_HANDLERS.insert(key, role, 0).is_ok() {
-            flags |= reason::NEW_HANDLER;
-            state.handler_ctx = ctx;
-        } else {
+        if UFFD_HANDLERS.insert(key, role, 0).is_err() {
             count(Counter::UffdHandlersFull);
         }
+        flags |= reason::NEW_HANDLER;
     }
     if flags == 0 {
         return Ok(());
