@@ -85,6 +85,14 @@ impl AgentState {
         true
     }
 
+    /// The kernel's lost-record counter, read between snapshots: new losses mark the tasks
+    /// with state unknown until the next snapshot.
+    pub fn note_lost(&mut self, lost_total: u64) {
+        if self.feed.note_lost(lost_total) > 0 {
+            self.journal_out();
+        }
+    }
+
     /// What the feed applied, into the `--record` file's buffer.
     pub fn journal_out(&mut self) {
         if let Some(j) = self.journal.as_mut() {

@@ -101,6 +101,14 @@ impl Aggregates {
         sums(&self.counters, map::COUNTERS, COUNTER_COUNT).map(Counters)
     }
 
+    /// One counter summed over CPUs: one lookup, cheap enough to poll.
+    pub fn counter(&self, c: Counter) -> Result<u64, ProbeError> {
+        self.counters
+            .get(&(c as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .map_err(ProbeError::map(map::COUNTERS))
+    }
+
     pub fn histograms(&self) -> Result<Vec<[u64; HIST_BUCKETS as usize]>, ProbeError> {
         let flat = sums(&self.histograms, map::HISTOGRAMS, HIST_COUNT * HIST_BUCKETS)?;
         Ok(flat
