@@ -169,7 +169,7 @@ pub(crate) fn uffd_monitor_deadlock(
                 );
             }
             if after == AfterRead::Forget {
-                return wait_in_epoll(fd, done, hold_ms.min(60_000) + 1_000);
+                return wait_in_epoll(fd, done, hold_ms.min(MAX_HOLD_MS) + 1_000);
             }
             // Log it: blocks on the f_pos_lock the faulter holds across its fault.
             (&log).write_all(b"fault\n").context("monitor log write")?;

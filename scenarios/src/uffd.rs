@@ -229,7 +229,12 @@ pub(crate) fn uffd_chain(hold_ms: u64, until_stdin_closes: bool) -> Result<()> {
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
-        libc_sleep_ms(hold_ms.min(60_000) + 5_000);
+        let cap = if until_stdin_closes {
+            MAX_STDIN_HOLD_MS
+        } else {
+            MAX_HOLD_MS
+        };
+        libc_sleep_ms(hold_ms.min(cap) + 5_000);
         unsafe { libc::_exit(0) };
     }
     let (file, dup) = shared_shm_file("chain")?;

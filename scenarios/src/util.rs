@@ -93,13 +93,21 @@ pub(crate) struct LoopReport {
     pub(crate) target_pid: Option<u32>,
 }
 
+/// The longest a scenario holds on its own: a workload a test forgot still ends.
+pub(crate) const MAX_HOLD_MS: u64 = 60_000;
+
+/// The longest a hold that ends when stdin closes may last: the test that holds it ends it
+/// (a failed one too, as its end closes the pipe), so it may outlast a slow machine's run (an
+/// emulated guest takes minutes over what takes a real one seconds).
+pub(crate) const MAX_STDIN_HOLD_MS: u64 = 600_000;
+
 pub(crate) fn report_and_linger(report: &impl Serialize, linger_ms: u64) -> Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string(report)?)?;
     out.flush()?;
     drop(out);
-    libc_sleep_ms(linger_ms.min(60_000));
+    libc_sleep_ms(linger_ms.min(MAX_HOLD_MS));
     Ok(())
 }
 
@@ -118,7 +126,9 @@ pub(crate) fn report_and_linger_until_eof(report: &impl Serialize, linger_ms: u6
     writeln!(out, "{}", serde_json::to_string(report)?)?;
     out.flush()?;
     drop(out);
-    let _ = rx.recv_timeout(std::time::Duration::from_millis(linger_ms.min(60_000)));
+    let _ = rx.recv_timeout(std::time::Duration::from_millis(
+        linger_ms.min(MAX_STDIN_HOLD_MS),
+    ));
     Ok(())
 }
 
@@ -127,7 +137,12 @@ pub(crate) fn report_and_linger_until_eof(report: &impl Serialize, linger_ms: u6
 /// without blocking on it (the caller is done looking: a long hold for slow machines that costs
 /// fast ones nothing).
 pub(crate) fn nap(ms: u64, until_stdin_closes: bool) {
-    let deadline = now_ns() + ms.min(60_000) * 1_000_000;
+    let cap = if until_stdin_closes {
+        MAX_STDIN_HOLD_MS
+    } else {
+        MAX_HOLD_MS
+    };
+    let deadline = now_ns() + ms.min(cap) * 1_000_000;
     while now_ns() < deadline {
         libc_sleep_ms(100);
         if until_stdin_closes && stdin_at_eof() {

@@ -23,9 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    http_get, kill_scenario, require_root, scenario_lingering, u64s, Faultline, SCENARIO,
-};
+use common::{http_get, kill_scenario, require_root, scenario_held, u64s, Faultline, SCENARIO};
 
 /// The value of an unlabelled sample `name` in a Prometheus text exposition.
 fn sample(metrics: &str, name: &str) -> f64 {
@@ -114,6 +112,9 @@ fn wait_graph(
     }
 }
 
+/// A userfaultfd chain held until its stdin closes (or ten minutes).
+const CHAIN: [&str; 4] = ["uffd-chain", "--hold-ms", "600000", "--until-stdin-closes"];
+
 #[test]
 fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_alert() {
     if !require_root(
@@ -152,8 +153,11 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
     let lost_before = sample(&metrics(&addr), "faultline_events_lost_total");
 
     // Two tasks blocked through the whole test: the holder waits on a userfaultfd nobody
-    // serves while it holds a file's f_pos mutex, the waiter sleeps on that mutex.
-    let (mut chain, c) = scenario_lingering(&["uffd-chain", "--hold-ms", "60000"]);
+    // serves while it holds a file's f_pos mutex, the waiter sleeps on that mutex. The hold
+    // lasts until the test lets go of the scenario's stdin (a failed test too): the storm
+    // alone takes minutes in an emulated guest, and a chain that ended on its own meanwhile
+    // left the graph for a good reason.
+    let (mut chain, c) = scenario_held(&CHAIN);
     let chain_pid = c["pid"].as_u64().expect("chain pid");
     let waiter = c["waiter_tid"].as_u64().expect("waiter tid");
     let holder = c["holder_tid"].as_u64().expect("holder tid");
@@ -241,11 +245,13 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
 
     // A snapshot confirms the chain's tasks: they are no longer unknown, and the waiter's real
     // wait is still there (a loss must not erase what the kernel still shows). Only the
-    // chain's tasks are judged: on a busy host other processes' records may still be lost.
+    // chain's tasks are judged: on a busy host other processes' records may still be lost,
+    // and an emulated guest loses a few every few seconds from one page of ring buffer, so
+    // they are unknown again soon after each confirmation: several snapshots are allowed.
     let events_before = sample(&metrics(&addr), "faultline_events_total");
     wait_graph(
         &addr,
-        SNAPSHOT * 3,
+        SNAPSHOT * 6,
         "a snapshot confirmed the chain's tasks, the waiter still blocked",
         |g| !unknown(g, waiter) && !unknown(g, holder) && blocked(g, waiter),
     );
@@ -253,7 +259,7 @@ fn a_ring_buffer_overflow_is_counted_marks_tasks_unknown_and_raises_no_false_ale
     // The agent keeps draining: a fresh stall after the storm is alerted. It lasts past the
     // next snapshots, so even if the host's own load loses records meanwhile (alerts are then
     // held until a snapshot confirms them) it is confirmed, not dropped.
-    let (mut second, c2) = scenario_lingering(&["uffd-chain", "--hold-ms", "60000"]);
+    let (mut second, c2) = scenario_held(&CHAIN);
     let faulter = c2["waiter_tid"].as_u64().expect("second waiter tid");
     let deadline = Instant::now() + SNAPSHOT * 3 + Duration::from_secs(5);
     loop {
