@@ -57,12 +57,24 @@ pub struct KernelOffsets {
     pub file_private: u32,
     /// `offsetof(struct userfaultfd_ctx, mm)`.
     pub uffd_ctx_mm: u32,
+    /// `offsetof(struct file, f_op)`: which kind of file a descriptor is, so an ioctl on
+    /// anything but a userfaultfd is never read as one.
+    pub file_f_op: u32,
+    /// `offsetof(struct file_operations, poll)`.
+    pub fops_poll: u32,
     /// Text range of `handle_userfault` (from /proc/kallsyms): a sleep with it on the stack is
     /// a userfaultfd wait. Zero: unknown, uffd waits are not detected.
     pub handle_userfault_start: u64,
     pub handle_userfault_end: u64,
+    /// Address of `userfaultfd_fops` (/proc/kallsyms, when the kernel lists data symbols): a
+    /// file is a userfaultfd exactly when its `f_op` is this. Zero: unknown, `uffd_poll` used.
+    pub uffd_fops: u64,
+    /// Address of `userfaultfd_poll`: the `poll` of userfaultfd's file operations, which no
+    /// other file has (the check the diagnose iterators use too). When both are zero nothing
+    /// is taken for a userfaultfd: the ioctl hooks then see none.
+    pub uffd_poll: u64,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 12 * 4 + 16);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 14 * 4 + 32);
 
 /// Field offsets of the classic `syscalls:sys_enter_ioctl` / `sys_exit_ioctl` tracepoints.
 #[repr(C)]

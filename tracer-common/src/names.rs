@@ -15,6 +15,7 @@ pub mod map {
     pub const UFFD_ERRORS: &str = "UFFD_ERRORS";
     pub const UFFD_BY_MM: &str = "UFFD_BY_MM";
     pub const UFFD_HANDLERS: &str = "UFFD_HANDLERS";
+    pub const UFFD_HANDLER_OF: &str = "UFFD_HANDLER_OF";
     pub const UFFD_ACTIVE: &str = "UFFD_ACTIVE";
     pub const OWNERS: &str = "OWNERS";
     pub const SPIN_WAIT: &str = "SPIN_WAIT";
@@ -22,7 +23,7 @@ pub mod map {
     pub const IOCTL_ON_CPU: &str = "IOCTL_ON_CPU";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -33,6 +34,7 @@ pub mod map {
         UFFD_ERRORS,
         UFFD_BY_MM,
         UFFD_HANDLERS,
+        UFFD_HANDLER_OF,
         UFFD_ACTIVE,
         OWNERS,
         SPIN_WAIT,

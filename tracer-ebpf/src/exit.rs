@@ -49,6 +49,7 @@ fn on_task_exit(group_dead: bool) -> Result<(), Counter> {
         uffd::on_group_exit();
     }
     contention::on_task_exit(tid);
+    uffd::on_task_exit(tid);
     let had_state = TASK_STATE.get_ptr(tid).is_some();
     if had_state {
         let _ = TASK_STATE.remove(tid);

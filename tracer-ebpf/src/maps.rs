@@ -58,8 +58,12 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     fdt_fd: 0,
     file_private: 0,
     uffd_ctx_mm: 0,
+    file_f_op: 0,
+    fops_poll: 0,
     handle_userfault_start: 0,
     handle_userfault_end: 0,
+    uffd_fops: 0,
+    uffd_poll: 0,
 };
 
 pub fn offsets() -> KernelOffsets {

@@ -36,12 +36,21 @@ static UFFD_BY_MM: HashMap<u64, u64> = HashMap::with_max_entries(names::UFFD_CAP
 
 /// (context, tid) pairs already reported as handlers → their role (`handler_role`), so only a
 /// new handler (or a stronger role) is streamed, and a snapshot can restore a handler whose
-/// record was lost. When full, every ioctl of an unknown pair is streamed (safe, only noisier).
-/// A handler's entries are not found by tid at exit: the agent deletes those of tasks gone at
-/// each snapshot.
+/// record was lost. Only real userfaultfds get here (`is_userfaultfd`). When full, a new pair
+/// is counted (`Counter::UffdHandlersFull`) and not streamed: the ring buffer stays bounded.
+/// A task's exit deletes its entry for the last context it handled (`UFFD_HANDLER_OF`); the
+/// agent deletes any other entry of a task gone at each snapshot. A context's release has no
+/// tracepoint here (kprobes are refused): its entries go with their tasks.
 #[map]
 static UFFD_HANDLERS: HashMap<UffdHandlerKey, u64> =
     HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
+
+/// Handler tid → the context it was last entered in `UFFD_HANDLERS` for, so its exit finds
+/// that entry (the table is keyed by context first). A map of its own, not a field of the
+/// task state: a larger task state takes the scheduler hook past the 512-byte stack the 6.1
+/// verifier allows.
+#[map]
+static UFFD_HANDLER_OF: HashMap<u32, u64> = HashMap::with_max_entries(names::UFFD_CAPACITY, 0);
 
 /// [0]: 1 once any userfaultfd ioctl was seen. Lets the scheduler hooks return at once on hosts
 /// that never use userfaultfd (a plain store: it only ever goes from 0 to 1).
@@ -135,6 +144,19 @@ pub fn on_group_exit() {
     }
 }
 
+/// The task is gone: its handler entry goes too (for the last context it handled; the agent
+/// prunes any other). Nothing to do on hosts that never used userfaultfd.
+pub fn on_task_exit(tid: u32) {
+    if !uffd_seen() {
+        return;
+    }
+    // SAFETY: a plain read of a map value.
+    if let Some(ctx) = unsafe { UFFD_HANDLER_OF.get(tid) }.copied() {
+        let _ = UFFD_HANDLERS.remove(UffdHandlerKey { ctx, tid, _pad: 0 });
+        let _ = UFFD_HANDLER_OF.remove(tid);
+    }
+}
+
 fn uffd_seen() -> bool {
     UFFD_ACTIVE.get(0).is_some_and(|v| *v != 0)
 }
@@ -146,10 +168,13 @@ fn set_ioctl_on_cpu(tid: u32) {
     }
 }
 
-/// The userfaultfd context behind `fd` of the current task: files->fdt->fd[fd]->private_data.
+/// The userfaultfd context behind `fd` of the current task: files->fdt->fd[fd]->private_data,
+/// only if that file is a userfaultfd. Anyone may issue userfaultfd ioctl numbers on any
+/// descriptor (they fail); without the check a pipe's private data would be taken for a
+/// context, its "mm" written to `UFFD_BY_MM` and the caller streamed as a handler.
 fn ctx_of_fd(fd: u32) -> Result<Option<u64>, Counter> {
     let off = offsets();
-    if off.task_files == 0 || off.files_fdt == 0 || off.file_private == 0 {
+    if off.task_files == 0 || off.files_fdt == 0 || off.file_private == 0 || off.file_f_op == 0 {
         return Ok(None);
     }
     let task = unsafe { bpf_get_current_task() };
@@ -157,10 +182,27 @@ fn ctx_of_fd(fd: u32) -> Result<Option<u64>, Counter> {
     let fdt = read_at::<u64>(files, off.files_fdt)?;
     let fds = read_at::<u64>(fdt, off.fdt_fd)?;
     let file = read_at::<u64>(fds, fd.wrapping_mul(8))?;
-    if file == 0 {
+    if file == 0 || !is_userfaultfd(file, &off)? {
         return Ok(None);
     }
     Ok(Some(read_at::<u64>(file, off.file_private)?).filter(|&c| c != 0))
+}
+
+/// Whether `file` is a userfaultfd: its file operations are userfaultfd's (their address when
+/// kallsyms lists it, else their `poll`, which is userfaultfd's own). Neither known: no file
+/// is trusted to be one.
+fn is_userfaultfd(file: u64, off: &tracer_common::KernelOffsets) -> Result<bool, Counter> {
+    let fops = read_at::<u64>(file, off.file_f_op)?;
+    if fops == 0 {
+        return Ok(false);
+    }
+    if off.uffd_fops != 0 {
+        return Ok(fops == off.uffd_fops);
+    }
+    if off.uffd_poll != 0 && off.fops_poll != 0 {
+        return Ok(read_at::<u64>(fops, off.fops_poll)? == off.uffd_poll);
+    }
+    Ok(false)
 }
 
 struct Ioctl {
@@ -222,12 +264,16 @@ fn on_ioctl_enter(fd: u32, cmd: u32) -> Result<(), Counter> {
     // SAFETY: a plain read of a map value.
     let known = unsafe { UFFD_HANDLERS.get(key) }.copied();
     // New, or a setup task now resolving faults: streamed once more, so user space learns the
-    // stronger role; the table keeps it for snapshots that restore a lost record.
+    // stronger role; the table keeps it for snapshots that restore a lost record. Table full:
+    // counted, not streamed, so a flood of handlers cannot flood the ring buffer too.
     if known.is_none_or(|r| r < role) {
-        if UFFD_HANDLERS.insert(key, role, 0).is_err() {
+        if UFFD_HANDLERS.insert(key, role, 0).is_ok() {
+            flags |= reason::NEW_HANDLER;
+            // Full: the agent's prune at its next snapshot deletes the entry instead.
+            let _ = UFFD_HANDLER_OF.insert(tid, ctx, 0);
+        } else {
             count(Counter::UffdHandlersFull);
         }
-        flags |= reason::NEW_HANDLER;
     }
     if flags == 0 {
         return Ok(());

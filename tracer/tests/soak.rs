@@ -44,12 +44,13 @@ const MAX_UNFORMED_PER: usize = 5;
 /// The kernel maps with an entry per task or per process: after the load they must hold no
 /// more than before it, plus `MAP_SLACK` for the host's own live tasks. (Arrays and the ring
 /// buffer have a fixed size.)
-const PER_TASK_MAPS: [&str; 5] = [
+const PER_TASK_MAPS: [&str; 6] = [
     map::TASK_STATE,
     map::PROC_FAULTS,
     map::OWNERS,
     map::UFFD_BY_MM,
     map::UFFD_HANDLERS,
+    map::UFFD_HANDLER_OF,
 ];
 const MAP_SLACK: u64 = 64;
 

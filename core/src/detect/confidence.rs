@@ -79,3 +79,97 @@ pub(super) fn inferred(names: &Narrator<'_>, path: &[&Edge], tids: &[Tid]) -> Ve
     out.dedup();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Confidence;
+    use crate::{
+        detect::{Alert, AlertKind, Thresholds},
+        engine::Engine,
+        event::{Addr, Event, EventKind, InferredReader, LockMode, LockType},
+    };
+
+    const MM: Addr = Addr(0xffff_8880_0000_1000);
+    const MUTEX: Addr = Addr(0xffff_8880_0000_2000);
+
+    fn ev(ms: u64, tid: u32, kind: EventKind) -> Event {
+        Event {
+            ts_ns: ms * 1_000_000,
+            tid,
+            pid: tid,
+            comm: None,
+            kind,
+        }
+    }
+
+    /// 10 holds MM's lock for read, seen acquiring it or only inferred; 30 queues for write
+    /// behind it; then 10 waits for a mutex 30 owns: a deadlock.
+    fn deadlock(read_hold_seen: bool) -> Alert {
+        let mut e = Engine::new(Thresholds::default());
+        let hold = if read_hold_seen {
+            EventKind::MmapLockAcquire {
+                mm: MM,
+                mode: LockMode::Read,
+                success: true,
+                mm_pid: Some(10),
+            }
+        } else {
+            EventKind::ReadHoldersInferred {
+                mm: MM,
+                readers: vec![InferredReader {
+                    tid: 10,
+                    pid: 10,
+                    comm: None,
+                    evidence: "its stack shows a read hold".into(),
+                }],
+            }
+        };
+        let tid = if read_hold_seen { 10 } else { 0 };
+        let mut alerts = e.apply(&ev(1, tid, hold));
+        alerts.extend(e.apply(&ev(
+            2,
+            30,
+            EventKind::MmapLockStart {
+                mm: MM,
+                mode: LockMode::Write,
+                mm_pid: Some(10),
+            },
+        )));
+        alerts.extend(e.apply(&ev(
+            3,
+            10,
+            EventKind::LockWaitBegin {
+                lock: MUTEX,
+                lock_type: LockType::Mutex,
+                owner_tid: Some(30),
+                mm: None,
+            },
+        )));
+        // The timed detectors (a deadlock is confirmed when it lasts) run at a snapshot.
+        alerts.extend(e.apply(&ev(5_000, 0, EventKind::Snapshot {})));
+        alerts
+            .into_iter()
+            .find(|a| a.kind == AlertKind::Deadlock)
+            .unwrap_or_else(|| panic!("no deadlock (read hold seen: {read_hold_seen})"))
+    }
+
+    #[test]
+    fn a_deadlock_through_an_inferred_read_holder_is_probable_and_says_why() {
+        let a = deadlock(false);
+        assert_eq!(a.confidence, Confidence::Probable, "{a:?}");
+        assert!(
+            a.evidence
+                .iter()
+                .any(|e| e.contains("inferred to hold mmap_lock") && e.contains("stack")),
+            "the evidence names the inference and what it rests on: {:?}",
+            a.evidence
+        );
+    }
+
+    #[test]
+    fn a_deadlock_whose_every_edge_was_seen_is_certain() {
+        let a = deadlock(true);
+        assert_eq!(a.confidence, Confidence::Certain, "{a:?}");
+        assert!(a.evidence.is_empty(), "{:?}", a.evidence);
+    }
+}

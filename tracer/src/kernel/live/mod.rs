@@ -32,25 +32,24 @@
 //!   the trace format), never by changing the model behind the engine's back, so a replay of
 //!   what the feed applied decides what the agent decided.
 //!
-//! Files: this one reconciles snapshots; `loss` holds and vets alerts after a loss;
+//! Files: this one applies streamed records; `snapshot` reconciles snapshots; `loss` holds
+//! and vets alerts after a loss;
 //! `inference` infers read holders; `uffd` restores and ends userfaultfd waits and handlers.
 
 use std::collections::{BTreeSet, HashMap};
 
-use tracer_common::{lock_type, mode, TaskState};
-
 use crate::{
     core::detect::{Alert, Thresholds},
     core::engine::Engine,
-    core::event::{Addr, Event, EventKind, LockMode},
+    core::event::{Addr, Event, EventKind},
     core::exposure::Exposure,
-    core::model::{Blocked, HoldSeen},
+    core::model::Blocked,
     kernel::decode::Decoded,
-    kernel::procfs,
 };
 
 mod inference;
 mod loss;
+mod snapshot;
 mod uffd;
 
 pub use crate::kernel::procfs::{identify, proc_exists};
@@ -89,24 +88,6 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The contention a snapshot shows for a task, as the record that would have said it.
-fn contention(st: &TaskState, owner_tid: Option<u32>, mm: Option<Addr>) -> Option<EventKind> {
-    let lock_type = crate::kernel::decode::lock_type_of(st.lock_type).ok()?;
-    Some(EventKind::LockWaitBegin {
-        lock: Addr(st.lock),
-        lock_type,
-        owner_tid,
-        mm,
-    })
-}
-
-/// The writer a contended `mmap_lock` waiter found in the rwsem's owner word, if any.
-fn names_writer(st: &TaskState) -> Option<u32> {
-    let rwsem = matches!(st.lock_type, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
-    (st.wait_mm != 0 && st.lock != 0 && rwsem && st.lock_owner != 0 && st.lock_owner_reader == 0)
-        .then_some(st.lock_owner)
 }
 
 impl LiveFeed {
@@ -262,131 +243,6 @@ impl LiveFeed {
         alerts
     }
 
-    /// Applies a snapshot of the kernel's per-task map, taken (its walk started) at `taken_ns`,
-    /// with the lost-record counter read just before it; then runs the timed detectors.
-    pub fn on_snapshot(
-        &mut self,
-        states: &[(u32, TaskState)],
-        taken_ns: u64,
-        lost_total: u64,
-    ) -> Vec<Alert> {
-        if self.last_snapshot_ns.is_some_and(|last| taken_ns < last) {
-            return Vec::new();
-        }
-        // The walk is the authority for every task it covers, so it confirms the losses counted
-        // before it. Records older than the walk may still wait in the ring buffer, though, and
-        // a loss among them cannot be seen here: a task such a record touches after this walk
-        // is unknown again until the next snapshot (see `on_record`).
-        let noticed_now = self.note_lost(lost_total) > 0;
-        self.lossy_walk_ns = noticed_now.then_some(taken_ns);
-        let shown: HashMap<u32, &TaskState> = states.iter().map(|(t, s)| (*t, s)).collect();
-        let mut alerts = self.end_what_the_kernel_no_longer_shows(&shown, taken_ns);
-        alerts.extend(self.apply_shown(states, taken_ns));
-        alerts.extend(self.reclaim(&shown, taken_ns));
-        alerts.extend(self.infer_read_holders(states, taken_ns));
-        self.exits.retain(|_, &mut e| e >= taken_ns);
-        self.last_snapshot_ns = Some(taken_ns);
-        alerts.extend(self.uffd_waits_ended(taken_ns));
-        if self.engine.unconfirmed() {
-            // Every loss so far was counted before the walk, which covered every task.
-            alerts.extend(self.confirm(taken_ns));
-        }
-        // The timed detectors, now that every conclusion of the walk is in.
-        alerts.extend(self.correct(0, 0, taken_ns, EventKind::Snapshot {}));
-        alerts
-    }
-
-    /// Applies the waits and holds the snapshot shows past the streaming thresholds (whose ends
-    /// the kernel will therefore stream), with their real start times.
-    /// The snapshot is the authority: what began before it and is not in it has ended.
-    fn end_what_the_kernel_no_longer_shows(
-        &mut self,
-        shown: &HashMap<u32, &TaskState>,
-        taken_ns: u64,
-    ) -> Vec<Alert> {
-        let model = self.engine.model();
-        let mut ended_waits = Vec::new();
-        let mut ended_holds = Vec::new();
-        for t in model.tasks.values() {
-            let st = shown.get(&t.tid);
-            if let Some(b) = &t.blocked {
-                let still = match (b, st) {
-                    (_, None) => false,
-                    (Blocked::MmapLock { mm, since_ns, .. }, Some(s)) => {
-                        s.wait_mm == mm.0 && s.wait_since_ns == *since_ns
-                    }
-                    (Blocked::KernelLock { lock, .. }, Some(s)) => s.lock == lock.0,
-                    // The kernel does not clear a wait a signal ended; `uffd_waits_ended`
-                    // asks the scheduler about those.
-                    (Blocked::Uffd { .. }, Some(s)) => s.uffd_ctx != 0,
-                };
-                if !still && b.since_ns() < taken_ns {
-                    ended_waits.push((t.tid, t.pid));
-                }
-            }
-            for (mm, h) in &t.holds {
-                let still = match h.seen {
-                    // The same hold, not merely one on the same mm: a kernel hold that began
-                    // after the model's means the model's ended (its release record was lost)
-                    // and this is a new one, which `apply_shown` adds with its own start.
-                    HoldSeen::Acquired => st.is_some_and(|s| {
-                        s.holds
-                            .iter()
-                            .any(|k| k.mm == mm.0 && k.since_ns <= h.since_ns)
-                    }),
-                    // Known only from a waiter's read of the owner word: it lasts while some
-                    // waiter of that lock still names it.
-                    HoldSeen::OwnerWord => shown
-                        .values()
-                        .any(|s| s.wait_mm == mm.0 && names_writer(s) == Some(t.tid)),
-                };
-                if !still && h.since_ns < taken_ns {
-                    ended_holds.push((t.tid, t.pid, *mm));
-                }
-            }
-        }
-        let mut alerts = Vec::new();
-        for (tid, pid) in ended_waits {
-            alerts.extend(self.correct(tid, pid, taken_ns, EventKind::WaitEnded {}));
-        }
-        for (tid, pid, mm) in ended_holds {
-            alerts.extend(self.correct(tid, pid, taken_ns, EventKind::HoldEnded { mm }));
-        }
-        alerts
-    }
-
-    /// Reclaims what the kernel has let go: tasks that carry nothing the graph needs, tasks
-    /// gone from the host (the kernel's entry of a task can outlive it, showing a wait that
-    /// never ends: observed under stress-ng), and processes gone from the host, with their
-    /// tasks and their mm's identity. Only tasks with state cost a /proc lookup.
-    fn reclaim(&mut self, shown: &HashMap<u32, &TaskState>, now_ns: u64) -> Vec<Alert> {
-        let model = self.engine.model();
-        let idle: Vec<(u32, u32)> = model
-            .tasks
-            .values()
-            .filter(|t| {
-                if model.is_idle(t.tid) {
-                    shown.get(&t.tid).is_none_or(|s| s.uffd_ctx == 0)
-                } else {
-                    !(self.alive)(t.tid)
-                }
-            })
-            .map(|t| (t.tid, t.pid))
-            .collect();
-        let mut pids: BTreeSet<u32> = model.pids().collect();
-        pids.extend(model.mm_locks.values().filter_map(|l| l.owner_pid));
-        let gone: Vec<u32> = pids.into_iter().filter(|&p| !(self.alive)(p)).collect();
-        let mut alerts = Vec::new();
-        for (tid, pid) in idle {
-            alerts.extend(self.correct(tid, pid, now_ns, EventKind::TaskGone {}));
-        }
-        for pid in gone {
-            self.cgroups.remove(&pid);
-            alerts.extend(self.correct(pid, pid, now_ns, EventKind::ProcessGone {}));
-        }
-        alerts
-    }
-
     /// Applies a correction: what the feed concluded from a snapshot, as an event.
     fn correct(&mut self, tid: u32, pid: u32, ts_ns: u64, kind: EventKind) -> Vec<Alert> {
         self.apply(&Event {
@@ -396,125 +252,6 @@ impl LiveFeed {
             comm: None,
             kind,
         })
-    }
-
-    fn apply_shown(&mut self, states: &[(u32, TaskState)], taken_ns: u64) -> Vec<Alert> {
-        let mut alerts = Vec::new();
-        for (tid, st) in states {
-            // State from before the task's exit record cannot be in progress: the kernel drops
-            // a task's entry at exit, so this is a stale read, or the tid was reused later.
-            let exited = self.exits.get(tid).copied();
-            // Only entries with something to apply cost a /proc lookup (most have nothing).
-            let mut gone: Option<bool> = None;
-            let mut is_gone = |alive: &Liveness| *gone.get_or_insert_with(|| !alive(*tid));
-            let after_exit = |since: u64| exited.is_none_or(|e| since > e);
-            let lock_mode = |m: u8| LockMode::from_write(m == mode::WRITE);
-            let base = |ts_ns, kind| Event {
-                ts_ns,
-                tid: *tid,
-                pid: st.tgid,
-                comm: procfs::comm_of(*tid),
-                kind,
-            };
-            let past =
-                |since: u64, threshold: u64| since <= taken_ns && taken_ns - since >= threshold;
-            for h in st.holds.iter().filter(|h| h.mm != 0) {
-                let mm = Addr(h.mm);
-                if past(h.since_ns, self.hold_threshold_ns)
-                    && after_exit(h.since_ns)
-                    && !self.holding(*tid, mm)
-                    && !is_gone(&self.alive)
-                {
-                    let ev = base(
-                        h.since_ns,
-                        EventKind::MmapLockAcquire {
-                            mm,
-                            mode: lock_mode(h.mode),
-                            success: true,
-                            mm_pid: self.known_owner(mm),
-                        },
-                    );
-                    alerts.extend(self.apply(&ev));
-                }
-            }
-            // The contended rwsem of an mmap_lock attempt is that attempt (applied below).
-            let mmap_attempt = st.wait_mm != 0
-                && matches!(st.lock_type, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
-            if st.lock != 0
-                && !mmap_attempt
-                && past(st.lock_since_ns, self.wait_threshold_ns)
-                && after_exit(st.lock_since_ns)
-                && !matches!(
-                    self.engine.model().task(*tid).and_then(|t| t.blocked.as_ref()),
-                    Some(Blocked::KernelLock { lock, .. }) if lock.0 == st.lock
-                )
-                && !is_gone(&self.alive)
-            {
-                if let Some(kind) =
-                    contention(st, (st.lock_owner != 0).then_some(st.lock_owner), None)
-                {
-                    alerts.extend(self.apply(&base(st.lock_since_ns, kind)));
-                }
-            }
-            let mm = Addr(st.wait_mm);
-            if st.wait_mm != 0
-                && past(st.wait_since_ns, self.wait_threshold_ns)
-                && after_exit(st.wait_since_ns)
-                && !self.waiting_on(*tid, mm)
-                && !is_gone(&self.alive)
-            {
-                let ev = base(
-                    st.wait_since_ns,
-                    EventKind::MmapLockStart {
-                        mm,
-                        mode: lock_mode(st.wait_mode),
-                        mm_pid: self.known_owner(mm),
-                    },
-                );
-                alerts.extend(self.apply(&ev));
-            }
-            // The writer its contention read in the owner word holds the lock: exact evidence,
-            // given to the model as the contention record that carried it.
-            if let Some(writer) = names_writer(st).filter(|&w| w != *tid) {
-                let known = self
-                    .engine
-                    .model()
-                    .mm_locks
-                    .get(&mm)
-                    .is_some_and(|l| l.writer.is_some_and(|(w, _)| w == writer));
-                if !known
-                    && self.waiting_on(*tid, mm)
-                    && after_exit(st.lock_since_ns)
-                    && !is_gone(&self.alive)
-                {
-                    if let Some(kind) = contention(st, Some(writer), Some(mm)) {
-                        alerts.extend(self.apply(&base(st.lock_since_ns, kind)));
-                    }
-                }
-            }
-            // A userfaultfd wait whose begin record was lost: the kernel still shows it, and
-            // the scheduler confirms the task sleeps in handle_userfault (a signal can end such
-            // a wait without the kernel side clearing it).
-            if st.uffd_ctx != 0
-                && past(st.uffd_since_ns, self.wait_threshold_ns)
-                && after_exit(st.uffd_since_ns)
-                && !matches!(
-                    self.engine.model().blocked(*tid),
-                    Some(Blocked::Uffd { .. })
-                )
-                && procfs::wchan_of(st.tgid, *tid).as_deref() == Some("handle_userfault")
-            {
-                let ev = base(
-                    st.uffd_since_ns,
-                    EventKind::UffdWaitBegin {
-                        uffd: Addr(st.uffd_ctx),
-                        addr: Addr(st.uffd_addr),
-                    },
-                );
-                alerts.extend(self.apply(&ev));
-            }
-        }
-        alerts
     }
 }
 

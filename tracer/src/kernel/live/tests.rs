@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::core::detect::AlertKind;
+use crate::core::event::LockMode;
+use crate::core::model::HoldSeen;
 use crate::kernel::decode::Reasons;
-use tracer_common::{reason, Hold, HOLD_SLOTS};
+use tracer_common::{lock_type, mode, reason, Hold, TaskState, HOLD_SLOTS};
 
 const MS: u64 = 1_000_000;
 

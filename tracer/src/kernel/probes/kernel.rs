@@ -156,8 +156,12 @@ impl KernelBtf {
             fdt_fd: off("fdtable", "fd"),
             file_private: off("file", "private_data"),
             uffd_ctx_mm: off("userfaultfd_ctx", "mm"),
+            file_f_op: off("file", "f_op"),
+            fops_poll: off("file_operations", "poll"),
             handle_userfault_start: huf_start,
             handle_userfault_end: huf_end,
+            uffd_fops: kallsyms_data("userfaultfd_fops").unwrap_or(0),
+            uffd_poll: kallsyms_range("userfaultfd_poll").map_or(0, |(start, _)| start),
         }
     }
 
@@ -217,6 +221,20 @@ pub fn kallsyms_range(name: &str) -> Option<(u64, u64)> {
     let start = start.filter(|&a| a != 0)?;
     let end = addrs.into_iter().filter(|&a| a > start).min()?;
     Some((start, end))
+}
+
+/// The address of kernel data symbol `name` (read-only or data section), from /proc/kallsyms:
+/// listed only on kernels built with CONFIG_KALLSYMS_ALL, and as zero to non-root readers.
+pub fn kallsyms_data(name: &str) -> Option<u64> {
+    let text = fs::read_to_string("/proc/kallsyms").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let (addr, kind, sym) = (parts.next()?, parts.next()?, parts.next()?);
+        (sym == name && parts.next().is_none() && matches!(kind, "r" | "R" | "d" | "D"))
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+            .filter(|&a| a != 0)
+    })
 }
 
 /// The `sys_enter_ioctl` / `sys_exit_ioctl` layouts (the exit layout is shared by every syscall).

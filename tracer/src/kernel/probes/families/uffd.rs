@@ -100,14 +100,22 @@ impl Probes {
     }
 
     /// Deletes handler entries (context, tid) of tasks gone; returns how many were there. The
-    /// kernel cannot find them by tid at exit, so nothing else would.
+    /// kernel's exit hook finds only a task's last context, and only for exits it saw.
     pub fn forget_uffd_handlers(&mut self, gone: &[(u64, u32)]) -> Result<usize, ProbeError> {
         let mut table: HashMap<_, UffdHandlerKey, u64> =
             maps::typed_mut(&mut self.ebpf, map::UFFD_HANDLERS)?;
-        Ok(gone
+        let deleted = gone
             .iter()
             .filter(|&&(ctx, tid)| table.remove(&UffdHandlerKey { ctx, tid, _pad: 0 }).is_ok())
-            .count())
+            .count();
+        // The exit hook deletes a task's note of its last context; one whose exit was not seen
+        // (before the agent started, or on the classic tracepoint's kernels) goes here.
+        let mut of_task: HashMap<_, u32, u64> =
+            maps::typed_mut(&mut self.ebpf, map::UFFD_HANDLER_OF)?;
+        for (_, tid) in gone {
+            let _ = of_task.remove(tid);
+        }
+        Ok(deleted)
     }
 
     /// Deletes these `UFFD_BY_MM` entries (mm, context), each only while the mm still maps to
