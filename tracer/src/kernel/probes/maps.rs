@@ -71,19 +71,24 @@ fn reopen_array(ebpf: &Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, 
     PerCpuArray::try_from(reopen(ebpf, name)?).map_err(ProbeError::map(name))
 }
 
+/// Slot `i` of per-CPU array `name`, summed over CPUs.
+fn sum_at(
+    array: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    i: u32,
+) -> Result<u64, ProbeError> {
+    array
+        .get(&i, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .map_err(ProbeError::map(name))
+}
+
 fn sums(
     array: &PerCpuArray<MapData, u64>,
     name: &'static str,
     len: u32,
 ) -> Result<Vec<u64>, ProbeError> {
-    (0..len)
-        .map(|i| {
-            array
-                .get(&i, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .map_err(ProbeError::map(name))
-        })
-        .collect()
+    (0..len).map(|i| sum_at(array, name, i)).collect()
 }
 
 /// The aggregate maps a scrape reads (counters, histograms, userfaultfd errors: about 1,400
@@ -103,10 +108,7 @@ impl Aggregates {
 
     /// One counter summed over CPUs: one lookup, cheap enough to poll.
     pub fn counter(&self, c: Counter) -> Result<u64, ProbeError> {
-        self.counters
-            .get(&(c as u32), 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .map_err(ProbeError::map(map::COUNTERS))
+        sum_at(&self.counters, map::COUNTERS, c as u32)
     }
 
     pub fn histograms(&self) -> Result<Vec<[u64; HIST_BUCKETS as usize]>, ProbeError> {
