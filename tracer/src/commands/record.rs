@@ -12,10 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::Counter;
 
 use crate::{
+    commands::stop_requests::StopRequests,
     core::event::{Event, EventKind},
     kernel::decode::{DecodeError, Decoded},
     kernel::probes::{ProbeOptions, Probes},
@@ -186,6 +187,7 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
         failed: None,
     };
     let mut stream = EventStream::new(probes.take_events()?).context("ring buffer")?;
+    let stops = StopRequests::install()?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     eprintln!(
@@ -226,6 +228,10 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
             _ = sigint.recv() => break,
         }
         rec.check()?;
+        // The signal branches wait for tokio's driver, which a busy worker delays.
+        if stops.count() > 0 {
+            break;
+        }
     }
 
     // Stop: count the last losses while the counters can still be read, then detach every
@@ -234,7 +240,7 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     // detach that keeps its maps readable).
     let lost_total = lost_counter(&probes)?;
     drop(probes);
-    let stop = stop_draining(&mut stream, &mut rec, &mut sigterm, &mut sigint).await;
+    let stop = stop_draining(&mut stream, &mut rec, &stops);
     rec.check()?;
     rec.lost_up_to(lost_total);
     rec.flush();
@@ -248,13 +254,8 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
 }
 
 /// Drains the detached ring buffer to empty, within `DRAIN_BOUND`; a second SIGTERM or SIGINT
-/// ends it at once. What was drained is kept either way.
-async fn stop_draining(
-    stream: &mut EventStream,
-    rec: &mut Recorder,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> Result<()> {
+/// ends it at once. What was drained is kept either way. Synchronous: all work, no waiting.
+fn stop_draining(stream: &mut EventStream, rec: &mut Recorder, stops: &StopRequests) -> Result<()> {
     let started = Instant::now();
     loop {
         let got = stream.drain_now(|r| rec.take(r));
@@ -268,12 +269,9 @@ async fn stop_draining(
                 humantime::format_duration(DRAIN_BOUND)
             );
         }
-        // Between batches, a second signal (checked without waiting) ends the drain.
-        tokio::select! {
-            biased;
-            _ = sigterm.recv() => anyhow::bail!(SECOND_SIGNAL),
-            _ = sigint.recv() => anyhow::bail!(SECOND_SIGNAL),
-            _ = tokio::task::yield_now() => {}
+        // Between batches, a second stop request ends the drain.
+        if stops.again() {
+            anyhow::bail!(SECOND_SIGNAL);
         }
     }
 }

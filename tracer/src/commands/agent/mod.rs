@@ -27,10 +27,7 @@ use std::{
     cell::RefCell,
     net::SocketAddr,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -38,7 +35,7 @@ use anyhow::{Context as _, Result};
 use tracer_common::Counter;
 
 use crate::{
-    commands::single,
+    commands::{single, stop_requests::StopRequests},
     core::detect::Thresholds,
     kernel::decode::{DecodeError, Decoded},
     kernel::live::{monotonic_ns, LiveFeed},
@@ -103,6 +100,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let web = web::Web::load(opts.web_config.as_deref())?;
     let claim = single::claim(&single::run_dir())?;
     // Before the start line: a stop request that follows it must find the handlers in place.
+    let stops = StopRequests::install()?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -282,11 +280,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        // The signal branches wait for tokio's driver, which a busy worker delays.
+        if stops.count() > 0 {
+            break;
+        }
     }
     server.abort();
     unix_server.abort();
-    let interrupted = shutdown::watch_second_signal(sigterm, sigint);
-    stop(&shared, &mut stream, on_record, &opts, &interrupted);
+    stop(&shared, &mut stream, on_record, &opts, &stops);
     let raised: u64 = lock(&shared).sink.counts().values().sum();
     log::info!("faultline agent: stopping ({raised} alerts raised)");
     Ok(())
@@ -302,7 +303,7 @@ fn stop(
     stream: &mut EventStream,
     on_record: impl Fn(Result<Decoded, DecodeError>),
     opts: &AgentOptions,
-    interrupted: &AtomicBool,
+    stops: &StopRequests,
 ) {
     stream.drain_now(&on_record);
     if let Err(e) = scan_uffds(&mut lock(shared), monotonic_ns()) {
@@ -312,7 +313,7 @@ fn stop(
     let drained = shutdown::drain(
         || stream.drain_now(&on_record),
         DrainBound::for_ring(opts.probes.ring_bytes),
-        || interrupted.load(Ordering::Relaxed),
+        || stops.again(),
     );
     log::info!("faultline agent: {detached} probes detached; {drained}");
     if drained.end == DrainEnd::Interrupted {

@@ -2,15 +2,7 @@
 //! is drained to empty, within a bound; then a last snapshot confirms or drops what a loss left
 //! open. A second SIGTERM or SIGINT during the drain ends it at once.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
-
-use tokio::signal::unix::Signal;
+use std::time::{Duration, Instant};
 
 use crate::kernel::stream::MAX_BATCH;
 
@@ -65,7 +57,7 @@ pub struct Drained {
 /// finds the buffer empty, the bound is reached, or `interrupted` says a second stop request
 /// came, whichever first. `interrupted` is asked before each batch, so a second signal never
 /// waits for more than one batch. Synchronous: the drain is all work and no waiting, and the
-/// signal is watched by a task of its own (`watch_second_signal`).
+/// signal is counted by a handler of its own (`commands::stop_requests`).
 pub fn drain(
     mut batch: impl FnMut() -> usize,
     bound: DrainBound,
@@ -98,21 +90,6 @@ pub fn drain(
         end,
         took: started.elapsed(),
     }
-}
-
-/// A flag set once SIGTERM or SIGINT comes again. A task of its own, on a runtime worker: the
-/// drain never yields, and a signal reaches a waiting task only when the runtime's driver runs.
-pub fn watch_second_signal(mut sigterm: Signal, mut sigint: Signal) -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-        set.store(true, Ordering::Relaxed);
-    });
-    flag
 }
 
 impl std::fmt::Display for Drained {
