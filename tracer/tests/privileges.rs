@@ -1,5 +1,5 @@
 //! The agent under exactly the privileges the systemd unit ships (capabilities parsed from
-//! tracer/packaging/faultline.service at test time, an unprivileged uid via setpriv): it starts,
+//! tracer/packaging/faultline.service, compiled in, an unprivileged uid via setpriv): it starts,
 //! and what `faultline check` says is available matches `faultline_feature_available`.
 
 mod common;
@@ -10,15 +10,14 @@ use common::{http_get, require_root, FAULTLINE};
 
 const NOBODY: &str = "65534";
 
+const UNIT: &str = include_str!("../packaging/faultline.service");
+
 /// The unit's capabilities (`AmbientCapabilities=`), as setpriv names them (`+bpf,...`),
 /// without those the test runner's own bounding set lacks (a container may drop some; they are
 /// printed, as the run then grants less than the unit).
 fn unit_caps() -> String {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/packaging/faultline.service"
-    ))
-    .expect("the unit file");
+    // Compiled in: the VM tests run this binary where the source tree is not.
+    let unit = UNIT;
     let caps: Vec<String> = unit
         .lines()
         .find_map(|l| l.strip_prefix("AmbientCapabilities="))
