@@ -20,6 +20,11 @@ pub struct Hold {
 }
 const _: () = assert!(core::mem::size_of::<Hold>() == 24);
 
+/// `TaskState::wait_mm_tgid`: the waiter's own mm.
+pub const MM_OWN: u32 = 0;
+/// `TaskState::wait_mm_tgid`: whose mm it is is not known.
+pub const MM_OWNER_UNKNOWN: u32 = u32::MAX;
+
 /// Per-task kernel state, keyed by tid in `TASK_STATE`: the attempt in flight and the holds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,7 +54,13 @@ pub struct TaskState {
     pub ioctl_ctx: u64,
     pub ioctl_since_ns: u64,
     pub ioctl_op: u8,
-    pub _pad3: [u8; 7],
+    pub _pad3: [u8; 3],
+    /// Whose mm `wait_mm` is, as the contention program found it (the slow path only, so the
+    /// fast path pays nothing): `MM_OWN` the task's own, `MM_OWNER_UNKNOWN` not known (an
+    /// uncontended attempt of full mode, or no `mm->owner`), else the owner's tgid. A waiter
+    /// on another process's `mmap_lock` (reading its /proc/PID/maps, process_vm_readv) must not
+    /// make the model take that mm for the waiter's own.
+    pub wait_mm_tgid: u32,
     pub holds: [Hold; HOLD_SLOTS],
 }
 const _: () = assert!(core::mem::size_of::<TaskState>() == 96 + 24 * HOLD_SLOTS);

@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     config_flags, lock_type, mode, names, reason, Counter, EventKind, Histogram, LockWaitEvent,
-    HIST_LOCK_BASE,
+    HIST_LOCK_BASE, MM_OWN,
 };
 
 use crate::{
@@ -102,20 +102,22 @@ fn owner_of(lock: u64, t: u8, flags: u32) -> Result<(u32, bool), Counter> {
     Ok((task_tid(owner & !0x7)?, reader))
 }
 
-/// The mm whose `mmap_lock` `lock` is, and whether it is the current task's own mm.
-fn mmap_lock_of(lock: u64) -> Result<Option<u64>, Counter> {
+/// The mm whose `mmap_lock` `lock` is, with whose it is (`MM_OWN`, or the owner's tgid).
+fn mmap_lock_of(lock: u64) -> Result<Option<(u64, u32)>, Counter> {
     let off = offsets();
     if off.mm_mmap_lock == 0 || lock < off.mm_mmap_lock as u64 {
         return Ok(None);
     }
     let mm = lock - off.mm_mmap_lock as u64;
     if own_mm()? == mm {
-        return Ok(Some(mm));
+        return Ok(Some((mm, MM_OWN)));
     }
     // A foreign mm (process_vm_readv, /proc/PID/mem, a uffd copy): an mm is one whose owner
     // task points back at it. Any rwsem that is not an mm fails this check (or its reads).
     match mm_owner(mm) {
-        Ok(Some((owner, _))) if read_at::<u64>(owner, off.task_mm) == Ok(mm) => Ok(Some(mm)),
+        Ok(Some((owner, tgid))) if read_at::<u64>(owner, off.task_mm) == Ok(mm) => {
+            Ok(Some((mm, tgid)))
+        }
         _ => Ok(None),
     }
 }
@@ -165,8 +167,9 @@ fn on_begin(lock: u64, flags: u32) -> Result<(), Counter> {
     }
     let rwsem = matches!(t, lock_type::RWSEM_READ | lock_type::RWSEM_WRITE);
     let mm = if rwsem { mmap_lock_of(lock)? } else { None };
-    if let Some(mm) = mm {
+    if let Some((mm, mm_tgid)) = mm {
         count(Counter::MmapLockContended);
+        state.wait_mm_tgid = mm_tgid;
         // With `start_locking` hooked (full mode) the attempt is already known since its start.
         if state.wait_mm != mm {
             state.wait_mm = mm;
@@ -189,7 +192,7 @@ fn on_begin(lock: u64, flags: u32) -> Result<(), Counter> {
         header: header(EventKind::LockWaitBegin, flags, now),
         lock,
         since_ns: 0,
-        mm: mm.unwrap_or(0),
+        mm: mm.map_or(0, |(mm, _)| mm),
         owner_tid: if reader_hint { 0 } else { owner },
         ret: 0,
         lock_type: t,

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     mode, reason, Counter, EventKind, Histogram, Hold, MmapLockEvent, TaskState, TracepointLayout,
-    HOLD_SLOTS,
+    HOLD_SLOTS, MM_OWNER_UNKNOWN,
 };
 
 use crate::{
@@ -161,6 +161,8 @@ fn on_start(mm: u64, write: bool) -> Result<(), Counter> {
     state.wait_mm = mm;
     state.wait_since_ns = now;
     state.wait_mode = mode_of(write);
+    // Found out only if the attempt is contended (the contention program), off this path.
+    state.wait_mm_tgid = MM_OWNER_UNKNOWN;
 
     let mut flags = record_flag(&cfg);
     if !write {

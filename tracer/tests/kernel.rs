@@ -677,3 +677,61 @@ fn a_fault_in_workload_takes_the_mmap_lock_for_read_only_without_per_vma_locks()
         );
     }
 }
+
+/// A process that reads another's /proc/PID/cmdline takes that process's `mmap_lock` for
+/// read: queued behind a convoy's writer, it waits on the convoy's mm, which stays the convoy
+/// process's in the graph. The kernel side must tell the cat's wait from a wait on its own mm
+/// (a wait said to be on the cat's own would make the mm the cat's); which waiter a snapshot
+/// meets first is the unit test's (live::tests).
+#[test]
+fn a_reader_of_another_process_cmdline_waits_on_that_process_mm() {
+    if !require_root("a_reader_of_another_process_cmdline_waits_on_that_process_mm") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = Faultline::agent(
+        state.path(),
+        &["--wait-threshold", "1ms", "--snapshot-interval", "50ms"],
+    );
+    let (mut convoy, who) =
+        common::scenario_lingering(&["rwr", "--hold-mib", "2048", "--announce"]);
+    let pid = u64_at(&who, &["pid"]);
+    let writer = u64_at(&who, &["writer"]);
+    let mut cat = std::process::Command::new("cat")
+        .arg(format!("/proc/{pid}/cmdline"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cat");
+    let cat_pid = u64::from(cat.id());
+    // The cat's edge: queued behind the convoy's writer, on the mmap_lock of the convoy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let edge = loop {
+        let (_, body) = http_get(&addr, "/api/graph");
+        let graph: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let found = graph["edges"].as_array().and_then(|edges| {
+            edges
+                .iter()
+                .find(|e| e["from"].as_u64() == Some(cat_pid))
+                .cloned()
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        if std::time::Instant::now() > deadline || cat.try_wait().ok().flatten().is_some() {
+            let _ = convoy.kill();
+            let _ = convoy.wait();
+            panic!("the cat ({cat_pid}) never waited in the graph: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = cat.wait();
+    let _ = convoy.wait();
+    agent.stop();
+    assert_eq!(edge["lock"]["kind"], "mmap_lock", "{edge:#}");
+    assert_eq!(edge["to"].as_u64(), Some(writer), "{edge:#}");
+    assert_eq!(
+        edge["lock"]["owner_pid"].as_u64(),
+        Some(pid),
+        "the convoy's mm is the convoy process's, not its reader's ({cat_pid}): {edge:#}"
+    );
+}

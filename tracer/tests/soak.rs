@@ -122,8 +122,20 @@ struct Incident {
     tids: Vec<u64>,
     summary: String,
     tasks: Vec<(u64, Option<(u64, String)>)>,
-    /// The owner pid of the mmap_lock each task waits through, from the graph's edges.
-    waits_on_mm_of: BTreeMap<u64, u64>,
+    /// The graph's edges through an `mmap_lock` whose owner is known.
+    mm_edges: Vec<MmEdge>,
+}
+
+/// An edge of the graph through the `mmap_lock` of process `owner`.
+#[derive(Clone, Copy, Debug)]
+struct MmEdge {
+    from: u64,
+    to: u64,
+    owner: u64,
+    /// `from` asks for read.
+    wants_read: bool,
+    /// `to` holds it for read.
+    held_read: bool,
 }
 
 fn incidents(dir: &std::path::Path) -> Vec<Incident> {
@@ -148,16 +160,24 @@ fn incidents(dir: &std::path::Path) -> Vec<Incident> {
                 Some((tid, (pid, t["comm"].as_str().unwrap_or("?").to_owned())))
             })
             .collect();
-        let waits_on_mm_of = doc["graph"]["edges"]
+        let mm_edges = doc["graph"]["edges"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|e| e["lock"]["kind"] == "mmap_lock")
-            .filter_map(|e| Some((e["from"].as_u64()?, e["lock"]["owner_pid"].as_u64()?)))
+            .filter_map(|e| {
+                Some(MmEdge {
+                    from: e["from"].as_u64()?,
+                    to: e["to"].as_u64()?,
+                    owner: e["lock"]["owner_pid"].as_u64()?,
+                    wants_read: e["wants"] == "read",
+                    held_read: e["held"] == "read",
+                })
+            })
             .collect();
         out.push(Incident {
             file: path.display().to_string(),
-            waits_on_mm_of,
+            mm_edges,
             kind: alert["kind"].as_str().unwrap_or("?").to_owned(),
             summary: alert["summary"].as_str().unwrap_or("").to_owned(),
             tasks: tids.iter().map(|t| (*t, known.get(t).cloned())).collect(),
@@ -365,8 +385,11 @@ fn involves_ours(i: &Incident, ours: &Ours) -> bool {
 /// Why an alert about the test's processes names tasks it should not: a task nobody can name
 /// (not in the graph, not a task a run reported), or tasks of more than one unrelated workload
 /// (a scenario run, stress-ng, the churn, or any other single process). A task of another
-/// process may head the chain when it really waits for the `mmap_lock` of one of the rest's
-/// processes (a `ps` reading a convoy's /proc/PID/cmdline joins that convoy).
+/// family belongs in the alert when it only *reads* the `mmap_lock` of a process of the alert
+/// (waits for read, or holds for read): a `ps` reading a convoy's /proc/PID/cmdline, or
+/// stress-ng's procfs stressor reading a churned process's /proc/PID/maps, really joins a
+/// convoy on that process's mm. A writer of another process's mm is not believed: writers
+/// (mmap, munmap, mprotect) take their own.
 fn unrelated(i: &Incident, ours: &Ours) -> Option<String> {
     let mut named = Vec::new();
     for (tid, task) in &i.tasks {
@@ -378,20 +401,30 @@ fn unrelated(i: &Incident, ours: &Ours) -> Option<String> {
         let pid = task.as_ref().map_or(0, |(p, _)| *p);
         named.push((*tid, pid, family));
     }
-    let rest: BTreeSet<&String> = named.iter().skip(1).map(|(_, _, f)| f).collect();
-    let rest_pids: BTreeSet<u64> = named.iter().skip(1).map(|(_, p, _)| *p).collect();
-    let families: BTreeSet<&String> = named.iter().map(|(_, _, f)| f).collect();
-    match (named.first(), rest.len()) {
-        _ if families.len() <= 1 => None,
-        (Some((head, _, _)), 1)
-            if i.waits_on_mm_of
-                .get(head)
-                .is_some_and(|owner| rest_pids.contains(owner)) =>
-        {
-            None
-        }
-        _ => Some(format!("tasks of {families:?}")),
+    let family_of_pid = |pid: u64| named.iter().find(|(_, p, _)| *p == pid).map(|(_, _, f)| f);
+    // Tied to another family's process by reading its mm, and by nothing else.
+    let foreign_reader = |tid: u64, family: &String| {
+        let touching: Vec<&MmEdge> = i
+            .mm_edges
+            .iter()
+            .filter(|e| e.from == tid || e.to == tid)
+            .filter(|e| family_of_pid(e.owner).is_some_and(|f| f != family))
+            .collect();
+        !touching.is_empty()
+            && touching
+                .iter()
+                .all(|e| (e.from != tid || e.wants_read) && (e.to != tid || e.held_read))
+    };
+    let families: BTreeSet<&String> = named
+        .iter()
+        .filter(|(tid, _, f)| !foreign_reader(*tid, f))
+        .map(|(_, _, f)| f)
+        .collect();
+    if families.len() <= 1 {
+        return None;
     }
+    let all: BTreeSet<&String> = named.iter().map(|(_, _, f)| f).collect();
+    Some(format!("tasks of {all:?}"))
 }
 
 /// The entries of each per-task map, counted through bpf(2) on the agent's own maps, with
@@ -700,7 +733,7 @@ fn the_judgement_is_scoped_to_the_tests_own_processes() {
         tids: tasks.iter().map(|(t, _)| *t).collect(),
         summary: String::new(),
         tasks,
-        waits_on_mm_of: BTreeMap::new(),
+        mm_edges: Vec::new(),
     };
     // A run's task whose process had exited by the time the incident was written (no pid in
     // the graph) is still the run's.
@@ -719,9 +752,36 @@ fn the_judgement_is_scoped_to_the_tests_own_processes() {
     ]);
     assert!(unrelated(&with_stress, &ours).is_some());
     // ... unless the head really waits on the other's mm (a reader of a convoy's /proc).
+    let edge = |from, to, owner, wants_read, held_read| MmEdge {
+        from,
+        to,
+        owner,
+        wants_read,
+        held_read,
+    };
     let mut reader = incident(vec![(600, task(600, "ps")), (100, task(100, "a"))]);
-    reader.waits_on_mm_of.insert(600, 100);
+    reader.mm_edges.push(edge(600, 100, 100, true, true));
     assert_eq!(unrelated(&reader, &ours), None);
+    // A convoy on a churned process's mm whose readers and root holder are stress-ng's procfs
+    // threads (reading its /proc/PID/maps) and whose writer is the process itself: true.
+    let mut procfs = incident(vec![
+        (501, task(500, "stress-ng-procf")),
+        (800, task(800, "faultline-scena")),
+        (502, task(500, "stress-ng-procf")),
+    ]);
+    procfs.mm_edges.push(edge(501, 800, 800, true, false));
+    procfs.mm_edges.push(edge(800, 502, 800, false, true));
+    assert_eq!(unrelated(&procfs, &ours), None);
+    // The same tasks with the mm taken for stress-ng's: the churned process would write
+    // another process's mm. Not believed.
+    let mut misread = incident(vec![
+        (501, task(500, "stress-ng-procf")),
+        (800, task(800, "faultline-scena")),
+        (502, task(500, "stress-ng-procf")),
+    ]);
+    misread.mm_edges.push(edge(501, 800, 500, true, false));
+    misread.mm_edges.push(edge(800, 502, 500, false, true));
+    assert!(unrelated(&misread, &ours).is_some());
     // Another process of the host, alone or with others of the host: not the soak's business.
     let host = incident(vec![(700, task(700, "rustc")), (701, task(702, "cc1"))]);
     assert!(!involves_ours(&host, &ours));

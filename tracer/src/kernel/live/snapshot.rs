@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use tracer_common::{lock_type, mode, TaskState};
+use tracer_common::{lock_type, mode, TaskState, MM_OWN, MM_OWNER_UNKNOWN};
 
 use super::{LiveFeed, Liveness};
 use crate::{
@@ -33,6 +33,20 @@ fn names_writer(st: &TaskState) -> Option<u32> {
         .then_some(st.lock_owner)
 }
 impl LiveFeed {
+    /// Whose mm a waiter's `wait_mm` is, as `MmapLockStart::mm_pid` puts it: another
+    /// process's pid, `None` for the waiter's own. The kernel side found it out on the slow
+    /// path; guessing "the waiter's own" made a reader of another process's /proc/PID/maps the
+    /// owner of that process's mm when a snapshot met it before the process's own waiters (a
+    /// soak's stress-ng procfs readers "owned" a churned process's mm).
+    fn wait_mm_pid(&self, st: &TaskState, mm: Addr) -> Option<u32> {
+        match st.wait_mm_tgid {
+            MM_OWN => None,
+            MM_OWNER_UNKNOWN => self.known_owner(mm),
+            tgid if tgid == st.tgid => None,
+            tgid => Some(tgid),
+        }
+    }
+
     /// Applies a snapshot of the kernel's per-task map, taken (its walk started) at `taken_ns`,
     /// with the lost-record counter read just before it; then runs the timed detectors.
     pub fn on_snapshot(
@@ -228,7 +242,7 @@ impl LiveFeed {
                     EventKind::MmapLockStart {
                         mm,
                         mode: lock_mode(st.wait_mode),
-                        mm_pid: self.known_owner(mm),
+                        mm_pid: self.wait_mm_pid(st, mm),
                     },
                 );
                 alerts.extend(self.apply(&ev));

@@ -212,3 +212,35 @@ fn a_streamed_slow_acquisition_implies_its_start() {
         .and_then(|t| t.holds.get(&Addr(0xa)).copied());
     assert_eq!(hold.map(|h| h.mode), Some(LockMode::Write));
 }
+
+#[test]
+fn a_waiter_on_another_process_mm_leaves_that_mm_its_owners() {
+    let mut feed = feed();
+    // Process 20 (tids 5, 6) reads process 10's /proc/PID/cmdline behind 10's writer (tid 12):
+    // met first (lower tids), it must not make 0xa process 20's.
+    let foreign = |tid_wait: u64| {
+        let mut st = state(20, Some((0xa, mode::READ, tid_wait)), &[]);
+        st.wait_mm_tgid = 10;
+        st
+    };
+    let snap = [
+        (5, foreign(200 * MS)),
+        (6, foreign(210 * MS)),
+        (11, state(10, None, &[(0xa, mode::READ, 0)])),
+        (12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[])),
+    ];
+    feed.on_snapshot(&snap, 1_500 * MS, 0);
+    let owner = feed
+        .engine()
+        .model()
+        .mm_locks
+        .get(&Addr(0xa))
+        .and_then(|l| l.owner_pid);
+    assert_eq!(
+        owner,
+        Some(10),
+        "the mm of the process whose threads own it"
+    );
+    // A waiter on its own mm says so with MM_OWN (0): the default of the state above.
+    assert_eq!(state(10, None, &[]).wait_mm_tgid, tracer_common::MM_OWN);
+}
