@@ -1,6 +1,6 @@
 //! The commands: thin wiring of the layers. `agent` (live graph, alerts, API), `record` (every
 //! event into a trace file), `replay` (a trace through the detectors), `diagnose` (a one-shot
-//! look at an already-hung host), `single` (one agent per host), and `stop_requests` (counting SIGTERM and SIGINT). `check` is
+//! look at an already-hung host), and `single` (one agent per host). `check` is
 //! `kernel::check`.
 
 pub mod agent;
@@ -8,4 +8,3 @@ pub mod diagnose;
 pub mod record;
 pub mod replay;
 pub mod single;
-pub mod stop_requests;

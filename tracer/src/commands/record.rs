@@ -16,10 +16,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::Counter;
 
 use crate::{
-    commands::stop_requests::StopRequests,
     core::event::{Event, EventKind},
     kernel::decode::{DecodeError, Decoded},
     kernel::probes::{ProbeOptions, Probes},
+    kernel::stop_requests::StopRequests,
     kernel::stream::{EventStream, MAX_BATCH},
     sinks::trace_file::{self as file, TraceFile},
 };

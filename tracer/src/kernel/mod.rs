@@ -12,7 +12,8 @@
 //! - host facts about processes: `procfs`, their cgroup and workload (`cgroup_ids`,
 //!   `workload`, cached by `pidcache`; pod names from the kubelet's log directories in `pods`),
 //!   and whether they are in the agent's scope (`scope`);
-//! - `peer`: who answers on the agent's Unix socket (peer credentials, executable).
+//! - `peer`: who answers on the agent's Unix socket (peer credentials, executable);
+//! - `stop_requests`: SIGTERM and SIGINT counted by a handler of our own.
 
 pub mod cgroup_ids;
 pub mod check;
@@ -28,5 +29,6 @@ pub mod procfs;
 pub mod reclaim;
 pub mod scope;
 pub mod stats;
+pub mod stop_requests;
 pub mod stream;
 pub mod workload;

@@ -35,7 +35,7 @@ use anyhow::{Context as _, Result};
 use tracer_common::Counter;
 
 use crate::{
-    commands::{single, stop_requests::StopRequests},
+    commands::single,
     core::detect::Thresholds,
     kernel::decode::{DecodeError, Decoded},
     kernel::live::{monotonic_ns, LiveFeed},
@@ -44,6 +44,7 @@ use crate::{
     kernel::reclaim::TaskEntryReclaimer,
     kernel::scope::{Scope, ScopeFilter},
     kernel::stats::{self, Summary},
+    kernel::stop_requests::StopRequests,
     kernel::stream::EventStream,
     sinks::{
         agent_view::Agent, alerts::AlertSink, http, metrics::SeriesMemory, unix_api::UnixApi, web,

@@ -57,7 +57,7 @@ pub struct Drained {
 /// finds the buffer empty, the bound is reached, or `interrupted` says a second stop request
 /// came, whichever first. `interrupted` is asked before each batch, so a second signal never
 /// waits for more than one batch. Synchronous: the drain is all work and no waiting, and the
-/// signal is counted by a handler of its own (`commands::stop_requests`).
+/// signal is counted by a handler of its own (`kernel::stop_requests`).
 pub fn drain(
     mut batch: impl FnMut() -> usize,
     bound: DrainBound,
