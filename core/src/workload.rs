@@ -245,6 +245,42 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// The mount points of the cgroup2 mounts rooted at the reader's cgroup namespace root: the
+/// kernel shows a cgroup mount's root (field 4 of mountinfo) relative to the reader's namespace,
+/// so `/` is that root and a host tree seen from a private namespace shows `/..`.
+pub fn cgroup2_ns_root_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut fields = left.split_whitespace();
+            let root = fields.nth(3)?;
+            (root == "/").then(|| fields.next().map(PathBuf::from))?
+        })
+        .collect()
+}
+
+/// A path of `/proc/PID/cgroup`, which the kernel gives relative to the reader's cgroup
+/// namespace root (`/../kubepods.slice/...` for a cgroup outside it), as a path of the host's
+/// tree, given where that namespace root sits in it (`/` outside any private namespace).
+/// `None` when the path climbs above the host's root (a wrong `ns_root`).
+pub fn rebase_cgroup_path(ns_root: &str, rel: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in ns_root.split('/').chain(rel.split('/')) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            name => parts.push(name),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
 /// A process's cgroup and, when its path follows a known convention, its workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attribution {
@@ -485,5 +521,40 @@ mod tests {
         );
         assert_eq!(Attribution::from_path("/").label(), "host");
         assert_eq!(Attribution::from_path("/x/y").label(), "cgroup:/x/y");
+    }
+    #[test]
+    fn paths_from_a_private_cgroup_namespace_rebase_onto_the_hosts_tree() {
+        let root = "/kubepods.slice/kubepods-besteffort.slice/pod1.slice/cri-containerd-a.scope";
+        assert_eq!(
+            rebase_cgroup_path(
+                root,
+                "/../../../kubepods-burstable.slice/pod2.slice/x.scope"
+            )
+            .as_deref(),
+            Some("/kubepods.slice/kubepods-burstable.slice/pod2.slice/x.scope")
+        );
+        assert_eq!(rebase_cgroup_path(root, "/").as_deref(), Some(root));
+        assert_eq!(
+            rebase_cgroup_path("/", "/system.slice/db.service").as_deref(),
+            Some("/system.slice/db.service")
+        );
+        assert_eq!(
+            rebase_cgroup_path("/a", "/../../b"),
+            None,
+            "above the host's root"
+        );
+    }
+
+    #[test]
+    fn the_cgroup2_mounts_of_the_namespace_root_are_those_with_root_slash() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw
+31 25 0:26 /../../.. /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw
+32 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            cgroup2_ns_root_mounts(mountinfo),
+            vec![PathBuf::from("/sys/fs/cgroup")]
+        );
     }
 }

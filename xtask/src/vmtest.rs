@@ -92,9 +92,16 @@ const NO_KERNEL: [&str; 11] = [
 ];
 
 /// Programs the kernel tests run besides faultline's own, put in the guest with their
-/// libraries: util-linux's setpriv (the privilege tests run faultline as nobody) and
-/// stress-ng (the soak's load).
-const GUEST_PROGRAMS: [&str; 2] = ["/usr/bin/setpriv", "/usr/bin/stress-ng"];
+/// libraries: util-linux's setpriv (the privilege tests run faultline as nobody), its unshare,
+/// mount and mountpoint (the privilege test builds the DaemonSet's container with them; busybox's
+/// differ in options), and stress-ng (the soak's load).
+const GUEST_PROGRAMS: [&str; 5] = [
+    "/usr/bin/setpriv",
+    "/usr/bin/unshare",
+    "/usr/bin/mount",
+    "/usr/bin/mountpoint",
+    "/usr/bin/stress-ng",
+];
 
 /// Kernel modules the tests need, loaded in the guest when the kernel has them as modules.
 /// FUSE: scenarios that hold the mmap_lock through a slow FUSE read. veth: the workload

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::workload::{cgroup2_mount, Attribution};
+use faultline_core::workload::{cgroup2_mount, cgroup2_ns_root_mounts, Attribution};
 
 /// Least time between two walks of the cgroup tree.
 const REWALK: Duration = Duration::from_secs(1);
@@ -119,6 +119,23 @@ pub fn attribute(id: u64) -> Option<Arc<Attribution>> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .resolve(id)
+}
+
+/// Where the agent's cgroup namespace root sits in the host's tree: `/` on the host itself, the
+/// container's cgroup in a private namespace (the DaemonSet). `/proc/PID/cgroup` paths are
+/// relative to that root, so this is what turns them into host paths. Found once, by the inode
+/// of a cgroup2 mount rooted there (a container runtime mounts one on `/sys/fs/cgroup`) looked
+/// up in the host's tree; `None` when no such mount is visible.
+pub fn ns_root() -> Option<&'static str> {
+    static ROOT: OnceLock<Option<String>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        cgroup2_ns_root_mounts(&mountinfo).iter().find_map(|m| {
+            let ino = std::fs::metadata(m).ok()?.ino();
+            attribute(ino).map(|a| a.cgroup.clone())
+        })
+    })
+    .as_deref()
 }
 
 #[cfg(test)]
