@@ -314,7 +314,8 @@ fn daemonset_caps(container: &serde_json::Value) -> String {
 /// read-only under a `/host`-shaped directory, the container's own cgroup2 view (its namespace
 /// root only), read-only BTF and tracefs, a memory /run, a read-only root with the state
 /// directory writable; then uid 0 with only the added capabilities and no new privileges.
-/// It prints /proc/self/cgroup first, so the test can see the namespace is private.
+/// It prints /proc/self/cgroup first, so the test can see the namespace is private. util-linux
+/// is called by path: the VM guests' busybox sh runs its own applets first, whose options differ.
 const CONTAINER_SETUP: &str = r#"
 set -e
 cg2="$FL_CGROUP2"
@@ -334,7 +335,7 @@ done
 /usr/bin/mount -t tmpfs -o size=1m,mode=0755 tmpfs /run
 /usr/bin/mount -o remount,bind,ro /
 echo "container cgroup: $(grep '^0::' /proc/self/cgroup)" >&2
-exec setpriv --no-new-privs --inh-caps="$FL_CAPS" --ambient-caps="$FL_CAPS" \
+exec /usr/bin/setpriv --no-new-privs --inh-caps="$FL_CAPS" --ambient-caps="$FL_CAPS" \
     --bounding-set="$FL_CAPS" "$@"
 "#;
 

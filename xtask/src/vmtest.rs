@@ -93,12 +93,13 @@ const NO_KERNEL: [&str; 11] = [
 
 /// Programs the kernel tests run besides faultline's own, put in the guest with their
 /// libraries: util-linux's setpriv (the privilege tests run faultline as nobody), its unshare,
-/// mount and mountpoint (the privilege test builds the DaemonSet's container with them; busybox's
-/// differ in options), and stress-ng (the soak's load).
-const GUEST_PROGRAMS: [&str; 5] = [
+/// mount, umount and mountpoint (the privilege test builds the DaemonSet's container with them;
+/// busybox's differ in options), and stress-ng (the soak's load).
+const GUEST_PROGRAMS: [&str; 6] = [
     "/usr/bin/setpriv",
     "/usr/bin/unshare",
     "/usr/bin/mount",
+    "/usr/bin/umount",
     "/usr/bin/mountpoint",
     "/usr/bin/stress-ng",
 ];
