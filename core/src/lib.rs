@@ -14,6 +14,8 @@ pub mod engine;
 pub mod event;
 pub mod exposure;
 pub mod graph;
+pub mod kallsyms;
+pub mod lock_profile;
 pub mod model;
 pub mod trace;
 pub mod views;

@@ -9,6 +9,7 @@
 mod churn;
 mod cross_deadlock;
 mod deadlock;
+mod dir_churn;
 mod file_writers;
 mod loops;
 mod monitor_deadlock;
@@ -190,6 +191,17 @@ enum Scenario {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// T threads creating and unlinking files in one tmpfs directory for a while: waits on the
+    /// directory inode's rwsem (a lock inside a slab object).
+    DirChurn {
+        #[arg(long, default_value_t = 4)]
+        threads: u32,
+        /// Directories the threads spread over (each its own lock).
+        #[arg(long, default_value_t = 1)]
+        dirs: u32,
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+    },
     /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
     ForeignRead {
         #[arg(long, default_value_t = 100)]
@@ -214,6 +226,11 @@ fn main() {
             linger_ms,
         } => fault_in(pages, threads, linger_ms),
         Scenario::Storm { count, threads } => storm(count, threads),
+        Scenario::DirChurn {
+            threads,
+            dirs,
+            millis,
+        } => dir_churn::dir_churn(threads, dirs, millis),
         Scenario::Syscalls { kind, millis } => syscalls(kind, millis),
         Scenario::UffdIdle { linger_ms } => uffd_idle(linger_ms),
         Scenario::FileWriters { mib, fresh_source } => file_writers(mib, fresh_source),

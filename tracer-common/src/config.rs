@@ -26,6 +26,11 @@ pub mod config_flags {
     pub const MMAP_LOCK_HOOKS: u32 = 1 << 1;
     /// Full mode: user faults are hooked and every fault is counted per process.
     pub const PER_FAULT: u32 = 1 << 2;
+    /// The lock-contention profile keys its aggregates by task too (`faultline contention -t`).
+    pub const PROFILE_BY_TASK: u32 = 1 << 3;
+    /// The lock-contention profile is off (`--profile off`): no stack is taken, nothing is
+    /// aggregated.
+    pub const PROFILE_OFF: u32 = 1 << 4;
 }
 
 /// Kernel struct offsets read from BTF at start-up and set as globals before load; zero means

@@ -6,7 +6,7 @@
 //!
 //! By topic: `event` (ring-buffer records), `state` (per-task and per-CPU kernel state),
 //! `config` (what the loader tells the programs), `stats` (counters and histograms), `diag`
-//! (diagnose iterators), `lock` and `uffd` (lock types, userfaultfd ops), `names` (map and
+//! (diagnose iterators), `profile` (the in-kernel lock-contention profile), `lock` and `uffd` (lock types, userfaultfd ops), `names` (map and
 //! program names and capacities both sides use).
 #![no_std]
 
@@ -15,6 +15,7 @@ pub mod diag;
 pub mod event;
 pub mod lock;
 pub mod names;
+pub mod profile;
 pub mod state;
 pub mod stats;
 pub mod uffd;
@@ -23,6 +24,7 @@ pub use config::*;
 pub use diag::*;
 pub use event::*;
 pub use lock::*;
+pub use profile::*;
 pub use state::*;
 pub use stats::*;
 pub use uffd::*;
@@ -42,4 +44,7 @@ mod user {
     unsafe impl aya::Pod for DiagOffsets {}
     unsafe impl aya::Pod for FdKey {}
     unsafe impl aya::Pod for UffdHandlerKey {}
+    unsafe impl aya::Pod for ProfileKey {}
+    unsafe impl aya::Pod for ProfileValue {}
+    unsafe impl aya::Pod for StackFrames {}
 }

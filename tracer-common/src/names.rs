@@ -21,9 +21,12 @@ pub mod map {
     pub const SPIN_WAIT: &str = "SPIN_WAIT";
     pub const DIAG_UFFD_FDS: &str = "DIAG_UFFD_FDS";
     pub const IOCTL_ON_CPU: &str = "IOCTL_ON_CPU";
+    pub const LOCK_PROFILE: &str = "LOCK_PROFILE";
+    pub const LOCK_STACKS: &str = "LOCK_STACKS";
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -40,6 +43,9 @@ pub mod map {
         SPIN_WAIT,
         DIAG_UFFD_FDS,
         IOCTL_ON_CPU,
+        LOCK_PROFILE,
+        LOCK_STACKS,
+        STACK_SCRATCH,
     ];
 }
 
@@ -107,6 +113,12 @@ pub const PROC_FAULTS_CAPACITY: u32 = 16384;
 pub const UFFD_CAPACITY: u32 = 4096;
 /// `OWNERS`: owners of contended sleeping locks at one time.
 pub const OWNERS_CAPACITY: u32 = 4096;
+/// `LOCK_PROFILE`: (lock, stack, cgroup, type) aggregates at once by default (the loader sizes
+/// it from `--profile-entries`). ~110 bytes each in the kernel: 1.8 MiB.
+pub const LOCK_PROFILE_CAPACITY: u32 = 16384;
+/// `LOCK_STACKS`: distinct waiter stacks by default (`--profile-stacks`). ~180 bytes each:
+/// 1.5 MiB.
+pub const LOCK_STACKS_CAPACITY: u32 = 8192;
 /// `DIAG_UFFD_FDS`: userfaultfd descriptors diagnose passes in.
 pub const DIAG_UFFD_FDS_CAPACITY: u32 = 1024;
 /// Default size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page).

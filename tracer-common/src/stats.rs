@@ -56,8 +56,18 @@ pub enum Counter {
     OwnersFull,
     /// Contended `mmap_lock` waits (the slow path of an `mmap_lock` acquisition).
     MmapLockContended,
+    /// Contended waits aggregated into the lock profile.
+    ProfileWaits,
+    /// `LOCK_PROFILE` was full: a wait was not aggregated (dropped from the profile).
+    ProfileFull,
+    /// The waiter's stack could not be captured: aggregated under `NO_STACK`.
+    ProfileNoStack,
+    /// `LOCK_STACKS` was full: a new stack was not stored, its wait aggregated under `NO_STACK`.
+    ProfileStacksFull,
+    /// Two different stacks had the same hash: the later one's wait went under `NO_STACK`.
+    ProfileStackCollision,
 }
-pub const COUNTER_COUNT: u32 = Counter::MmapLockContended as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::ProfileStackCollision as u32 + 1;
 
 /// Per-CPU `UFFD_ERRORS` is indexed `op * uffd_op::ERRNO_BUCKETS + errno bucket`.
 pub const UFFD_ERROR_SLOTS: u32 = uffd_op::COUNT as u32 * uffd_op::ERRNO_BUCKETS;

@@ -21,11 +21,14 @@
 //! owner's fault while a waiter only spins is not flagged as a fault under a contended lock (a
 //! fault that sleeps ends the spinning, and the waiter's sleep records the owner).
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
+    EbpfContext as _,
 };
 use tracer_common::{
     config_flags, lock_type, mode, names, reason, Counter, EventKind, Histogram, LockWaitEvent,
@@ -33,7 +36,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{count, finish, header, observe, observe_at, offsets, output, read_at},
+    lock_profile,
+    maps::{config, count, finish, header, observe, observe_at, offsets, output, read_at},
     task::{existing_state, mm_owner, own_mm, record_flag, task_state, task_tid, traced},
 };
 
@@ -67,7 +71,7 @@ pub fn contention_begin_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "contention_end")]
 pub fn contention_end_btf(ctx: BtfTracePointContext) -> i32 {
-    finish(on_end(ctx.arg(0), ctx.arg(1)));
+    finish(on_end(ctx.as_ptr(), ctx.arg(0), ctx.arg(1)));
     0
 }
 
@@ -216,11 +220,18 @@ fn spin_begin(lock: u64, t: u8, now: u64, tid: u32, owner: u32) {
     }
 }
 
-/// The end of a spinning wait on this CPU: its histogram; a mutex spin as long as the wait
-/// threshold is streamed as a slow wait (with the owner read when it began).
-fn spin_end(spin: SpinWait, lock: u64, ret: i32, now: u64) -> Result<(), Counter> {
+/// The end of a spinning wait on this CPU: its histogram and its profile entry; a mutex spin as
+/// long as the wait threshold is streamed as a slow wait (with the owner read when it began).
+fn spin_end(
+    ctx: *mut c_void,
+    spin: SpinWait,
+    lock: u64,
+    ret: i32,
+    now: u64,
+) -> Result<(), Counter> {
     let waited = now - spin.since_ns;
     observe_at(HIST_LOCK_BASE + spin.lock_type as u32, waited);
+    lock_profile::record(ctx, &config()?, lock, spin.lock_type, waited, spin.owner, 0);
     if spin.tid == 0 {
         return Ok(());
     }
@@ -243,7 +254,7 @@ fn spin_end(spin: SpinWait, lock: u64, ret: i32, now: u64) -> Result<(), Counter
     })
 }
 
-fn on_end(lock: u64, ret: i32) -> Result<(), Counter> {
+fn on_end(ctx: *mut c_void, lock: u64, ret: i32) -> Result<(), Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = SPIN_WAIT.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
@@ -251,10 +262,10 @@ fn on_end(lock: u64, ret: i32) -> Result<(), Counter> {
         if spin.lock == lock && spin.lock != 0 {
             let done = *spin;
             spin.lock = 0;
-            return spin_end(done, lock, ret, now);
+            return spin_end(ctx, done, lock, ret, now);
         }
     }
-    let Some((cfg, tid, _)) = traced()? else {
+    let Some((cfg, tid, tgid)) = traced()? else {
         return Ok(());
     };
     let Some(state) = existing_state(tid) else {
@@ -293,7 +304,21 @@ fn on_end(lock: u64, ret: i32) -> Result<(), Counter> {
     let owner = state.lock_owner;
     let reader_hint = state.lock_owner_reader != 0;
     let t = state.lock_type;
+    let mm_tgid = match (mm, state.wait_mm_tgid) {
+        (0, _) => 0,
+        (_, MM_OWN) => tgid,
+        (_, other) => other,
+    };
     state.lock = 0;
+    lock_profile::record(
+        ctx,
+        &cfg,
+        lock,
+        t,
+        waited,
+        if reader_hint { 0 } else { owner },
+        mm_tgid,
+    );
     if owner != 0 && !reader_hint {
         // SAFETY: a plain read of a map value.
         if unsafe { OWNERS.get(owner) }.is_some_and(|l| *l == lock) {

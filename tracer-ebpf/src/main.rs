@@ -2,7 +2,7 @@
 //! maps and the cleanup of those maps, over shared helpers (`maps`: shared maps, counting,
 //! histograms, output; `task`: per-task state and what a task or mm pointer names).
 //!
-//! Families and who depends on whom (no cycles): `contention` ← `faults` ← `mmap_lock`,
+//! Families and who depends on whom (no cycles): `lock_profile` ← `contention` ← `faults` ← `mmap_lock`,
 //! `faults` ← `uffd`, and `exit` calls each family's cleanup. `diag` holds the diagnose
 //! iterators and `floor` the benchmark's empty programs; they share nothing.
 //!
@@ -12,12 +12,16 @@
 //! calls a handler returning `Result<(), Counter>`, and `maps::finish` counts the error once.
 #![no_std]
 #![no_main]
+// `lock_profile`'s atomic add (see there); the eBPF build runs under RUSTC_BOOTSTRAP already.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod contention;
 mod diag;
 mod exit;
 mod faults;
 mod floor;
+mod lock_profile;
 mod maps;
 mod mmap_lock;
 mod task;

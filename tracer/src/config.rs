@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 22] = [
+pub const KEYS: [(&str, &str); 25] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -29,6 +29,9 @@ pub const KEYS: [(&str, &str); 22] = [
     ("uffd_ioctl_hooks", "FAULTLINE_UFFD_IOCTL_HOOKS"),
     ("record", "FAULTLINE_RECORD"),
     ("expose_addresses", "FAULTLINE_EXPOSE_ADDRESSES"),
+    ("profile_entries", "FAULTLINE_PROFILE_ENTRIES"),
+    ("profile_stacks", "FAULTLINE_PROFILE_STACKS"),
+    ("no_lock_profile", "FAULTLINE_NO_LOCK_PROFILE"),
 ];
 
 #[derive(Debug, thiserror::Error)]

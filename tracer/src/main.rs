@@ -4,12 +4,14 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use tracer::{
     commands::agent::{self, AgentOptions},
+    commands::contention,
     commands::diagnose::agent::AgentAt,
     commands::record::{self, RecordOptions},
     commands::replay,
     core::detect::Thresholds,
+    core::lock_profile::{self, Filter, GroupBy},
     kernel::check,
-    kernel::probes::{AttachMode, Detail, IoctlHooks, ProbeOptions},
+    kernel::probes::{AttachMode, Detail, IoctlHooks, ProbeOptions, ProfileOptions},
     sinks::report,
 };
 
@@ -34,6 +36,9 @@ enum Command {
     Record(RecordArgs),
     /// Replay a trace file through the detectors and explain what they find.
     Replay(ReplayArgs),
+    /// Profile kernel lock contention for a while, then print which locks were waited on, from
+    /// where and for how long (like `perf lock contention`, without perf.data or an agent).
+    Contention(ContentionArgs),
     /// Explain hung tasks now: who is blocked, on what, behind whom, and the root holder.
     /// Works without a running agent; asks it for mmap_lock read holders when one answers.
     Diagnose(DiagnoseArgs),
@@ -82,6 +87,17 @@ struct ProbeArgs {
     /// Size of the event ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = tracer_common::names::EVENTS_BYTES, value_parser = parse_ring_size, env = "FAULTLINE_RING_BUFFER_SIZE")]
     ring_buffer_size: u32,
+    /// Aggregates the in-kernel lock-contention profile keeps (lock x waiter stack x cgroup x
+    /// type; ~110 bytes each). Past it, waits of new ones are dropped and counted.
+    #[arg(long, default_value_t = tracer_common::names::LOCK_PROFILE_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576), env = "FAULTLINE_PROFILE_ENTRIES")]
+    profile_entries: u32,
+    /// Distinct waiter stacks the profile keeps (~180 bytes each). Past it, waits with a new
+    /// stack are kept without their stack, and counted.
+    #[arg(long, default_value_t = tracer_common::names::LOCK_STACKS_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576), env = "FAULTLINE_PROFILE_STACKS")]
+    profile_stacks: u32,
+    /// Do not keep the in-kernel lock-contention profile: contended waits take no stack.
+    #[arg(long, env = "FAULTLINE_NO_LOCK_PROFILE")]
+    no_lock_profile: bool,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -106,6 +122,12 @@ impl ProbeArgs {
             extras: !self.mmap_lock_only,
             ring_bytes: self.ring_buffer_size,
             uffd_ioctls: self.uffd_ioctl_hooks,
+            profile: ProfileOptions {
+                enabled: !self.no_lock_profile,
+                by_task: false,
+                entries: self.profile_entries,
+                stacks: self.profile_stacks,
+            },
         }
     }
 }
@@ -268,6 +290,64 @@ impl ReplayArgs {
     }
 }
 
+#[derive(Args)]
+struct ContentionArgs {
+    /// How long to profile (e.g. 10s); until Ctrl-C or SIGTERM without it.
+    #[arg(short = 'd', long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// One row per waiting task (pid comm) instead of per caller.
+    #[arg(short = 't', long = "threads", conflicts_with_all = ["lock_addr", "by_cgroup"])]
+    threads: bool,
+    /// One row per lock (its address and name) instead of per caller.
+    #[arg(short = 'l', long = "lock-addr", conflicts_with = "by_cgroup")]
+    lock_addr: bool,
+    /// One row per cgroup (its workload: systemd unit, container, pod).
+    #[arg(long)]
+    by_cgroup: bool,
+    /// Only these lock types (comma-separated): mutex, rwsem, rwsem:R, rwsem:W, spinlock,
+    /// rwlock, rwlock:R, rwlock:W, other.
+    #[arg(short = 'Y', long = "type-filter", value_delimiter = ',')]
+    types: Vec<String>,
+    /// Only locks whose name contains one of these, or at one of these addresses (hex).
+    #[arg(short = 'L', long = "lock-filter", value_delimiter = ',')]
+    locks: Vec<String>,
+    /// Only waits whose stack has a frame containing this.
+    #[arg(short = 'S', long = "callstack-filter")]
+    callstack: Option<String>,
+    /// Only waits of these processes (comma-separated pids).
+    #[arg(short = 'p', long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Print this many rows at most (the heaviest by total wait).
+    #[arg(short = 'E', long = "top", default_value_t = 20)]
+    top: usize,
+    /// Print each row's heaviest waiter stack under it.
+    #[arg(long)]
+    stacks: bool,
+    /// Print JSON (rows, drops, duration) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Aggregates the kernel keeps (see `agent --profile-entries`).
+    #[arg(long, default_value_t = tracer_common::names::LOCK_PROFILE_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    profile_entries: u32,
+    /// Distinct stacks the kernel keeps (see `agent --profile-stacks`).
+    #[arg(long, default_value_t = tracer_common::names::LOCK_STACKS_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    profile_stacks: u32,
+}
+
+impl ContentionArgs {
+    fn group(&self) -> GroupBy {
+        if self.threads {
+            GroupBy::Task
+        } else if self.lock_addr {
+            GroupBy::Lock
+        } else if self.by_cgroup {
+            GroupBy::Cgroup
+        } else {
+            GroupBy::Caller
+        }
+    }
+}
+
 /// The agent's config file, applied before the command line is parsed (see `config`).
 fn faultline_config(args: &[std::ffi::OsString]) -> Result<(), tracer::config::ConfigError> {
     let is_agent = args.get(1).is_some_and(|a| a == "agent");
@@ -354,6 +434,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     writeln!(out)
                 } else {
                     replay::print_text(&report, out)
+                }
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contention(c) => {
+            let group = c.group();
+            let measured = contention::run(contention::ContentionOptions {
+                probes: ProbeOptions {
+                    profile: ProfileOptions {
+                        entries: c.profile_entries,
+                        stacks: c.profile_stacks,
+                        ..ProfileOptions::default()
+                    },
+                    ..ProbeOptions::default()
+                },
+                duration: c.duration,
+                group,
+                filter: Filter {
+                    types: c.types.clone(),
+                    locks: c.locks.clone(),
+                    stack_contains: c.callstack.clone(),
+                    pids: c.pids.clone(),
+                },
+            })
+            .await?;
+            let profile = &measured.profile;
+            let mut rows = profile.rows(group);
+            rows.truncate(c.top);
+            to_stdout(|out| {
+                if c.json {
+                    let doc = serde_json::json!({
+                        "duration_s": measured.elapsed.as_secs_f64(),
+                        "contended": profile.contended(),
+                        "total_wait_ns": profile.total_ns(),
+                        "rows": rows,
+                        "drops": profile.drops,
+                    });
+                    serde_json::to_writer_pretty(&mut *out, &doc)?;
+                    writeln!(out)
+                } else {
+                    write!(
+                        out,
+                        "{}",
+                        lock_profile::render_table(&rows, group, c.stacks, &profile.drops)
+                    )
                 }
             })?;
             Ok(ExitCode::SUCCESS)

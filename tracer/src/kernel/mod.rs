@@ -1,7 +1,7 @@
 //! Kernel adapters:
 //! - `probes`: the plan (detail mode × kernel features), then one load and one attach; one
-//!   module per probe family in `probes::families` (`exit`, `mmap_lock`, `contention`,
-//!   `faults`, `uffd`, `diag`), mirroring `tracer-ebpf`'s;
+//!   module per probe family in `probes::families` (`exit`, `mmap_lock`, `contention` and
+//!   its `lock_profile`, `faults`, `uffd`, `diag`), mirroring `tracer-ebpf`'s;
 //! - `decode`: ring-buffer records into core events (each family decodes its own);
 //! - `stream`: the ring-buffer stream; `stats`: kernel aggregates;
 //! - `reclaim`: per-task entries that outlive their task;
@@ -12,6 +12,7 @@
 //! - host facts about processes: `procfs`, their cgroup and workload (`cgroup_ids`,
 //!   `workload`, cached by `pidcache`; pod names from the kubelet's log directories in `pods`),
 //!   and whether they are in the agent's scope (`scope`);
+//! - `lock_names`: the lock-contention profile's locks, frames and tasks named;
 //! - `peer`: who answers on the agent's Unix socket (peer credentials, executable);
 //! - `stop_requests`: SIGTERM and SIGINT counted by a handler of our own.
 
@@ -20,6 +21,7 @@ pub mod check;
 pub mod decode;
 pub mod features;
 pub mod live;
+pub mod lock_names;
 pub mod peer;
 pub mod pidcache;
 pub mod pods;

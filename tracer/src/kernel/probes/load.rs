@@ -65,6 +65,8 @@ impl Probes {
             .override_global(global::DIAG_OFFSETS, &diag_offsets, true)
             .map_max_entries(map::TASK_STATE, opts.max_tasks)
             .map_max_entries(map::EVENTS, opts.ring_bytes)
+            .map_max_entries(map::LOCK_PROFILE, opts.profile.entries)
+            .map_max_entries(map::LOCK_STACKS, opts.profile.stacks)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::load)?;
         let btf = attach::kernel_btf()?;

@@ -46,7 +46,7 @@ pub fn per_cpu_sums(ebpf: &Ebpf, name: &'static str, len: u32) -> Result<Vec<u64
 /// A second handle on a per-CPU array of the object, owned: readable while the `Probes` are
 /// borrowed elsewhere (under the agent's lock), as the kernel's own updates are per CPU and a
 /// read is a copy.
-fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+pub(super) fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map, ProbeError> {
     // A duplicate of the descriptor, not a reopen by id: BPF_MAP_GET_FD_BY_ID needs
     // CAP_SYS_ADMIN, which the shipped unit and DaemonSet do not grant (the agent failed to
     // start under them); dup(2) needs nothing.
@@ -63,6 +63,7 @@ fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<Map, ProbeError> {
     match ebpf.map(name) {
         Some(Map::PerCpuArray(data)) => Ok(Map::PerCpuArray(again(data)?)),
         Some(Map::PerCpuHashMap(data)) => Ok(Map::PerCpuHashMap(again(data)?)),
+        Some(Map::HashMap(data)) => Ok(Map::HashMap(again(data)?)),
         _ => Err(ProbeError::MissingMap(name)),
     }
 }

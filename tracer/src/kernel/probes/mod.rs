@@ -40,7 +40,7 @@ pub use self::{
     families::Coverage,
     floor::Floor,
     maps::{Aggregates, Counters},
-    plan::{config_for, AttachMode, Detail, Plan, ProbeOptions},
+    plan::{config_for, AttachMode, Detail, Plan, ProbeOptions, ProfileOptions},
     prune::Pruned,
     uffd_gate::{IoctlHooks, Scan as UffdScan, UffdFile},
 };

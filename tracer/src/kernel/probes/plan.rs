@@ -124,6 +124,33 @@ pub struct ProbeOptions {
     /// When the userfaultfd ioctl hooks (syscall tracepoints) are attached. Gating needs
     /// someone to call `Probes::scan_uffds` periodically: the agent does, at each snapshot.
     pub uffd_ioctls: IoctlHooks,
+    /// The in-kernel lock-contention profile.
+    pub profile: ProfileOptions,
+}
+
+/// What the in-kernel lock-contention profile keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileOptions {
+    /// Off: contended waits take no stack and are not aggregated.
+    pub enabled: bool,
+    /// Key aggregates by waiting task too (the one-shot CLI's `-t`; too many entries for an
+    /// always-on agent).
+    pub by_task: bool,
+    /// Capacity of the aggregate table (`LOCK_PROFILE`).
+    pub entries: u32,
+    /// Capacity of the stack table (`LOCK_STACKS`).
+    pub stacks: u32,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            by_task: false,
+            entries: names::LOCK_PROFILE_CAPACITY,
+            stacks: names::LOCK_STACKS_CAPACITY,
+        }
+    }
 }
 
 impl Default for ProbeOptions {
@@ -139,6 +166,7 @@ impl Default for ProbeOptions {
             ring_bytes: names::EVENTS_BYTES,
             // Without a caller of `scan_uffds`, gated hooks would never attach.
             uffd_ioctls: IoctlHooks::Always,
+            profile: ProfileOptions::default(),
         }
     }
 }
@@ -221,6 +249,16 @@ pub fn config_for(opts: &ProbeOptions, detail: Detail) -> Config {
         flags: detail.config_flags()
             | if opts.record_all {
                 config_flags::RECORD_ALL
+            } else {
+                0
+            }
+            | if opts.profile.enabled {
+                0
+            } else {
+                config_flags::PROFILE_OFF
+            }
+            | if opts.profile.by_task {
+                config_flags::PROFILE_BY_TASK
             } else {
                 0
             },

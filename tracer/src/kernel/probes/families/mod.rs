@@ -1,5 +1,5 @@
 //! The probe families, one module each, mirroring `tracer-ebpf/src/`: `exit`, `mmap_lock`,
-//! `contention`, `faults`, `uffd`, and `diag` (the BPF iterators). Each owns its programs and
+//! `contention` (with its `lock_profile`), `faults`, `uffd`, and `diag` (the BPF iterators). Each owns its programs and
 //! where they attach, typed access to its maps, the decoder of its ring-buffer records and what
 //! faultline gives up when it is missing. The plan (`super::plan`) decides which of them load.
 //!
@@ -11,6 +11,7 @@ pub mod contention;
 pub mod diag;
 pub mod exit;
 pub mod faults;
+pub mod lock_profile;
 pub mod mmap_lock;
 pub mod uffd;
 

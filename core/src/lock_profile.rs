@@ -1,0 +1,530 @@
+//! The kernel lock-contention profile, resolved: each aggregate of the kernel's
+//! (lock, waiter stack, cgroup, type) table with its lock named as far as the kernel allows,
+//! its stack symbolised, and what was dropped on the way. Grouping, filtering and the
+//! `perf lock contention`-style table live here; reading the maps and naming live in `tracer`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::event::LockType;
+
+impl LockType {
+    /// The name used in tables, labels and filters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mutex => "mutex",
+            Self::RwsemRead => "rwsem:R",
+            Self::RwsemWrite => "rwsem:W",
+            Self::Spinlock => "spinlock",
+            Self::RwlockRead => "rwlock:R",
+            Self::RwlockWrite => "rwlock:W",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// How a lock's name is known, strongest first. Never invented: what cannot be named says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Naming {
+    /// `mmap_lock of PID (comm)`: the lock's address is that process's `mm->mmap_lock`.
+    MmapLock,
+    /// A static lock's data symbol (`CONFIG_KALLSYMS_ALL` kernels).
+    Symbol,
+    /// The contending caller's function (the first frame outside the locking functions):
+    /// names where the lock is taken, not the lock.
+    Caller,
+    /// Nothing names it: the raw address (only the local CLI shows it).
+    Unnamed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LockName {
+    pub name: String,
+    pub naming: Naming,
+}
+
+impl LockName {
+    /// The label form: a caller is marked as one, so it is never read as the lock's own name.
+    pub fn label(&self) -> String {
+        match self.naming {
+            Naming::Caller => format!("caller:{}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// One aggregate of the kernel's table, resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    /// The lock's kernel address (the local CLI's `-l` and `--lock`; never exported by the
+    /// agent).
+    pub lock: u64,
+    pub lock_name: LockName,
+    pub lock_type: LockType,
+    /// The waiter's kernel stack, symbolised, leaf first, from the contending caller on (the
+    /// locking functions and the tracing trampoline above it are left out); empty when the
+    /// kernel could not give it.
+    pub stack: Vec<String>,
+    /// The waiter's cgroup path and workload label, when resolved.
+    pub cgroup: Option<String>,
+    pub workload: Option<String>,
+    /// The waiting task (`-t`), when the profile was keyed by task.
+    pub task: Option<Task>,
+    /// The lock's owner at the last wait (mutexes, write-held rwsems).
+    pub owner: Option<Task>,
+    pub contended: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Task {
+    pub tid: u32,
+    /// Its process, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+/// What the kernel side could not aggregate or attribute, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// Contended waits the profile saw.
+    pub waits: u64,
+    /// Waits of a new key dropped because the table was full.
+    pub table_full: u64,
+    /// Waits whose stack could not be captured (kept, under no stack).
+    pub no_stack: u64,
+    /// Waits whose new stack found the stack table full (kept, under no stack).
+    pub stacks_full: u64,
+    /// Waits whose stack hash named a different stored stack (kept, under no stack).
+    pub stack_collisions: u64,
+}
+
+impl Drops {
+    pub fn any(&self) -> bool {
+        self.table_full + self.no_stack + self.stacks_full + self.stack_collisions > 0
+    }
+
+    /// One line per non-zero cause, for text output and profile comments.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut say = |n: u64, what: &str| {
+            if n > 0 {
+                out.push(format!("{n} of {} waits {what}", self.waits));
+            }
+        };
+        say(
+            self.table_full,
+            "dropped: the profile table was full (raise --profile-entries)",
+        );
+        say(
+            self.no_stack,
+            "without a stack: the kernel did not give one",
+        );
+        say(
+            self.stacks_full,
+            "without a stack: the stack table was full (raise --profile-stacks)",
+        );
+        say(
+            self.stack_collisions,
+            "without a stack: their stack's hash named another stack",
+        );
+        out
+    }
+
+    /// What happened between `earlier` and `self` (counters only go up).
+    pub fn since(&self, earlier: &Drops) -> Drops {
+        Drops {
+            waits: self.waits.saturating_sub(earlier.waits),
+            table_full: self.table_full.saturating_sub(earlier.table_full),
+            no_stack: self.no_stack.saturating_sub(earlier.no_stack),
+            stacks_full: self.stacks_full.saturating_sub(earlier.stacks_full),
+            stack_collisions: self
+                .stack_collisions
+                .saturating_sub(earlier.stack_collisions),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Profile {
+    pub samples: Vec<Sample>,
+    pub drops: Drops,
+}
+
+/// How rows are grouped (perf lock contention: caller by default, `-t` task, `-l` lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Caller,
+    Task,
+    Lock,
+    Cgroup,
+}
+
+/// Which samples count.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Lock types by name (`mutex`, `rwsem`, `rwsem:R`, `spinlock`, ...); empty: all.
+    pub types: Vec<String>,
+    /// Substrings of the lock's name, or its address in hex.
+    pub locks: Vec<String>,
+    /// A substring any frame of the stack must contain.
+    pub stack_contains: Option<String>,
+    /// Waiting processes (needs a profile keyed by task).
+    pub pids: Vec<u32>,
+}
+
+impl Filter {
+    pub fn admits(&self, s: &Sample) -> bool {
+        let t = s.lock_type.name();
+        (self.types.is_empty()
+            || self
+                .types
+                .iter()
+                .any(|want| t == want || t.split(':').next() == Some(want.as_str())))
+            && (self.locks.is_empty()
+                || self.locks.iter().any(|l| {
+                    s.lock_name.name.contains(l.as_str())
+                        || u64::from_str_radix(l.trim_start_matches("0x"), 16) == Ok(s.lock)
+                }))
+            && self
+                .stack_contains
+                .as_ref()
+                .is_none_or(|sub| s.stack.iter().any(|f| f.contains(sub.as_str())))
+            && (self.pids.is_empty()
+                || s.task
+                    .as_ref()
+                    .and_then(|t| t.pid)
+                    .is_some_and(|p| self.pids.contains(&p)))
+    }
+}
+
+/// A row of the table: the samples of one group added up.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    /// What the group is: the caller, `tid comm`, the lock's name, or the cgroup.
+    pub key: String,
+    /// The lock types seen in the group, joined by `,`.
+    #[serde(rename = "type")]
+    pub lock_type: String,
+    pub contended: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub avg_ns: u64,
+    /// The group's heaviest stack.
+    pub stack: Vec<String>,
+    /// The lock's name and how it is known (by-lock rows; else the heaviest lock of the group).
+    pub lock: LockName,
+}
+
+impl Profile {
+    pub fn filtered(&self, f: &Filter) -> Profile {
+        Profile {
+            samples: self
+                .samples
+                .iter()
+                .filter(|s| f.admits(s))
+                .cloned()
+                .collect(),
+            drops: self.drops,
+        }
+    }
+
+    pub fn total_ns(&self) -> u64 {
+        self.samples.iter().map(|s| s.total_ns).sum()
+    }
+
+    pub fn contended(&self) -> u64 {
+        self.samples.iter().map(|s| s.contended).sum()
+    }
+
+    /// Rows grouped `by`, heaviest total wait first.
+    pub fn rows(&self, by: GroupBy) -> Vec<Row> {
+        let mut groups: BTreeMap<String, Vec<&Sample>> = BTreeMap::new();
+        for s in &self.samples {
+            let key = match by {
+                GroupBy::Caller => s
+                    .stack
+                    .first()
+                    .map(|f| strip_offset(f).to_owned())
+                    .unwrap_or_else(|| "(no stack)".into()),
+                GroupBy::Task => s.task.as_ref().map_or_else(
+                    || "(all tasks)".into(),
+                    |t| format!("{} {}", t.tid, t.comm.as_deref().unwrap_or("?")),
+                ),
+                GroupBy::Lock => match s.lock_name.naming {
+                    Naming::Unnamed | Naming::Caller => {
+                        format!("{:#x} ({})", s.lock, s.lock_name.label())
+                    }
+                    _ => s.lock_name.name.clone(),
+                },
+                GroupBy::Cgroup => s
+                    .workload
+                    .clone()
+                    .or_else(|| s.cgroup.clone())
+                    .unwrap_or_else(|| "(unknown)".into()),
+            };
+            groups.entry(key).or_default().push(s);
+        }
+        let mut rows: Vec<Row> = groups
+            .into_iter()
+            .map(|(key, ss)| {
+                let contended: u64 = ss.iter().map(|s| s.contended).sum();
+                let total_ns: u64 = ss.iter().map(|s| s.total_ns).sum();
+                let heaviest = ss
+                    .iter()
+                    .max_by_key(|s| s.total_ns)
+                    .expect("a group has a sample");
+                let mut types: Vec<&str> = ss.iter().map(|s| s.lock_type.name()).collect();
+                types.sort_unstable();
+                types.dedup();
+                Row {
+                    key,
+                    lock_type: types.join(","),
+                    contended,
+                    total_ns,
+                    max_ns: ss.iter().map(|s| s.max_ns).max().unwrap_or(0),
+                    avg_ns: total_ns.checked_div(contended).unwrap_or(0),
+                    stack: heaviest.stack.clone(),
+                    lock: heaviest.lock_name.clone(),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.key.cmp(&b.key)));
+        rows
+    }
+}
+
+fn strip_offset(frame: &str) -> &str {
+    frame.split('+').next().unwrap_or(frame)
+}
+
+/// Nanoseconds as perf prints them: `12.34 us`, `1.20 ms`, `3.00 s`.
+pub fn human_ns(ns: u64) -> String {
+    let f = ns as f64;
+    if ns < 1_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        format!("{:.2} us", f / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2} ms", f / 1e6)
+    } else {
+        format!("{:.2} s", f / 1e9)
+    }
+}
+
+/// The text table: `contended  total wait  max wait  avg wait  type  <key>  name`, the stacks
+/// under each row with `stacks`, then what was dropped.
+pub fn render_table(rows: &[Row], by: GroupBy, stacks: bool, drops: &Drops) -> String {
+    let key_title = match by {
+        GroupBy::Caller => "caller",
+        GroupBy::Task => "pid comm",
+        GroupBy::Lock => "lock",
+        GroupBy::Cgroup => "cgroup",
+    };
+    let mut out = format!(
+        "{:>10} {:>12} {:>12} {:>12} {:>18}   {:<32} {}\n\n",
+        "contended", "total wait", "max wait", "avg wait", "type", key_title, "name"
+    );
+    for r in rows {
+        let name = match by {
+            GroupBy::Lock => match r.lock.naming {
+                Naming::MmapLock => "(mmap_lock)".to_owned(),
+                Naming::Symbol => "(symbol)".to_owned(),
+                Naming::Caller => "(by caller: the lock itself is not named)".to_owned(),
+                Naming::Unnamed => "(unnamed)".to_owned(),
+            },
+            _ => r.lock.label(),
+        };
+        out.push_str(&format!(
+            "{:>10} {:>12} {:>12} {:>12} {:>18}   {:<32} {}\n",
+            r.contended,
+            human_ns(r.total_ns),
+            human_ns(r.max_ns),
+            human_ns(r.avg_ns),
+            r.lock_type,
+            r.key,
+            name
+        ));
+        if stacks {
+            for f in &r.stack {
+                out.push_str(&format!("{:>20}{f}\n", ""));
+            }
+            out.push('\n');
+        }
+    }
+    let lines = drops.lines();
+    if lines.is_empty() {
+        out.push_str(&format!(
+            "\n{} contended waits; nothing dropped\n",
+            drops.waits
+        ));
+    } else {
+        out.push('\n');
+        for l in lines {
+            out.push_str(&format!("dropped: {l}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(
+        lock: u64,
+        name: &str,
+        naming: Naming,
+        t: LockType,
+        stack: &[&str],
+        n: u64,
+        ns: u64,
+    ) -> Sample {
+        Sample {
+            lock,
+            lock_name: LockName {
+                name: name.into(),
+                naming,
+            },
+            lock_type: t,
+            stack: stack.iter().map(|s| s.to_string()).collect(),
+            cgroup: Some("/system.slice/a.service".into()),
+            workload: Some("systemd:a.service".into()),
+            task: None,
+            owner: None,
+            contended: n,
+            total_ns: ns,
+            max_ns: ns / n.max(1) * 2,
+        }
+    }
+
+    fn profile() -> Profile {
+        Profile {
+            samples: vec![
+                sample(
+                    0x10,
+                    "rtnl_lock",
+                    Naming::Caller,
+                    LockType::Mutex,
+                    &["rtnl_lock+0x5", "do_setlink+0x10"],
+                    10,
+                    10_000,
+                ),
+                sample(
+                    0x10,
+                    "rtnl_lock",
+                    Naming::Caller,
+                    LockType::Mutex,
+                    &["rtnl_lock+0x5", "rtnl_newlink+0x30"],
+                    5,
+                    30_000,
+                ),
+                sample(
+                    0x20,
+                    "mmap_lock of 42 (a)",
+                    Naming::MmapLock,
+                    LockType::RwsemRead,
+                    &["lock_mm_and_find_vma+0x1"],
+                    4,
+                    4_000,
+                ),
+            ],
+            drops: Drops {
+                waits: 20,
+                table_full: 1,
+                ..Drops::default()
+            },
+        }
+    }
+
+    #[test]
+    fn rows_add_up_their_samples_heaviest_first() {
+        let p = profile();
+        let rows = p.rows(GroupBy::Caller);
+        assert_eq!(rows[0].key, "rtnl_lock");
+        assert_eq!((rows[0].contended, rows[0].total_ns), (15, 40_000));
+        assert_eq!(rows[0].avg_ns, 2_666);
+        assert_eq!(rows[0].stack[1], "rtnl_newlink+0x30", "the heaviest stack");
+        assert_eq!(rows[1].key, "lock_mm_and_find_vma");
+        let by_lock = p.rows(GroupBy::Lock);
+        assert_eq!(by_lock.len(), 2);
+        assert!(by_lock.iter().any(|r| r.key == "mmap_lock of 42 (a)"));
+        // The totals of every grouping agree.
+        for by in [
+            GroupBy::Caller,
+            GroupBy::Lock,
+            GroupBy::Task,
+            GroupBy::Cgroup,
+        ] {
+            assert_eq!(
+                p.rows(by).iter().map(|r| r.total_ns).sum::<u64>(),
+                p.total_ns()
+            );
+        }
+    }
+
+    #[test]
+    fn filters_by_type_name_stack_and_address() {
+        let p = profile();
+        let only = |f: Filter| p.filtered(&f).samples.len();
+        assert_eq!(
+            only(Filter {
+                types: vec!["rwsem".into()],
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            only(Filter {
+                types: vec!["mutex".into()],
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            only(Filter {
+                locks: vec!["mmap_lock".into()],
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            only(Filter {
+                locks: vec!["0x10".into()],
+                ..Default::default()
+            }),
+            2
+        );
+        assert_eq!(
+            only(Filter {
+                stack_contains: Some("newlink".into()),
+                ..Default::default()
+            }),
+            1
+        );
+        assert_eq!(
+            only(Filter {
+                pids: vec![1],
+                ..Default::default()
+            }),
+            0,
+            "not keyed by task"
+        );
+    }
+
+    #[test]
+    fn the_table_says_what_was_dropped_and_that_a_caller_is_not_the_lock() {
+        let p = profile();
+        let text = render_table(&p.rows(GroupBy::Caller), GroupBy::Caller, true, &p.drops);
+        assert!(text.contains("caller:rtnl_lock"), "{text}");
+        assert!(
+            text.contains("dropped: 1 of 20 waits dropped: the profile table was full"),
+            "{text}"
+        );
+        assert!(text.contains("do_setlink+0x10") || text.contains("rtnl_newlink+0x30"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The kernel lock-contention profile: every contended wait the contention programs see ends in
+//! one aggregate, keyed by lock × waiter kernel stack × cgroup × lock type (× task when asked),
+//! holding count, total and max wait. Stacks are stored once each, under a hash of their
+//! frames; a hash that names two different stacks is detected and counted, never merged.
+
+/// Kernel frames kept per stack, leaf first. Deep enough to pass the locking functions and the
+/// tracing trampoline and reach the contending caller and a few of its callers.
+pub const PROFILE_STACK_DEPTH: usize = 16;
+
+/// `ProfileKey::stack` when the waiter's stack is not known (not captured, its slot full, or a
+/// hash collision): its waits still count, under the lock.
+pub const NO_STACK: u64 = 0;
+
+/// A profile key. `task` is zero unless `config_flags::PROFILE_BY_TASK` asks for it (the
+/// one-shot `faultline contention -t`): an always-on agent would multiply its entries by tasks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProfileKey {
+    /// The lock's kernel address.
+    pub lock: u64,
+    /// The hash of the waiter's stack in `LOCK_STACKS`, or `NO_STACK`.
+    pub stack: u64,
+    /// The waiter's cgroup v2 id.
+    pub cgroup: u64,
+    /// The waiter's tid, with `PROFILE_BY_TASK`; else 0.
+    pub task: u32,
+    /// The waiter's process, with `PROFILE_BY_TASK`; else 0 (a filter by pid must not depend
+    /// on the process still living when the profile is read).
+    pub tgid: u32,
+    /// `lock_type::*`.
+    pub lock_type: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ProfileKey>() == 40);
+
+/// What a key's waits add up to. `count` and `total_ns` are added atomically; `max_ns`,
+/// `owner` and `mm_tgid` are last-writer-wins (a racing update may keep the smaller of two
+/// concurrent maxima: a rare understatement, never an invented value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileValue {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    /// The owner at the last wait (tid): a mutex's or a write-held rwsem's; 0 when unknown or
+    /// reader-owned.
+    pub owner: u32,
+    /// For an `mmap_lock`, the tgid of the process whose lock it is (`u32::MAX`: unknown);
+    /// 0 for any other lock.
+    pub mm_tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProfileValue>() == 32);
+
+/// A stack's frames, leaf first; unused slots are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackFrames {
+    pub ips: [u64; PROFILE_STACK_DEPTH],
+}
+const _: () = assert!(core::mem::size_of::<StackFrames>() == 8 * PROFILE_STACK_DEPTH);
+
+/// The hash of a stack's frames (FNV-1a over the words, never `NO_STACK`). The eBPF side and
+/// user space compute the same value; user space checks every stored stack against it.
+pub fn stack_hash(ips: &[u64; PROFILE_STACK_DEPTH]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < PROFILE_STACK_DEPTH {
+        h ^= ips[i];
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    if h == NO_STACK {
+        1
+    } else {
+        h
+    }
+}

@@ -1,0 +1,179 @@
+//! The lock-contention profile's kernel half: at the end of every contended wait the
+//! contention programs time, the wait is added to its (lock, waiter stack, cgroup, type)
+//! aggregate. Only contended waits get here: nothing runs on an uncontended path.
+//!
+//! Stacks: `bpf_get_stack` into a per-CPU buffer, stored once in `LOCK_STACKS` under a hash of
+//! the frames, not in a `BPF_MAP_TYPE_STACK_TRACE` map, whose ids collide silently (with
+//! `BPF_F_FAST_STACK_CMP`) or are dropped (without it) and whose buckets are sized for the
+//! deepest stack. Here a hash already stored is compared frame by frame: a different stack
+//! under it is counted (`ProfileStackCollision`) and its wait goes under `NO_STACK`, so no wait
+//! is ever shown under a stack it did not have. See docs/design.md.
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+};
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_stack},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use tracer_common::{
+    config_flags, names, stack_hash, Config, Counter, ProfileKey, ProfileValue, StackFrames,
+    NO_STACK, PROFILE_STACK_DEPTH,
+};
+
+use crate::maps::{count, current_ids};
+
+/// (lock, stack, cgroup, type[, task]) → count, total, max. When full, a wait of a new key is
+/// dropped from the profile and counted (`ProfileFull`); known keys keep adding.
+#[map]
+static LOCK_PROFILE: HashMap<ProfileKey, ProfileValue> =
+    HashMap::with_max_entries(names::LOCK_PROFILE_CAPACITY, 0);
+
+/// Stack hash → frames, leaf first.
+#[map]
+static LOCK_STACKS: HashMap<u64, StackFrames> =
+    HashMap::with_max_entries(names::LOCK_STACKS_CAPACITY, 0);
+
+/// Where `bpf_get_stack` writes: 128 bytes are too many for the programs' stack.
+#[map]
+static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
+/// Adds one contended wait of `waited` ns on `lock` to the profile. `owner`: the owner's tid
+/// when the lock names one (0 otherwise); `mm_tgid`: for an `mmap_lock`, whose it is.
+#[inline(always)]
+pub fn record(
+    ctx: *mut c_void,
+    cfg: &Config,
+    lock: u64,
+    lock_type: u8,
+    waited: u64,
+    owner: u32,
+    mm_tgid: u32,
+) {
+    if cfg.flags & config_flags::PROFILE_OFF != 0 {
+        return;
+    }
+    count(Counter::ProfileWaits);
+    let (task, tgid) = if cfg.flags & config_flags::PROFILE_BY_TASK != 0 {
+        current_ids()
+    } else {
+        (0, 0)
+    };
+    let key = ProfileKey {
+        lock,
+        stack: stack_of(ctx),
+        // SAFETY: a helper without arguments, allowed in every tracing program.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
+        task,
+        tgid,
+        lock_type,
+        _pad: [0; 7],
+    };
+    if add(&key, waited, owner, mm_tgid) {
+        return;
+    }
+    let fresh = ProfileValue {
+        count: 1,
+        total_ns: waited,
+        max_ns: waited,
+        owner,
+        mm_tgid,
+    };
+    match LOCK_PROFILE.insert(key, fresh, BPF_NOEXIST) {
+        Ok(()) => {}
+        // Another CPU made the entry first: add to it.
+        Err(e) if e == -EEXIST => {
+            if !add(&key, waited, owner, mm_tgid) {
+                count(Counter::ProfileFull);
+            }
+        }
+        Err(_) => count(Counter::ProfileFull),
+    }
+}
+
+/// Adds to an existing aggregate; false when `key` has none.
+#[inline(always)]
+fn add(key: &ProfileKey, waited: u64, owner: u32, mm_tgid: u32) -> bool {
+    let Some(v) = LOCK_PROFILE.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a map value, valid for this program run; count and total are shared between
+    // CPUs and added atomically, the rest is last-writer-wins (see `ProfileValue`).
+    unsafe {
+        atomic_add(&raw mut (*v).count, 1);
+        atomic_add(&raw mut (*v).total_ns, waited);
+        if waited > (*v).max_ns {
+            (*v).max_ns = waited;
+        }
+        (*v).owner = owner;
+        (*v).mm_tgid = mm_tgid;
+    }
+    true
+}
+
+/// `*dst += v` atomically: BPF's `lock xadd`. Core's `AtomicU64::fetch_add` is not offered on
+/// the BPF target (it has no compare-and-swap before v3); the add itself is in every version.
+///
+/// # Safety
+/// `dst` points into a map value valid for this program run.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    // The result is unused, so LLVM emits the plain `lock xadd` (no fetch).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+/// The hash of the current kernel stack, stored in `LOCK_STACKS`; `NO_STACK` when it cannot be
+/// captured or stored, or collides with a different stack.
+#[inline(always)]
+fn stack_of(ctx: *mut c_void) -> u64 {
+    let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::ProfileNoStack);
+        return NO_STACK;
+    };
+    // SAFETY: the per-CPU buffer is ours for this program run; its size is passed. The kernel
+    // zeroes what a shorter stack leaves.
+    let n = unsafe { bpf_get_stack(ctx, buf.cast(), (PROFILE_STACK_DEPTH * 8) as u32, 0) };
+    if n <= 0 {
+        count(Counter::ProfileNoStack);
+        return NO_STACK;
+    }
+    // SAFETY: as above.
+    let frames = unsafe { &*buf };
+    let h = stack_hash(&frames.ips);
+    // SAFETY: a plain read of a map value.
+    if let Some(stored) = unsafe { LOCK_STACKS.get(h) } {
+        return same_or_collision(stored, frames, h);
+    }
+    match LOCK_STACKS.insert(h, frames, BPF_NOEXIST) {
+        Ok(()) => h,
+        // Stored meanwhile by another CPU: compare with what it stored.
+        Err(e) if e == -EEXIST => match unsafe { LOCK_STACKS.get(h) } {
+            Some(stored) => same_or_collision(stored, frames, h),
+            None => NO_STACK,
+        },
+        Err(_) => {
+            count(Counter::ProfileStacksFull);
+            NO_STACK
+        }
+    }
+}
+
+#[inline(always)]
+fn same_or_collision(stored: &StackFrames, frames: &StackFrames, h: u64) -> u64 {
+    let mut i = 0;
+    while i < PROFILE_STACK_DEPTH {
+        // Word by word: a slice comparison would become a memcmp call, which BPF lacks.
+        if stored.ips[i] != frames.ips[i] {
+            count(Counter::ProfileStackCollision);
+            return NO_STACK;
+        }
+        i += 1;
+    }
+    h
+}

@@ -1,0 +1,74 @@
+//! `faultline contention`: a one-shot kernel lock-contention profile, for a `perf lock
+//! contention` user, without an agent or a perf.data file. Loads the probes (contention only
+//! streams nothing here), waits for the duration or a stop request, reads the in-kernel profile,
+//! names it, and prints it.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    core::lock_profile::{Filter, GroupBy, Profile},
+    kernel::{
+        lock_names::Namer,
+        probes::{ProbeOptions, Probes, ProfileOptions},
+        stop_requests::StopRequests,
+    },
+};
+
+pub struct ContentionOptions {
+    pub probes: ProbeOptions,
+    pub duration: Option<Duration>,
+    pub group: GroupBy,
+    pub filter: Filter,
+}
+
+/// What one run measured: the profile (filtered) and how long it ran.
+pub struct Measured {
+    pub profile: Profile,
+    pub elapsed: Duration,
+}
+
+pub async fn run(opts: ContentionOptions) -> Result<Measured> {
+    let by_task = opts.group == GroupBy::Task || !opts.filter.pids.is_empty();
+    let probe_opts = ProbeOptions {
+        // Nothing reads the ring buffer here: stream nothing (a slow wait would only fill it).
+        wait_threshold: Duration::from_secs(3600),
+        hold_threshold: Duration::from_secs(3600),
+        record_all: false,
+        profile: ProfileOptions {
+            enabled: true,
+            by_task,
+            ..opts.probes.profile
+        },
+        ..opts.probes.clone()
+    };
+    let probes = Probes::load(&probe_opts)?;
+    let maps = probes.profile_maps()?;
+    let stops = StopRequests::install()?;
+    let started = std::time::Instant::now();
+    eprintln!(
+        "faultline: profiling kernel lock contention{}",
+        opts.duration
+            .map(|d| format!(" for {}", humantime::format_duration(d)))
+            .unwrap_or_else(|| ", Ctrl-C to stop".into())
+    );
+    loop {
+        if stops.count() > 0 || opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        let left = opts
+            .duration
+            .map_or(Duration::from_millis(100), |d| {
+                d.saturating_sub(started.elapsed())
+            })
+            .min(Duration::from_millis(100));
+        tokio::time::sleep(left).await;
+    }
+    let elapsed = started.elapsed();
+    let counters = probes.counters().context("reading the kernel counters")?;
+    let raw = maps.read(&counters);
+    drop(probes);
+    let profile = Namer::new().resolve(&raw).filtered(&opts.filter);
+    Ok(Measured { profile, elapsed })
+}

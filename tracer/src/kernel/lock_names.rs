@@ -1,0 +1,127 @@
+//! The profile's locks and frames named, as far as this kernel allows and never invented:
+//! an `mmap_lock` by its process (the contention program found whose `mm` it is), a static lock
+//! by its data symbol where `/proc/kallsyms` lists data (`CONFIG_KALLSYMS_ALL`), otherwise by
+//! the contending caller, marked as a caller. Frames by their function; cgroups by their path
+//! and workload; tasks and owners by their comm while they live.
+
+use tracer_common::{ProfileKey, ProfileValue};
+
+use crate::{
+    core::{
+        kallsyms::KernelSymbols,
+        lock_profile::{LockName, Naming, Profile, Sample, Task},
+    },
+    kernel::{
+        cgroup_ids,
+        probes::families::{contention::lock_type_of, lock_profile::RawProfile},
+    },
+};
+
+/// `ProfileValue::mm_tgid` of an `mmap_lock` whose process the kernel could not tell.
+const MM_UNKNOWN: u32 = u32::MAX;
+
+pub struct Namer {
+    syms: KernelSymbols,
+}
+
+impl Namer {
+    /// Reads `/proc/kallsyms` once (a second or two of parsing at most; a profile names
+    /// thousands of frames against it).
+    pub fn new() -> Self {
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        Self {
+            syms: KernelSymbols::parse(&text),
+        }
+    }
+
+    pub fn symbols(&self) -> &KernelSymbols {
+        &self.syms
+    }
+
+    /// The profile with every aggregate resolved. An aggregate of an unknown lock type (a
+    /// newer kernel's flag) is counted as `other`.
+    pub fn resolve(&self, raw: &RawProfile) -> Profile {
+        let samples = raw
+            .entries
+            .iter()
+            .map(|(k, v)| self.sample(raw, k, v))
+            .collect();
+        Profile {
+            samples,
+            drops: raw.drops,
+        }
+    }
+
+    fn sample(&self, raw: &RawProfile, k: &ProfileKey, v: &ProfileValue) -> Sample {
+        let frames = raw.frames(k);
+        // From the contending caller on: the tracing trampoline and the locking functions
+        // above it are the same for every wait of a type.
+        let from = match self.syms.caller_index(&frames) {
+            i if i < frames.len() => i,
+            _ => 0,
+        };
+        let stack: Vec<String> = frames[from..]
+            .iter()
+            .map(|&ip| self.syms.function(ip))
+            .collect();
+        let attribution = cgroup_ids::attribute(k.cgroup);
+        Sample {
+            lock: k.lock,
+            lock_name: self.lock_name(k.lock, v.mm_tgid, frames.get(from).copied()),
+            lock_type: lock_type_of(k.lock_type).unwrap_or(crate::core::event::LockType::Other),
+            stack,
+            cgroup: attribution.as_ref().map(|a| a.cgroup.clone()),
+            workload: attribution.as_ref().map(|a| a.label()),
+            task: (k.task != 0).then(|| Task {
+                pid: Some(k.tgid),
+                ..task(k.task)
+            }),
+            owner: (v.owner != 0).then(|| task(v.owner)),
+            contended: v.count,
+            total_ns: v.total_ns,
+            max_ns: v.max_ns,
+        }
+    }
+
+    fn lock_name(&self, lock: u64, mm_tgid: u32, caller: Option<u64>) -> LockName {
+        let named = |name: String, naming| LockName { name, naming };
+        match mm_tgid {
+            0 => {}
+            MM_UNKNOWN => return named("mmap_lock (process unknown)".into(), Naming::MmapLock),
+            pid => {
+                let name = match comm(pid) {
+                    Some(c) => format!("mmap_lock of {pid} ({c})"),
+                    None => format!("mmap_lock of {pid}"),
+                };
+                return named(name, Naming::MmapLock);
+            }
+        }
+        if let Some(sym) = self.syms.data(lock) {
+            return named(sym, Naming::Symbol);
+        }
+        match caller.and_then(|ip| self.syms.function_name(ip)) {
+            Some(f) => named(f.to_owned(), Naming::Caller),
+            None => named(format!("{lock:#x}"), Naming::Unnamed),
+        }
+    }
+}
+
+impl Default for Namer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn comm(tid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{tid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+fn task(tid: u32) -> Task {
+    Task {
+        tid,
+        pid: None,
+        comm: comm(tid),
+    }
+}

@@ -1,0 +1,267 @@
+//! `faultline contention` against real contention on the real kernel (the host's and the VM
+//! kernels'): a static lock (rtnl, from a private network namespace's loopback set down and up
+//! by several processes), a lock inside a slab object (a tmpfs file's inode rwsem) and an `mmap_lock`
+//! convoy, each named as far as the kernel allows and with the expected kernel functions in its
+//! stack; a tiny table under load says what it dropped.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use common::{require_root, FAULTLINE, SCENARIO};
+
+/// `faultline contention ARGS --json`, started; returns once its probes are attached.
+fn start_profile(args: &[&str]) -> Child {
+    let mut child = Command::new(FAULTLINE)
+        .arg("contention")
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("faultline contention starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("profiling kernel lock contention") => break,
+            Some(Ok(_)) => continue,
+            _ => {
+                let _ = child.kill();
+                panic!("faultline contention exited before profiling");
+            }
+        }
+    }
+    // Keep draining its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    child
+}
+
+/// Stops a profile started without a duration (SIGINT, as Ctrl-C) and reads it.
+fn stop(child: Child) -> serde_json::Value {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    finish(child)
+}
+
+fn finish(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("faultline contention ends");
+    assert!(out.status.success(), "faultline contention failed");
+    serde_json::from_slice(&out.stdout).expect("contention JSON")
+}
+
+fn rows(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    doc["rows"].as_array().cloned().unwrap_or_default()
+}
+
+fn stack_has(row: &serde_json::Value, needle: &str) -> bool {
+    row["stack"].as_array().is_some_and(|s| {
+        s.iter()
+            .any(|f| f.as_str().is_some_and(|f| f.contains(needle)))
+    })
+}
+
+/// The rows add up to the profile's totals.
+fn assert_totals(doc: &serde_json::Value) {
+    let rows = rows(doc);
+    let sum: u64 = rows.iter().filter_map(|r| r["total_ns"].as_u64()).sum();
+    let count: u64 = rows.iter().filter_map(|r| r["contended"].as_u64()).sum();
+    // `--top` may cut rows: the tests ask for all of them.
+    assert_eq!(
+        sum,
+        doc["total_wait_ns"].as_u64().expect("total"),
+        "{doc:#}"
+    );
+    assert_eq!(
+        count,
+        doc["contended"].as_u64().expect("contended"),
+        "{doc:#}"
+    );
+}
+
+fn kallsyms_has_data() -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|k| matches!(k, "d" | "D" | "b" | "B"))
+        })
+        .take(1001)
+        .count()
+        > 1000
+}
+
+/// A private network namespace, deleted when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_static_lock_rtnl_is_named_with_its_stack() {
+    if !require_root("a_static_lock_rtnl_is_named_with_its_stack") {
+        return;
+    }
+    let ns = Netns(format!("flc{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .expect("ip (iproute2)")
+        .success());
+    let batch = tempfile::NamedTempFile::new().expect("batch file");
+    let profile = start_profile(&["-d", "3s", "--stacks", "-E", "1000", "-Y", "mutex"]);
+    // Four processes taking the namespace's loopback down and up: rtnl for every step (no
+    // module needed, unlike dummy links).
+    let workers: Vec<Child> = (0..4)
+        .map(|w| {
+            let lines: String = (0..400)
+                .map(|_| "link set lo down\nlink set lo up\n".to_owned())
+                .collect();
+            let path = batch.path().with_extension(format!("{w}"));
+            std::fs::write(&path, lines).expect("batch");
+            Command::new("ip")
+                .args(["-n", &ns.0, "-force", "-batch"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("ip -batch")
+        })
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().expect("ip ends").success(), "ip -batch failed");
+    }
+    let doc = finish(profile);
+    assert_totals(&doc);
+    let rtnl: Vec<serde_json::Value> = rows(&doc)
+        .into_iter()
+        .filter(|r| stack_has(r, "rtnl") || r["key"].as_str().is_some_and(|k| k.contains("rtnl")))
+        .collect();
+    let top = rtnl
+        .first()
+        .unwrap_or_else(|| panic!("no rtnl waits: {doc:#}"));
+    assert!(top["contended"].as_u64().unwrap_or(0) > 0, "{top:#}");
+    // Named by its symbol where the kernel lists data symbols, else by its caller, said so.
+    if kallsyms_has_data() {
+        assert_eq!(top["lock"]["naming"], "symbol", "{top:#}");
+        assert!(
+            top["lock"]["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("rtnl")),
+            "{top:#}"
+        );
+    } else {
+        assert_eq!(top["lock"]["naming"], "caller", "{top:#}");
+        assert!(
+            top["key"].as_str().is_some_and(|k| k.contains("rtnl")),
+            "{top:#}"
+        );
+    }
+    // The stack starts at the contending caller, not in the locking functions.
+    let first = top["stack"][0].as_str().unwrap_or_default();
+    assert!(
+        !first.starts_with("mutex_lock") && !first.starts_with("__mutex_lock"),
+        "{top:#}"
+    );
+}
+
+#[test]
+fn a_lock_in_a_slab_object_a_tmpfs_inode_is_profiled_with_its_stack() {
+    if !require_root("a_lock_in_a_slab_object_a_tmpfs_inode_is_profiled_with_its_stack") {
+        return;
+    }
+    // Two writers of one tmpfs file: the second sleeps on the inode's rwsem while the first
+    // copies 128 MiB under it.
+    let profile = start_profile(&["--stacks", "-E", "1000", "-Y", "rwsem", "-t"]);
+    let out = Command::new(&*SCENARIO)
+        .args(["file-writers", "--mib", "128"])
+        .output()
+        .expect("file-writers");
+    assert!(out.status.success(), "file-writers failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let waiter = report["waiter"]["tid"].as_u64().expect("waiter tid");
+    let doc = stop(profile);
+    assert_totals(&doc);
+    let row = rows(&doc)
+        .into_iter()
+        .find(|r| {
+            r["key"]
+                .as_str()
+                .is_some_and(|k| k.split(' ').next() == Some(&waiter.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no rwsem wait of the waiter {waiter}: {doc:#}"));
+    assert!(
+        row["type"].as_str().is_some_and(|t| t.contains("rwsem:W")),
+        "{row:#}"
+    );
+    assert!(stack_has(&row, "write"), "a write path: {row:#}");
+    // By process too: the profile keeps the pid of every wait.
+    assert!(row["contended"].as_u64().unwrap_or(0) >= 1, "{row:#}");
+}
+
+#[test]
+fn an_mmap_lock_convoy_is_named_with_its_process() {
+    if !require_root("an_mmap_lock_convoy_is_named_with_its_process") {
+        return;
+    }
+    let profile = start_profile(&["--stacks", "-E", "1000", "-l"]);
+    let child = Command::new(&*SCENARIO)
+        .args(["rwr", "--hold-mib", "512"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rwr");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("rwr ends");
+    assert!(out.status.success(), "rwr failed");
+    let doc = stop(profile);
+    assert_totals(&doc);
+    let ours = format!("mmap_lock of {pid}");
+    let row = rows(&doc)
+        .into_iter()
+        .find(|r| r["key"].as_str().is_some_and(|k| k.starts_with(&ours)))
+        .unwrap_or_else(|| panic!("no row for {ours}: {doc:#}"));
+    assert_eq!(row["lock"]["naming"], "mmap_lock", "{row:#}");
+    assert!(
+        row["type"].as_str().is_some_and(|t| t.contains("rwsem")),
+        "{row:#}"
+    );
+    assert!(
+        ["mmap", "mprotect", "fault", "vma", "cmdline", "remote_vm"]
+            .iter()
+            .any(|f| stack_has(&row, f)),
+        "an mm path: {row:#}"
+    );
+}
+
+#[test]
+fn a_tiny_table_under_load_says_what_it_dropped() {
+    if !require_root("a_tiny_table_under_load_says_what_it_dropped") {
+        return;
+    }
+    let profile = start_profile(&["--profile-entries", "16", "-E", "1000", "-l"]);
+    // 24 files, one after another, each with a writer waiting on its inode's lock: 24 locks,
+    // more keys than the table holds.
+    for _ in 0..24 {
+        let out = Command::new(&*SCENARIO)
+            .args(["file-writers", "--mib", "32", "--fresh-source"])
+            .output()
+            .expect("file-writers");
+        assert!(out.status.success());
+    }
+    let doc = stop(profile);
+    let drops = &doc["drops"];
+    assert!(
+        drops["table_full"].as_u64().unwrap_or(0) > 0,
+        "a 16-entry table dropped nothing: {doc:#}"
+    );
+    assert!(rows(&doc).len() <= 16, "{doc:#}");
+    assert_totals(&doc);
+}
