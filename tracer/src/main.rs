@@ -326,6 +326,9 @@ struct ContentionArgs {
     /// Print JSON (rows, drops, duration) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the profile as gzipped pprof (for `go tool pprof`, Parca, Pyroscope).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Aggregates the kernel keeps (see `agent --profile-entries`).
     #[arg(long, default_value_t = tracer_common::names::LOCK_PROFILE_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     profile_entries: u32,
@@ -460,6 +463,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
             .await?;
             let profile = &measured.profile;
+            if let Some(path) = &c.output {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                let elapsed = i64::try_from(measured.elapsed.as_nanos()).unwrap_or(i64::MAX);
+                std::fs::write(path, tracer::sinks::pprof::encode(profile, now, elapsed))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             let mut rows = profile.rows(group);
             rows.truncate(c.top);
             to_stdout(|out| {

@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Debian packages and why each is needed.
-const PACKAGES: [(&str, &str); 15] = [
+const PACKAGES: [(&str, &str); 16] = [
     (
         "rustc-web",
         "a Rust 1.96 compiler whose sources can build `core` for the BPF target",
@@ -44,6 +44,10 @@ const PACKAGES: [(&str, &str); 15] = [
     (
         "rust-web-clippy",
         "clippy for Debian's compiler, to lint the eBPF crate with the toolchain that builds it",
+    ),
+    (
+        "golang-go",
+        "`go tool pprof`, a real reader of the lock-contention profile for its tests",
     ),
     (
         "stress-ng",

@@ -53,7 +53,7 @@ const KERNEL_TESTS: [&str; 12] = [
 
 /// Test binaries not run in the VMs, with the reason printed on every run. The host's
 /// `cargo test --all-targets` runs them.
-const SKIPPED_IN_VM: [(&str, &str); 4] = [
+const SKIPPED_IN_VM: [(&str, &str); 5] = [
     (
         "prometheus",
         "needs the prometheus and promtool binaries (~200 MB in the initramfs); the host run covers it",
@@ -70,6 +70,10 @@ const SKIPPED_IN_VM: [(&str, &str); 4] = [
         "starve",
         "times alerts to a second under 200 clients and 1,500 processes: on one emulated CPU (TCG) \
          that measures the emulator, not the agent; the host run covers it",
+    ),
+    (
+        "pprof",
+        "needs Go's pprof (golang-go, ~200 MB in the initramfs); the contention test checks the same profile in the guests, the host run covers the reader",
     ),
 ];
 
