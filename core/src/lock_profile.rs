@@ -233,6 +233,33 @@ impl Profile {
         }
     }
 
+    /// What was added between `earlier` and `self`, two readings of the same cumulative
+    /// profile: each aggregate's count and total less what they were (new ones whole), those
+    /// that did not move left out. A maximum cannot be taken apart: the later one is kept.
+    pub fn since(&self, earlier: &Profile) -> Profile {
+        let before: std::collections::HashMap<SampleId, &Sample> =
+            earlier.samples.iter().map(|s| (id(s), s)).collect();
+        let samples = self
+            .samples
+            .iter()
+            .filter_map(|s| {
+                let (c, t) = before
+                    .get(&id(s))
+                    .map_or((0, 0), |b| (b.contended, b.total_ns));
+                let contended = s.contended.saturating_sub(c);
+                (contended > 0).then(|| Sample {
+                    contended,
+                    total_ns: s.total_ns.saturating_sub(t),
+                    ..s.clone()
+                })
+            })
+            .collect();
+        Profile {
+            samples,
+            drops: self.drops.since(&earlier.drops),
+        }
+    }
+
     pub fn total_ns(&self) -> u64 {
         self.samples.iter().map(|s| s.total_ns).sum()
     }
@@ -296,6 +323,19 @@ impl Profile {
         rows.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.key.cmp(&b.key)));
         rows
     }
+}
+
+/// What makes an aggregate the same one in two readings.
+type SampleId<'a> = (u64, LockType, &'a [String], Option<&'a str>, Option<u32>);
+
+fn id(s: &Sample) -> SampleId<'_> {
+    (
+        s.lock,
+        s.lock_type,
+        &s.stack,
+        s.cgroup.as_deref(),
+        s.task.as_ref().map(|t| t.tid),
+    )
 }
 
 fn strip_offset(frame: &str) -> &str {
@@ -465,6 +505,30 @@ mod tests {
                 p.total_ns()
             );
         }
+    }
+
+    #[test]
+    fn a_delta_keeps_what_moved_between_two_readings() {
+        let earlier = profile();
+        let mut later = profile();
+        later.samples[0].contended += 2;
+        later.samples[0].total_ns += 500;
+        later.samples.push(sample(
+            0x30,
+            "x",
+            Naming::Caller,
+            LockType::Spinlock,
+            &["x+0x1"],
+            1,
+            7,
+        ));
+        later.drops.waits += 3;
+        let d = later.since(&earlier);
+        assert_eq!(d.samples.len(), 2, "{d:?}");
+        assert_eq!((d.samples[0].contended, d.samples[0].total_ns), (2, 500));
+        assert_eq!((d.samples[1].contended, d.samples[1].total_ns), (1, 7));
+        assert_eq!(d.drops.waits, 3);
+        assert_eq!(d.drops.table_full, 0);
     }
 
     #[test]

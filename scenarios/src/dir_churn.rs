@@ -14,7 +14,7 @@ struct DirChurnReport {
     scenario: &'static str,
     pid: u32,
     /// Files created and unlinked, over all threads.
-    ops: u64,
+    count: u64,
     start_ns: u64,
     end_ns: u64,
 }
@@ -53,7 +53,7 @@ pub(crate) fn dir_churn(threads: u32, dirs: u32, millis: u64) -> Result<()> {
     let report = DirChurnReport {
         scenario: "dir-churn",
         pid: std::process::id(),
-        ops: ops.into_inner(),
+        count: ops.into_inner(),
         start_ns,
         end_ns,
     };

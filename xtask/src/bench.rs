@@ -384,6 +384,15 @@ fn workloads() -> Vec<Workload> {
             target: 0.98,
             above_bpftrace: false,
         },
+        // Contention-heavy (issue 24): create and unlink in one tmpfs directory from 4 threads;
+        // its contended waits (the directory's and the dentries' locks) each take a stack and
+        // an aggregate in the lock profile.
+        Workload {
+            name: "tmpfs directory churn, 4 threads (1.5 s)",
+            run: Box::new(|| scenario_rate(&["dir-churn", "--threads", "4", "--millis", "1500"])),
+            target: 0.95,
+            above_bpftrace: false,
+        },
     ]
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::{
-    core::{detect::Alert, views::GraphView},
+    core::{detect::Alert, lock_profile::Profile, views::GraphView},
     sinks::{alerts::RaisedAlert, metrics::MetricsInput},
 };
 
@@ -22,6 +22,9 @@ pub trait AgentView: Send + Sync + 'static {
     fn alerts(&self) -> AlertsDoc;
     /// Everything a scrape shows, or why the probes' maps could not be read.
     fn metrics(&self) -> Result<MetricsInput, String>;
+    /// The kernel lock-contention profile since the agent started
+    /// (`/debug/pprof/kernel_lock`), or why its maps could not be read.
+    fn lock_profile(&self) -> Result<Profile, String>;
 }
 
 /// How handlers hold the agent.

@@ -11,7 +11,7 @@ use axum::{
 
 use crate::sinks::{
     agent_view::Agent,
-    metrics,
+    metrics, pprof,
     render_gate::{Refused, MAX_WAIT, RENDERS, SCRAPES},
     report::page,
 };
@@ -83,11 +83,83 @@ async fn metrics_text(State(agent): State<Agent>) -> Response {
     }
 }
 
+/// Longest `?seconds=` window of `/debug/pprof/kernel_lock`: a client waiting longer would hold
+/// one of the capped connections for nothing a scraper needs (Parca and Alloy ask for ~10 s).
+pub const MAX_PROFILE_SECONDS: u64 = 300;
+
+/// `seconds` of a query string (`seconds=10&x=y`): `Ok(None)` when absent, `Err` when not a
+/// whole number of seconds within `MAX_PROFILE_SECONDS`.
+fn profile_seconds(query: Option<&str>) -> Result<Option<u64>, String> {
+    let Some(v) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("seconds="))
+    else {
+        return Ok(None);
+    };
+    match v.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) if n <= MAX_PROFILE_SECONDS => Ok(Some(n)),
+        _ => Err(format!(
+            "seconds={v}: a whole number of seconds up to {MAX_PROFILE_SECONDS}"
+        )),
+    }
+}
+
+/// The kernel lock-contention profile as gzipped pprof: cumulative since the agent started, or
+/// with `?seconds=N` what the next N seconds added (Go's net/http/pprof convention, which
+/// Parca's and Alloy's delta scrapes use). Named `kernel_lock`, never `mutex`.
+async fn kernel_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -> Response {
+    let seconds = match profile_seconds(uri.query()) {
+        Ok(s) => s,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+    };
+    let read = |agent: Agent| RENDERS.run(MAX_WAIT, move || agent.lock_profile());
+    let first = match read(agent.clone()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Refused::Failed(e).into_response(),
+        Err(r) => return r.into_response(),
+    };
+    let (profile, window) = match seconds {
+        None => (first, std::time::Duration::ZERO),
+        Some(n) => {
+            let window = std::time::Duration::from_secs(n);
+            tokio::time::sleep(window).await;
+            match read(agent).await {
+                Ok(Ok(later)) => (later.since(&first), window),
+                Ok(Err(e)) => return Refused::Failed(e).into_response(),
+                Err(r) => return r.into_response(),
+            }
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let window = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+    match RENDERS
+        .run(MAX_WAIT, move || pprof::encode(&profile, now, window))
+        .await
+    {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"kernel_lock.pb.gz\"",
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Longest request target accepted: every route is short, and queries are ignored.
+/// Longest request target accepted: every route is short, and only the profile reads a query.
 pub const MAX_URI_BYTES: usize = 1024;
 /// Most header bytes accepted (names and values): a scraper or a browser sends well under 2 KiB.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -165,6 +237,7 @@ pub fn router(agent: Agent) -> Router {
             .route("/api/graph.dot", get(graph_dot))
             .route("/api/alerts", get(alerts))
             .route("/metrics", get(metrics_text))
+            .route("/debug/pprof/kernel_lock", get(kernel_lock_profile))
             .route("/healthz", get(healthz)),
     )
     .with_state(agent)
@@ -250,5 +323,15 @@ mod tests {
         let (status, text) = send(&addr, &request("/healthz", ""));
         assert_eq!(status, 200);
         assert!(text.ends_with("ok\n"), "{text}");
+    }
+
+    #[test]
+    fn the_profile_window_is_read_from_the_query_and_bounded() {
+        assert_eq!(profile_seconds(None), Ok(None));
+        assert_eq!(profile_seconds(Some("seconds=10")), Ok(Some(10)));
+        assert_eq!(profile_seconds(Some("debug=1&seconds=5")), Ok(Some(5)));
+        assert_eq!(profile_seconds(Some("seconds=0")), Ok(None));
+        assert!(profile_seconds(Some("seconds=301")).is_err());
+        assert!(profile_seconds(Some("seconds=ten")).is_err());
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod exposure;
 mod journal;
+mod lock_profile;
 mod log_lines;
 pub mod metrics_input;
 mod process_faults;
@@ -114,6 +115,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         log::info!("detail {detail}: without {lost}");
     }
     let aggregates = Arc::new(probes.aggregates()?);
+    let lock_profile = Arc::new(lock_profile::LockProfile::new(
+        probes.profile_maps()?,
+        aggregates.clone(),
+    ));
     // Decided once: what the agent does without each is fixed for its life, and the log says
     // so here, where an operator reading why an alert lacks a name will look.
     let features = crate::kernel::privileges::probe();
@@ -159,6 +164,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         exposure: exposure.clone(),
         process_faults: Arc::new(ProcessFaults::new(ScopeFilter::new(opts.scope)?)),
         aggregates,
+        lock_profile,
         features,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only

@@ -50,6 +50,8 @@ pub struct AgentState {
     pub process_faults: Arc<ProcessFaults>,
     /// The probes' aggregate maps on their own handles: `/metrics` reads them off the lock.
     pub aggregates: Arc<Aggregates>,
+    /// The in-kernel lock-contention profile, read off the lock.
+    pub lock_profile: Arc<super::lock_profile::LockProfile>,
     /// The features that depend on the agent's privileges, decided at start.
     pub features: Vec<crate::kernel::privileges::Availability>,
 }

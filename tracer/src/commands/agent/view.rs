@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    core::{detect::Alert, exposure::Exposure, views::GraphView},
+    core::{detect::Alert, exposure::Exposure, lock_profile::Profile, views::GraphView},
     sinks::{
         agent_view::{AgentView, AlertsDoc, PageView},
         metrics::MetricsInput,
@@ -39,6 +39,10 @@ impl AgentView for LocalAgent {
 
     fn metrics(&self) -> Result<MetricsInput, String> {
         self.0.metrics()
+    }
+
+    fn lock_profile(&self) -> Result<Profile, String> {
+        self.0.lock_profile()
     }
 }
 
@@ -75,5 +79,11 @@ impl AgentView for Mutex<AgentState> {
 
     fn metrics(&self) -> Result<MetricsInput, String> {
         metrics_input(self)
+    }
+
+    fn lock_profile(&self) -> Result<Profile, String> {
+        // Only the handle is taken under the lock; the maps are read after it.
+        let source = lock(self).lock_profile.clone();
+        source.read()
     }
 }

@@ -1,0 +1,53 @@
+//! The agent's lock-contention profile: the kernel's tables read on handles of their own (never
+//! under the agent's lock), named with a symbol table parsed at most once a minute (module
+//! loads change it; a parse costs tens of ms, too much for every scrape).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    core::lock_profile::Profile,
+    kernel::{
+        lock_names::Namer,
+        probes::{families::lock_profile::ProfileMaps, Aggregates},
+    },
+};
+
+const NAMES_TTL: Duration = Duration::from_secs(60);
+
+pub struct LockProfile {
+    maps: ProfileMaps,
+    aggregates: Arc<Aggregates>,
+    namer: Mutex<Option<(Instant, Arc<Namer>)>>,
+}
+
+impl LockProfile {
+    pub fn new(maps: ProfileMaps, aggregates: Arc<Aggregates>) -> Self {
+        Self {
+            maps,
+            aggregates,
+            namer: Mutex::new(None),
+        }
+    }
+
+    fn namer(&self) -> Arc<Namer> {
+        let mut slot = self.namer.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((at, n)) if at.elapsed() < NAMES_TTL => n.clone(),
+            _ => {
+                let n = Arc::new(Namer::new());
+                *slot = Some((Instant::now(), n.clone()));
+                n
+            }
+        }
+    }
+
+    /// The cumulative profile since the agent started, named.
+    pub fn read(&self) -> Result<Profile, String> {
+        let counters = self.aggregates.counters().map_err(|e| e.to_string())?;
+        let raw = self.maps.read(&counters);
+        Ok(self.namer().resolve(&raw))
+    }
+}
