@@ -117,6 +117,31 @@ pub fn run() -> Vec<Item> {
             },
             "userfaultfd waits are not detected",
         ));
+        // How the lock-contention profile can name a lock on this kernel.
+        let syms = crate::kernel::lock_names::Namer::new();
+        let syms = syms.symbols();
+        items.push(item(
+            "lock names: static locks by symbol (CONFIG_KALLSYMS_ALL)",
+            syms.has_data_symbols(),
+            if syms.is_empty() {
+                "no addresses in /proc/kallsyms (needs root or CAP_SYSLOG)".to_string()
+            } else if syms.has_data_symbols() {
+                "kallsyms lists data symbols: rtnl_mutex, cgroup_mutex, ... are named".to_string()
+            } else {
+                "kallsyms lists functions only: static locks are named by their contending caller (`caller:`)".to_string()
+            },
+            "static locks are named by their contending caller, marked `caller:`; mmap_lock is still named by its process",
+        ));
+        items.push(item(
+            "lock names: frames by function (kallsyms)",
+            !syms.is_empty(),
+            if syms.is_empty() {
+                "no addresses in /proc/kallsyms (needs root or CAP_SYSLOG)".to_string()
+            } else {
+                "available".to_string()
+            },
+            "profile stacks show raw addresses, and locks other than mmap_lock are unnamed",
+        ));
         // Kernel features, found in BTF, each with the first version that has it.
         for f in &crate::kernel::features::FEATURES {
             items.push(item(
