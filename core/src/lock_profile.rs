@@ -101,11 +101,14 @@ pub struct Drops {
     pub stacks_full: u64,
     /// Waits whose stack hash named a different stored stack (kept, under no stack).
     pub stack_collisions: u64,
+    /// Waits that found a table busy (a nested update on one CPU): dropped, or kept without
+    /// their stack.
+    pub busy: u64,
 }
 
 impl Drops {
     pub fn any(&self) -> bool {
-        self.table_full + self.no_stack + self.stacks_full + self.stack_collisions > 0
+        self.table_full + self.no_stack + self.stacks_full + self.stack_collisions + self.busy > 0
     }
 
     /// One line per non-zero cause, for text output and profile comments.
@@ -132,6 +135,10 @@ impl Drops {
             self.stack_collisions,
             "without a stack: their stack's hash named another stack",
         );
+        say(
+            self.busy,
+            "dropped or without a stack: a table was busy (nested on one CPU)",
+        );
         out
     }
 
@@ -145,6 +152,7 @@ impl Drops {
             stack_collisions: self
                 .stack_collisions
                 .saturating_sub(earlier.stack_collisions),
+            busy: self.busy.saturating_sub(earlier.busy),
         }
     }
 }
@@ -237,21 +245,37 @@ impl Profile {
     /// profile: each aggregate's count and total less what they were (new ones whole), those
     /// that did not move left out. A maximum cannot be taken apart: the later one is kept.
     pub fn since(&self, earlier: &Profile) -> Profile {
-        let before: std::collections::HashMap<SampleId, &Sample> =
-            earlier.samples.iter().map(|s| (id(s), s)).collect();
-        let samples = self
-            .samples
-            .iter()
-            .filter_map(|s| {
-                let (c, t) = before
-                    .get(&id(s))
-                    .map_or((0, 0), |b| (b.contended, b.total_ns));
-                let contended = s.contended.saturating_sub(c);
-                (contended > 0).then(|| Sample {
-                    contended,
-                    total_ns: s.total_ns.saturating_sub(t),
-                    ..s.clone()
-                })
+        // Several kernel aggregates can resolve to one sample identity (stacks that differ only
+        // in the trimmed locking frames, cgroups not resolved): add each side up per identity
+        // before taking one from the other.
+        let mut before: std::collections::HashMap<SampleId, (u64, u64)> = Default::default();
+        for s in &earlier.samples {
+            let e = before.entry(id(s)).or_default();
+            *e = (e.0 + s.contended, e.1 + s.total_ns);
+        }
+        let mut after: Vec<Sample> = Vec::new();
+        let mut index: std::collections::HashMap<SampleId, usize> = Default::default();
+        for s in &self.samples {
+            match index.get(&id(s)) {
+                Some(&i) => {
+                    let a = &mut after[i];
+                    a.contended += s.contended;
+                    a.total_ns += s.total_ns;
+                    a.max_ns = a.max_ns.max(s.max_ns);
+                }
+                None => {
+                    index.insert(id(s), after.len());
+                    after.push(s.clone());
+                }
+            }
+        }
+        let samples = after
+            .into_iter()
+            .filter_map(|mut s| {
+                let (c, t) = before.get(&id(&s)).copied().unwrap_or((0, 0));
+                s.contended = s.contended.saturating_sub(c);
+                s.total_ns = s.total_ns.saturating_sub(t);
+                (s.contended > 0).then_some(s)
             })
             .collect();
         Profile {
@@ -282,10 +306,10 @@ impl Profile {
                     || "(all tasks)".into(),
                     |t| format!("{} {}", t.tid, t.comm.as_deref().unwrap_or("?")),
                 ),
+                // One row per lock: a lock known only by its callers is its address (its
+                // heaviest caller shows in the name column).
                 GroupBy::Lock => match s.lock_name.naming {
-                    Naming::Unnamed | Naming::Caller => {
-                        format!("{:#x} ({})", s.lock, s.lock_name.label())
-                    }
+                    Naming::Unnamed | Naming::Caller => format!("{:#x}", s.lock),
                     _ => s.lock_name.name.clone(),
                 },
                 GroupBy::Cgroup => s
@@ -374,7 +398,7 @@ pub fn render_table(rows: &[Row], by: GroupBy, stacks: bool, drops: &Drops) -> S
             GroupBy::Lock => match r.lock.naming {
                 Naming::MmapLock => "(mmap_lock)".to_owned(),
                 Naming::Symbol => "(symbol)".to_owned(),
-                Naming::Caller => "(by caller: the lock itself is not named)".to_owned(),
+                Naming::Caller => format!("{} (the lock itself is not named)", r.lock.label()),
                 Naming::Unnamed => "(unnamed)".to_owned(),
             },
             _ => r.lock.label(),
@@ -529,6 +553,33 @@ mod tests {
         assert_eq!((d.samples[1].contended, d.samples[1].total_ns), (1, 7));
         assert_eq!(d.drops.waits, 3);
         assert_eq!(d.drops.table_full, 0);
+    }
+
+    #[test]
+    fn a_delta_adds_up_aggregates_that_resolve_alike_before_subtracting() {
+        // Two kernel aggregates of one lock whose stacks differ only in trimmed frames.
+        let a = |n, ns| {
+            sample(
+                0x10,
+                "f",
+                Naming::Caller,
+                LockType::Mutex,
+                &["f+0x1"],
+                n,
+                ns,
+            )
+        };
+        let earlier = Profile {
+            samples: vec![a(1000, 1000), a(10, 10)],
+            drops: Drops::default(),
+        };
+        let later = Profile {
+            samples: vec![a(1005, 1005), a(12, 12)],
+            drops: Drops::default(),
+        };
+        let d = later.since(&earlier);
+        assert_eq!(d.samples.len(), 1);
+        assert_eq!((d.samples[0].contended, d.samples[0].total_ns), (7, 7));
     }
 
     #[test]

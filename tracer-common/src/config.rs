@@ -28,7 +28,7 @@ pub mod config_flags {
     pub const PER_FAULT: u32 = 1 << 2;
     /// The lock-contention profile keys its aggregates by task too (`faultline contention -t`).
     pub const PROFILE_BY_TASK: u32 = 1 << 3;
-    /// The lock-contention profile is off (`--profile off`): no stack is taken, nothing is
+    /// The lock-contention profile is off (`--no-lock-profile`): no stack is taken, nothing is
     /// aggregated.
     pub const PROFILE_OFF: u32 = 1 << 4;
 }

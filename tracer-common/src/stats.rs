@@ -66,8 +66,11 @@ pub enum Counter {
     ProfileStacksFull,
     /// Two different stacks had the same hash: the later one's wait went under `NO_STACK`.
     ProfileStackCollision,
+    /// A profile table was busy (its bucket lock held by the run this one interrupted): the
+    /// wait was dropped from the profile, or kept without its stack.
+    ProfileBusy,
 }
-pub const COUNTER_COUNT: u32 = Counter::ProfileStackCollision as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::ProfileBusy as u32 + 1;
 
 /// Per-CPU `UFFD_ERRORS` is indexed `op * uffd_op::ERRNO_BUCKETS + errno bucket`.
 pub const UFFD_ERROR_SLOTS: u32 = uffd_op::COUNT as u32 * uffd_op::ERRNO_BUCKETS;

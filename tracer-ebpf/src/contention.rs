@@ -7,8 +7,9 @@
 //! (or of a foreign mm, checked through `mm->owner->mm`) is an `mmap_lock` wait, recorded in the
 //! task's `wait_mm` like an attempt in flight.
 //!
-//! Spinning locks (spinlocks, rwlocks) only feed histograms: their waits are short, never sleep,
-//! and would flood the ring buffer. Sleeping locks get per-task state, so a snapshot shows who
+//! Spinning locks (spinlocks, rwlocks) only feed histograms and the lock profile: their waits
+//! are short, never sleep, and would flood the ring buffer. (The profile takes them from every
+//! task, the agent's own included; sleeping waits skip the agent's.) Sleeping locks get per-task state, so a snapshot shows who
 //! waits on whom right now, and stream when slow (or always in record mode).
 //!
 //! A contended mutex reports twice: `contention_begin(MUTEX | SPIN)` before optimistic spinning,

@@ -37,12 +37,23 @@ static LOCK_PROFILE: HashMap<ProfileKey, ProfileValue> =
 static LOCK_STACKS: HashMap<u64, StackFrames> =
     HashMap::with_max_entries(names::LOCK_STACKS_CAPACITY, 0);
 
-/// Where `bpf_get_stack` writes: 128 bytes are too many for the programs' stack.
+/// Where `bpf_get_stack` writes (128 bytes are too many for the programs' stack), with a flag
+/// that says a run on this CPU is using it: a run nested in it (an interrupt's contention on a
+/// kernel without the tracing programs' recursion guard) takes no stack rather than overwrite
+/// the buffer between the capture and the store.
+#[repr(C)]
+pub struct Scratch {
+    frames: StackFrames,
+    busy: u64,
+}
+
 #[map]
-static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+static STACK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
+/// What a hash map update returns when the map is full.
+const E2BIG: i32 = 7;
 
 /// Adds one contended wait of `waited` ns on `lock` to the profile. `owner`: the owner's tid
 /// when the lock names one (0 otherwise); `mm_tgid`: for an `mmap_lock`, whose it is.
@@ -90,10 +101,12 @@ pub fn record(
         // Another CPU made the entry first: add to it.
         Err(e) if e == -EEXIST => {
             if !add(&key, waited, owner, mm_tgid) {
-                count(Counter::ProfileFull);
+                count(Counter::ProfileBusy);
             }
         }
-        Err(_) => count(Counter::ProfileFull),
+        Err(e) if e == -E2BIG => count(Counter::ProfileFull),
+        // -EBUSY: the map's bucket lock was held by a run this one interrupted.
+        Err(_) => count(Counter::ProfileBusy),
     }
 }
 
@@ -132,19 +145,33 @@ unsafe fn atomic_add(dst: *mut u64, v: u64) {
 /// captured or stored, or collides with a different stack.
 #[inline(always)]
 fn stack_of(ctx: *mut c_void) -> u64 {
-    let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         count(Counter::ProfileNoStack);
         return NO_STACK;
     };
-    // SAFETY: the per-CPU buffer is ours for this program run; its size is passed. The kernel
-    // zeroes what a shorter stack leaves.
-    let n = unsafe { bpf_get_stack(ctx, buf.cast(), (PROFILE_STACK_DEPTH * 8) as u32, 0) };
+    // SAFETY: the per-CPU slot is this CPU's; `busy` keeps a nested run out of it.
+    let scratch = unsafe { &mut *scratch };
+    if scratch.busy != 0 {
+        count(Counter::ProfileNoStack);
+        return NO_STACK;
+    }
+    scratch.busy = 1;
+    let h = capture(ctx, &scratch.frames);
+    scratch.busy = 0;
+    h
+}
+
+/// Captures the current stack into `frames` and stores it; its hash, or `NO_STACK`.
+#[inline(always)]
+fn capture(ctx: *mut c_void, frames: &StackFrames) -> u64 {
+    let buf = frames as *const StackFrames as *mut c_void;
+    // SAFETY: the buffer is ours (see `stack_of`); its size is passed. The kernel zeroes what a
+    // shorter stack leaves.
+    let n = unsafe { bpf_get_stack(ctx, buf, (PROFILE_STACK_DEPTH * 8) as u32, 0) };
     if n <= 0 {
         count(Counter::ProfileNoStack);
         return NO_STACK;
     }
-    // SAFETY: as above.
-    let frames = unsafe { &*buf };
     let h = stack_hash(&frames.ips);
     // SAFETY: a plain read of a map value.
     if let Some(stored) = unsafe { LOCK_STACKS.get(h) } {
@@ -157,8 +184,12 @@ fn stack_of(ctx: *mut c_void) -> u64 {
             Some(stored) => same_or_collision(stored, frames, h),
             None => NO_STACK,
         },
-        Err(_) => {
+        Err(e) if e == -E2BIG => {
             count(Counter::ProfileStacksFull);
+            NO_STACK
+        }
+        Err(_) => {
+            count(Counter::ProfileBusy);
             NO_STACK
         }
     }

@@ -64,7 +64,8 @@ fn stack_has(row: &serde_json::Value, needle: &str) -> bool {
     })
 }
 
-/// The rows add up to the profile's totals.
+/// The rows of the grouping add up to the profile's totals: no row cut (`-E` is large) and no
+/// sample lost or counted twice by the grouping.
 fn assert_totals(doc: &serde_json::Value) {
     let rows = rows(doc);
     let sum: u64 = rows.iter().filter_map(|r| r["total_ns"].as_u64()).sum();
@@ -206,8 +207,6 @@ fn a_lock_in_a_slab_object_a_tmpfs_inode_is_profiled_with_its_stack() {
         "{row:#}"
     );
     assert!(stack_has(&row, "write"), "a write path: {row:#}");
-    // By process too: the profile keeps the pid of every wait.
-    assert!(row["contended"].as_u64().unwrap_or(0) >= 1, "{row:#}");
 }
 
 #[test]
@@ -252,7 +251,7 @@ fn a_tiny_table_under_load_says_what_it_dropped() {
     let profile = start_profile(&["--profile-entries", "16", "-E", "1000", "-l"]);
     // 24 runs, one after another, each with a thread waiting on the f_pos_lock of its own file
     // while the holder's fault waits on a userfaultfd: 24 contended locks whatever the CPUs,
-    // more keys than the table holds.
+    // more keys than the table holds (the rest of the host adds its own).
     for _ in 0..24 {
         let out = Command::new(&*SCENARIO)
             .args(["uffd-chain", "--hold-ms", "30"])

@@ -241,16 +241,38 @@ fn record_sees_a_read_write_read_convoy_as_it_happened() {
         Some(mm),
         "reader and writer on one mm"
     );
-    assert!(
-        r_acq.ts_ns >= w_acq.ts_ns,
-        "the reader should be queued behind the writer: reader acquired at {}, writer at {}",
-        r_acq.ts_ns,
-        w_acq.ts_ns
-    );
-    assert!(
-        r_acq.ts_ns - r_start.ts_ns >= (w_acq.ts_ns - r_start.ts_ns) * 9 / 10,
-        "the reader's wait should cover the writer's remaining wait"
-    );
+    if r_acq.ts_ns < w_acq.ts_ns {
+        // The one way a later reader may pass a queued writer: the holder let go in between
+        // (a populate that retries a fault drops mmap_lock and takes it again), and on the
+        // release the kernel lets a reader steal the lock before the woken writer runs (6.1's
+        // reader optimistic lock stealing). The recording must show that release; a reader
+        // that passed a writer while the holder held throughout fails here.
+        let holder_let_go = ours.iter().any(|e| {
+            e.tid == holder
+                && e.ts_ns > w_start.ts_ns
+                && e.ts_ns <= r_acq.ts_ns
+                && matches!(&e.kind, EventKind::MmapLockRelease { mm: m, mode: LockMode::Read, .. } if *m == mm)
+        });
+        assert!(
+            holder_let_go,
+            "the reader should be queued behind the writer: reader acquired at {}, writer at {}, and the holder {holder} held throughout (its events after the writer asked: {:?})",
+            r_acq.ts_ns,
+            w_acq.ts_ns,
+            ours.iter()
+                .filter(|e| e.tid == holder && e.ts_ns > w_start.ts_ns && e.ts_ns <= w_acq.ts_ns)
+                .map(|e| (e.ts_ns, e.kind.name()))
+                .take(20)
+                .collect::<Vec<_>>()
+        );
+        eprintln!(
+            "the holder released mmap_lock after the writer asked and the reader stole it before the writer ran (kernel reader lock stealing)"
+        );
+    } else {
+        assert!(
+            r_acq.ts_ns - r_start.ts_ns >= (w_acq.ts_ns - r_start.ts_ns) * 9 / 10,
+            "the reader's wait should cover the writer's remaining wait"
+        );
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
-use crate::core::lock_profile::{Profile, Sample};
+use crate::core::lock_profile::{Naming, Profile, Sample};
 
 #[derive(Clone, PartialEq, Message)]
 struct PProfile {
@@ -168,9 +168,28 @@ fn function_of(frame: &str) -> String {
     }
 }
 
+/// A sample's lock as the profile names it: never an address (an unnamed lock's name is its
+/// address, which the agent does not let out).
+fn lock_label(s: &Sample) -> String {
+    match s.lock_name.naming {
+        Naming::Unnamed => "unnamed".to_owned(),
+        _ => s.lock_name.label(),
+    }
+}
+
+/// A frame as the profile names it: a frame kallsyms could not name (printed as its address)
+/// is `[unknown]`.
+fn frame_name(frame: &str) -> String {
+    if frame.starts_with("0x") {
+        "[unknown]".to_owned()
+    } else {
+        function_of(frame)
+    }
+}
+
 /// The root frame of a sample: its lock and type.
 pub fn root_frame(s: &Sample) -> String {
-    format!("lock:{} [{}]", s.lock_name.label(), s.lock_type.name())
+    format!("lock:{} [{}]", lock_label(s), s.lock_type.name())
 }
 
 /// The profile, gzipped. `time_ns`: when it was taken (Unix time); `duration_ns`: the window it
@@ -192,21 +211,20 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
         unit: t.string("count"),
     });
     let kernel = t.string("[kernel.kallsyms]");
+    // An index into the string table, like every name here.
+    let default_sample_type = t.string("contentions");
     let (k_lock, k_type, k_workload) = (t.string("lock"), t.string("type"), t.string("workload"));
     let samples = profile
         .samples
         .iter()
         .map(|s| {
-            let mut location_id: Vec<u64> = s
-                .stack
-                .iter()
-                .map(|f| t.location(&function_of(f)))
-                .collect();
+            let mut location_id: Vec<u64> =
+                s.stack.iter().map(|f| t.location(&frame_name(f))).collect();
             location_id.push(t.location(&root_frame(s)));
             let mut label = vec![
                 Label {
                     key: k_lock,
-                    str: t.string(&s.lock_name.label()),
+                    str: t.string(&lock_label(s)),
                 },
                 Label {
                     key: k_type,
@@ -251,7 +269,7 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
         period_type,
         period: 1,
         comment,
-        default_sample_type: 1,
+        default_sample_type,
     };
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     // Writing into a Vec cannot fail.
@@ -266,7 +284,7 @@ mod tests {
     use super::*;
     use crate::core::{
         event::LockType,
-        lock_profile::{Drops, LockName, Naming},
+        lock_profile::{Drops, LockName},
     };
 
     #[test]
@@ -294,6 +312,16 @@ mod tests {
                 ..Drops::default()
             },
         };
+        let mut profile = profile;
+        // An unnamed lock and a frame kallsyms could not name: neither lets its address out.
+        profile.samples.push(Sample {
+            lock_name: LockName {
+                name: "0xffff888100000020".into(),
+                naming: Naming::Unnamed,
+            },
+            stack: vec!["0xffffffffc0400000".into()],
+            ..profile.samples[0].clone()
+        });
         let gz = encode(&profile, 1, 2);
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
@@ -324,7 +352,13 @@ mod tests {
             .comment
             .iter()
             .any(|c| s(*c).contains("profile table was full")));
-        // No address anywhere: the lock's is not in the strings.
-        assert!(!p.string_table.iter().any(|x| x.contains("ffff8881")));
+        // No address anywhere: not the unnamed lock's, not the unknown frame's.
+        assert!(
+            !p.string_table.iter().any(|x| x.contains("0xffff")),
+            "{:?}",
+            p.string_table
+        );
+        assert!(p.string_table.iter().any(|x| x == "lock:unnamed [mutex]"));
+        assert!(p.string_table.iter().any(|x| x == "[unknown]"));
     }
 }

@@ -45,6 +45,7 @@ pub fn drops(c: &Counters) -> Drops {
         no_stack: c.get(Counter::ProfileNoStack),
         stacks_full: c.get(Counter::ProfileStacksFull),
         stack_collisions: c.get(Counter::ProfileStackCollision),
+        busy: c.get(Counter::ProfileBusy),
     }
 }
 
