@@ -149,6 +149,28 @@ fn record_sees_a_read_write_read_convoy_as_it_happened() {
     if !require_root("record_sees_a_read_write_read_convoy_as_it_happened") {
         return;
     }
+    // In the 6.1 TCG guest the recording twice showed the late reader getting the lock before
+    // the writer while the holder held throughout: no convoy formed, though the scenario
+    // thought so. Not established why; likely the writer had not queued yet (6.1's writer may
+    // spin on a reader-owned lock before it queues, and a reader's fast path gets in then).
+    // Such a run is run again, three times at most; the recording is what tells.
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        match record_convoy_once() {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("attempt {attempt}: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("no convoy formed in 3 attempts; the last: {last}");
+}
+
+/// One run of the convoy under `record`: panics on a recording that contradicts the kernel's
+/// rules; `Err` when the reader got the lock before the writer while the holder held
+/// throughout (the writer had not queued yet: no convoy formed).
+fn record_convoy_once() -> Result<(), String> {
     let rec = Recording::start(&[]);
     let report = scenario(&["rwr"]);
     let events = rec.finish();
@@ -253,9 +275,9 @@ fn record_sees_a_read_write_read_convoy_as_it_happened() {
                 && e.ts_ns <= r_acq.ts_ns
                 && matches!(&e.kind, EventKind::MmapLockRelease { mm: m, mode: LockMode::Read, .. } if *m == mm)
         });
-        assert!(
-            holder_let_go,
-            "the reader should be queued behind the writer: reader acquired at {}, writer at {}, and the holder {holder} held throughout (its events after the writer asked: {:?})",
+        if !holder_let_go {
+            return Err(format!(
+            "the reader got the lock before the writer: reader acquired at {}, writer at {}, and the holder {holder} held throughout (its events after the writer asked: {:?})",
             r_acq.ts_ns,
             w_acq.ts_ns,
             ours.iter()
@@ -263,7 +285,8 @@ fn record_sees_a_read_write_read_convoy_as_it_happened() {
                 .map(|e| (e.ts_ns, e.kind.name()))
                 .take(20)
                 .collect::<Vec<_>>()
-        );
+            ));
+        }
         eprintln!(
             "the holder released mmap_lock after the writer asked and the reader stole it before the writer ran (kernel reader lock stealing)"
         );
@@ -273,6 +296,7 @@ fn record_sees_a_read_write_read_convoy_as_it_happened() {
             "the reader's wait should cover the writer's remaining wait"
         );
     }
+    Ok(())
 }
 
 #[test]
