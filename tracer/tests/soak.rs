@@ -402,7 +402,16 @@ fn unrelated(i: &Incident, ours: &Ours) -> Option<String> {
         named.push((*tid, pid, family));
     }
     let family_of_pid = |pid: u64| named.iter().find(|(_, p, _)| *p == pid).map(|(_, _, f)| f);
-    // Tied to another family's process by reading its mm, and by nothing else.
+    // khugepaged collapses pages of other processes under their mmap_lock for write: a
+    // foreign writer the kernel really has (the contention program names whose mm it waits
+    // on, from the mm's owner).
+    let is_khugepaged = |tid: u64| {
+        i.tasks
+            .iter()
+            .any(|(t, task)| *t == tid && task.as_ref().is_some_and(|(_, c)| c == "khugepaged"))
+    };
+    // Tied to another family's process by reading its mm (or, for khugepaged, writing it),
+    // and by nothing else.
     let foreign_reader = |tid: u64, family: &String| {
         let touching: Vec<&MmEdge> = i
             .mm_edges
@@ -411,9 +420,10 @@ fn unrelated(i: &Incident, ours: &Ours) -> Option<String> {
             .filter(|e| family_of_pid(e.owner).is_some_and(|f| f != family))
             .collect();
         !touching.is_empty()
-            && touching
-                .iter()
-                .all(|e| (e.from != tid || e.wants_read) && (e.to != tid || e.held_read))
+            && touching.iter().all(|e| {
+                is_khugepaged(tid)
+                    || ((e.from != tid || e.wants_read) && (e.to != tid || e.held_read))
+            })
     };
     let families: BTreeSet<&String> = named
         .iter()
@@ -782,6 +792,21 @@ fn the_judgement_is_scoped_to_the_tests_own_processes() {
     misread.mm_edges.push(edge(501, 800, 500, true, false));
     misread.mm_edges.push(edge(800, 502, 500, false, true));
     assert!(unrelated(&misread, &ours).is_some());
+    // khugepaged waiting to write a stress-ng process's mm held by that process (seen in a CI
+    // soak): a true wait of the kernel's own thread on that mm.
+    let mut collapse = incident(vec![
+        (39, task(39, "khugepaged")),
+        (14639, task(14639, "stress-ng-mrema")),
+    ]);
+    collapse.mm_edges.push(edge(39, 14639, 14639, false, true));
+    assert_eq!(unrelated(&collapse, &ours), None);
+    // Any other process writing it is not believed.
+    let mut writer = incident(vec![
+        (40, task(40, "rustc")),
+        (14639, task(14639, "stress-ng-mrema")),
+    ]);
+    writer.mm_edges.push(edge(40, 14639, 14639, false, true));
+    assert!(unrelated(&writer, &ours).is_some());
     // Another process of the host, alone or with others of the host: not the soak's business.
     let host = incident(vec![(700, task(700, "rustc")), (701, task(702, "cc1"))]);
     assert!(!involves_ours(&host, &ours));
