@@ -57,6 +57,13 @@ fn unit_caps() -> String {
             "ambient {c} outside the bounding set"
         );
     }
+    setpriv_caps(caps, "the unit")
+}
+
+/// `caps` (lower case, no `cap_`) as setpriv names them (`-all,+bpf,...`), without those the
+/// test runner's own bounding set lacks (a container may drop some; they are printed, as the
+/// run then grants less than `whose` ships).
+fn setpriv_caps(caps: Vec<String>, whose: &str) -> String {
     let have = Command::new("setpriv")
         .arg("--dump")
         .output()
@@ -71,7 +78,7 @@ fn unit_caps() -> String {
         .into_iter()
         .partition(|c| bset.split(',').any(|b| b == c));
     if !dropped.is_empty() {
-        eprintln!("the test runner lacks {dropped:?}: running with {kept:?} only");
+        eprintln!("the test runner lacks {dropped:?}: running with {kept:?} only, less than {whose} grants");
     }
     std::iter::once("-all".to_owned())
         .chain(kept.iter().map(|c| format!("+{c}")))
@@ -289,24 +296,7 @@ fn daemonset_caps(container: &serde_json::Value) -> String {
         .filter_map(|c| c.as_str())
         .map(str::to_lowercase)
         .collect();
-    let have = Command::new("setpriv")
-        .arg("--dump")
-        .output()
-        .expect("setpriv --dump");
-    let have = String::from_utf8_lossy(&have.stdout).to_lowercase();
-    let bset = have
-        .lines()
-        .find_map(|l| l.strip_prefix("capability bounding set: "))
-        .unwrap_or_default()
-        .to_owned();
-    std::iter::once("-all".to_owned())
-        .chain(
-            caps.iter()
-                .filter(|c| bset.split(',').any(|b| b == c.as_str()))
-                .map(|c| format!("+{c}")),
-        )
-        .collect::<Vec<_>>()
-        .join(",")
+    setpriv_caps(caps, "the DaemonSet")
 }
 
 /// What the container runtime sets up for the DaemonSet's pod, done with util-linux in new
