@@ -47,11 +47,14 @@ fn the_dashboard_is_portable_across_prometheus_datasources() {
         );
         for t in p["targets"].as_array().expect("targets") {
             let expr = t["expr"].as_str().expect("expr");
-            // Every range in a rate/increase uses Grafana's scrape-aware interval.
+            // Every range in a rate/increase uses Grafana's scrape-aware interval, or, in an
+            // instant query ("over the time range"), the dashboard's range.
+            let instant = t["instant"] == true;
             for (i, _) in expr.match_indices('[') {
                 assert!(
-                    expr[i..].starts_with("[$__rate_interval]"),
-                    "panel {}: ranges use $__rate_interval: {expr}",
+                    expr[i..].starts_with("[$__rate_interval]")
+                        || (instant && expr[i..].starts_with("[$__range]")),
+                    "panel {}: ranges use $__rate_interval ($__range in instant queries): {expr}",
                     p["title"]
                 );
             }

@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     core::lock_profile::Profile,
+    sinks::metrics::{Folded, LockSeriesMemory, LockSub},
     kernel::{
         lock_names::Namer,
         probes::{families::lock_profile::ProfileMaps, Aggregates},
@@ -20,16 +21,32 @@ const NAMES_TTL: Duration = Duration::from_secs(60);
 pub struct LockProfile {
     maps: ProfileMaps,
     aggregates: Arc<Aggregates>,
+    /// False with `--no-lock-profile`: the tables stay empty and no series is shown by lock.
+    enabled: bool,
     namer: Mutex<Option<(Instant, Arc<Namer>)>>,
+    /// The `lock` series of /metrics: their own lock, so a scrape never waits on the agent's.
+    series: Mutex<LockSeriesMemory>,
 }
 
 impl LockProfile {
-    pub fn new(maps: ProfileMaps, aggregates: Arc<Aggregates>) -> Self {
+    pub fn new(maps: ProfileMaps, aggregates: Arc<Aggregates>, enabled: bool) -> Self {
         Self {
             maps,
             aggregates,
+            enabled,
             namer: Mutex::new(None),
+            series: Mutex::new(LockSeriesMemory::default()),
         }
+    }
+
+    /// The profile folded into /metrics' `lock` series; `None` with the profile off.
+    pub fn series(&self) -> Result<Option<Folded<String, LockSub>>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let profile = self.read()?;
+        let mut memory = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Some(memory.fold(&profile)))
     }
 
     fn namer(&self) -> Arc<Namer> {

@@ -89,20 +89,23 @@ fn under_lock(st: &mut AgentState) -> MetricsInput {
             .iter()
             .map(|a| (a.feature.name(), a.available()))
             .collect(),
+        lock_waits: None,
     }
 }
 
 /// A scrape: the snapshot under the lock, then the aggregate maps on their own handles, then
 /// the cached per-process faults (`process_faults`), all of it after the lock.
 pub fn metrics_input(shared: &Mutex<AgentState>) -> Result<MetricsInput, String> {
-    let (mut m, aggregates, cache) = {
+    let (mut m, aggregates, cache, profile) = {
         let mut st = lock(shared);
         (
             under_lock(&mut st),
             st.aggregates.clone(),
             st.process_faults.clone(),
+            st.lock_profile.clone(),
         )
     };
+    m.lock_waits = profile.series()?;
     let e = |e: crate::kernel::probes::ProbeError| e.to_string();
     m.counters = aggregates.counters().map_err(e)?.0;
     m.hists = aggregates.histograms().map_err(e)?;

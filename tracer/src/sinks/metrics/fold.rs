@@ -16,7 +16,10 @@ use std::{
     hash::Hash,
 };
 
-use crate::core::detect::AlertKind;
+use crate::core::{
+    detect::AlertKind,
+    lock_profile::{Naming, Profile, Sample},
+};
 
 use super::{ProcessKey, TOP_PROCESSES, TOP_WORKLOADS};
 
@@ -43,6 +46,8 @@ pub struct CounterFold<G, S> {
     seen: HashMap<(G, S), u64>,
     /// The value exported for each series, named or "other": it only ever grows.
     exported: HashMap<(G, S), u64>,
+    /// Which sub-labels' counts rank the groups (all, unless `ranked_by` says otherwise).
+    rank: fn(&S) -> bool,
 }
 
 impl<G, S> CounterFold<G, S>
@@ -57,7 +62,15 @@ where
             subs,
             seen: HashMap::new(),
             exported: HashMap::new(),
+            rank: |_| true,
         }
+    }
+
+    /// Ranks the groups by the counts of the sub-labels `rank` admits only (e.g. wait time, not
+    /// wait time plus the number of waits).
+    pub fn ranked_by(mut self, rank: fn(&S) -> bool) -> Self {
+        self.rank = rank;
+        self
     }
 
     /// Folds one reading of cumulative counts (each key's count since the agent started; a
@@ -72,8 +85,8 @@ where
     {
         let counts: Vec<(&G, &S, u64)> = counts.into_iter().collect();
         let mut totals: HashMap<&G, u64> = HashMap::new();
-        for (g, _, n) in &counts {
-            if **g != self.other {
+        for (g, s, n) in &counts {
+            if **g != self.other && (self.rank)(s) {
                 *totals.entry(*g).or_default() += n;
             }
         }
@@ -169,6 +182,79 @@ impl SeriesMemory {
             workload_alerts: self
                 .workload_alerts
                 .fold(alerts_by_workload.iter().map(|((w, k), n)| (w, k, *n))),
+        }
+    }
+}
+
+/// Kernel locks named individually in `faultline_lock_*_total{lock=...}`; the rest are "other".
+pub const TOP_LOCKS: usize = 10;
+
+/// What a kernel-lock series counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockMeasure {
+    Contentions,
+    WaitNs,
+}
+
+/// A lock series' sub-labels: the lock type (`mutex`, `rwsem:R`, ...) and what it counts.
+pub type LockSub = (&'static str, LockMeasure);
+
+/// The lock profile folded into the top N locks by wait time plus "other", so that the
+/// `lock` label stays bounded and no series goes down (see the module doc).
+///
+/// A lock's label is its name as the profile gives it (`rtnl_mutex`, `caller:rtnl_lock`,
+/// `mmap_lock of PID (comm)`), never an address (`unnamed`). An `mmap_lock`'s name is kept as
+/// first seen for as long as the kernel's table holds it: its process's comm can no longer be
+/// read once it exits, and a renamed series would count its whole past a second time.
+#[derive(Debug)]
+pub struct LockSeriesMemory {
+    fold: CounterFold<String, LockSub>,
+    mm_names: HashMap<u64, String>,
+}
+
+impl Default for LockSeriesMemory {
+    fn default() -> Self {
+        Self {
+            fold: CounterFold::new(TOP_LOCKS, "other".to_owned(), Vec::new())
+                .ranked_by(|(_, m)| *m == LockMeasure::WaitNs),
+            mm_names: HashMap::new(),
+        }
+    }
+}
+
+impl LockSeriesMemory {
+    /// Folds one reading of the cumulative profile.
+    pub fn fold(&mut self, profile: &Profile) -> Folded<String, LockSub> {
+        let mut counts: BTreeMap<(String, LockSub), u64> = BTreeMap::new();
+        for s in &profile.samples {
+            let label = self.label(s);
+            let t = s.lock_type.name();
+            *counts
+                .entry((label.clone(), (t, LockMeasure::Contentions)))
+                .or_default() += s.contended;
+            *counts.entry((label, (t, LockMeasure::WaitNs))).or_default() += s.total_ns;
+        }
+        // Names of mmap_locks the kernel's table no longer holds are forgotten.
+        let live: HashSet<u64> = profile
+            .samples
+            .iter()
+            .filter(|s| s.lock_name.naming == Naming::MmapLock)
+            .map(|s| s.lock)
+            .collect();
+        self.mm_names.retain(|lock, _| live.contains(lock));
+        self.fold
+            .fold(counts.iter().map(|((g, sub), n)| (g, sub, *n)))
+    }
+
+    fn label(&mut self, s: &Sample) -> String {
+        match s.lock_name.naming {
+            Naming::MmapLock => self
+                .mm_names
+                .entry(s.lock)
+                .or_insert_with(|| s.lock_name.name.clone())
+                .clone(),
+            Naming::Unnamed => "unnamed".to_owned(),
+            Naming::Symbol | Naming::Caller => s.lock_name.label(),
         }
     }
 }

@@ -4,8 +4,8 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tracer_common::{lock_type, Counter as K, Histogram as H, HIST_LOCK_BASE};
 
 use super::{
-    encode::{counter, family, histogram, plain_counters},
-    MetricsInput,
+    encode::{counter, counter_f64, family, histogram, plain_counters},
+    LockMeasure, MetricsInput,
 };
 
 const LOCK_TYPES: [(u8, &str); 7] = [
@@ -64,8 +64,8 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ("faultline_mmap_lock_recursive_reads_total", "Read attempts on an mmap_lock the task already holds for read.", c(K::RecursiveRead)),
         ("faultline_mmap_lock_downgrades_total", "Write holds downgraded to read.", c(K::Downgrade)),
         ("faultline_mmap_lock_unmatched_releases_total", "Releases with no hold known for the releasing task (non-owner release, or a hold older than the agent).", c(K::UnmatchedRelease)),
-        ("faultline_lock_contentions_total", "Contended sleeping kernel locks (mutex, rwsem, other).", c(K::LockContended)),
     ]));
+    f.extend(lock_series(m));
     f.push(family(
         "faultline_lock_wait_seconds",
         "Waits on contended kernel locks, by lock type (log2 buckets; sum estimated).",
@@ -74,6 +74,63 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             .iter()
             .map(|(t, name)| histogram(&[("type", name)], &m.hist(HIST_LOCK_BASE + *t as u32)))
             .collect(),
+    ));
+    f
+}
+
+/// The lock profile as counters: contentions and wait time by lock (the top locks by wait time,
+/// the rest as "other") and type, then what the profile saw and dropped. Absent with the
+/// profile off (`--no-lock-profile`): nothing counts by lock then.
+fn lock_series(m: &MetricsInput) -> Vec<MetricFamily> {
+    let Some(folded) = &m.lock_waits else {
+        return Vec::new();
+    };
+    let series = |want: LockMeasure| {
+        folded
+            .series()
+            .iter()
+            .filter(move |(_, (_, measure), _)| *measure == want)
+    };
+    let c = |k: K| m.counter(k);
+    let mut f = vec![
+        family(
+            "faultline_lock_contentions_total",
+            "Contended kernel-lock waits (sleeping and spinning), by lock (the top locks by wait time, the rest as \"other\"; a lock known only by where it is taken is \"caller:FUNCTION\") and type. A lock's series counts from when it was first among the top; none ever goes down.",
+            MetricType::COUNTER,
+            series(LockMeasure::Contentions)
+                .map(|(lock, (t, _), n)| counter(&[("lock", lock), ("type", t)], *n))
+                .collect(),
+        ),
+        family(
+            "faultline_lock_wait_seconds_total",
+            "Time spent waiting on contended kernel locks, by lock and type (the same series as faultline_lock_contentions_total).",
+            MetricType::COUNTER,
+            series(LockMeasure::WaitNs)
+                .map(|(lock, (t, _), ns)| {
+                    counter_f64(&[("lock", lock), ("type", t)], *ns as f64 / 1e9)
+                })
+                .collect(),
+        ),
+    ];
+    f.extend(plain_counters(&[(
+        "faultline_lock_profile_waits_total",
+        "Contended kernel-lock waits the lock profile saw (kept or dropped).",
+        c(K::ProfileWaits),
+    )]));
+    f.push(family(
+        "faultline_lock_profile_dropped_total",
+        "Waits the lock profile could not keep whole, by cause: table_full (dropped), busy (dropped or kept without a stack), no_stack, stacks_full, stack_collision (kept without a stack).",
+        MetricType::COUNTER,
+        [
+            ("table_full", K::ProfileFull),
+            ("busy", K::ProfileBusy),
+            ("no_stack", K::ProfileNoStack),
+            ("stacks_full", K::ProfileStacksFull),
+            ("stack_collision", K::ProfileStackCollision),
+        ]
+        .iter()
+        .map(|(cause, k)| counter(&[("cause", cause)], c(*k)))
+        .collect(),
     ));
     f
 }

@@ -33,7 +33,7 @@ use faultline_core::workload::Attribution;
 
 use crate::core::detect::{AlertKind, Confidence};
 
-pub use fold::{FoldedCounters, SeriesMemory};
+pub use fold::{Folded, FoldedCounters, LockMeasure, LockSeriesMemory, LockSub, SeriesMemory};
 
 /// Processes named individually in per-process series; the rest are summed as "other".
 pub const TOP_PROCESSES: usize = 10;
@@ -86,6 +86,9 @@ pub struct MetricsInput {
     /// (feature, available) for the features that depend on privileges, decided at start
     /// (`kernel::privileges`).
     pub features: Vec<(&'static str, bool)>,
+    /// Contended kernel-lock waits by lock and type, from the lock profile folded by the
+    /// agent's `LockSeriesMemory`; `None` when the profile is off.
+    pub lock_waits: Option<Folded<String, LockSub>>,
 }
 
 impl MetricsInput {

@@ -4,7 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use tracer_common::{Histogram as H, ProcFaults, HIST_BUCKETS};
 
-use super::*;
+use super::{fold::TOP_LOCKS, *};
+use crate::core::{
+    event::LockType,
+    lock_profile::{LockName, Naming, Profile, Sample},
+};
 
 fn input() -> MetricsInput {
     let db = Attribution::from_path("/system.slice/db.service");
@@ -69,6 +73,7 @@ fn input() -> MetricsInput {
         ),
         api_refused: [("render", 3), ("scrape", 0)],
         features: vec![("holder_stack", true), ("uffd_waits", false)],
+        lock_waits: None,
     }
 }
 
@@ -197,4 +202,74 @@ fn each_privilege_dependent_feature_is_a_gauge_of_one_or_zero() {
     let text = render(&input()).expect("render");
     assert!(text.contains("faultline_feature_available{feature=\"holder_stack\"} 1\n"));
     assert!(text.contains("faultline_feature_available{feature=\"uffd_waits\"} 0\n"));
+}
+
+fn lock_sample(lock: u64, name: &str, naming: Naming, t: LockType, n: u64, ns: u64) -> Sample {
+    Sample {
+        lock,
+        lock_name: LockName {
+            name: name.into(),
+            naming,
+        },
+        lock_type: t,
+        stack: vec!["f".into()],
+        cgroup: None,
+        workload: None,
+        task: None,
+        owner: None,
+        contended: n,
+        total_ns: ns,
+        max_ns: ns,
+    }
+}
+
+#[test]
+fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
+    let mut memory = LockSeriesMemory::default();
+    let mut profile = Profile::default();
+    // Eleven callers-named locks of small waits, then the heavy ones.
+    for i in 0..11u64 {
+        profile.samples.push(lock_sample(i, &format!("f{i}"), Naming::Caller, LockType::Mutex, 1, 10 + i));
+    }
+    profile.samples.push(lock_sample(100, "rtnl_mutex", Naming::Symbol, LockType::Mutex, 3, 3_000_000_000));
+    profile.samples.push(lock_sample(101, "0xffff888012345678", Naming::Unnamed, LockType::Spinlock, 2, 500));
+    profile.samples.push(lock_sample(102, "mmap_lock of 7 (seed)", Naming::MmapLock, LockType::RwsemWrite, 4, 2_000));
+    let mut m = input();
+    m.lock_waits = Some(memory.fold(&profile));
+    let text = render(&m).expect("render");
+    assert!(!text.contains("0xffff"), "an address leaked: {text}");
+    assert!(
+        text.contains("faultline_lock_wait_seconds_total{lock=\"rtnl_mutex\",type=\"mutex\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_lock_contentions_total{lock=\"unnamed\",type=\"spinlock\"} 2"),
+        "{text}"
+    );
+    let named = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("faultline_lock_contentions_total{"))
+            .filter(|l| !l.contains("lock=\"other\""))
+            .map(|l| l.split("type").next().unwrap_or("").to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(named(&text), TOP_LOCKS, "{text}");
+    // The top 10 by wait: rtnl, the mmap_lock, unnamed, f10..f4; f3..f0 (4 waits) are other.
+    assert!(
+        text.contains("faultline_lock_contentions_total{lock=\"other\",type=\"mutex\"} 4"),
+        "{text}"
+    );
+    // The process exits: its comm is gone, its series keeps its name and its count.
+    profile.samples[13].lock_name.name = "mmap_lock of 7".into();
+    profile.samples[13].contended = 5;
+    m.lock_waits = Some(memory.fold(&profile));
+    let text = render(&m).expect("render");
+    assert!(
+        text.contains(
+            "faultline_lock_contentions_total{lock=\"mmap_lock of 7 (seed)\",type=\"rwsem:W\"} 5"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("lock=\"mmap_lock of 7\""), "{text}");
 }

@@ -9,6 +9,7 @@
 //! - `html`: shared page parts; `page`: the live page; `replay`: `replay --html/--svg`;
 //! - `text`: escaping, short durations and wait classes, shared by `html`, `svg` and the rest.
 
+pub mod flame;
 pub mod html;
 pub mod page;
 pub mod replay;
