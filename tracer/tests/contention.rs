@@ -268,3 +268,120 @@ fn a_tiny_table_under_load_says_what_it_dropped() {
     assert!(rows(&doc).len() <= 16, "{doc:#}");
     assert_totals(&doc);
 }
+
+/// The parts of a pprof profile the totals need (`profile.proto`'s field numbers), decoded
+/// here rather than with the agent's own types, so the wire format is checked too.
+mod pprof_wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Profile {
+        #[prost(message, repeated, tag = "2")]
+        pub sample: Vec<Sample>,
+        #[prost(string, repeated, tag = "6")]
+        pub string_table: Vec<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(int64, repeated, tag = "2")]
+        pub value: Vec<i64>,
+        #[prost(message, repeated, tag = "3")]
+        pub label: Vec<Label>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(int64, tag = "1")]
+        pub key: i64,
+        #[prost(int64, tag = "2")]
+        pub str: i64,
+    }
+}
+
+/// (contentions, wait ns) of the samples whose `lock` label starts with `prefix`.
+fn pprof_totals(gz: &[u8], prefix: &str) -> (u64, u64) {
+    use prost::Message as _;
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .expect("a gzipped profile");
+    let p = pprof_wire::Profile::decode(raw.as_slice()).expect("a pprof profile");
+    let s = |i: i64| p.string_table.get(i as usize).map_or("", String::as_str);
+    p.sample
+        .iter()
+        .filter(|x| {
+            x.label
+                .iter()
+                .any(|l| s(l.key) == "lock" && s(l.str).starts_with(prefix))
+        })
+        .fold((0, 0), |(c, t), x| {
+            (c + x.value[0] as u64, t + x.value[1] as u64)
+        })
+}
+
+/// (contentions, wait ns) of the `/metrics` series whose `lock` label starts with `prefix`.
+fn metrics_totals(text: &str, prefix: &str) -> (u64, u64) {
+    let want = format!("{{lock=\"{prefix}");
+    let sum = |family: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(&want))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum("faultline_lock_contentions_total") as u64,
+        (sum("faultline_lock_wait_seconds_total") * 1e9).round() as u64,
+    )
+}
+
+fn within_1pct(what: &str, a: u64, b: u64) {
+    let (lo, hi) = (a.min(b) as f64, a.max(b) as f64);
+    assert!(
+        hi > 0.0 && (hi - lo) / hi <= 0.01,
+        "{what}: {a} and {b} differ by more than 1%"
+    );
+}
+
+#[test]
+fn the_profile_metrics_and_the_cli_agree_on_a_locks_waits() {
+    if !require_root("the_profile_metrics_and_the_cli_agree_on_a_locks_waits") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = common::Faultline::agent(state.path(), &[]);
+    let cli = start_profile(&["-E", "100000", "-l"]);
+    // The window: both are attached before the workload starts and read after it ended, so
+    // each saw every wait on its mmap_lock (a lock no other process takes).
+    let child = Command::new(&*SCENARIO)
+        .args(["rwr", "--hold-mib", "256"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rwr");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("rwr ends");
+    assert!(out.status.success(), "rwr failed");
+    let doc = stop(cli);
+    let ours = format!("mmap_lock of {pid}");
+    let cli_totals = rows(&doc)
+        .iter()
+        .filter(|r| r["key"].as_str().is_some_and(|k| k.starts_with(&ours)))
+        .fold((0, 0), |(c, t), r| {
+            (
+                c + r["contended"].as_u64().unwrap_or(0),
+                t + r["total_ns"].as_u64().unwrap_or(0),
+            )
+        });
+    let (status, metrics) = common::http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let (status, body) = common::http_get_bytes(&addr, "/debug/pprof/kernel_lock");
+    assert_eq!(status, 200);
+    let from_metrics = metrics_totals(&metrics, &ours);
+    let from_pprof = pprof_totals(&body, &ours);
+    agent.stop();
+    eprintln!("{ours}: cli {cli_totals:?}, metrics {from_metrics:?}, pprof {from_pprof:?}");
+    assert!(cli_totals.0 > 0, "the CLI saw no wait on {ours}: {doc:#}");
+    within_1pct("contentions, CLI vs /metrics", cli_totals.0, from_metrics.0);
+    within_1pct("contentions, CLI vs pprof", cli_totals.0, from_pprof.0);
+    within_1pct("wait, CLI vs /metrics", cli_totals.1, from_metrics.1);
+    within_1pct("wait, CLI vs pprof", cli_totals.1, from_pprof.1);
+}

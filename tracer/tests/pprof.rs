@@ -119,24 +119,6 @@ fn go_tool_pprof_reads_the_profile_with_its_types_roots_and_totals() {
 }
 
 /// A GET whose body is bytes: (status, body).
-fn get_bytes(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).expect("read");
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response");
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (status, resp[split + 4..].to_vec())
-}
 
 fn pprof_raw(dir: &std::path::Path, name: &str, body: &[u8]) -> String {
     let path = dir.join(name);
@@ -162,13 +144,15 @@ fn the_agent_serves_the_profile_cumulative_and_as_a_delta_over_seconds() {
     }
     let state = tempfile::tempdir().expect("tempdir");
     let (agent, addr) = common::Faultline::agent(state.path(), &[]);
-    let (status, _) = get_bytes(&addr, "/debug/pprof/kernel_lock?seconds=ten");
+    let (status, _) = common::http_get_bytes(&addr, "/debug/pprof/kernel_lock?seconds=ten");
     assert_eq!(status, 400, "a bad window is refused");
 
     // The delta over the next 3 s, while a writer waits on a tmpfs inode's lock.
     let delta = {
         let addr = addr.clone();
-        std::thread::spawn(move || get_bytes(&addr, "/debug/pprof/kernel_lock?seconds=3"))
+        std::thread::spawn(move || {
+            common::http_get_bytes(&addr, "/debug/pprof/kernel_lock?seconds=3")
+        })
     };
     std::thread::sleep(std::time::Duration::from_millis(500));
     let w = Command::new(&*SCENARIO)
@@ -188,7 +172,7 @@ fn the_agent_serves_the_profile_cumulative_and_as_a_delta_over_seconds() {
     assert!(text.contains("[rwsem:W]"), "the writer's wait: {text}");
 
     // Cumulative: at least what the delta saw.
-    let (status, body) = get_bytes(&addr, "/debug/pprof/kernel_lock");
+    let (status, body) = common::http_get_bytes(&addr, "/debug/pprof/kernel_lock");
     assert_eq!(status, 200);
     let all = pprof_raw(dir.path(), "all.pb.gz", &body);
     assert!(all.contains("[rwsem:W]"), "{all}");

@@ -417,3 +417,23 @@ pub fn assert_fails_without_privileges(args: &[&std::ffi::OsStr]) {
         "the line names the problem and the fix: {stderr}"
     );
 }
+
+/// A GET on the agent's API: (status, body bytes), for binary answers such as a gzipped profile.
+pub fn http_get_bytes(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, resp[split + 4..].to_vec())
+}

@@ -28,7 +28,7 @@ const ROW: f64 = 16.0;
 /// and a large profile would otherwise be tens of thousands of invisible rectangles.
 const MIN_PX: f64 = 0.5;
 /// The width of one character of 12 px monospace, near enough for every browser's font.
-const CHAR_PX: f64 = 7.0;
+const CHAR_PX: f64 = 7.25;
 /// A label shorter than this says nothing; the frame is left unlabelled (its title remains).
 const MIN_CHARS: usize = 3;
 /// Lock views offered by a section: the heaviest ones; the rest remain in the all-locks view.
@@ -269,7 +269,8 @@ fn frame_svg(out: &mut String, p: &Placed, y: f64, total_ns: u64) {
         p.x,
         p.w,
         ROW - 1.0,
-        colour(p.lock, p.name),
+        // The root is every lock of the view, even in a one-lock view: neutral.
+        colour(if p.depth == 0 { ALL } else { p.lock }, p.name),
     );
     if let Some(label) = fitted(p.name, p.w) {
         let _ = write!(
