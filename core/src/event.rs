@@ -230,6 +230,13 @@ pub enum EventKind {
     /// wait a snapshot found, an acquisition's start carried by its end) may come after later
     /// ones by any amount. `tid` and `pid` are 0.
     Journal {},
+    /// The kernel lock-contention profile as the recording saw it when it stopped: every
+    /// contended kernel-lock wait of the recording, aggregated by lock, waiter stack, cgroup
+    /// and type (see `lock_profile`). The last line of a `record` trace; `tid` and `pid` are 0.
+    LockProfile {
+        samples: Vec<crate::lock_profile::Sample>,
+        drops: crate::lock_profile::Drops,
+    },
 }
 
 /// A task inferred to hold an `mmap_lock` for read, and why.
@@ -271,6 +278,7 @@ impl EventKind {
                 | Self::Confirmed {}
                 | Self::Snapshot {}
                 | Self::Journal {}
+                | Self::LockProfile { .. }
         )
     }
 
@@ -299,6 +307,7 @@ impl EventKind {
             Self::Confirmed {} => "confirmed",
             Self::Snapshot {} => "snapshot",
             Self::Journal {} => "journal",
+            Self::LockProfile { .. } => "lock_profile",
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::LockType;
 
@@ -25,7 +25,7 @@ impl LockType {
 }
 
 /// How a lock's name is known, strongest first. Never invented: what cannot be named says so.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Naming {
     /// `mmap_lock of PID (comm)`: the lock's address is that process's `mm->mmap_lock`.
@@ -39,7 +39,7 @@ pub enum Naming {
     Unnamed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockName {
     pub name: String,
     pub naming: Naming,
@@ -56,7 +56,7 @@ impl LockName {
 }
 
 /// One aggregate of the kernel's table, resolved.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
     /// The lock's kernel address (the local CLI's `-l` and `--lock`; never exported by the
     /// agent).
@@ -79,7 +79,7 @@ pub struct Sample {
     pub max_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub tid: u32,
     /// Its process, when known.
@@ -89,7 +89,7 @@ pub struct Task {
 }
 
 /// What the kernel side could not aggregate or attribute, by cause.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drops {
     /// Contended waits the profile saw.
     pub waits: u64,
@@ -157,7 +157,7 @@ impl Drops {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub samples: Vec<Sample>,
     pub drops: Drops,

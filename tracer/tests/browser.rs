@@ -452,3 +452,114 @@ fn hundreds_of_readers_behind_one_writer_read_as_one_box_with_a_list_to_expand()
     let shot = screenshot(browser, &url, "convoy-report.png", "1300,1300");
     eprintln!("screenshot: {}", shot.display());
 }
+
+/// The opening tag of the flame graph view of `view` (`*` for all locks) in a rendered DOM.
+fn flame_view_tag<'a>(dom: &'a str, view: &str) -> &'a str {
+    let attr = format!("data-lock-view=\"{view}\"");
+    let at = dom
+        .find(&attr)
+        .unwrap_or_else(|| panic!("no flame graph view {view:?} in the page"));
+    let start = dom[..at].rfind("<svg").expect("the view is an <svg>");
+    let end = at + dom[at..].find('>').expect("the tag ends");
+    &dom[start..end]
+}
+
+#[test]
+fn the_flame_graph_shows_a_real_locks_waits_live_and_in_the_replay_report_and_filters_by_lock() {
+    let test =
+        "the_flame_graph_shows_a_real_locks_waits_live_and_in_the_replay_report_and_filters_by_lock";
+    if !require_root(test) {
+        return;
+    }
+    let Some(browser) = chromium(test) else {
+        return;
+    };
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = Faultline::agent(state.path(), &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("trace.jsonl");
+    let rec = Faultline::start(
+        &["record", "-o", trace.to_str().expect("utf-8 path")],
+        "recording to",
+    );
+    // A read-write-read convoy on the scenario's own mmap_lock: a lock no other process takes.
+    let child = Command::new(&*common::SCENARIO)
+        .args(["rwr", "--hold-mib", "256"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rwr");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("rwr ends");
+    assert!(out.status.success(), "rwr failed");
+    let (status, lines) = rec.stop();
+    assert!(status.success(), "record: {}", lines.join("\n"));
+    let ours = format!("mmap_lock of {pid}");
+
+    // Live: the agent's page draws its profile since it started.
+    let live = dump_dom(browser, &format!("http://{addr}/"), 500);
+    agent.stop();
+    assert!(
+        live.contains("class=\"flame\""),
+        "a flame graph on the live page"
+    );
+    assert!(
+        live.contains(&format!("<g class=\"frame\" data-lock=\"{ours}")),
+        "the live flame graph has a tower for {ours}"
+    );
+    assert!(!live.contains("0xffff"), "no kernel address on the page");
+
+    // The replay report of the recording draws the recording's profile.
+    let html = dir.path().join("report.html");
+    let out = Command::new(FAULTLINE)
+        .arg("replay")
+        .arg(&trace)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .expect("run replay");
+    assert!(
+        out.status.success(),
+        "replay --html: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = format!("file://{}", html.display());
+    let dom = dump_dom(browser, &url, 100);
+    let label = dom
+        .split("<option value=\"")
+        .skip(1)
+        .filter_map(|o| o.split('"').next())
+        .find(|v| v.starts_with(&ours))
+        .unwrap_or_else(|| panic!("{ours} is offered in the lock filter"))
+        .to_owned();
+    let tower = format!("<g class=\"frame\" data-lock=\"{label}\"><title>lock:{label}");
+    assert!(dom.contains(&tower), "the lock's root frame: {tower}");
+    assert!(
+        !flame_view_tag(&dom, "*").contains("display: none"),
+        "all locks are shown first"
+    );
+
+    // Chosen through the URL (the select writes the same hash): only that lock is shown.
+    let encoded: String = label
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let filtered = dump_dom(browser, &format!("{url}#flame-lock={encoded}"), 100);
+    assert!(
+        flame_view_tag(&filtered, "*").contains("display: none"),
+        "the all-locks view is hidden once a lock is chosen"
+    );
+    assert!(
+        !flame_view_tag(&filtered, &label).contains("display: none"),
+        "the chosen lock's view is shown"
+    );
+    let shot = screenshot(
+        browser,
+        &format!("{url}#flame-lock={encoded}"),
+        "flame-report.png",
+        "1300,1800",
+    );
+    eprintln!("screenshot: {}", shot.display());
+}

@@ -18,7 +18,7 @@ impl Model {
             EventKind::Lost { .. } => self.lost(),
             EventKind::Confirmed {} => self.unknown.clear(),
             // Changes nothing in the model: the engine runs its timed detectors on it.
-            EventKind::Snapshot {} | EventKind::Journal {} => {}
+            EventKind::Snapshot {} | EventKind::Journal {} | EventKind::LockProfile { .. } => {}
             EventKind::WaitEnded {} => self.end_wait(ev.tid),
             EventKind::HoldEnded { mm } => self.end_hold(ev.tid, *mm),
             EventKind::TaskGone {} => self.forget_task(ev.tid),

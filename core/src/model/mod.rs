@@ -392,7 +392,8 @@ impl Model {
             | EventKind::ReadHoldersInferred { .. }
             | EventKind::Confirmed {}
             | EventKind::Snapshot {}
-            | EventKind::Journal {} => {}
+            | EventKind::Journal {}
+            | EventKind::LockProfile { .. } => {}
         }
         None
     }

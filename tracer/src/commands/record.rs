@@ -18,6 +18,8 @@ use tracer_common::Counter;
 use crate::{
     core::event::{Event, EventKind},
     kernel::decode::{DecodeError, Decoded},
+    kernel::live::monotonic_ns,
+    kernel::lock_names::Namer,
     kernel::probes::{ProbeOptions, Probes},
     kernel::stop_requests::StopRequests,
     kernel::stream::{EventStream, MAX_BATCH},
@@ -239,10 +241,14 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     // instant between reading the counter and detaching is not counted (`Probes` offers no
     // detach that keeps its maps readable).
     let lost_total = lost_counter(&probes)?;
+    let profile = lock_profile(&probes, &opts.probes);
     drop(probes);
     let stop = stop_draining(&mut stream, &mut rec, &stops);
     rec.check()?;
     rec.lost_up_to(lost_total);
+    if let Some(profile) = profile {
+        rec.write(&profile);
+    }
     rec.flush();
     rec.check()?;
     stop?;
@@ -251,6 +257,33 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
         lost: lost_total.saturating_sub(lost_before),
         decode_errors: rec.decode_errors,
     })
+}
+
+/// The lock profile of the whole recording, named, as the trace's last line (`replay --html`
+/// draws it); `None` with the profile off. A profile that cannot be read costs the trace only
+/// that line, said in the log.
+fn lock_profile(probes: &Probes, opts: &ProbeOptions) -> Option<Event> {
+    if !opts.profile.enabled {
+        return None;
+    }
+    let read = || -> Result<Event> {
+        let counters = probes.aggregates()?.counters()?;
+        let raw = probes.profile_maps()?.read(&counters);
+        let profile = Namer::new().resolve(&raw);
+        Ok(Event {
+            ts_ns: monotonic_ns(),
+            tid: 0,
+            pid: 0,
+            comm: None,
+            kind: EventKind::LockProfile {
+                samples: profile.samples,
+                drops: profile.drops,
+            },
+        })
+    };
+    read()
+        .inspect_err(|e| log::warn!("the trace ends without its lock profile: {e:#}"))
+        .ok()
 }
 
 /// Drains the detached ring buffer to empty, within `DRAIN_BOUND`; a second SIGTERM or SIGINT

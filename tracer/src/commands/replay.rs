@@ -18,6 +18,7 @@ use crate::{
     core::engine::Engine,
     core::event::{Event, EventKind},
     core::exposure::Exposure,
+    core::lock_profile::Profile,
     core::trace::{TraceError, TraceReader},
     core::views::GraphView,
     sinks::report::replay::{AlertPicture, Pictures},
@@ -250,7 +251,18 @@ pub fn replay_path(path: &Path, reading: Reading, thresholds: Thresholds) -> Res
 pub fn pictures(path: &Path, reading: Reading, thresholds: Thresholds) -> Result<Pictures> {
     let input = Input::new(path).rereadable()?;
     let mut shots: Vec<AlertPicture> = Vec::new();
-    let replayed = drive_input(&input, reading, thresholds, |engine, _, alerts| {
+    let mut lock_profile = None;
+    let replayed = drive_input(&input, reading, thresholds, |engine, ev, alerts| {
+        if let Some(Event {
+            kind: EventKind::LockProfile { samples, drops },
+            ..
+        }) = ev
+        {
+            lock_profile = Some(Profile {
+                samples: samples.clone(),
+                drops: *drops,
+            });
+        }
         shots.extend(AlertPicture::at(engine, alerts))
     })?;
     let engine = &replayed.engine;
@@ -273,7 +285,8 @@ pub fn pictures(path: &Path, reading: Reading, thresholds: Thresholds) -> Result
         shots,
         end_view,
         timeline,
-    ))
+    )
+    .with_lock_profile(lock_profile))
 }
 
 pub fn print_text(report: &ReplayReport, out: &mut impl Write) -> io::Result<()> {

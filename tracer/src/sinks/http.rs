@@ -232,6 +232,7 @@ pub fn router(agent: Agent) -> Router {
         Router::new()
             .route("/", get(page::index))
             .route("/ui/live", get(page::live))
+            .route("/ui/flame", get(page::flame))
             .route("/api/graph.svg", get(page::graph_svg))
             .route("/api/graph", get(graph))
             .route("/api/graph.dot", get(graph_dot))

@@ -9,11 +9,11 @@ use std::{
 
 use crate::{
     core::lock_profile::Profile,
-    sinks::metrics::{Folded, LockSeriesMemory, LockSub},
     kernel::{
         lock_names::Namer,
         probes::{families::lock_profile::ProfileMaps, Aggregates},
     },
+    sinks::metrics::{Folded, LockSeriesMemory, LockSub},
 };
 
 const NAMES_TTL: Duration = Duration::from_secs(60);

@@ -229,11 +229,39 @@ fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
     let mut profile = Profile::default();
     // Eleven callers-named locks of small waits, then the heavy ones.
     for i in 0..11u64 {
-        profile.samples.push(lock_sample(i, &format!("f{i}"), Naming::Caller, LockType::Mutex, 1, 10 + i));
+        profile.samples.push(lock_sample(
+            i,
+            &format!("f{i}"),
+            Naming::Caller,
+            LockType::Mutex,
+            1,
+            10 + i,
+        ));
     }
-    profile.samples.push(lock_sample(100, "rtnl_mutex", Naming::Symbol, LockType::Mutex, 3, 3_000_000_000));
-    profile.samples.push(lock_sample(101, "0xffff888012345678", Naming::Unnamed, LockType::Spinlock, 2, 500));
-    profile.samples.push(lock_sample(102, "mmap_lock of 7 (seed)", Naming::MmapLock, LockType::RwsemWrite, 4, 2_000));
+    profile.samples.push(lock_sample(
+        100,
+        "rtnl_mutex",
+        Naming::Symbol,
+        LockType::Mutex,
+        3,
+        3_000_000_000,
+    ));
+    profile.samples.push(lock_sample(
+        101,
+        "0xffff888012345678",
+        Naming::Unnamed,
+        LockType::Spinlock,
+        2,
+        500,
+    ));
+    profile.samples.push(lock_sample(
+        102,
+        "mmap_lock of 7 (seed)",
+        Naming::MmapLock,
+        LockType::RwsemWrite,
+        4,
+        2_000,
+    ));
     let mut m = input();
     m.lock_waits = Some(memory.fold(&profile));
     let text = render(&m).expect("render");

@@ -19,7 +19,7 @@ use crate::{
 };
 
 use super::{
-    html,
+    flame, html,
     scene::{Scene, MAX_NODES},
     svg,
     text::{escape, short_duration},
@@ -125,6 +125,15 @@ const SCRIPT: &str = r#"
   });
   const pause = document.getElementById('pause');
   setInterval(() => { if (!pause.checked) refresh(); }, 2000);
+  // The flame graph reads the kernel's profile tables: every 10 s is enough for a picture of
+  // where time went since the agent started.
+  async function refreshFlame() {
+    try {
+      const r = await fetch('/ui/flame', { cache: 'no-store' });
+      if (r.ok) document.getElementById('flame').innerHTML = await r.text();
+    } catch (e) { /* the live part says when the agent does not answer */ }
+  }
+  setInterval(() => { if (!pause.checked) refreshFlame(); }, 10000);
   if (expanded.size) refresh();
 })();
 "#;
@@ -144,11 +153,39 @@ pub async fn index(State(agent): State<Agent>) -> Response {
          pause</label> · <span id=\"status\">rendered by the agent</span> · <a \
          style=\"color:#cfd8dc\" href=\"/api/graph\">JSON</a> · <a style=\"color:#cfd8dc\" \
          href=\"/api/graph.dot\">DOT</a>";
+    let flame = match flame_off_thread(agent.clone()).await {
+        Ok(f) => f,
+        Err(r) => return r.into_response(),
+    };
     match live_off_thread(agent, BTreeSet::new()).await {
         Ok(live) => {
-            let body = format!("<div id=\"live\">{live}</div>");
-            Html(html::page("faultline", meta, &body, SCRIPT)).into_response()
+            let body = format!("<div id=\"live\">{live}</div><div id=\"flame\">{flame}</div>");
+            let script = format!("{SCRIPT}\n{}", flame::FLAME_SCRIPT);
+            Html(html::page("faultline", meta, &body, &script)).into_response()
         }
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The flame graph of the agent's lock profile (cumulative since it started), read and drawn
+/// off the async workers and gated like the graph.
+async fn flame_off_thread(agent: Agent) -> Result<String, Refused> {
+    RENDERS
+        .run(MAX_WAIT, move || match agent.lock_profile() {
+            Ok(p) => flame::flame_section(&p, "flame-section"),
+            Err(e) => format!(
+                "<section id=\"flame-section\"><h2>Kernel lock wait, by lock and stack</h2>\
+                 <p class=\"note\">The lock profile cannot be read: {}</p></section>",
+                escape(&e)
+            ),
+        })
+        .await
+}
+
+/// `GET /ui/flame`: the flame graph section alone (the page refreshes it every 10 s).
+pub async fn flame(State(agent): State<Agent>) -> Response {
+    match flame_off_thread(agent).await {
+        Ok(f) => Html(f).into_response(),
         Err(r) => r.into_response(),
     }
 }

@@ -8,11 +8,12 @@ use crate::{
     core::detect::{Alert, AlertKind, Severity},
     core::engine::Engine,
     core::exposure::Exposure,
+    core::lock_profile::Profile,
     core::views::GraphView,
 };
 
 use super::{
-    html,
+    flame, html,
     scene::{Scene, MAX_NODES},
     svg,
     text::{escape, short_duration},
@@ -57,6 +58,9 @@ pub struct Pictures {
     /// The graph at the end of the trace.
     pub end_view: GraphView,
     pub timeline: Timeline,
+    /// The recording's kernel lock profile (a `record` trace's `lock_profile` line), drawn as a
+    /// flame graph.
+    pub lock_profile: Option<Profile>,
 }
 
 fn involved(alerts: &[AlertPicture], end: &GraphView) -> BTreeSet<u32> {
@@ -115,7 +119,13 @@ impl Pictures {
             alerts,
             end_view,
             timeline,
+            lock_profile: None,
         }
+    }
+
+    pub fn with_lock_profile(mut self, profile: Option<Profile>) -> Self {
+        self.lock_profile = profile;
+        self
     }
 
     /// The graph `--svg` draws: at the first deadlock, else at the last alert, else at the end.
@@ -271,6 +281,13 @@ impl Pictures {
              length.</p><div class=\"graph\">{}</div></section>",
             self.timeline.render()
         );
-        html::page("faultline replay report", &escape(source), &body, "")
+        let script = match &self.lock_profile {
+            Some(profile) => {
+                body.push_str(&flame::flame_section(profile, "lock-flame"));
+                flame::FLAME_SCRIPT
+            }
+            None => "",
+        };
+        html::page("faultline replay report", &escape(source), &body, script)
     }
 }

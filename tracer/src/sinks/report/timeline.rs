@@ -261,7 +261,8 @@ impl TimelineBuilder {
             | EventKind::ReadHoldersInferred { .. }
             | EventKind::Confirmed {}
             | EventKind::Snapshot {}
-            | EventKind::Journal {} => {}
+            | EventKind::Journal {}
+            | EventKind::LockProfile { .. } => {}
             // A snapshot's corrections end bars like the records they stand for.
             EventKind::WaitEnded {} => self.end_wait(tid, ts),
             EventKind::HoldEnded { mm } => self.release(tid, *mm, ts),
