@@ -116,9 +116,85 @@ fn go_tool_pprof_reads_the_profile_with_its_types_roots_and_totals() {
         .expect("go tool pprof -top");
     assert!(top.status.success());
     assert!(String::from_utf8_lossy(&top.stdout).contains("Type: delay"));
+
+    protoc_decodes(&out, count, delay);
 }
 
-/// A GET whose body is bytes: (status, body).
+/// Debian's copy of the published `profile.proto` (golang-github-google-pprof-dev).
+const PROFILE_PROTO_DIR: &str = "/usr/share/gocode/src/github.com/google/pprof/proto";
+
+/// `protoc --decode` reads the profile against the published `profile.proto`: every field is
+/// one the schema knows, `string_table[0]` is "", and the samples' values add up to `count`
+/// contentions and `delay` ns.
+fn protoc_decodes(profile_gz: &std::path::Path, count: u64, delay: u64) {
+    use std::io::{Read as _, Write as _};
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(profile_gz).expect("the profile"))
+        .read_to_end(&mut raw)
+        .expect("a gzipped profile");
+    let mut protoc = Command::new("protoc")
+        .args([
+            "--decode=perftools.profiles.Profile",
+            "--proto_path",
+            PROFILE_PROTO_DIR,
+        ])
+        .arg("profile.proto")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("protoc (Debian's protobuf-compiler; `cargo xtask setup` installs it)");
+    protoc
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&raw)
+        .expect("feed protoc");
+    let out = protoc.wait_with_output().expect("protoc ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "protoc --decode: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unknown fields print as bare numbers ("15: 3"): the schema names every field we write.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
+        "a field profile.proto does not know: {text}"
+    );
+    let strings: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("string_table: "))
+        .collect();
+    assert_eq!(
+        strings.first(),
+        Some(&"\"\""),
+        "string_table[0] is empty: {text}"
+    );
+    assert!(strings.contains(&"\"contentions\"") && strings.contains(&"\"delay\""));
+    // Each sample's two values, in order: contentions, then delay.
+    let (mut c, mut d, mut nth) = (0u64, 0u64, 0usize);
+    let mut in_sample = false;
+    for l in text.lines() {
+        match l.trim() {
+            "sample {" => (in_sample, nth) = (true, 0),
+            "}" => in_sample = false,
+            v if in_sample && v.starts_with("value: ") => {
+                let n: u64 = v["value: ".len()..].parse().expect("a value");
+                if nth == 0 {
+                    c += n
+                } else {
+                    d += n
+                }
+                nth += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((c, d), (count, delay), "protoc's sample values: {text}");
+}
 
 fn pprof_raw(dir: &std::path::Path, name: &str, body: &[u8]) -> String {
     let path = dir.join(name);

@@ -50,6 +50,15 @@ const PACKAGES: [(&str, &str); 16] = [
         "`go tool pprof`, a real reader of the lock-contention profile for its tests",
     ),
     (
+        "protobuf-compiler",
+        "`protoc --decode`, which checks the lock-contention profile against profile.proto",
+    ),
+    (
+        "golang-github-google-pprof-dev",
+        "the published profile.proto (google/pprof, Apache-2.0), read from the system by the \
+         protoc test rather than copied into this GPL-2.0 tree",
+    ),
+    (
         "stress-ng",
         "third-party workloads (mprotect, fault, userfaultfd, ...) for the benchmark and soak",
     ),
