@@ -15,9 +15,10 @@ use common::{
 };
 
 /// Every page and document the API serves.
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 8] = [
     "/",
     "/ui/live",
+    "/ui/flame",
     "/api/graph",
     "/api/graph.dot",
     "/api/graph.svg",
@@ -123,6 +124,20 @@ fn outputs(addr: &str, state: &std::path::Path) -> Vec<(String, String)> {
         assert_eq!(status, 200, "{path}: {body}");
         out.push((path.to_owned(), body));
     }
+    // The lock profile is gzipped protobuf: its strings (lock names, frames, labels) are what
+    // could carry an address.
+    let (status, body) = common::http_get_bytes(addr, "/debug/pprof/kernel_lock");
+    assert_eq!(status, 200, "/debug/pprof/kernel_lock");
+    let mut profile = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(body.as_slice()),
+        &mut profile,
+    )
+    .expect("a gzipped profile");
+    out.push((
+        "/debug/pprof/kernel_lock".to_owned(),
+        String::from_utf8_lossy(&profile).into_owned(),
+    ));
     for f in std::fs::read_dir(state).expect("state dir").flatten() {
         let text = std::fs::read_to_string(f.path()).expect("incident file");
         out.push((f.path().display().to_string(), text));
