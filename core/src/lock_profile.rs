@@ -32,6 +32,10 @@ pub enum Naming {
     MmapLock,
     /// A static lock's data symbol (`CONFIG_KALLSYMS_ALL` kernels).
     Symbol,
+    /// A well-known per-task or per-CPU lock, recognised exactly: `siglock of PID (comm)` (the
+    /// waiter's own `sighand`), `rq lock` (taken by `raw_spin_rq_lock_nested`, which takes
+    /// nothing else).
+    WellKnown,
     /// The contending caller's function (the first frame outside the locking functions):
     /// names where the lock is taken, not the lock.
     Caller,
@@ -398,6 +402,7 @@ pub fn render_table(rows: &[Row], by: GroupBy, stacks: bool, drops: &Drops) -> S
             GroupBy::Lock => match r.lock.naming {
                 Naming::MmapLock => "(mmap_lock)".to_owned(),
                 Naming::Symbol => "(symbol)".to_owned(),
+                Naming::WellKnown => "(well-known)".to_owned(),
                 Naming::Caller => format!("{} (the lock itself is not named)", r.lock.label()),
                 Naming::Unnamed => "(unnamed)".to_owned(),
             },

@@ -14,6 +14,7 @@ mod file_writers;
 mod loops;
 mod monitor_deadlock;
 mod rwr;
+mod sig_churn;
 mod uffd;
 mod util;
 
@@ -202,6 +203,14 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         millis: u64,
     },
+    /// T threads of one process changing their signal masks for a while: waits on the
+    /// process's siglock (a well-known per-process spinlock).
+    SigChurn {
+        #[arg(long, default_value_t = 4)]
+        threads: u32,
+        #[arg(long, default_value_t = 2000)]
+        millis: u64,
+    },
     /// N process_vm_readv calls reading a child process's memory: read holds of a foreign mm.
     ForeignRead {
         #[arg(long, default_value_t = 100)]
@@ -231,6 +240,7 @@ fn main() {
             dirs,
             millis,
         } => dir_churn::dir_churn(threads, dirs, millis),
+        Scenario::SigChurn { threads, millis } => sig_churn::sig_churn(threads, millis),
         Scenario::Syscalls { kind, millis } => syscalls(kind, millis),
         Scenario::UffdIdle { linger_ms } => uffd_idle(linger_ms),
         Scenario::FileWriters { mib, fresh_source } => file_writers(mib, fresh_source),

@@ -67,6 +67,11 @@ pub struct KernelOffsets {
     pub file_f_op: u32,
     /// `offsetof(struct file_operations, poll)`.
     pub fops_poll: u32,
+    /// `offsetof(struct task_struct, sighand)`: a contended spinlock at the address it holds
+    /// is the waiter's siglock (`siglock` is `sighand_struct`'s first member, checked at
+    /// start-up). Zero: siglocks are not recognised.
+    pub task_sighand: u32,
+    pub _reserved: u32,
     /// Text range of `handle_userfault` (from /proc/kallsyms): a sleep with it on the stack is
     /// a userfaultfd wait. Zero: unknown, uffd waits are not detected.
     pub handle_userfault_start: u64,
@@ -79,7 +84,7 @@ pub struct KernelOffsets {
     /// is taken for a userfaultfd: the ioctl hooks then see none.
     pub uffd_poll: u64,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 14 * 4 + 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 16 * 4 + 32);
 
 /// Field offsets of the classic `syscalls:sys_enter_ioctl` / `sys_exit_ioctl` tracepoints.
 #[repr(C)]

@@ -29,7 +29,18 @@ pub struct ProfileKey {
     pub tgid: u32,
     /// `lock_type::*`.
     pub lock_type: u8,
-    pub _pad: [u8; 7],
+    /// `well_known::*`: what the contention program knows the lock to be.
+    pub well_known: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Locks the contention program recognises by where they live (`ProfileKey::well_known`).
+pub mod well_known {
+    /// Nothing known beyond the address.
+    pub const NONE: u8 = 0;
+    /// The waiter's own `sighand->siglock` (shared by its thread group): the value's
+    /// `mm_tgid` holds the waiter's process.
+    pub const SIGLOCK: u8 = 1;
 }
 const _: () = assert!(core::mem::size_of::<ProfileKey>() == 40);
 
@@ -46,7 +57,7 @@ pub struct ProfileValue {
     /// reader-owned.
     pub owner: u32,
     /// For an `mmap_lock`, the tgid of the process whose lock it is (`u32::MAX`: unknown);
-    /// 0 for any other lock.
+    /// for a siglock (`well_known::SIGLOCK`), the waiter's process; 0 for any other lock.
     pub mm_tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProfileValue>() == 32);

@@ -20,11 +20,14 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use tracer_common::{
-    config_flags, names, stack_hash, Config, Counter, ProfileKey, ProfileValue, StackFrames,
-    NO_STACK, PROFILE_STACK_DEPTH,
+    config_flags, names, stack_hash, well_known, Config, Counter, ProfileKey, ProfileValue,
+    StackFrames, NO_STACK, PROFILE_STACK_DEPTH,
 };
 
-use crate::maps::{count, current_ids};
+use crate::{
+    maps::{count, current_ids, offsets},
+    task::current_task_field,
+};
 
 /// (lock, stack, cgroup, type[, task]) → count, total, max. When full, a wait of a new key is
 /// dropped from the profile and counted (`ProfileFull`); known keys keep adding.
@@ -76,6 +79,11 @@ pub fn record(
     } else {
         (0, 0)
     };
+    let (well_known, mm_tgid) = match well_known_of(lock, lock_type) {
+        well_known::NONE => (well_known::NONE, mm_tgid),
+        // The siglock's process is the waiter's (threads share their sighand).
+        w => (w, current_ids().1),
+    };
     let key = ProfileKey {
         lock,
         stack: stack_of(ctx),
@@ -84,7 +92,8 @@ pub fn record(
         task,
         tgid,
         lock_type,
-        _pad: [0; 7],
+        well_known,
+        _pad: [0; 6],
     };
     if add(&key, waited, owner, mm_tgid) {
         return;
@@ -107,6 +116,20 @@ pub fn record(
         Err(e) if e == -E2BIG => count(Counter::ProfileFull),
         // -EBUSY: the map's bucket lock was held by a run this one interrupted.
         Err(_) => count(Counter::ProfileBusy),
+    }
+}
+
+/// What the lock is known to be from where it lives: the waiter's own siglock (a spinlock at
+/// the address of its `sighand`, whose first member it is). One read of the current task, on
+/// contended spinlocks only.
+#[inline(always)]
+fn well_known_of(lock: u64, lock_type: u8) -> u8 {
+    if lock_type != tracer_common::lock_type::SPINLOCK {
+        return well_known::NONE;
+    }
+    match current_task_field(offsets().task_sighand) {
+        Ok(sighand) if sighand == lock => well_known::SIGLOCK,
+        _ => well_known::NONE,
     }
 }
 

@@ -60,6 +60,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     uffd_ctx_mm: 0,
     file_f_op: 0,
     fops_poll: 0,
+    task_sighand: 0,
+    _reserved: 0,
     handle_userfault_start: 0,
     handle_userfault_end: 0,
     uffd_fops: 0,

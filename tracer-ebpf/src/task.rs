@@ -59,6 +59,15 @@ pub fn mode_of(write: bool) -> u8 {
     }
 }
 
+/// The pointer-sized field of the current task at `off`; 0 when the offset is unknown.
+pub fn current_task_field(off: u32) -> Result<u64, Counter> {
+    if off == 0 {
+        return Ok(0);
+    }
+    // SAFETY: a helper without arguments, allowed in every tracing program.
+    read_at::<u64>(unsafe { bpf_get_current_task() }, off)
+}
+
 /// The current task's own mm (0 for kernel threads), when the offset is known.
 pub fn own_mm() -> Result<u64, Counter> {
     let off = offsets().task_mm;

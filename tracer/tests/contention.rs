@@ -385,3 +385,31 @@ fn the_profile_metrics_and_the_cli_agree_on_a_locks_waits() {
     within_1pct("wait, CLI vs /metrics", cli_totals.1, from_metrics.1);
     within_1pct("wait, CLI vs pprof", cli_totals.1, from_pprof.1);
 }
+
+#[test]
+fn a_processs_siglock_is_named_as_the_well_known_lock_it_is() {
+    if !require_root("a_processs_siglock_is_named_as_the_well_known_lock_it_is") {
+        return;
+    }
+    let profile = start_profile(&["--stacks", "-E", "1000", "-l"]);
+    let out = Command::new(&*SCENARIO)
+        .args(["sig-churn", "--threads", "4", "--millis", "1500"])
+        .output()
+        .expect("sig-churn");
+    assert!(out.status.success(), "sig-churn failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let pid = report["pid"].as_u64().expect("pid");
+    let doc = stop(profile);
+    assert_totals(&doc);
+    let ours = format!("siglock of {pid}");
+    let row = rows(&doc)
+        .into_iter()
+        .find(|r| r["key"].as_str().is_some_and(|k| k.starts_with(&ours)))
+        .unwrap_or_else(|| panic!("no row for {ours}: {doc:#}"));
+    assert_eq!(row["lock"]["naming"], "well_known", "{row:#}");
+    assert_eq!(row["type"], "spinlock", "{row:#}");
+    assert!(
+        stack_has(&row, "sigprocmask"),
+        "the signal-mask path: {row:#}"
+    );
+}

@@ -133,6 +133,28 @@ pub fn run() -> Vec<Item> {
             "static locks are named by their contending caller, marked `caller:`; mmap_lock is still named by its process",
         ));
         items.push(item(
+            "lock names: well-known locks (siglock, rq lock)",
+            off.task_sighand != 0,
+            if off.task_sighand != 0 {
+                "a process's siglock is recognised (task_struct.sighand); an rq lock by raw_spin_rq_lock_nested".to_string()
+            } else {
+                "sighand_struct.siglock is not where the programs expect it (BTF)".to_string()
+            },
+            "siglocks are named by their contending caller",
+        ));
+        // Said as missing on every kernel, with why: the kernel's facility is not the limit.
+        let kmem_cache = btf.has_type("bpf_get_kmem_cache");
+        items.push(item(
+            "lock names: locks in slab objects by cache (bpf_get_kmem_cache)",
+            false,
+            if kmem_cache {
+                "this kernel has bpf_get_kmem_cache (6.13+), but faultline's loader (aya 0.14) cannot relocate kfunc calls: not used".to_string()
+            } else {
+                "no bpf_get_kmem_cache (first in Linux 6.13); faultline's loader (aya 0.14) could not call it either".to_string()
+            },
+            "a lock inside a slab object (an inode's i_rwsem, a socket's lock) is named by its contending caller",
+        ));
+        items.push(item(
             "lock names: frames by function (kallsyms)",
             !syms.is_empty(),
             if syms.is_empty() {

@@ -1,10 +1,11 @@
 //! The profile's locks and frames named, as far as this kernel allows and never invented:
 //! an `mmap_lock` by its process (the contention program found whose `mm` it is), a static lock
-//! by its data symbol where `/proc/kallsyms` lists data (`CONFIG_KALLSYMS_ALL`), otherwise by
-//! the contending caller, marked as a caller. Frames by their function; cgroups by their path
+//! by its data symbol where `/proc/kallsyms` lists data (`CONFIG_KALLSYMS_ALL`), a well-known
+//! one exactly (`siglock of PID`, recognised by the contention program; `rq lock`, by the one
+//! function that takes it), otherwise by the contending caller, marked as a caller. Frames by their function; cgroups by their path
 //! and workload; tasks and owners by their comm while they live.
 
-use tracer_common::{ProfileKey, ProfileValue};
+use tracer_common::{well_known, ProfileKey, ProfileValue};
 
 use crate::{
     core::{
@@ -67,7 +68,7 @@ impl Namer {
         let attribution = cgroup_ids::attribute(k.cgroup);
         Sample {
             lock: k.lock,
-            lock_name: self.lock_name(k.lock, v.mm_tgid, frames.get(from).copied()),
+            lock_name: self.lock_name(k, v.mm_tgid, frames.get(from).copied()),
             lock_type: lock_type_of(k.lock_type).unwrap_or(crate::core::event::LockType::Other),
             stack,
             cgroup: attribution.as_ref().map(|a| a.cgroup.clone()),
@@ -83,8 +84,16 @@ impl Namer {
         }
     }
 
-    fn lock_name(&self, lock: u64, mm_tgid: u32, caller: Option<u64>) -> LockName {
+    fn lock_name(&self, k: &ProfileKey, mm_tgid: u32, caller: Option<u64>) -> LockName {
+        let lock = k.lock;
         let named = |name: String, naming| LockName { name, naming };
+        if k.well_known == well_known::SIGLOCK {
+            let name = match comm(mm_tgid) {
+                Some(c) => format!("siglock of {mm_tgid} ({c})"),
+                None => format!("siglock of {mm_tgid}"),
+            };
+            return named(name, Naming::WellKnown);
+        }
         match mm_tgid {
             0 => {}
             MM_UNKNOWN => return named("mmap_lock (process unknown)".into(), Naming::MmapLock),
@@ -99,10 +108,25 @@ impl Namer {
         if let Some(sym) = self.syms.data(lock) {
             return named(sym, Naming::Symbol);
         }
-        match caller.and_then(|ip| self.syms.function_name(ip)) {
+        let caller = caller.and_then(|ip| self.syms.function_name(ip));
+        if let Some(name) = caller.and_then(well_known_by_taker) {
+            return named(name.to_owned(), Naming::WellKnown);
+        }
+        match caller {
             Some(f) => named(f.to_owned(), Naming::Caller),
             None => named(format!("{lock:#x}"), Naming::Unnamed),
         }
+    }
+}
+
+/// Locks named by the one function that takes them and nothing else: whichever lock such a
+/// function waited on is that lock, whatever its address.
+fn well_known_by_taker(function: &str) -> Option<&'static str> {
+    match function {
+        // kernel/sched/core.c: locks `rq->__lock` (or, with core scheduling, the core's rq
+        // lock, which is an rq lock too).
+        "raw_spin_rq_lock_nested" | "_raw_spin_rq_lock" | "raw_spin_rq_trylock" => Some("rq lock"),
+        _ => None,
     }
 }
 

@@ -158,6 +158,13 @@ impl KernelBtf {
             uffd_ctx_mm: off("userfaultfd_ctx", "mm"),
             file_f_op: off("file", "f_op"),
             fops_poll: off("file_operations", "poll"),
+            // Only where `siglock` is `sighand_struct`'s first member (every kernel so far): the
+            // programs compare the lock with the pointer itself.
+            task_sighand: match self.member_offset("sighand_struct", "siglock") {
+                Some(0) => off("task_struct", "sighand"),
+                _ => 0,
+            },
+            _reserved: 0,
             handle_userfault_start: huf_start,
             handle_userfault_end: huf_end,
             uffd_fops: kallsyms_data("userfaultfd_fops").unwrap_or(0),

@@ -203,8 +203,8 @@ pub type LockSub = (&'static str, LockMeasure);
 /// `lock` label stays bounded and no series goes down (see the module doc).
 ///
 /// A lock's label is its name as the profile gives it (`rtnl_mutex`, `caller:rtnl_lock`,
-/// `mmap_lock of PID (comm)`), never an address (`unnamed`). An `mmap_lock`'s name is kept as
-/// first seen for as long as the kernel's table holds it: its process's comm can no longer be
+/// `mmap_lock of PID (comm)`), never an address (`unnamed`). The name of an `mmap_lock` or a
+/// siglock (which name a process) is kept as first seen for as long as the kernel's table holds it: its process's comm can no longer be
 /// read once it exits, and a renamed series would count its whole past a second time.
 #[derive(Debug)]
 pub struct LockSeriesMemory {
@@ -238,7 +238,7 @@ impl LockSeriesMemory {
         let live: HashSet<u64> = profile
             .samples
             .iter()
-            .filter(|s| s.lock_name.naming == Naming::MmapLock)
+            .filter(|s| matches!(s.lock_name.naming, Naming::MmapLock | Naming::WellKnown))
             .map(|s| s.lock)
             .collect();
         self.mm_names.retain(|lock, _| live.contains(lock));
@@ -248,7 +248,7 @@ impl LockSeriesMemory {
 
     fn label(&mut self, s: &Sample) -> String {
         match s.lock_name.naming {
-            Naming::MmapLock => self
+            Naming::MmapLock | Naming::WellKnown => self
                 .mm_names
                 .entry(s.lock)
                 .or_insert_with(|| s.lock_name.name.clone())
