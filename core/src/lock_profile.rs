@@ -81,7 +81,32 @@ pub struct Sample {
     pub contended: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    /// How this aggregate's waits got their stack.
+    #[serde(default, skip_serializing_if = "StackSampling::is_always")]
+    pub stack_sampling: StackSampling,
 }
+
+/// How an aggregate's waits got their stack. The kernel takes the stack of every sleeping wait
+/// and every spin of 10 us or more, but of only 1 in N shorter spins (unwinding costs about
+/// what a short spin does): those it skipped are counted exactly, by lock, and split over the
+/// sampled stacks of their lock by `Profile::estimated`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackSampling {
+    #[default]
+    Always,
+    Sampled,
+    Skipped,
+}
+
+impl StackSampling {
+    fn is_always(&self) -> bool {
+        *self == Self::Always
+    }
+}
+
+/// The frame that stands for a stack no sample of its lock gave.
+pub const NOT_SAMPLED_FRAME: &str = "[short spins, stack not sampled]";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -288,6 +313,66 @@ impl Profile {
         }
     }
 
+    /// The profile with the short spins the kernel took no stack for split over the sampled
+    /// stacks of the same lock (and type, cgroup, task), in proportion to the sampled ones'
+    /// counts and wait: totals by lock stay exact, the split by stack is an estimate. A lock
+    /// with skipped spins and no sampled stack keeps them under `NOT_SAMPLED_FRAME`. Already
+    /// estimated profiles (no `Skipped` sample) come back unchanged.
+    pub fn estimated(&self) -> Profile {
+        type Group = (u64, &'static str, Option<String>, Option<u32>);
+        let group = |s: &Sample| -> Group {
+            (
+                s.lock,
+                s.lock_type.name(),
+                s.cgroup.clone(),
+                s.task.as_ref().map(|t| t.tid),
+            )
+        };
+        let mut skipped: BTreeMap<Group, Sample> = BTreeMap::new();
+        let mut samples: Vec<Sample> = Vec::with_capacity(self.samples.len());
+        for s in &self.samples {
+            if s.stack_sampling == StackSampling::Skipped {
+                match skipped.get_mut(&group(s)) {
+                    Some(k) => {
+                        k.contended += s.contended;
+                        k.total_ns += s.total_ns;
+                        k.max_ns = k.max_ns.max(s.max_ns);
+                    }
+                    None => {
+                        skipped.insert(group(s), s.clone());
+                    }
+                }
+            } else {
+                samples.push(s.clone());
+            }
+        }
+        for (g, k) in skipped {
+            let sampled: Vec<usize> = (0..samples.len())
+                .filter(|&i| {
+                    samples[i].stack_sampling == StackSampling::Sampled && group(&samples[i]) == g
+                })
+                .collect();
+            let weights: Vec<u64> = sampled.iter().map(|&i| samples[i].contended).collect();
+            let waits: Vec<u64> = sampled.iter().map(|&i| samples[i].total_ns).collect();
+            match (split(k.contended, &weights), split(k.total_ns, &waits)) {
+                (Some(counts), Some(totals)) => {
+                    for (j, &i) in sampled.iter().enumerate() {
+                        samples[i].contended += counts[j];
+                        samples[i].total_ns += totals[j];
+                    }
+                }
+                _ => samples.push(Sample {
+                    stack: vec![NOT_SAMPLED_FRAME.to_owned()],
+                    ..k
+                }),
+            }
+        }
+        Profile {
+            samples,
+            drops: self.drops,
+        }
+    }
+
     pub fn total_ns(&self) -> u64 {
         self.samples.iter().map(|s| s.total_ns).sum()
     }
@@ -298,8 +383,9 @@ impl Profile {
 
     /// Rows grouped `by`, heaviest total wait first.
     pub fn rows(&self, by: GroupBy) -> Vec<Row> {
+        let estimated = self.estimated();
         let mut groups: BTreeMap<String, Vec<&Sample>> = BTreeMap::new();
-        for s in &self.samples {
+        for s in &estimated.samples {
             let key = match by {
                 GroupBy::Caller => s
                     .stack
@@ -353,8 +439,32 @@ impl Profile {
     }
 }
 
+/// `amount` split in proportion to `weights`, the rounding given to the heaviest so the parts
+/// add up to `amount` exactly; `None` when there is nothing to split over.
+fn split(amount: u64, weights: &[u64]) -> Option<Vec<u64>> {
+    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    if sum == 0 {
+        return None;
+    }
+    let mut parts: Vec<u64> = weights
+        .iter()
+        .map(|&w| (u128::from(amount) * u128::from(w) / sum) as u64)
+        .collect();
+    let given: u64 = parts.iter().sum();
+    let heaviest = (0..weights.len()).max_by_key(|&i| weights[i])?;
+    parts[heaviest] += amount - given;
+    Some(parts)
+}
+
 /// What makes an aggregate the same one in two readings.
-type SampleId<'a> = (u64, LockType, &'a [String], Option<&'a str>, Option<u32>);
+type SampleId<'a> = (
+    u64,
+    LockType,
+    &'a [String],
+    Option<&'a str>,
+    Option<u32>,
+    StackSampling,
+);
 
 fn id(s: &Sample) -> SampleId<'_> {
     (
@@ -363,6 +473,7 @@ fn id(s: &Sample) -> SampleId<'_> {
         &s.stack,
         s.cgroup.as_deref(),
         s.task.as_ref().map(|t| t.tid),
+        s.stack_sampling,
     )
 }
 
@@ -468,7 +579,63 @@ mod tests {
             contended: n,
             total_ns: ns,
             max_ns: ns / n.max(1) * 2,
+            stack_sampling: StackSampling::Always,
         }
+    }
+
+    fn spins(lock: u64, how: StackSampling, stack: &[&str], n: u64, ns: u64) -> Sample {
+        Sample {
+            stack_sampling: how,
+            ..sample(
+                lock,
+                "caller",
+                Naming::Caller,
+                LockType::Spinlock,
+                stack,
+                n,
+                ns,
+            )
+        }
+    }
+
+    #[test]
+    fn skipped_short_spins_are_split_over_their_locks_sampled_stacks_exactly_in_total() {
+        let p = Profile {
+            samples: vec![
+                spins(1, StackSampling::Sampled, &["a"], 1, 100),
+                spins(1, StackSampling::Sampled, &["b"], 3, 500),
+                // A long spin's stack is not a sample of the short ones.
+                spins(1, StackSampling::Always, &["c"], 1, 50_000),
+                spins(1, StackSampling::Skipped, &[], 60, 12_001),
+                // Another lock's skipped spins with nothing sampled: kept, marked.
+                spins(2, StackSampling::Skipped, &[], 5, 700),
+            ],
+            drops: Drops::default(),
+        };
+        let e = p.estimated();
+        assert_eq!(e.contended(), p.contended());
+        assert_eq!(e.total_ns(), p.total_ns());
+        let by = |frame: &str| {
+            let s = e
+                .samples
+                .iter()
+                .find(|s| s.stack.first().map(String::as_str) == Some(frame))
+                .unwrap_or_else(|| panic!("no {frame}: {e:?}"));
+            (s.contended, s.total_ns)
+        };
+        // 60 by counts 1:3 = 15 + 45; 12001 ns by waits 100:500 = 2000 + 10001 (the rounding
+        // to the heaviest).
+        assert_eq!(by("a"), (16, 2100));
+        assert_eq!(by("b"), (48, 10501));
+        assert_eq!(by("c"), (1, 50_000));
+        assert_eq!(by(NOT_SAMPLED_FRAME), (5, 700));
+        assert!(e
+            .samples
+            .iter()
+            .filter(|s| s.stack_sampling == StackSampling::Skipped)
+            .all(|s| s.stack == [NOT_SAMPLED_FRAME]));
+        // Estimating twice changes nothing.
+        assert_eq!(e.estimated(), e);
     }
 
     fn profile() -> Profile {

@@ -31,7 +31,20 @@ pub struct ProfileKey {
     pub lock_type: u8,
     /// `well_known::*`: what the contention program knows the lock to be.
     pub well_known: u8,
-    pub _pad: [u8; 6],
+    /// `stack_sampling::*`: how the waits of this key got (or did not get) their stack.
+    pub stack_sampling: u8,
+    pub _pad: [u8; 5],
+}
+
+/// How a key's waits got their stack (`ProfileKey::stack_sampling`).
+pub mod stack_sampling {
+    /// Every wait's stack was taken (sleeping waits, spins of `SPIN_STACK_ALWAYS_NS` or more).
+    pub const ALWAYS: u8 = 0;
+    /// Short spins whose stack was taken as the 1 in `profile_spin_every`.
+    pub const SAMPLED: u8 = 1;
+    /// Short spins whose stack was not taken (`stack` is `NO_STACK`): user space splits them
+    /// over the sampled stacks of the same lock.
+    pub const SKIPPED: u8 = 2;
 }
 
 /// Locks the contention program recognises by where they live (`ProfileKey::well_known`).

@@ -20,8 +20,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use tracer_common::{
-    config_flags, names, stack_hash, well_known, Config, Counter, ProfileKey, ProfileValue,
-    StackFrames, NO_STACK, PROFILE_STACK_DEPTH,
+    config_flags, names, stack_hash, stack_sampling, well_known, Config, Counter, ProfileKey,
+    ProfileValue, StackFrames, NO_STACK, PROFILE_STACK_DEPTH, SPIN_STACK_ALWAYS_NS,
 };
 
 use crate::{
@@ -48,6 +48,8 @@ static LOCK_STACKS: HashMap<u64, StackFrames> =
 pub struct Scratch {
     frames: StackFrames,
     busy: u64,
+    /// Short spins seen on this CPU (`spin_sampled`).
+    spins: u64,
 }
 
 #[map]
@@ -59,8 +61,10 @@ const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
 
 /// Adds one contended wait of `waited` ns on `lock` to the profile. `owner`: the owner's tid
-/// when the lock names one (0 otherwise); `mm_tgid`: for an `mmap_lock`, whose it is.
+/// when the lock names one (0 otherwise); `mm_tgid`: for an `mmap_lock`, whose it is;
+/// `spinning`: a spinning wait, whose stack is sampled when it was short.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     ctx: *mut c_void,
     cfg: &Config,
@@ -69,6 +73,7 @@ pub fn record(
     waited: u64,
     owner: u32,
     mm_tgid: u32,
+    spinning: bool,
 ) {
     if cfg.flags & config_flags::PROFILE_OFF != 0 {
         return;
@@ -84,16 +89,28 @@ pub fn record(
         // The siglock's process is the waiter's (threads share their sighand).
         w => (w, current_ids().1),
     };
+    let sampling = if !spinning || waited >= SPIN_STACK_ALWAYS_NS {
+        stack_sampling::ALWAYS
+    } else if spin_sampled(cfg) {
+        stack_sampling::SAMPLED
+    } else {
+        stack_sampling::SKIPPED
+    };
     let key = ProfileKey {
         lock,
-        stack: stack_of(ctx),
+        stack: if sampling == stack_sampling::SKIPPED {
+            NO_STACK
+        } else {
+            stack_of(ctx)
+        },
         // SAFETY: a helper without arguments, allowed in every tracing program.
         cgroup: unsafe { bpf_get_current_cgroup_id() },
         task,
         tgid,
         lock_type,
         well_known,
-        _pad: [0; 6],
+        stack_sampling: sampling,
+        _pad: [0; 5],
     };
     if add(&key, waited, owner, mm_tgid) {
         return;
@@ -162,6 +179,23 @@ fn add(key: &ProfileKey, waited: u64, owner: u32, mm_tgid: u32) -> bool {
 unsafe fn atomic_add(dst: *mut u64, v: u64) {
     // The result is unused, so LLVM emits the plain `lock xadd` (no fetch).
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+/// Whether this short spin is the 1 in `profile_spin_every` on this CPU that takes its stack.
+#[inline(always)]
+fn spin_sampled(cfg: &Config) -> bool {
+    if cfg.profile_spin_every <= 1 {
+        return true;
+    }
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; a nested run racing on the counter only shifts which spin is
+    // sampled.
+    unsafe {
+        (*scratch).spins = (*scratch).spins.wrapping_add(1);
+        (*scratch).spins % u64::from(cfg.profile_spin_every) == 0
+    }
 }
 
 /// The hash of the current kernel stack, stored in `LOCK_STACKS`; `NO_STACK` when it cannot be

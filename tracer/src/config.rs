@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 25] = [
+pub const KEYS: [(&str, &str); 26] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -31,6 +31,7 @@ pub const KEYS: [(&str, &str); 25] = [
     ("expose_addresses", "FAULTLINE_EXPOSE_ADDRESSES"),
     ("profile_entries", "FAULTLINE_PROFILE_ENTRIES"),
     ("profile_stacks", "FAULTLINE_PROFILE_STACKS"),
+    ("profile_spin_stacks", "FAULTLINE_PROFILE_SPIN_STACKS"),
     ("no_lock_profile", "FAULTLINE_NO_LOCK_PROFILE"),
 ];
 

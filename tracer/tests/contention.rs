@@ -249,15 +249,24 @@ fn a_tiny_table_under_load_says_what_it_dropped() {
         return;
     }
     let profile = start_profile(&["--profile-entries", "16", "-E", "1000", "-l"]);
-    // 24 runs, one after another, each with a thread waiting on the f_pos_lock of its own file
-    // while the holder's fault waits on a userfaultfd: 24 contended locks whatever the CPUs,
-    // more keys than the table holds (the rest of the host adds its own).
-    for _ in 0..24 {
-        let out = Command::new(&*SCENARIO)
-            .args(["uffd-chain", "--hold-ms", "30"])
-            .output()
-            .expect("uffd-chain");
-        assert!(out.status.success(), "uffd-chain failed");
+    // 24 runs at once, each with a thread waiting on the f_pos_lock of its own file while the
+    // holder's fault waits on a userfaultfd: 24 contended locks whatever the CPUs, more keys
+    // than the table holds. At once, so the 24 files live together and their locks are 24
+    // addresses (runs one after another can get the same file memory back: one key).
+    let runs: Vec<_> = (0..24)
+        .map(|_| {
+            Command::new(&*SCENARIO)
+                .args(["uffd-chain", "--hold-ms", "300"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("uffd-chain")
+        })
+        .collect();
+    for mut r in runs {
+        assert!(
+            r.wait().expect("uffd-chain ends").success(),
+            "uffd-chain failed"
+        );
     }
     let doc = stop(profile);
     let drops = &doc["drops"];

@@ -5,12 +5,12 @@
 //! function that takes it), otherwise by the contending caller, marked as a caller. Frames by their function; cgroups by their path
 //! and workload; tasks and owners by their comm while they live.
 
-use tracer_common::{well_known, ProfileKey, ProfileValue};
+use tracer_common::{stack_sampling, well_known, ProfileKey, ProfileValue};
 
 use crate::{
     core::{
         kallsyms::KernelSymbols,
-        lock_profile::{LockName, Naming, Profile, Sample, Task},
+        lock_profile::{LockName, Naming, Profile, Sample, StackSampling, Task},
     },
     kernel::{
         cgroup_ids,
@@ -81,6 +81,11 @@ impl Namer {
             contended: v.count,
             total_ns: v.total_ns,
             max_ns: v.max_ns,
+            stack_sampling: match k.stack_sampling {
+                stack_sampling::SAMPLED => StackSampling::Sampled,
+                stack_sampling::SKIPPED => StackSampling::Skipped,
+                _ => StackSampling::Always,
+            },
         }
     }
 

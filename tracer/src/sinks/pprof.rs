@@ -13,7 +13,7 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
-use crate::core::lock_profile::{Naming, Profile, Sample};
+use crate::core::lock_profile::{Naming, Profile, Sample, StackSampling};
 
 #[derive(Clone, PartialEq, Message)]
 struct PProfile {
@@ -195,6 +195,8 @@ pub fn root_frame(s: &Sample) -> String {
 /// The profile, gzipped. `time_ns`: when it was taken (Unix time); `duration_ns`: the window it
 /// covers.
 pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
+    // Short spins without a stack, split over their lock's sampled stacks (said in a comment).
+    let profile = &profile.estimated();
     let mut t = Tables::new();
     let sample_type = vec![
         ValueType {
@@ -247,12 +249,22 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
             }
         })
         .collect();
-    let comment = profile
+    let mut comment: Vec<i64> = profile
         .drops
         .lines()
         .iter()
         .map(|l| t.string(&format!("faultline: {l}")))
         .collect();
+    if profile
+        .samples
+        .iter()
+        .any(|s| s.stack_sampling == StackSampling::Sampled)
+    {
+        comment.push(t.string(
+            "faultline: the stacks of short spins (under 10 us) are sampled; their waits are \
+             counted exactly by lock and split over their lock's sampled stacks",
+        ));
+    }
     let p = PProfile {
         sample_type,
         sample: samples,
@@ -305,6 +317,7 @@ mod tests {
                 contended: 3,
                 total_ns: 3000,
                 max_ns: 2000,
+                stack_sampling: Default::default(),
             }],
             drops: Drops {
                 waits: 4,

@@ -65,8 +65,15 @@ impl Probes {
             .override_global(global::DIAG_OFFSETS, &diag_offsets, true)
             .map_max_entries(map::TASK_STATE, opts.max_tasks)
             .map_max_entries(map::EVENTS, opts.ring_bytes)
-            .map_max_entries(map::LOCK_PROFILE, opts.profile.entries)
-            .map_max_entries(map::LOCK_STACKS, opts.profile.stacks)
+            // With the profile off its tables stay empty: one entry each, not megabytes.
+            .map_max_entries(
+                map::LOCK_PROFILE,
+                profile_capacity(opts, opts.profile.entries),
+            )
+            .map_max_entries(
+                map::LOCK_STACKS,
+                profile_capacity(opts, opts.profile.stacks),
+            )
             .load(EBPF_OBJECT)
             .map_err(ProbeError::load)?;
         let btf = attach::kernel_btf()?;
@@ -207,5 +214,14 @@ impl Probes {
             .into_iter()
             .map(|c| (c, failed.get(&c).map_or(Ok(()), |e| Err(e.clone()))))
             .collect();
+    }
+}
+
+/// A profile table's capacity: as configured, or 1 with the profile off.
+fn profile_capacity(opts: &ProbeOptions, configured: u32) -> u32 {
+    if opts.profile.enabled {
+        configured
+    } else {
+        1
     }
 }

@@ -224,7 +224,12 @@ impl Default for LockSeriesMemory {
 
 impl LockSeriesMemory {
     /// Folds one reading of the cumulative profile.
+    ///
+    /// Short spins the kernel took no stack for are named through their lock's sampled stacks
+    /// (`Profile::estimated`); for a lock known only by its callers the split between callers
+    /// is an estimate, and a caller's series never goes down for it (see `CounterFold`).
     pub fn fold(&mut self, profile: &Profile) -> Folded<String, LockSub> {
+        let profile = &profile.estimated();
         let mut counts: BTreeMap<(String, LockSub), u64> = BTreeMap::new();
         for s in &profile.samples {
             let label = self.label(s);

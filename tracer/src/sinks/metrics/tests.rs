@@ -220,6 +220,7 @@ fn lock_sample(lock: u64, name: &str, naming: Naming, t: LockType, n: u64, ns: u
         contended: n,
         total_ns: ns,
         max_ns: ns,
+        stack_sampling: Default::default(),
     }
 }
 

@@ -94,6 +94,8 @@ fn frame_name(frame: &str) -> String {
 
 /// The whole profile merged into one tree, every lock under the root.
 fn build(profile: &Profile) -> Node {
+    // Short spins without a stack, split over their lock's sampled stacks.
+    let profile = &profile.estimated();
     let mut root = Node {
         lock: ALL.to_owned(),
         ..Node::default()
@@ -478,6 +480,7 @@ mod tests {
             contended: n,
             total_ns: ns,
             max_ns: ns,
+            stack_sampling: Default::default(),
         }
     }
 
