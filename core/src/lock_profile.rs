@@ -74,6 +74,12 @@ pub struct Sample {
     /// The waiter's cgroup path and workload label, when resolved.
     pub cgroup: Option<String>,
     pub workload: Option<String>,
+    /// The waiter's comm (every profile keys by it: a low-cardinality label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The waiter's pod (namespace, pod, container), when its cgroup names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodLabels>,
     /// The waiting task (`-t`), when the profile was keyed by task.
     pub task: Option<Task>,
     /// The lock's owner at the last wait (mutexes, write-held rwsems).
@@ -86,9 +92,9 @@ pub struct Sample {
     pub stack_sampling: StackSampling,
 }
 
-/// How an aggregate's waits got their stack. The kernel takes the stack of every sleeping wait
-/// and every spin of 10 us or more, but of only 1 in N shorter spins (unwinding costs about
-/// what a short spin does): those it skipped are counted exactly, by lock, and split over the
+/// How an aggregate's waits got their stack. The kernel takes the stack of every contended
+/// wait of 10 us or more, but of only 1 in N shorter ones (unwinding costs about what a short
+/// wait lasts): those it skipped are counted exactly, by lock, and split over the
 /// sampled stacks of their lock by `Profile::estimated`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,8 +111,19 @@ impl StackSampling {
     }
 }
 
+/// Where a waiter runs in Kubernetes, as profile labels: namespace and pod when the node named
+/// them, and the container (its name, else its short id) when the cgroup goes that deep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodLabels {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
 /// The frame that stands for a stack no sample of its lock gave.
-pub const NOT_SAMPLED_FRAME: &str = "[short spins, stack not sampled]";
+pub const NOT_SAMPLED_FRAME: &str = "[short waits, stack not sampled]";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -255,6 +272,9 @@ pub struct Row {
     pub stack: Vec<String>,
     /// The lock's name and how it is known (by-lock rows; else the heaviest lock of the group).
     pub lock: LockName,
+    /// The owner of the heaviest sample's lock at its last wait (mutexes, write-held rwsems).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Task>,
 }
 
 impl Profile {
@@ -313,19 +333,26 @@ impl Profile {
         }
     }
 
-    /// The profile with the short spins the kernel took no stack for split over the sampled
+    /// The profile with the short waits the kernel took no stack for split over the sampled
     /// stacks of the same lock (and type, cgroup, task), in proportion to the sampled ones'
     /// counts and wait: totals by lock stay exact, the split by stack is an estimate. A lock
     /// with skipped spins and no sampled stack keeps them under `NOT_SAMPLED_FRAME`. Already
     /// estimated profiles (no `Skipped` sample) come back unchanged.
     pub fn estimated(&self) -> Profile {
-        type Group = (u64, &'static str, Option<String>, Option<u32>);
+        type Group = (
+            u64,
+            &'static str,
+            Option<String>,
+            Option<u32>,
+            Option<String>,
+        );
         let group = |s: &Sample| -> Group {
             (
                 s.lock,
                 s.lock_type.name(),
                 s.cgroup.clone(),
                 s.task.as_ref().map(|t| t.tid),
+                s.comm.clone(),
             )
         };
         let mut skipped: BTreeMap<Group, Sample> = BTreeMap::new();
@@ -431,6 +458,7 @@ impl Profile {
                     avg_ns: total_ns.checked_div(contended).unwrap_or(0),
                     stack: heaviest.stack.clone(),
                     lock: heaviest.lock_name.clone(),
+                    owner: heaviest.owner.clone(),
                 }
             })
             .collect();
@@ -464,6 +492,7 @@ type SampleId<'a> = (
     Option<&'a str>,
     Option<u32>,
     StackSampling,
+    Option<&'a str>,
 );
 
 fn id(s: &Sample) -> SampleId<'_> {
@@ -474,6 +503,7 @@ fn id(s: &Sample) -> SampleId<'_> {
         s.cgroup.as_deref(),
         s.task.as_ref().map(|t| t.tid),
         s.stack_sampling,
+        s.comm.as_deref(),
     )
 }
 
@@ -518,6 +548,14 @@ pub fn render_table(rows: &[Row], by: GroupBy, stacks: bool, drops: &Drops) -> S
                 Naming::Unnamed => "(unnamed)".to_owned(),
             },
             _ => r.lock.label(),
+        };
+        let name = match &r.owner {
+            Some(o) => format!(
+                "{name}  owner {} ({})",
+                o.tid,
+                o.comm.as_deref().unwrap_or("?")
+            ),
+            None => name,
         };
         out.push_str(&format!(
             "{:>10} {:>12} {:>12} {:>12} {:>18}   {:<32} {}\n",
@@ -574,6 +612,8 @@ mod tests {
             stack: stack.iter().map(|s| s.to_string()).collect(),
             cgroup: Some("/system.slice/a.service".into()),
             workload: Some("systemd:a.service".into()),
+            comm: Some("a".into()),
+            pod: None,
             task: None,
             owner: None,
             contended: n,

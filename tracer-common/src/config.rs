@@ -15,21 +15,21 @@ pub struct Config {
     pub wait_threshold_ns: u64,
     /// Holds at least this long are streamed at release.
     pub hold_threshold_ns: u64,
-    /// The lock profile takes the stack of 1 in this many short spinning waits per CPU (0 or
-    /// 1: of every one); see `SPIN_STACK_ALWAYS_NS`.
-    pub profile_spin_every: u32,
+    /// The lock profile takes the stack of 1 in this many short contended waits per CPU (0 or
+    /// 1: of every one); see `SHORT_WAIT_NS`.
+    pub profile_short_every: u32,
     pub _reserved: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
 
-/// A spinning wait at least this long always gets its stack in the lock profile; shorter ones
-/// are sampled (`Config::profile_spin_every`). Unwinding the stack costs about what a short
-/// spin does, and short spins are most contended waits: sampling them is what keeps the
-/// profile cheap on a contention-heavy host.
-pub const SPIN_STACK_ALWAYS_NS: u64 = 10_000;
+/// A contended wait at least this long always gets its stack in the lock profile; shorter
+/// ones (spins, mostly, and sleeps woken at once) are sampled (`Config::profile_short_every`).
+/// Unwinding a stack costs about what a short wait lasts, and short waits are most of the
+/// contended waits on a busy host: sampling them is what keeps the profile cheap.
+pub const SHORT_WAIT_NS: u64 = 10_000;
 
-/// The default of `Config::profile_spin_every`.
-pub const PROFILE_SPIN_EVERY: u32 = 16;
+/// The default of `Config::profile_short_every`.
+pub const PROFILE_SHORT_EVERY: u32 = 64;
 
 pub mod config_flags {
     /// Stream every event (record mode), not only slow ones.

@@ -46,5 +46,6 @@ mod user {
     unsafe impl aya::Pod for UffdHandlerKey {}
     unsafe impl aya::Pod for ProfileKey {}
     unsafe impl aya::Pod for ProfileValue {}
+    unsafe impl aya::Pod for ProfilePending {}
     unsafe impl aya::Pod for StackFrames {}
 }

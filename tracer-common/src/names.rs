@@ -24,9 +24,10 @@ pub mod map {
     pub const LOCK_PROFILE: &str = "LOCK_PROFILE";
     pub const LOCK_STACKS: &str = "LOCK_STACKS";
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    pub const PROFILE_PENDING: &str = "PROFILE_PENDING";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -46,6 +47,7 @@ pub mod map {
         LOCK_PROFILE,
         LOCK_STACKS,
         STACK_SCRATCH,
+        PROFILE_PENDING,
     ];
 }
 

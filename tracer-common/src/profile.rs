@@ -27,6 +27,9 @@ pub struct ProfileKey {
     /// The waiter's process, with `PROFILE_BY_TASK`; else 0 (a filter by pid must not depend
     /// on the process still living when the profile is read).
     pub tgid: u32,
+    /// The waiter's comm (NUL-padded): a low-cardinality label every profile carries, so a
+    /// flame graph can say which program waits without keying by task.
+    pub comm: [u8; 16],
     /// `lock_type::*`.
     pub lock_type: u8,
     /// `well_known::*`: what the contention program knows the lock to be.
@@ -38,11 +41,11 @@ pub struct ProfileKey {
 
 /// How a key's waits got their stack (`ProfileKey::stack_sampling`).
 pub mod stack_sampling {
-    /// Every wait's stack was taken (sleeping waits, spins of `SPIN_STACK_ALWAYS_NS` or more).
+    /// Every wait's stack was taken (waits of `SHORT_WAIT_NS` or more).
     pub const ALWAYS: u8 = 0;
-    /// Short spins whose stack was taken as the 1 in `profile_spin_every`.
+    /// Short waits whose stack was taken as the 1 in `profile_short_every`.
     pub const SAMPLED: u8 = 1;
-    /// Short spins whose stack was not taken (`stack` is `NO_STACK`): user space splits them
+    /// Short waits whose stack was not taken (`stack` is `NO_STACK`): user space splits them
     /// over the sampled stacks of the same lock.
     pub const SKIPPED: u8 = 2;
 }
@@ -55,7 +58,7 @@ pub mod well_known {
     /// `mm_tgid` holds the waiter's process.
     pub const SIGLOCK: u8 = 1;
 }
-const _: () = assert!(core::mem::size_of::<ProfileKey>() == 40);
+const _: () = assert!(core::mem::size_of::<ProfileKey>() == 56);
 
 /// What a key's waits add up to. `count` and `total_ns` are added atomically; `max_ns`,
 /// `owner` and `mm_tgid` are last-writer-wins (a racing update may keep the smaller of two
@@ -74,6 +77,26 @@ pub struct ProfileValue {
     pub mm_tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProfileValue>() == 32);
+
+/// A CPU's batch of short waits without a stack that all had one key (`PROFILE_PENDING`):
+/// added to the batch while the CPU's next such wait has the same key (the common case on a
+/// hot lock: no hash-map operation at all), written to `LOCK_PROFILE` when a wait of another
+/// key comes. User space reads the batches too, after the table (see the user-side reader).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfilePending {
+    pub key: ProfileKey,
+    /// `count` 0: no batch.
+    pub value: ProfileValue,
+    /// Short waits seen on this CPU: which ones take their stack (1 in `profile_short_every`).
+    pub short_waits: u64,
+    /// The task whose waits the batch holds: a next short wait by the same task on the same
+    /// lock has the same key (its cgroup and comm are the task's), so it is added without
+    /// building the key.
+    pub tid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProfilePending>() == 56 + 32 + 16);
 
 /// A stack's frames, leaf first; unused slots are 0.
 #[repr(C)]

@@ -232,16 +232,7 @@ fn spin_end(
 ) -> Result<(), Counter> {
     let waited = now - spin.since_ns;
     observe_at(HIST_LOCK_BASE + spin.lock_type as u32, waited);
-    lock_profile::record(
-        ctx,
-        &config()?,
-        lock,
-        spin.lock_type,
-        waited,
-        spin.owner,
-        0,
-        true,
-    );
+    lock_profile::record(ctx, &config()?, lock, spin.lock_type, waited, spin.owner, 0);
     if spin.tid == 0 {
         return Ok(());
     }
@@ -328,7 +319,6 @@ fn on_end(ctx: *mut c_void, lock: u64, ret: i32) -> Result<(), Counter> {
         waited,
         if reader_hint { 0 } else { owner },
         mm_tgid,
-        false,
     );
     if owner != 0 && !reader_hint {
         // SAFETY: a plain read of a map value.

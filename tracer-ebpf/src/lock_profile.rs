@@ -9,31 +9,30 @@
 //! under it is counted (`ProfileStackCollision`) and its wait goes under `NO_STACK`, so no wait
 //! is ever shown under a stack it did not have. See docs/design.md.
 
-use core::{
-    ffi::c_void,
-    intrinsics::{atomic_xadd, AtomicOrdering},
-};
+use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_stack},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_stack},
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{
     config_flags, names, stack_hash, stack_sampling, well_known, Config, Counter, ProfileKey,
-    ProfileValue, StackFrames, NO_STACK, PROFILE_STACK_DEPTH, SPIN_STACK_ALWAYS_NS,
+    ProfilePending, ProfileValue, StackFrames, NO_STACK, PROFILE_STACK_DEPTH, SHORT_WAIT_NS,
 };
 
 use crate::{
-    maps::{count, current_ids, offsets},
+    maps::{count, count_by, current_ids, offsets},
     task::current_task_field,
 };
 
-/// (lock, stack, cgroup, type[, task]) → count, total, max. When full, a wait of a new key is
-/// dropped from the profile and counted (`ProfileFull`); known keys keep adding.
+/// (lock, stack, cgroup, comm, type[, task]) → count, total, max, one value per CPU: two CPUs
+/// waiting on one lock (the common case: that is what contention is) never write one cache
+/// line, and no add needs to be atomic; user space sums the CPUs. When full, a wait of a new
+/// key is dropped from the profile and counted (`ProfileFull`); known keys keep adding.
 #[map]
-static LOCK_PROFILE: HashMap<ProfileKey, ProfileValue> =
-    HashMap::with_max_entries(names::LOCK_PROFILE_CAPACITY, 0);
+static LOCK_PROFILE: PerCpuHashMap<ProfileKey, ProfileValue> =
+    PerCpuHashMap::with_max_entries(names::LOCK_PROFILE_CAPACITY, 0);
 
 /// Stack hash → frames, leaf first.
 #[map]
@@ -48,12 +47,14 @@ static LOCK_STACKS: HashMap<u64, StackFrames> =
 pub struct Scratch {
     frames: StackFrames,
     busy: u64,
-    /// Short spins seen on this CPU (`spin_sampled`).
-    spins: u64,
 }
 
 #[map]
 static STACK_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's batch of short waits without a stack (`ProfilePending`).
+#[map]
+static PROFILE_PENDING: PerCpuArray<ProfilePending> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
@@ -61,10 +62,10 @@ const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
 
 /// Adds one contended wait of `waited` ns on `lock` to the profile. `owner`: the owner's tid
-/// when the lock names one (0 otherwise); `mm_tgid`: for an `mmap_lock`, whose it is;
-/// `spinning`: a spinning wait, whose stack is sampled when it was short.
+/// when the lock names one (0 otherwise); `mm_tgid`: for an `mmap_lock`, whose it is. A wait
+/// shorter than `SHORT_WAIT_NS` takes its stack only when sampled, and one without its stack
+/// goes into this CPU's batch (`ProfilePending`) rather than the table.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub fn record(
     ctx: *mut c_void,
     cfg: &Config,
@@ -73,7 +74,6 @@ pub fn record(
     waited: u64,
     owner: u32,
     mm_tgid: u32,
-    spinning: bool,
 ) {
     if cfg.flags & config_flags::PROFILE_OFF != 0 {
         return;
@@ -89,13 +89,39 @@ pub fn record(
         // The siglock's process is the waiter's (threads share their sighand).
         w => (w, current_ids().1),
     };
-    let sampling = if !spinning || waited >= SPIN_STACK_ALWAYS_NS {
+    let pending = PROFILE_PENDING.get_ptr_mut(0);
+    let sampling = if waited >= SHORT_WAIT_NS {
         stack_sampling::ALWAYS
-    } else if spin_sampled(cfg) {
+    } else if short_sampled(cfg, pending) {
         stack_sampling::SAMPLED
     } else {
         stack_sampling::SKIPPED
     };
+    let wait = ProfileValue {
+        count: 1,
+        total_ns: waited,
+        max_ns: waited,
+        owner,
+        mm_tgid,
+    };
+    // The hot case: the same task's next short wait on the same lock. Its key is the batch's
+    // (a task's cgroup and comm do not change between two waits but by a migration or a
+    // rename in between, which this takes as not yet happened): no helper, no key, no map.
+    let tid = current_ids().0;
+    if let (Some(p), stack_sampling::SKIPPED) = (pending, sampling) {
+        // SAFETY: this CPU's slot (see below).
+        let p = unsafe { &mut *p };
+        if p.value.count > 0
+            && p.tid == tid
+            && p.key.lock == lock
+            && p.key.lock_type == lock_type
+            && p.key.well_known == well_known
+            && p.key.task == task
+        {
+            merge(&mut p.value, &wait);
+            return;
+        }
+    }
     let key = ProfileKey {
         lock,
         stack: if sampling == stack_sampling::SKIPPED {
@@ -107,32 +133,79 @@ pub fn record(
         cgroup: unsafe { bpf_get_current_cgroup_id() },
         task,
         tgid,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
         lock_type,
         well_known,
         stack_sampling: sampling,
         _pad: [0; 5],
     };
-    if add(&key, waited, owner, mm_tgid) {
+    match pending {
+        Some(p) if sampling == stack_sampling::SKIPPED => {
+            // SAFETY: this CPU's slot. A `tp_btf` program does not nest on one CPU; under the
+            // classic-tracepoint fallback a nested run could lose a batch's update: an
+            // undercount, never an invented wait.
+            let p = unsafe { &mut *p };
+            if p.value.count > 0 && same_key(&p.key, &key) {
+                merge(&mut p.value, &wait);
+                return;
+            }
+            if p.value.count > 0 {
+                let (k, v) = (p.key, p.value);
+                add(&k, &v);
+            }
+            p.key = key;
+            p.value = wait;
+            p.tid = tid;
+        }
+        _ => add(&key, &wait),
+    }
+}
+
+/// Whether two keys are the same, field by field (a slice comparison would be a `memcmp`
+/// call, which BPF lacks).
+#[inline(always)]
+fn same_key(a: &ProfileKey, b: &ProfileKey) -> bool {
+    a.lock == b.lock
+        && a.stack == b.stack
+        && a.cgroup == b.cgroup
+        && a.task == b.task
+        && a.tgid == b.tgid
+        && a.comm == b.comm
+        && a.lock_type == b.lock_type
+        && a.well_known == b.well_known
+        && a.stack_sampling == b.stack_sampling
+}
+
+/// `into` plus the waits of `v`: counts and totals added, the longest kept, the latest owner.
+#[inline(always)]
+fn merge(into: &mut ProfileValue, v: &ProfileValue) {
+    into.count += v.count;
+    into.total_ns += v.total_ns;
+    if v.max_ns > into.max_ns {
+        into.max_ns = v.max_ns;
+    }
+    into.owner = v.owner;
+    into.mm_tgid = v.mm_tgid;
+}
+
+/// Adds `v`'s waits to `key`'s aggregate in the table, making it if new; waits that find the
+/// table full are dropped and counted.
+#[inline(always)]
+fn add(key: &ProfileKey, v: &ProfileValue) {
+    if add_existing(key, v) {
         return;
     }
-    let fresh = ProfileValue {
-        count: 1,
-        total_ns: waited,
-        max_ns: waited,
-        owner,
-        mm_tgid,
-    };
-    match LOCK_PROFILE.insert(key, fresh, BPF_NOEXIST) {
+    match LOCK_PROFILE.insert(key, v, BPF_NOEXIST) {
         Ok(()) => {}
-        // Another CPU made the entry first: add to it.
+        // Another CPU made the key first: add to this CPU's copy.
         Err(e) if e == -EEXIST => {
-            if !add(&key, waited, owner, mm_tgid) {
-                count(Counter::ProfileBusy);
+            if !add_existing(key, v) {
+                count_by(Counter::ProfileBusy, v.count);
             }
         }
-        Err(e) if e == -E2BIG => count(Counter::ProfileFull),
+        Err(e) if e == -E2BIG => count_by(Counter::ProfileFull, v.count),
         // -EBUSY: the map's bucket lock was held by a run this one interrupted.
-        Err(_) => count(Counter::ProfileBusy),
+        Err(_) => count_by(Counter::ProfileBusy, v.count),
     }
 }
 
@@ -150,51 +223,35 @@ fn well_known_of(lock: u64, lock_type: u8) -> u8 {
     }
 }
 
-/// Adds to an existing aggregate; false when `key` has none.
+/// Adds to `key`'s aggregate on this CPU; false when `key` has none.
 #[inline(always)]
-fn add(key: &ProfileKey, waited: u64, owner: u32, mm_tgid: u32) -> bool {
-    let Some(v) = LOCK_PROFILE.get_ptr_mut(key) else {
+fn add_existing(key: &ProfileKey, v: &ProfileValue) -> bool {
+    let Some(e) = LOCK_PROFILE.get_ptr_mut(key) else {
         return false;
     };
-    // SAFETY: a map value, valid for this program run; count and total are shared between
-    // CPUs and added atomically, the rest is last-writer-wins (see `ProfileValue`).
-    unsafe {
-        atomic_add(&raw mut (*v).count, 1);
-        atomic_add(&raw mut (*v).total_ns, waited);
-        if waited > (*v).max_ns {
-            (*v).max_ns = waited;
-        }
-        (*v).owner = owner;
-        (*v).mm_tgid = mm_tgid;
-    }
+    // SAFETY: this CPU's copy of a map value, valid for this program run. A `tp_btf` program
+    // does not nest on one CPU (the kernel's recursion guard), so plain adds are exact; under
+    // the classic-tracepoint fallback an interrupt's wait nested in this one could lose one
+    // add: an undercount, never an invented wait.
+    merge(unsafe { &mut *e }, v);
     true
 }
 
-/// `*dst += v` atomically: BPF's `lock xadd`. Core's `AtomicU64::fetch_add` is not offered on
-/// the BPF target (it has no compare-and-swap before v3); the add itself is in every version.
-///
-/// # Safety
-/// `dst` points into a map value valid for this program run.
+/// Whether this short wait is the 1 in `profile_short_every` on this CPU that takes its stack
+/// (counted in the CPU's `ProfilePending` slot).
 #[inline(always)]
-unsafe fn atomic_add(dst: *mut u64, v: u64) {
-    // The result is unused, so LLVM emits the plain `lock xadd` (no fetch).
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
-}
-
-/// Whether this short spin is the 1 in `profile_spin_every` on this CPU that takes its stack.
-#[inline(always)]
-fn spin_sampled(cfg: &Config) -> bool {
-    if cfg.profile_spin_every <= 1 {
+fn short_sampled(cfg: &Config, pending: Option<*mut ProfilePending>) -> bool {
+    if cfg.profile_short_every <= 1 {
         return true;
     }
-    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+    let Some(p) = pending else {
         return false;
     };
-    // SAFETY: this CPU's slot; a nested run racing on the counter only shifts which spin is
+    // SAFETY: this CPU's slot; a nested run racing on the counter only shifts which wait is
     // sampled.
     unsafe {
-        (*scratch).spins = (*scratch).spins.wrapping_add(1);
-        (*scratch).spins % u64::from(cfg.profile_spin_every) == 0
+        (*p).short_waits = (*p).short_waits.wrapping_add(1);
+        (*p).short_waits % u64::from(cfg.profile_short_every) == 0
     }
 }
 

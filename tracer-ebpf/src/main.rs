@@ -12,9 +12,6 @@
 //! calls a handler returning `Result<(), Counter>`, and `maps::finish` counts the error once.
 #![no_std]
 #![no_main]
-// `lock_profile`'s atomic add (see there); the eBPF build runs under RUSTC_BOOTSTRAP already.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 mod contention;
 mod diag;

@@ -31,7 +31,7 @@ pub const KEYS: [(&str, &str); 26] = [
     ("expose_addresses", "FAULTLINE_EXPOSE_ADDRESSES"),
     ("profile_entries", "FAULTLINE_PROFILE_ENTRIES"),
     ("profile_stacks", "FAULTLINE_PROFILE_STACKS"),
-    ("profile_spin_stacks", "FAULTLINE_PROFILE_SPIN_STACKS"),
+    ("profile_short_stacks", "FAULTLINE_PROFILE_SHORT_STACKS"),
     ("no_lock_profile", "FAULTLINE_NO_LOCK_PROFILE"),
 ];
 

@@ -95,11 +95,11 @@ struct ProbeArgs {
     /// stack are kept without their stack, and counted.
     #[arg(long, default_value_t = tracer_common::names::LOCK_STACKS_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576), env = "FAULTLINE_PROFILE_STACKS")]
     profile_stacks: u32,
-    /// Take the waiter's stack for 1 in N short spinning waits (under 10 us; longer ones and
-    /// sleeping waits always get theirs). Their waits are counted exactly by lock and split
-    /// over the sampled stacks. 1: every stack (costs a contention-heavy host ~15%).
-    #[arg(long, default_value_t = tracer_common::PROFILE_SPIN_EVERY, value_parser = clap::value_parser!(u32).range(1..=1_000_000), env = "FAULTLINE_PROFILE_SPIN_STACKS")]
-    profile_spin_stacks: u32,
+    /// Take the waiter's stack for 1 in N short contended waits (under 10 us; longer ones always
+    /// get theirs). Their waits are counted exactly by lock and split over the sampled stacks.
+    /// 1: every stack (costs a contention-heavy host ~15%).
+    #[arg(long, default_value_t = tracer_common::PROFILE_SHORT_EVERY, value_parser = clap::value_parser!(u32).range(1..=1_000_000), env = "FAULTLINE_PROFILE_SHORT_STACKS")]
+    profile_short_stacks: u32,
     /// Do not keep the in-kernel lock-contention profile: contended waits take no stack.
     #[arg(long, env = "FAULTLINE_NO_LOCK_PROFILE")]
     no_lock_profile: bool,
@@ -132,7 +132,7 @@ impl ProbeArgs {
                 by_task: false,
                 entries: self.profile_entries,
                 stacks: self.profile_stacks,
-                spin_every: self.profile_spin_stacks,
+                short_every: self.profile_short_stacks,
             },
         }
     }
@@ -341,9 +341,9 @@ struct ContentionArgs {
     /// Distinct stacks the kernel keeps (see `agent --profile-stacks`).
     #[arg(long, default_value_t = tracer_common::names::LOCK_STACKS_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     profile_stacks: u32,
-    /// Take the stack of 1 in N short spinning waits (see `agent --profile-spin-stacks`).
-    #[arg(long, default_value_t = tracer_common::PROFILE_SPIN_EVERY, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    profile_spin_stacks: u32,
+    /// Take the stack of 1 in N short contended waits (see `agent --profile-short-stacks`).
+    #[arg(long, default_value_t = tracer_common::PROFILE_SHORT_EVERY, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    profile_short_stacks: u32,
 }
 
 impl ContentionArgs {
@@ -457,7 +457,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     profile: ProfileOptions {
                         entries: c.profile_entries,
                         stacks: c.profile_stacks,
-                        spin_every: c.profile_spin_stacks,
+                        short_every: c.profile_short_stacks,
                         ..ProfileOptions::default()
                     },
                     ..ProbeOptions::default()

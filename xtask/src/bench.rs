@@ -274,7 +274,7 @@ enum Condition {
     BpftraceHist,
     BpftraceIoctl,
     /// The default agent without its lock-contention profile (`--no-lock-profile`): what the
-    /// profile itself costs, beside it. Contention-heavy workloads only.
+    /// profile itself costs, beside it.
     AgentNoProfile,
     /// bpftrace aggregating wait time and count by lock and kernel stack on the same
     /// tracepoints: the profile a user would write by hand. Contention-heavy workloads only.
@@ -285,12 +285,9 @@ enum Condition {
     PerfLockRecord,
 }
 
-/// The lock-profile peers, measured on the contention-heavy workloads only.
-const PROFILE_PEERS: [Condition; 3] = [
-    Condition::AgentNoProfile,
-    Condition::BpftraceKstack,
-    Condition::PerfLockRecord,
-];
+/// The lock-profile peers, measured on the contention-heavy workloads only (the agent without
+/// its profile runs on every workload: what the profile costs each).
+const PROFILE_PEERS: [Condition; 2] = [Condition::BpftraceKstack, Condition::PerfLockRecord];
 
 const CONDITIONS: [Condition; 13] = [
     Condition::Untraced,

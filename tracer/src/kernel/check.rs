@@ -148,7 +148,7 @@ pub fn run() -> Vec<Item> {
             "lock names: locks in slab objects by cache (bpf_get_kmem_cache)",
             false,
             if kmem_cache {
-                "this kernel has bpf_get_kmem_cache (6.13+), but faultline's loader (aya 0.14) cannot relocate kfunc calls: not used".to_string()
+                "this kernel has bpf_get_kmem_cache (6.13+), but faultline's loader (aya 0.14) cannot relocate kfunc calls (later aya can, with Rust 1.98): not used".to_string()
             } else {
                 "no bpf_get_kmem_cache (first in Linux 6.13); faultline's loader (aya 0.14) could not call it either".to_string()
             },

@@ -10,7 +10,8 @@ use tracer_common::{stack_sampling, well_known, ProfileKey, ProfileValue};
 use crate::{
     core::{
         kallsyms::KernelSymbols,
-        lock_profile::{LockName, Naming, Profile, Sample, StackSampling, Task},
+        lock_profile::{LockName, Naming, PodLabels, Profile, Sample, StackSampling, Task},
+        workload::{Attribution, Workload},
     },
     kernel::{
         cgroup_ids,
@@ -73,6 +74,8 @@ impl Namer {
             stack,
             cgroup: attribution.as_ref().map(|a| a.cgroup.clone()),
             workload: attribution.as_ref().map(|a| a.label()),
+            comm: comm_of(&k.comm),
+            pod: attribution.as_ref().and_then(|a| pod_labels(a)),
             task: (k.task != 0).then(|| Task {
                 pid: Some(k.tgid),
                 ..task(k.task)
@@ -138,6 +141,41 @@ fn well_known_by_taker(function: &str) -> Option<&'static str> {
 impl Default for Namer {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A kernel comm (NUL-padded, not always UTF-8); `None` when empty.
+fn comm_of(raw: &[u8; 16]) -> Option<String> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    (end > 0).then(|| String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+/// The pod labels of a waiter's cgroup: names where the node gave them, else the pod's uid; a
+/// container by name, else by its short id (as `crictl ps` shows it).
+fn pod_labels(a: &Attribution) -> Option<PodLabels> {
+    let short = |id: &str| id.get(..12).unwrap_or(id).to_owned();
+    match &a.workload {
+        Some(Workload::Pod {
+            uid,
+            container_id,
+            names,
+            ..
+        }) => Some(match names {
+            Some(n) => PodLabels {
+                namespace: Some(n.namespace.clone()),
+                pod: n.pod.clone(),
+                container: n
+                    .container
+                    .clone()
+                    .or_else(|| container_id.as_deref().map(short)),
+            },
+            None => PodLabels {
+                namespace: None,
+                pod: uid.clone(),
+                container: container_id.as_deref().map(short),
+            },
+        }),
+        _ => None,
     }
 }
 

@@ -6,7 +6,7 @@
 //! Frames are symbolised already (one `[kernel.kallsyms]` mapping with `has_functions`), leaf
 //! first, without addresses; each sample ends in a synthetic root frame naming its lock
 //! (`lock:rtnl_mutex [mutex]`), so a flame graph groups by lock. Labels are low-cardinality:
-//! lock, type and workload. What the kernel dropped is said in the profile's comments.
+//! lock, type, workload, the waiter's comm, and namespace, pod and container for pods. What the kernel dropped is said in the profile's comments.
 
 use std::{collections::HashMap, io::Write as _};
 
@@ -195,7 +195,7 @@ pub fn root_frame(s: &Sample) -> String {
 /// The profile, gzipped. `time_ns`: when it was taken (Unix time); `duration_ns`: the window it
 /// covers.
 pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
-    // Short spins without a stack, split over their lock's sampled stacks (said in a comment).
+    // Short waits without a stack, split over their lock's sampled stacks (said in a comment).
     let profile = &profile.estimated();
     let mut t = Tables::new();
     let sample_type = vec![
@@ -216,6 +216,12 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
     // An index into the string table, like every name here.
     let default_sample_type = t.string("contentions");
     let (k_lock, k_type, k_workload) = (t.string("lock"), t.string("type"), t.string("workload"));
+    let (k_comm, k_namespace, k_pod, k_container) = (
+        t.string("comm"),
+        t.string("namespace"),
+        t.string("pod"),
+        t.string("container"),
+    );
     let samples = profile
         .samples
         .iter()
@@ -233,11 +239,20 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
                     str: t.string(s.lock_type.name()),
                 },
             ];
-            if let Some(w) = &s.workload {
-                label.push(Label {
-                    key: k_workload,
-                    str: t.string(w),
-                });
+            let mut extra = |key: i64, value: Option<&str>| {
+                if let Some(v) = value {
+                    label.push(Label {
+                        key,
+                        str: t.string(v),
+                    });
+                }
+            };
+            extra(k_workload, s.workload.as_deref());
+            extra(k_comm, s.comm.as_deref());
+            if let Some(p) = &s.pod {
+                extra(k_namespace, p.namespace.as_deref());
+                extra(k_pod, Some(&p.pod));
+                extra(k_container, p.container.as_deref());
             }
             PSample {
                 location_id,
@@ -261,7 +276,7 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
         .any(|s| s.stack_sampling == StackSampling::Sampled)
     {
         comment.push(t.string(
-            "faultline: the stacks of short spins (under 10 us) are sampled; their waits are \
+            "faultline: the stacks of short waits (under 10 us) are sampled; their waits are \
              counted exactly by lock and split over their lock's sampled stacks",
         ));
     }
@@ -318,6 +333,8 @@ mod tests {
                 total_ns: 3000,
                 max_ns: 2000,
                 stack_sampling: Default::default(),
+                comm: None,
+                pod: None,
             }],
             drops: Drops {
                 waits: 4,

@@ -140,8 +140,8 @@ pub struct ProfileOptions {
     pub entries: u32,
     /// Capacity of the stack table (`LOCK_STACKS`).
     pub stacks: u32,
-    /// Take the stack of 1 in this many short spinning waits (1: every one).
-    pub spin_every: u32,
+    /// Take the stack of 1 in this many short contended waits (1: every one).
+    pub short_every: u32,
 }
 
 impl Default for ProfileOptions {
@@ -151,7 +151,7 @@ impl Default for ProfileOptions {
             by_task: false,
             entries: names::LOCK_PROFILE_CAPACITY,
             stacks: names::LOCK_STACKS_CAPACITY,
-            spin_every: tracer_common::PROFILE_SPIN_EVERY,
+            short_every: tracer_common::PROFILE_SHORT_EVERY,
         }
     }
 }
@@ -275,7 +275,7 @@ pub fn config_for(opts: &ProbeOptions, detail: Detail) -> Config {
             .as_nanos()
             .try_into()
             .unwrap_or(u64::MAX),
-        profile_spin_every: opts.profile.spin_every,
+        profile_short_every: opts.profile.short_every,
         _reserved: 0,
     }
 }

@@ -225,7 +225,7 @@ impl Default for LockSeriesMemory {
 impl LockSeriesMemory {
     /// Folds one reading of the cumulative profile.
     ///
-    /// Short spins the kernel took no stack for are named through their lock's sampled stacks
+    /// Short waits the kernel took no stack for are named through their lock's sampled stacks
     /// (`Profile::estimated`); for a lock known only by its callers the split between callers
     /// is an estimate, and a caller's series never goes down for it (see `CounterFold`).
     pub fn fold(&mut self, profile: &Profile) -> Folded<String, LockSub> {

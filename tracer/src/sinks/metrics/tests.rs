@@ -221,6 +221,8 @@ fn lock_sample(lock: u64, name: &str, naming: Naming, t: LockType, n: u64, ns: u
         total_ns: ns,
         max_ns: ns,
         stack_sampling: Default::default(),
+        comm: None,
+        pod: None,
     }
 }
 

@@ -94,7 +94,7 @@ fn frame_name(frame: &str) -> String {
 
 /// The whole profile merged into one tree, every lock under the root.
 fn build(profile: &Profile) -> Node {
-    // Short spins without a stack, split over their lock's sampled stacks.
+    // Short waits without a stack, split over their lock's sampled stacks.
     let profile = &profile.estimated();
     let mut root = Node {
         lock: ALL.to_owned(),
@@ -481,6 +481,8 @@ mod tests {
             total_ns: ns,
             max_ns: ns,
             stack_sampling: Default::default(),
+            comm: None,
+            pod: None,
         }
     }
 

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use tracer_common::{
-    names::map, stack_hash, Counter, ProfileKey, ProfileValue, StackFrames, NO_STACK,
-    PROFILE_STACK_DEPTH,
+    names::map, stack_hash, Counter, ProfileKey, ProfilePending, ProfileValue, StackFrames,
+    NO_STACK, PROFILE_STACK_DEPTH,
 };
 
 use crate::{
@@ -50,7 +50,8 @@ pub fn drops(c: &Counters) -> Drops {
 }
 
 pub struct ProfileMaps {
-    profile: HashMap<MapData, ProfileKey, ProfileValue>,
+    profile: PerCpuHashMap<MapData, ProfileKey, ProfileValue>,
+    pending: PerCpuArray<MapData, ProfilePending>,
     stacks: HashMap<MapData, u64, StackFrames>,
 }
 
@@ -58,8 +59,10 @@ impl Probes {
     /// Second handles on the profile's maps.
     pub fn profile_maps(&self) -> Result<ProfileMaps, ProbeError> {
         Ok(ProfileMaps {
-            profile: HashMap::try_from(reopen(&self.ebpf, map::LOCK_PROFILE)?)
+            profile: PerCpuHashMap::try_from(reopen(&self.ebpf, map::LOCK_PROFILE)?)
                 .map_err(ProbeError::map(map::LOCK_PROFILE))?,
+            pending: PerCpuArray::try_from(reopen(&self.ebpf, map::PROFILE_PENDING)?)
+                .map_err(ProbeError::map(map::PROFILE_PENDING))?,
             stacks: HashMap::try_from(reopen(&self.ebpf, map::LOCK_STACKS)?)
                 .map_err(ProbeError::map(map::LOCK_STACKS))?,
         })
@@ -71,7 +74,23 @@ impl ProfileMaps {
     /// counts only grow); a stored stack whose frames do not hash to its key (a torn read) is
     /// left out, so its waits show without a stack rather than under a wrong one.
     pub fn read(&self, counters: &Counters) -> RawProfile {
-        let entries = self.profile.iter().filter_map(Result::ok).collect();
+        let mut entries: Vec<(ProfileKey, ProfileValue)> = self
+            .profile
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, merged(&per_cpu)))
+            .filter(|(_, v)| v.count > 0)
+            .collect();
+        // The CPUs' batches, read after the table: a batch written to the table in between is
+        // missing from this reading (the next has it), never counted twice.
+        if let Ok(batches) = self.pending.get(&0, 0) {
+            for b in batches.iter().filter(|b| b.value.count > 0) {
+                match entries.iter_mut().find(|(k, _)| *k == b.key) {
+                    Some((_, v)) => add_batch(v, &b.value),
+                    None => entries.push((b.key, b.value)),
+                }
+            }
+        }
         let stacks = self
             .stacks
             .iter()
@@ -85,4 +104,29 @@ impl ProfileMaps {
             drops: drops(counters),
         }
     }
+}
+
+/// One key's per-CPU values as one: counts and totals added, the longest wait, and the owner
+/// and `mm_tgid` of the CPU that counted most (each CPU keeps its last; any is a true one).
+fn merged(per_cpu: &PerCpuValues<ProfileValue>) -> ProfileValue {
+    let mut out = ProfileValue::default();
+    let mut busiest = 0;
+    for v in per_cpu.iter() {
+        out.count += v.count;
+        out.total_ns += v.total_ns;
+        out.max_ns = out.max_ns.max(v.max_ns);
+        if v.count > busiest {
+            busiest = v.count;
+            out.owner = v.owner;
+            out.mm_tgid = v.mm_tgid;
+        }
+    }
+    out
+}
+
+/// A batch's waits added to an aggregate of the same key.
+fn add_batch(into: &mut ProfileValue, b: &ProfileValue) {
+    into.count += b.count;
+    into.total_ns += b.total_ns;
+    into.max_ns = into.max_ns.max(b.max_ns);
 }
