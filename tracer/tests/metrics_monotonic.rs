@@ -59,7 +59,7 @@ fn quiet_input(folded: tracer::sinks::metrics::FoldedCounters) -> MetricsInput {
         folded,
         api_refused: [("render", 0), ("scrape", 0)],
         features: Vec::new(),
-        lock_waits: None,
+        lock_profile: None,
     }
 }
 

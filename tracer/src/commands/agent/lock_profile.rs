@@ -9,11 +9,12 @@ use std::{
 
 use crate::{
     core::lock_profile::Profile,
+    kernel::probes::ProfileOptions,
     kernel::{
         lock_names::Namer,
         probes::{families::lock_profile::ProfileMaps, Aggregates},
     },
-    sinks::metrics::{Folded, LockSeriesMemory, LockSub},
+    sinks::metrics::{LockSeriesMemory, ProfileScrape},
 };
 
 const NAMES_TTL: Duration = Duration::from_secs(60);
@@ -21,32 +22,40 @@ const NAMES_TTL: Duration = Duration::from_secs(60);
 pub struct LockProfile {
     maps: ProfileMaps,
     aggregates: Arc<Aggregates>,
-    /// False with `--no-lock-profile`: the tables stay empty and no series is shown by lock.
-    enabled: bool,
+    /// The profile's options: off (`--no-lock-profile`: the tables stay empty and no series is
+    /// shown by lock) and the tables' capacities.
+    opts: ProfileOptions,
     namer: Mutex<Option<(Instant, Arc<Namer>)>>,
     /// The `lock` series of /metrics: their own lock, so a scrape never waits on the agent's.
     series: Mutex<LockSeriesMemory>,
 }
 
 impl LockProfile {
-    pub fn new(maps: ProfileMaps, aggregates: Arc<Aggregates>, enabled: bool) -> Self {
+    pub fn new(maps: ProfileMaps, aggregates: Arc<Aggregates>, opts: ProfileOptions) -> Self {
         Self {
             maps,
             aggregates,
-            enabled,
+            opts,
             namer: Mutex::new(None),
             series: Mutex::new(LockSeriesMemory::default()),
         }
     }
 
-    /// The profile folded into /metrics' `lock` series; `None` with the profile off.
-    pub fn series(&self) -> Result<Option<Folded<String, LockSub>>, String> {
-        if !self.enabled {
+    /// What /metrics shows of the profile: the `lock` series and how full its tables are;
+    /// `None` with the profile off.
+    pub fn scrape(&self) -> Result<Option<ProfileScrape>, String> {
+        if !self.opts.enabled {
             return Ok(None);
         }
-        let profile = self.read()?;
+        let counters = self.aggregates.counters().map_err(|e| e.to_string())?;
+        let raw = self.maps.read(&counters);
+        let profile = self.namer().resolve(&raw);
         let mut memory = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Some(memory.fold(&profile)))
+        Ok(Some(ProfileScrape {
+            series: memory.fold(&profile),
+            entries: (raw.keys_in_table, self.opts.entries),
+            stacks: (raw.stacks.len(), self.opts.stacks),
+        }))
     }
 
     fn namer(&self) -> Arc<Namer> {

@@ -89,7 +89,7 @@ fn under_lock(st: &mut AgentState) -> MetricsInput {
             .iter()
             .map(|a| (a.feature.name(), a.available()))
             .collect(),
-        lock_waits: None,
+        lock_profile: None,
     }
 }
 
@@ -105,7 +105,7 @@ pub fn metrics_input(shared: &Mutex<AgentState>) -> Result<MetricsInput, String>
             st.lock_profile.clone(),
         )
     };
-    m.lock_waits = profile.series()?;
+    m.lock_profile = profile.scrape()?;
     let e = |e: crate::kernel::probes::ProbeError| e.to_string();
     m.counters = aggregates.counters().map_err(e)?.0;
     m.hists = aggregates.histograms().map_err(e)?;

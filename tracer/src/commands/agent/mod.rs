@@ -118,7 +118,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let lock_profile = Arc::new(lock_profile::LockProfile::new(
         probes.profile_maps()?,
         aggregates.clone(),
-        opts.probes.profile.enabled,
+        opts.probes.profile,
     ));
     // Decided once: what the agent does without each is fixed for its life, and the log says
     // so here, where an operator reading why an alert lacks a name will look.

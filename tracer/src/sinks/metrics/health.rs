@@ -107,7 +107,15 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         vec![
             gauge(&[("map", "task_state")], m.task_entries as f64),
             gauge(&[("map", "proc_faults")], m.proc_fault_entries as f64),
-        ],
+        ]
+        .into_iter()
+        .chain(m.lock_profile.iter().flat_map(|p| {
+            [
+                gauge(&[("map", "lock_profile")], p.entries.0 as f64),
+                gauge(&[("map", "lock_stacks")], p.stacks.0 as f64),
+            ]
+        }))
+        .collect(),
     ));
     f.push(family(
         "faultline_map_capacity",
@@ -116,7 +124,15 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         vec![
             gauge(&[("map", "task_state")], f64::from(m.task_capacity)),
             gauge(&[("map", "proc_faults")], PROC_FAULTS_CAPACITY),
-        ],
+        ]
+        .into_iter()
+        .chain(m.lock_profile.iter().flat_map(|p| {
+            [
+                gauge(&[("map", "lock_profile")], f64::from(p.entries.1)),
+                gauge(&[("map", "lock_stacks")], f64::from(p.stacks.1)),
+            ]
+        }))
+        .collect(),
     ));
     f
 }

@@ -82,7 +82,7 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
 /// the rest as "other") and type, then what the profile saw and dropped. Absent with the
 /// profile off (`--no-lock-profile`): nothing counts by lock then.
 fn lock_series(m: &MetricsInput) -> Vec<MetricFamily> {
-    let Some(folded) = &m.lock_waits else {
+    let Some(folded) = m.lock_profile.as_ref().map(|p| &p.series) else {
         return Vec::new();
     };
     let series = |want: LockMeasure| {

@@ -86,9 +86,18 @@ pub struct MetricsInput {
     /// (feature, available) for the features that depend on privileges, decided at start
     /// (`kernel::privileges`).
     pub features: Vec<(&'static str, bool)>,
-    /// Contended kernel-lock waits by lock and type, from the lock profile folded by the
-    /// agent's `LockSeriesMemory`; `None` when the profile is off.
-    pub lock_waits: Option<Folded<String, LockSub>>,
+    /// The lock profile's series and tables; `None` when the profile is off.
+    pub lock_profile: Option<ProfileScrape>,
+}
+
+/// What a scrape shows of the lock profile.
+pub struct ProfileScrape {
+    /// Contended kernel-lock waits by lock and type, folded by the agent's `LockSeriesMemory`.
+    pub series: Folded<String, LockSub>,
+    /// (keys in the kernel's aggregate table, its capacity).
+    pub entries: (usize, u32),
+    /// (stacks stored, the stack table's capacity).
+    pub stacks: (usize, u32),
 }
 
 impl MetricsInput {

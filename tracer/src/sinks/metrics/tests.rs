@@ -73,7 +73,7 @@ fn input() -> MetricsInput {
         ),
         api_refused: [("render", 3), ("scrape", 0)],
         features: vec![("holder_stack", true), ("uffd_waits", false)],
-        lock_waits: None,
+        lock_profile: None,
     }
 }
 
@@ -266,9 +266,21 @@ fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
         2_000,
     ));
     let mut m = input();
-    m.lock_waits = Some(memory.fold(&profile));
+    m.lock_profile = Some(ProfileScrape {
+        series: memory.fold(&profile),
+        entries: (14, 16384),
+        stacks: (1, 8192),
+    });
     let text = render(&m).expect("render");
     assert!(!text.contains("0xffff"), "an address leaked: {text}");
+    assert!(
+        text.contains("faultline_map_entries{map=\"lock_profile\"} 14"),
+        "{text}"
+    );
+    assert!(
+        text.contains("faultline_map_capacity{map=\"lock_stacks\"} 8192"),
+        "{text}"
+    );
     assert!(
         text.contains("faultline_lock_wait_seconds_total{lock=\"rtnl_mutex\",type=\"mutex\"} 3"),
         "{text}"
@@ -294,7 +306,11 @@ fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
     // The process exits: its comm is gone, its series keeps its name and its count.
     profile.samples[13].lock_name.name = "mmap_lock of 7".into();
     profile.samples[13].contended = 5;
-    m.lock_waits = Some(memory.fold(&profile));
+    m.lock_profile = Some(ProfileScrape {
+        series: memory.fold(&profile),
+        entries: (14, 16384),
+        stacks: (1, 8192),
+    });
     let text = render(&m).expect("render");
     assert!(
         text.contains(

@@ -21,6 +21,8 @@ pub struct RawProfile {
     pub entries: Vec<(ProfileKey, ProfileValue)>,
     pub stacks: StdHashMap<u64, [u64; PROFILE_STACK_DEPTH]>,
     pub drops: Drops,
+    /// Keys in the kernel's table (the CPUs' batches not counted): how full it is.
+    pub keys_in_table: usize,
 }
 
 impl RawProfile {
@@ -81,6 +83,7 @@ impl ProfileMaps {
             .map(|(k, per_cpu)| (k, merged(&per_cpu)))
             .filter(|(_, v)| v.count > 0)
             .collect();
+        let keys_in_table = entries.len();
         // The CPUs' batches, read after the table: a batch written to the table in between is
         // missing from this reading (the next has it), never counted twice.
         if let Ok(batches) = self.pending.get(&0, 0) {
@@ -102,6 +105,7 @@ impl ProfileMaps {
             entries,
             stacks,
             drops: drops(counters),
+            keys_in_table,
         }
     }
 }
