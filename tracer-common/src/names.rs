@@ -115,9 +115,27 @@ pub const PROC_FAULTS_CAPACITY: u32 = 16384;
 pub const UFFD_CAPACITY: u32 = 4096;
 /// `OWNERS`: owners of contended sleeping locks at one time.
 pub const OWNERS_CAPACITY: u32 = 4096;
-/// `LOCK_PROFILE`: (lock, stack, cgroup, type) aggregates at once by default (the loader sizes
-/// it from `--profile-entries`). ~110 bytes each in the kernel: 1.8 MiB.
+/// `LOCK_PROFILE`: (lock, stack, cgroup, comm, type) aggregates at once by default (the loader
+/// sizes it from `--profile-entries`), on hosts of up to 16 CPUs. Per-CPU values: each key
+/// costs about 100 bytes plus 32 per CPU, so with more CPUs the default shrinks to keep the
+/// table within `LOCK_PROFILE_BUDGET` (see `lock_profile_default_entries`).
 pub const LOCK_PROFILE_CAPACITY: u32 = 16384;
+/// The kernel memory the aggregate table may take at its default size.
+pub const LOCK_PROFILE_BUDGET: u64 = 12 << 20;
+
+/// `LOCK_PROFILE`'s default capacity on a host of `cpus` possible CPUs: `LOCK_PROFILE_CAPACITY`,
+/// or fewer so the table stays within `LOCK_PROFILE_BUDGET` (never under 1024).
+pub const fn lock_profile_default_entries(cpus: u32) -> u32 {
+    let per_key = 100 + 32 * cpus as u64;
+    let fits = LOCK_PROFILE_BUDGET / per_key;
+    if fits >= LOCK_PROFILE_CAPACITY as u64 {
+        LOCK_PROFILE_CAPACITY
+    } else if fits < 1024 {
+        1024
+    } else {
+        fits as u32
+    }
+}
 /// `LOCK_STACKS`: distinct waiter stacks by default (`--profile-stacks`). ~180 bytes each:
 /// 1.5 MiB.
 pub const LOCK_STACKS_CAPACITY: u32 = 8192;
@@ -126,3 +144,18 @@ pub const DIAG_UFFD_FDS_CAPACITY: u32 = 1024;
 /// Default size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page).
 /// 4 MiB holds ~65k records: seconds of a busy host in record mode.
 pub const EVENTS_BYTES: u32 = 4 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_table_shrinks_with_many_cpus_to_stay_within_its_budget() {
+        assert_eq!(lock_profile_default_entries(2), LOCK_PROFILE_CAPACITY);
+        assert_eq!(lock_profile_default_entries(16), LOCK_PROFILE_CAPACITY);
+        let n = lock_profile_default_entries(128);
+        assert!(n < LOCK_PROFILE_CAPACITY && n >= 1024, "{n}");
+        assert!(u64::from(n) * (100 + 32 * 128) <= LOCK_PROFILE_BUDGET);
+        assert_eq!(lock_profile_default_entries(100_000), 1024);
+    }
+}

@@ -88,9 +88,10 @@ struct ProbeArgs {
     #[arg(long, default_value_t = tracer_common::names::EVENTS_BYTES, value_parser = parse_ring_size, env = "FAULTLINE_RING_BUFFER_SIZE")]
     ring_buffer_size: u32,
     /// Aggregates the in-kernel lock-contention profile keeps (lock x waiter stack x cgroup x
-    /// type; ~110 bytes each). Past it, waits of new ones are dropped and counted.
-    #[arg(long, default_value_t = tracer_common::names::LOCK_PROFILE_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576), env = "FAULTLINE_PROFILE_ENTRIES")]
-    profile_entries: u32,
+    /// comm x type; ~100 bytes plus 32 per CPU each). Past it, waits of new ones are dropped
+    /// and counted. Default: 16384, fewer on hosts of more than 16 CPUs (within 12 MiB).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_048_576), env = "FAULTLINE_PROFILE_ENTRIES")]
+    profile_entries: Option<u32>,
     /// Distinct waiter stacks the profile keeps (~180 bytes each). Past it, waits with a new
     /// stack are kept without their stack, and counted.
     #[arg(long, default_value_t = tracer_common::names::LOCK_STACKS_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576), env = "FAULTLINE_PROFILE_STACKS")]
@@ -130,7 +131,9 @@ impl ProbeArgs {
             profile: ProfileOptions {
                 enabled: !self.no_lock_profile,
                 by_task: false,
-                entries: self.profile_entries,
+                entries: self
+                    .profile_entries
+                    .unwrap_or_else(tracer::kernel::probes::default_profile_entries),
                 stacks: self.profile_stacks,
                 short_every: self.profile_short_stacks,
             },
@@ -336,8 +339,8 @@ struct ContentionArgs {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
     /// Aggregates the kernel keeps (see `agent --profile-entries`).
-    #[arg(long, default_value_t = tracer_common::names::LOCK_PROFILE_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
-    profile_entries: u32,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    profile_entries: Option<u32>,
     /// Distinct stacks the kernel keeps (see `agent --profile-stacks`).
     #[arg(long, default_value_t = tracer_common::names::LOCK_STACKS_CAPACITY, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     profile_stacks: u32,
@@ -455,7 +458,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let measured = contention::run(contention::ContentionOptions {
                 probes: ProbeOptions {
                     profile: ProfileOptions {
-                        entries: c.profile_entries,
+                        entries: c
+                            .profile_entries
+                            .unwrap_or_else(tracer::kernel::probes::default_profile_entries),
                         stacks: c.profile_stacks,
                         short_every: c.profile_short_stacks,
                         ..ProfileOptions::default()

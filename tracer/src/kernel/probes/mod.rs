@@ -40,7 +40,9 @@ pub use self::{
     families::Coverage,
     floor::Floor,
     maps::{Aggregates, Counters},
-    plan::{config_for, AttachMode, Detail, Plan, ProbeOptions, ProfileOptions},
+    plan::{
+        config_for, default_profile_entries, AttachMode, Detail, Plan, ProbeOptions, ProfileOptions,
+    },
     prune::Pruned,
     uffd_gate::{IoctlHooks, Scan as UffdScan, UffdFile},
 };

@@ -149,7 +149,7 @@ impl Default for ProfileOptions {
         Self {
             enabled: true,
             by_task: false,
-            entries: names::LOCK_PROFILE_CAPACITY,
+            entries: default_profile_entries(),
             stacks: names::LOCK_STACKS_CAPACITY,
             short_every: tracer_common::PROFILE_SHORT_EVERY,
         }
@@ -369,4 +369,11 @@ mod tests {
         let always = Plan::new(&ProbeOptions::default(), true);
         assert!(always.optional().all(|o| always.attaches_at_start(o)));
     }
+}
+
+/// The aggregate table's default capacity on this host: smaller with many CPUs, since each key
+/// has a value per possible CPU (`names::lock_profile_default_entries`).
+pub fn default_profile_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    names::lock_profile_default_entries(cpus)
 }
