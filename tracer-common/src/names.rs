@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(lock_profile_default_entries(2), LOCK_PROFILE_CAPACITY);
         assert_eq!(lock_profile_default_entries(16), LOCK_PROFILE_CAPACITY);
         let n = lock_profile_default_entries(128);
-        assert!(n < LOCK_PROFILE_CAPACITY && n >= 1024, "{n}");
+        assert!((1024..LOCK_PROFILE_CAPACITY).contains(&n), "{n}");
         assert!(u64::from(n) * (100 + 32 * 128) <= LOCK_PROFILE_BUDGET);
         assert_eq!(lock_profile_default_entries(100_000), 1024);
     }
