@@ -280,6 +280,13 @@ pub fn config_for(opts: &ProbeOptions, detail: Detail) -> Config {
     }
 }
 
+/// The aggregate table's default capacity on this host: smaller with many CPUs, since each key
+/// has a value per possible CPU (`names::lock_profile_default_entries`).
+pub fn default_profile_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    names::lock_profile_default_entries(cpus)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,11 +376,4 @@ mod tests {
         let always = Plan::new(&ProbeOptions::default(), true);
         assert!(always.optional().all(|o| always.attaches_at_start(o)));
     }
-}
-
-/// The aggregate table's default capacity on this host: smaller with many CPUs, since each key
-/// has a value per possible CPU (`names::lock_profile_default_entries`).
-pub fn default_profile_entries() -> u32 {
-    let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
-    names::lock_profile_default_entries(cpus)
 }
