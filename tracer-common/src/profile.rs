@@ -94,7 +94,9 @@ pub struct ProfilePending {
     /// lock has the same key (its cgroup and comm are the task's), so it is added without
     /// building the key.
     pub tid: u32,
-    pub _pad: u32,
+    /// Batches this CPU has written to the table: a reader that sees it unchanged across its
+    /// walk of the table knows the batch it read was not (also) in the table.
+    pub flushes: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProfilePending>() == 56 + 32 + 16);
 

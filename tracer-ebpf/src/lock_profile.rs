@@ -152,6 +152,8 @@ pub fn record(
             if p.value.count > 0 {
                 let (k, v) = (p.key, p.value);
                 add(&k, &v);
+                // After the add: a reader that sees the new count knows the table has it.
+                p.flushes = p.flushes.wrapping_add(1);
             }
             p.key = key;
             p.value = wait;

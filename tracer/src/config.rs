@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 26] = [
+pub const KEYS: [(&str, &str); 27] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -21,6 +21,7 @@ pub const KEYS: [(&str, &str); 26] = [
     ("max_incidents", "FAULTLINE_MAX_INCIDENTS"),
     ("snapshot_interval", "FAULTLINE_SNAPSHOT_INTERVAL"),
     ("summary_interval", "FAULTLINE_SUMMARY_INTERVAL"),
+    ("profile_idle_after", "FAULTLINE_PROFILE_IDLE_AFTER"),
     ("max_log_lines", "FAULTLINE_MAX_LOG_LINES"),
     ("detail", "FAULTLINE_DETAIL"),
     ("ring_buffer_size", "FAULTLINE_RING_BUFFER_SIZE"),

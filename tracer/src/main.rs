@@ -106,6 +106,14 @@ struct ProbeArgs {
     no_lock_profile: bool,
 }
 
+fn parse_idle_after(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s} is under 1s: each look walks the whole table"));
+    }
+    Ok(d)
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -181,6 +189,10 @@ struct AgentArgs {
     /// How often to log the one-line summary.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "FAULTLINE_SUMMARY_INTERVAL")]
     summary_interval: Duration,
+    /// Move a lock-profile aggregate that did not change for this long out of the kernel's
+    /// table into the agent's memory, so the table never fills up for good (at least 1s).
+    #[arg(long, default_value = "60s", value_parser = parse_idle_after, env = "FAULTLINE_PROFILE_IDLE_AFTER")]
+    profile_idle_after: Duration,
     /// Most slow-event lines logged per summary interval; the rest are counted.
     #[arg(long, default_value_t = 20, env = "FAULTLINE_MAX_LOG_LINES")]
     max_log_lines: u32,
@@ -389,6 +401,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 max_incidents: a.max_incidents,
                 snapshot_interval: a.snapshot_interval,
                 summary_interval: a.summary_interval,
+                profile_idle_after: a.profile_idle_after,
                 max_log_lines: a.max_log_lines,
                 self_metrics: a.self_metrics,
                 scope: a.scope,

@@ -433,3 +433,47 @@ fn a_processs_siglock_is_named_as_the_well_known_lock_it_is() {
         "the signal-mask path: {row:#}"
     );
 }
+
+#[test]
+fn the_agent_moves_idle_aggregates_out_of_the_kernels_table_and_loses_none() {
+    if !require_root("the_agent_moves_idle_aggregates_out_of_the_kernels_table_and_loses_none") {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = common::Faultline::agent(state.path(), &["--profile-idle-after", "1s"]);
+    let child = Command::new(&*SCENARIO)
+        .args(["rwr", "--hold-mib", "256"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rwr");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("rwr ends");
+    assert!(out.status.success(), "rwr failed");
+    let ours = format!("mmap_lock of {pid}");
+    let profile = |addr: &str| {
+        let (status, body) = common::http_get_bytes(addr, "/debug/pprof/kernel_lock");
+        assert_eq!(status, 200);
+        pprof_totals(&body, &ours)
+    };
+    let aged_out = |addr: &str| {
+        let (status, page) = common::http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        page.lines()
+            .find_map(|l| l.strip_prefix("faultline_lock_profile_aged_out "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = profile(&addr);
+    assert!(before.0 > 0, "the convoy's waits are in the profile");
+    // Its process is gone: its aggregates are idle. Two looks of the agent's timer (every
+    // half second here) a second apart move them.
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    let moved = aged_out(&addr);
+    let after = profile(&addr);
+    agent.stop();
+    assert!(
+        moved >= 1.0,
+        "idle aggregates were moved out of the kernel's table: {moved}"
+    );
+    assert_eq!(after, before, "moving them lost nothing: {ours}");
+}

@@ -134,6 +134,9 @@ fn well_known_by_taker(function: &str) -> Option<&'static str> {
         // kernel/sched/core.c: locks `rq->__lock` (or, with core scheduling, the core's rq
         // lock, which is an rq lock too).
         "raw_spin_rq_lock_nested" | "_raw_spin_rq_lock" | "raw_spin_rq_trylock" => Some("rq lock"),
+        // Takes a task's rq lock (its caller already holds the task's pi_lock); and the two
+        // rq locks of a migration, in order.
+        "__task_rq_lock" | "double_rq_lock" => Some("rq lock"),
         _ => None,
     }
 }

@@ -12,10 +12,15 @@ use crate::{
     kernel::probes::ProfileOptions,
     kernel::{
         lock_names::Namer,
-        probes::{families::lock_profile::ProfileMaps, Aggregates},
+        probes::{
+            families::lock_profile::{ProfileMaps, RawProfile},
+            Aggregates,
+        },
     },
     sinks::metrics::{LockSeriesMemory, ProfileScrape},
 };
+
+use super::profile_ageing::Ageing;
 
 const NAMES_TTL: Duration = Duration::from_secs(60);
 
@@ -28,16 +33,24 @@ pub struct LockProfile {
     namer: Mutex<Option<(Instant, Arc<Namer>)>>,
     /// The `lock` series of /metrics: their own lock, so a scrape never waits on the agent's.
     series: Mutex<LockSeriesMemory>,
+    /// Idle aggregates moved out of the kernel's table (`profile_ageing`).
+    ageing: Mutex<Ageing>,
 }
 
 impl LockProfile {
-    pub fn new(maps: ProfileMaps, aggregates: Arc<Aggregates>, opts: ProfileOptions) -> Self {
+    pub fn new(
+        maps: ProfileMaps,
+        aggregates: Arc<Aggregates>,
+        opts: ProfileOptions,
+        idle_after: Duration,
+    ) -> Self {
         Self {
             maps,
             aggregates,
             opts,
             namer: Mutex::new(None),
             series: Mutex::new(LockSeriesMemory::default()),
+            ageing: Mutex::new(Ageing::new(idle_after)),
         }
     }
 
@@ -47,14 +60,19 @@ impl LockProfile {
         if !self.opts.enabled {
             return Ok(None);
         }
-        let counters = self.aggregates.counters().map_err(|e| e.to_string())?;
-        let raw = self.maps.read(&counters);
+        let raw = self.raw()?;
+        let aged_out = self
+            .ageing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retired();
         let profile = self.namer().resolve(&raw);
         let mut memory = self.series.lock().unwrap_or_else(|e| e.into_inner());
         Ok(Some(ProfileScrape {
             series: memory.fold(&profile),
             entries: (raw.keys_in_table, self.opts.entries),
             stacks: (raw.stacks.len(), self.opts.stacks),
+            aged_out,
         }))
     }
 
@@ -72,8 +90,36 @@ impl LockProfile {
 
     /// The cumulative profile since the agent started, named.
     pub fn read(&self) -> Result<Profile, String> {
-        let counters = self.aggregates.counters().map_err(|e| e.to_string())?;
-        let raw = self.maps.read(&counters);
+        let raw = self.raw()?;
         Ok(self.namer().resolve(&raw))
+    }
+
+    /// The kernel's tables read, idle aggregates aged out when due, and those held in user
+    /// space added back: everything since the agent started.
+    fn raw(&self) -> Result<RawProfile, String> {
+        let counters = self.aggregates.counters().map_err(|e| e.to_string())?;
+        let mut raw = self.maps.read(&counters);
+        let mut ageing = self.ageing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.opts.enabled {
+            let moved = ageing.age(&self.maps, &raw);
+            if moved > 0 {
+                log::debug!(
+                    "lock profile: {moved} idle aggregates moved out of the kernel's table ({} held)",
+                    ageing.retired()
+                );
+                // What was moved is no longer in the table: read it again, then add back.
+                raw = self.maps.read(&counters);
+            }
+        }
+        ageing.add_to(&mut raw);
+        Ok(raw)
+    }
+
+    /// Ages the table out of band (the agent's timer): a reading nobody asked for, so idle
+    /// aggregates move even when nothing scrapes.
+    pub fn age(&self) {
+        if let Err(e) = self.raw() {
+            log::debug!("lock profile: ageing skipped: {e}");
+        }
     }
 }

@@ -18,6 +18,7 @@ mod lock_profile;
 mod log_lines;
 pub mod metrics_input;
 mod process_faults;
+mod profile_ageing;
 mod shutdown;
 mod snapshot;
 pub mod state;
@@ -80,6 +81,8 @@ pub struct AgentOptions {
     /// How often the kernel's per-task map is read into the engine and the timed detectors run.
     pub snapshot_interval: Duration,
     pub summary_interval: Duration,
+    /// How long a lock-profile aggregate stays unchanged before it leaves the kernel's table.
+    pub profile_idle_after: Duration,
     /// Most slow-event lines logged per summary interval; the rest are counted.
     pub max_log_lines: u32,
     /// Turn on the kernel's BPF run-time statistics for the probes' self-metrics.
@@ -119,6 +122,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         probes.profile_maps()?,
         aggregates.clone(),
         opts.probes.profile,
+        opts.profile_idle_after,
     ));
     // Decided once: what the agent does without each is fixed for its life, and the log says
     // so here, where an operator reading why an alert lacks a name will look.
@@ -241,6 +245,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // nobody would ever see them unknown.) One counter lookup, off the lock; the lock is
     // taken only when the count moved.
     let aggregates = lock(&shared).aggregates.clone();
+    // The lock profile's ageing looks twice per idle period, off the async workers.
+    let mut ageing_tick = tokio::time::interval(opts.profile_idle_after / 2);
+    ageing_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ageing_profile = lock(&shared).lock_profile.clone();
     let mut loss_tick = tokio::time::interval(LOSS_POLL);
     loss_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = 0;
@@ -260,6 +268,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 // the walk starts.
                 stream.drain_now(on_record);
                 snapshot_into(&shared)?;
+            }
+            _ = ageing_tick.tick() => {
+                let profile = ageing_profile.clone();
+                // Fire and forget: the profile's own lock orders it with scrapes.
+                drop(tokio::task::spawn_blocking(move || profile.age()));
             }
             _ = loss_tick.tick() => {
                 match aggregates.counter(Counter::RingbufFull) {

@@ -97,10 +97,15 @@ where
         let is_named: HashSet<&G> = named.iter().collect();
         for (g, s, n) in counts {
             let key = (g.clone(), s.clone());
-            let before = self.seen.insert(key.clone(), n).unwrap_or(0);
-            // A count read lower than before (never, for the agent's own counters) adds
-            // nothing: a series must not go down, and must not count twice either.
+            // A count read lower than before (never, for the agent's own counters; a kernel
+            // reading that missed a batch one time) adds nothing, and the higher count stays
+            // the mark: a series must not go down, and must not count the difference twice
+            // when the lower reading recovers.
+            let before = self.seen.get(&key).copied().unwrap_or(0);
             let grown = n.saturating_sub(before);
+            if n > before {
+                self.seen.insert(key.clone(), n);
+            }
             let target = if is_named.contains(g) {
                 key
             } else {
@@ -293,6 +298,23 @@ mod tests {
         assert_eq!(
             fold(&mut f, &[("a", 40), ("b", 20)]),
             [("a".into(), 39), ("other".into(), 6)]
+        );
+    }
+
+    #[test]
+    fn a_reading_that_dips_and_recovers_counts_nothing_twice() {
+        let mut f = CounterFold::new(1, "other".to_owned(), vec![()]);
+        assert_eq!(
+            fold(&mut f, &[("a", 10)]),
+            [("a".into(), 10), ("other".into(), 0)]
+        );
+        assert_eq!(
+            fold(&mut f, &[("a", 7)]),
+            [("a".into(), 10), ("other".into(), 0)]
+        );
+        assert_eq!(
+            fold(&mut f, &[("a", 12)]),
+            [("a".into(), 12), ("other".into(), 0)]
         );
     }
 

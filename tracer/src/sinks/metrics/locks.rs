@@ -4,7 +4,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tracer_common::{lock_type, Counter as K, Histogram as H, HIST_LOCK_BASE};
 
 use super::{
-    encode::{counter, counter_f64, family, histogram, plain_counters},
+    encode::{counter, counter_f64, family, gauge, histogram, plain_counters},
     LockMeasure, MetricsInput,
 };
 
@@ -117,6 +117,14 @@ fn lock_series(m: &MetricsInput) -> Vec<MetricFamily> {
         "Contended kernel-lock waits the lock profile saw (kept or dropped).",
         c(K::ProfileWaits),
     )]));
+    if let Some(p) = &m.lock_profile {
+        f.push(family(
+            "faultline_lock_profile_aged_out",
+            "Lock-profile aggregates idle for --profile-idle-after, moved out of the kernel's table into the agent's memory (still in every profile).",
+            MetricType::GAUGE,
+            vec![gauge(&[], p.aged_out as f64)],
+        ));
+    }
     f.push(family(
         "faultline_lock_profile_dropped_total",
         "Waits the lock profile could not keep whole, by cause: table_full (dropped), busy (dropped or kept without a stack), no_stack, stacks_full, stack_collision (kept without a stack).",

@@ -98,6 +98,8 @@ pub struct ProfileScrape {
     pub entries: (usize, u32),
     /// (stacks stored, the stack table's capacity).
     pub stacks: (usize, u32),
+    /// Idle aggregates the agent moved out of the kernel's table and holds.
+    pub aged_out: usize,
 }
 
 impl MetricsInput {

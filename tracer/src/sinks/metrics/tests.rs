@@ -270,6 +270,7 @@ fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
         series: memory.fold(&profile),
         entries: (14, 16384),
         stacks: (1, 8192),
+        aged_out: 0,
     });
     let text = render(&m).expect("render");
     assert!(!text.contains("0xffff"), "an address leaked: {text}");
@@ -310,6 +311,7 @@ fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
         series: memory.fold(&profile),
         entries: (14, 16384),
         stacks: (1, 8192),
+        aged_out: 0,
     });
     let text = render(&m).expect("render");
     assert!(

@@ -53,6 +53,8 @@ pub fn drops(c: &Counters) -> Drops {
 
 pub struct ProfileMaps {
     profile: PerCpuHashMap<MapData, ProfileKey, ProfileValue>,
+    /// The aggregate table again, for `retire`'s lookup-and-delete (aya 0.14 has none).
+    profile_data: MapData,
     pending: PerCpuArray<MapData, ProfilePending>,
     stacks: HashMap<MapData, u64, StackFrames>,
 }
@@ -63,6 +65,10 @@ impl Probes {
         Ok(ProfileMaps {
             profile: PerCpuHashMap::try_from(reopen(&self.ebpf, map::LOCK_PROFILE)?)
                 .map_err(ProbeError::map(map::LOCK_PROFILE))?,
+            profile_data: match reopen(&self.ebpf, map::LOCK_PROFILE)? {
+                aya::maps::Map::PerCpuHashMap(data) => data,
+                _ => return Err(ProbeError::MissingMap(map::LOCK_PROFILE)),
+            },
             pending: PerCpuArray::try_from(reopen(&self.ebpf, map::PROFILE_PENDING)?)
                 .map_err(ProbeError::map(map::PROFILE_PENDING))?,
             stacks: HashMap::try_from(reopen(&self.ebpf, map::LOCK_STACKS)?)
@@ -76,21 +82,19 @@ impl ProfileMaps {
     /// counts only grow); a stored stack whose frames do not hash to its key (a torn read) is
     /// left out, so its waits show without a stack rather than under a wrong one.
     pub fn read(&self, counters: &Counters) -> RawProfile {
-        let mut entries: Vec<(ProfileKey, ProfileValue)> = self
-            .profile
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, per_cpu)| (k, merged(&per_cpu)))
-            .filter(|(_, v)| v.count > 0)
-            .collect();
+        let (mut entries, batches) = self.consistent_read();
         let keys_in_table = entries.len();
-        // The CPUs' batches, read after the table: a batch written to the table in between is
-        // missing from this reading (the next has it), never counted twice.
-        if let Ok(batches) = self.pending.get(&0, 0) {
-            for b in batches.iter().filter(|b| b.value.count > 0) {
-                match entries.iter_mut().find(|(k, _)| *k == b.key) {
-                    Some((_, v)) => add_batch(v, &b.value),
-                    None => entries.push((b.key, b.value)),
+        let mut at: StdHashMap<ProfileKey, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (*k, i))
+            .collect();
+        for b in batches.iter().filter(|b| b.value.count > 0) {
+            match at.get(&b.key) {
+                Some(&i) => add_batch(&mut entries[i].1, &b.value),
+                None => {
+                    at.insert(b.key, entries.len());
+                    entries.push((b.key, b.value));
                 }
             }
         }
@@ -110,26 +114,140 @@ impl ProfileMaps {
     }
 }
 
+/// Reads of the table retried while a CPU wrote a batch to it meanwhile.
+const READ_TRIES: usize = 4;
+
+impl ProfileMaps {
+    fn table(&self) -> Vec<(ProfileKey, ProfileValue)> {
+        self.profile
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, merged(&per_cpu)))
+            .filter(|(_, v)| v.count > 0)
+            .collect()
+    }
+
+    fn batches(&self) -> Vec<ProfilePending> {
+        self.pending
+            .get(&0, 0)
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The table and the CPUs' batches as of one moment: the batches are read before and after
+    /// the table, and the reading is taken when no CPU wrote a batch to the table meanwhile
+    /// (its `flushes` unchanged), so no batch is missed or counted twice. After `READ_TRIES`
+    /// busy tries, a written batch's key is read again from the table (which then has it):
+    /// only a second batch written by the same CPU during the walk can be missing, until the
+    /// next reading.
+    fn consistent_read(&self) -> (Vec<(ProfileKey, ProfileValue)>, Vec<ProfilePending>) {
+        let mut last = None;
+        for _ in 0..READ_TRIES {
+            let before = self.batches();
+            let table = self.table();
+            let after = self.batches();
+            let written: Vec<ProfileKey> = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| b.flushes != a.flushes && b.value.count > 0)
+                .map(|(b, _)| b.key)
+                .collect();
+            if written.is_empty() {
+                return (table, after);
+            }
+            last = Some((table, after, written));
+        }
+        let Some((mut table, after, written)) = last else {
+            return (self.table(), self.batches());
+        };
+        for key in written {
+            let Ok(now) = self.profile.get(&key, 0) else {
+                continue;
+            };
+            let now = merged(&now);
+            match table.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) if now.count > v.count => *v = now,
+                Some(_) => {}
+                None => table.push((key, now)),
+            }
+        }
+        (table, after)
+    }
+
+    /// Takes `key`'s aggregate out of the kernel's table and returns it (its CPUs' values
+    /// merged), in one step (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, hash maps since 5.14): a wait
+    /// added up to that moment is in what comes back, so moving an idle aggregate to user
+    /// space loses nothing but a wait whose program still holds the value (its add lands in
+    /// the freed element: an undercount of one). `None` when the key is gone or the kernel
+    /// refuses.
+    pub fn take(&self, key: &ProfileKey) -> Option<ProfileValue> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let cpus = aya::util::nr_cpus().ok()?;
+        // Per-CPU values come 8-byte aligned, one per possible CPU.
+        let mut values = vec![ProfileValue::default(); cpus];
+        #[repr(C)]
+        struct ElemAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let attr = ElemAttr {
+            map_fd: self.profile_data.fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const ProfileKey as u64,
+            value: values.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        // SAFETY: the attribute points at a live key and a buffer of one value per possible
+        // CPU, the size the kernel writes for a per-CPU hash map.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        let mut out = ProfileValue::default();
+        let mut busiest = 0;
+        for v in &values {
+            merge_cpu(&mut out, v, &mut busiest);
+        }
+        Some(out)
+    }
+}
+
 /// One key's per-CPU values as one: counts and totals added, the longest wait, and the owner
 /// and `mm_tgid` of the CPU that counted most (each CPU keeps its last; any is a true one).
 fn merged(per_cpu: &PerCpuValues<ProfileValue>) -> ProfileValue {
     let mut out = ProfileValue::default();
     let mut busiest = 0;
     for v in per_cpu.iter() {
-        out.count += v.count;
-        out.total_ns += v.total_ns;
-        out.max_ns = out.max_ns.max(v.max_ns);
-        if v.count > busiest {
-            busiest = v.count;
-            out.owner = v.owner;
-            out.mm_tgid = v.mm_tgid;
-        }
+        merge_cpu(&mut out, v, &mut busiest);
     }
     out
 }
 
-/// A batch's waits added to an aggregate of the same key.
-fn add_batch(into: &mut ProfileValue, b: &ProfileValue) {
+/// One CPU's value added to `out` (see `merged`).
+fn merge_cpu(out: &mut ProfileValue, v: &ProfileValue, busiest: &mut u64) {
+    out.count += v.count;
+    out.total_ns += v.total_ns;
+    out.max_ns = out.max_ns.max(v.max_ns);
+    if v.count > *busiest {
+        *busiest = v.count;
+        out.owner = v.owner;
+        out.mm_tgid = v.mm_tgid;
+    }
+}
+
+/// A batch's (or a retired aggregate's) waits added to an aggregate of the same key.
+pub fn add_batch(into: &mut ProfileValue, b: &ProfileValue) {
     into.count += b.count;
     into.total_ns += b.total_ns;
     into.max_ns = into.max_ns.max(b.max_ns);
