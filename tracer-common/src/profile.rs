@@ -60,9 +60,9 @@ pub mod well_known {
 }
 const _: () = assert!(core::mem::size_of::<ProfileKey>() == 56);
 
-/// What a key's waits add up to. `count` and `total_ns` are added atomically; `max_ns`,
-/// `owner` and `mm_tgid` are last-writer-wins (a racing update may keep the smaller of two
-/// concurrent maxima: a rare understatement, never an invented value).
+/// What a key's waits add up to, on one CPU (`LOCK_PROFILE` is a per-CPU hash: plain adds).
+/// User space adds the CPUs' counts and totals, keeps the longest wait, and the `owner` and
+/// `mm_tgid` of the CPU that counted most (each CPU keeps its last).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProfileValue {
@@ -94,8 +94,9 @@ pub struct ProfilePending {
     /// lock has the same key (its cgroup and comm are the task's), so it is added without
     /// building the key.
     pub tid: u32,
-    /// Batches this CPU has written to the table: a reader that sees it unchanged across its
-    /// walk of the table knows the batch it read was not (also) in the table.
+    /// Twice the batches this CPU has written to the table, odd while one is being written: a
+    /// reader that sees it even and unchanged across its walk of the table knows the batch it
+    /// read was not (also) in the table.
     pub flushes: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProfilePending>() == 56 + 32 + 16);

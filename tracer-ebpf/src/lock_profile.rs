@@ -149,15 +149,19 @@ pub fn record(
                 merge(&mut p.value, &wait);
                 return;
             }
-            if p.value.count > 0 {
-                let (k, v) = (p.key, p.value);
-                add(&k, &v);
-                // After the add: a reader that sees the new count knows the table has it.
+            // `flushes` is odd while the batch is being written to the table and replaced: a
+            // reader that sees it odd, or changed across its walk, reads again.
+            let flushing = p.value.count > 0;
+            if flushing {
                 p.flushes = p.flushes.wrapping_add(1);
+                add(&p.key, &p.value);
             }
             p.key = key;
             p.value = wait;
             p.tid = tid;
+            if flushing {
+                p.flushes = p.flushes.wrapping_add(1);
+            }
         }
         _ => add(&key, &wait),
     }

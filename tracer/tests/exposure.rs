@@ -55,7 +55,11 @@ fn address_like(text: &str) -> Vec<String> {
             end += 1;
         }
         let digits = end - start;
+        // A bare run of 16 digits stands alone: not inside a word, and not the fraction of a
+        // decimal number (`1.6121855999999999`, a histogram's sum).
+        let fraction = i >= 2 && b[i - 1] == b'.' && b[i - 2].is_ascii_digit();
         let alone = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
+            && !fraction
             && (end == b.len() || !b[end].is_ascii_alphanumeric());
         if (prefixed && digits >= 8) || (alone && digits == 16) {
             found.push(text[i..end].to_owned());
@@ -90,10 +94,15 @@ fn the_address_scanner_finds_prefixed_and_bare_addresses_only() {
         vec!["0xffff888012345000", "0x7f1234567000", "ffff888012345000"]
     );
     assert!(address_like(&format!(
-        "mm-3f9a1c2b0e4d lock-3f9a1c2b0e4d #ffe0e0 0x10 pid 123456 docker-{}.scope",
+        "mm-3f9a1c2b0e4d lock-3f9a1c2b0e4d #ffe0e0 0x10 pid 123456 docker-{}.scope sum 1.6121855999999999",
         "ab".repeat(32)
     ))
     .is_empty());
+    // After a word's full stop it is still an address.
+    assert_eq!(
+        address_like("at x.ffff888012345000"),
+        vec!["ffff888012345000"]
+    );
 }
 
 /// The addresses (8 hex digits or more: short ones are test fixtures, and would match any

@@ -69,6 +69,11 @@ pub async fn run(opts: ContentionOptions) -> Result<Measured> {
     let counters = probes.counters().context("reading the kernel counters")?;
     let raw = maps.read(&counters);
     drop(probes);
-    let profile = Namer::new().resolve(&raw).filtered(&opts.filter);
+    // Short waits without a stack are split over their lock's sampled stacks first, so a filter
+    // on a frame or a caller keeps its share of them.
+    let profile = Namer::new()
+        .resolve(&raw)
+        .estimated()
+        .filtered(&opts.filter);
     Ok(Measured { profile, elapsed })
 }

@@ -43,11 +43,32 @@ impl Namer {
     /// The profile with every aggregate resolved. An aggregate of an unknown lock type (a
     /// newer kernel's flag) is counted as `other`.
     pub fn resolve(&self, raw: &RawProfile) -> Profile {
-        let samples = raw
+        let mut samples: Vec<Sample> = raw
             .entries
             .iter()
             .map(|(k, v)| self.sample(raw, k, v))
             .collect();
+        // A short wait whose stack was not taken has no caller to name its lock by: it takes
+        // the name the same lock got from a wait that had one (the heaviest), if any.
+        let mut named: std::collections::HashMap<u64, (u64, LockName)> = Default::default();
+        for s in samples
+            .iter()
+            .filter(|s| s.lock_name.naming != Naming::Unnamed)
+        {
+            let e = named
+                .entry(s.lock)
+                .or_insert_with(|| (0, s.lock_name.clone()));
+            if s.total_ns >= e.0 {
+                *e = (s.total_ns, s.lock_name.clone());
+            }
+        }
+        for s in samples.iter_mut().filter(|s| {
+            s.stack_sampling == StackSampling::Skipped && s.lock_name.naming == Naming::Unnamed
+        }) {
+            if let Some((_, name)) = named.get(&s.lock) {
+                s.lock_name = name.clone();
+            }
+        }
         Profile {
             samples,
             drops: raw.drops,

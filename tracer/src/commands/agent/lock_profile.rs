@@ -97,9 +97,12 @@ impl LockProfile {
     /// The kernel's tables read, idle aggregates aged out when due, and those held in user
     /// space added back: everything since the agent started.
     fn raw(&self) -> Result<RawProfile, String> {
+        // Held across the walk: a reading must not see a key both in the table and among the
+        // aged-out ones (the timer's ageing taking it mid-walk), nor walk a table another
+        // reading is deleting from.
+        let mut ageing = self.ageing.lock().unwrap_or_else(|e| e.into_inner());
         let counters = self.aggregates.counters().map_err(|e| e.to_string())?;
         let mut raw = self.maps.read(&counters);
-        let mut ageing = self.ageing.lock().unwrap_or_else(|e| e.into_inner());
         if self.opts.enabled {
             let moved = ageing.age(&self.maps, &raw);
             if moved > 0 {

@@ -208,13 +208,16 @@ pub type LockSub = (&'static str, LockMeasure);
 /// `lock` label stays bounded and no series goes down (see the module doc).
 ///
 /// A lock's label is its name as the profile gives it (`rtnl_mutex`, `caller:rtnl_lock`,
-/// `mmap_lock of PID (comm)`), never an address (`unnamed`). The name of an `mmap_lock` or a
-/// siglock (which name a process) is kept as first seen for as long as the kernel's table holds it: its process's comm can no longer be
-/// read once it exits, and a renamed series would count its whole past a second time.
+/// `mmap_lock of PID (comm)`), never an address (`unnamed`). The label of an `mmap_lock` or a
+/// siglock (which name a process) is kept as first given while the profile holds that
+/// process's lock: its comm can no longer be read once it exits, and a renamed series would
+/// count its whole past a second time.
 #[derive(Debug)]
 pub struct LockSeriesMemory {
     fold: CounterFold<String, LockSub>,
-    mm_names: HashMap<u64, String>,
+    /// The first label given, by the part of it that names the lock's process
+    /// (`mmap_lock of 123`): a reused address of a new process is a new lock here.
+    first_names: HashMap<String, String>,
 }
 
 impl Default for LockSeriesMemory {
@@ -222,7 +225,7 @@ impl Default for LockSeriesMemory {
         Self {
             fold: CounterFold::new(TOP_LOCKS, "other".to_owned(), Vec::new())
                 .ranked_by(|(_, m)| *m == LockMeasure::WaitNs),
-            mm_names: HashMap::new(),
+            first_names: HashMap::new(),
         }
     }
 }
@@ -236,33 +239,34 @@ impl LockSeriesMemory {
     pub fn fold(&mut self, profile: &Profile) -> Folded<String, LockSub> {
         let profile = &profile.estimated();
         let mut counts: BTreeMap<(String, LockSub), u64> = BTreeMap::new();
+        let mut live: HashSet<String> = HashSet::new();
         for s in &profile.samples {
-            let label = self.label(s);
+            let label = self.label(s, &mut live);
             let t = s.lock_type.name();
             *counts
                 .entry((label.clone(), (t, LockMeasure::Contentions)))
                 .or_default() += s.contended;
             *counts.entry((label, (t, LockMeasure::WaitNs))).or_default() += s.total_ns;
         }
-        // Names of mmap_locks the kernel's table no longer holds are forgotten.
-        let live: HashSet<u64> = profile
-            .samples
-            .iter()
-            .filter(|s| matches!(s.lock_name.naming, Naming::MmapLock | Naming::WellKnown))
-            .map(|s| s.lock)
-            .collect();
-        self.mm_names.retain(|lock, _| live.contains(lock));
+        // Names of locks the profile no longer holds are forgotten.
+        self.first_names.retain(|stable, _| live.contains(stable));
         self.fold
             .fold(counts.iter().map(|((g, sub), n)| (g, sub, *n)))
     }
 
-    fn label(&mut self, s: &Sample) -> String {
+    fn label(&mut self, s: &Sample, live: &mut HashSet<String>) -> String {
         match s.lock_name.naming {
-            Naming::MmapLock | Naming::WellKnown => self
-                .mm_names
-                .entry(s.lock)
-                .or_insert_with(|| s.lock_name.name.clone())
-                .clone(),
+            Naming::MmapLock | Naming::WellKnown => {
+                // "mmap_lock of 123 (postgres)" → "mmap_lock of 123": the comm is what goes
+                // missing when the process exits.
+                let name = &s.lock_name.name;
+                let stable = name.split(" (").next().unwrap_or(name).to_owned();
+                live.insert(stable.clone());
+                self.first_names
+                    .entry(stable)
+                    .or_insert_with(|| name.clone())
+                    .clone()
+            }
             Naming::Unnamed => "unnamed".to_owned(),
             Naming::Symbol | Naming::Caller => s.lock_name.label(),
         }

@@ -321,4 +321,21 @@ fn lock_series_name_the_top_locks_never_an_address_and_never_go_down() {
         "{text}"
     );
     assert!(!text.contains("lock=\"mmap_lock of 7\""), "{text}");
+    // Its mm's address reused by a new process: another lock, under its own name.
+    profile.samples[13].lock_name.name = "mmap_lock of 9 (next)".into();
+    profile.samples[13].contended = 1;
+    profile.samples[13].total_ns = 9_000_000_000;
+    m.lock_profile = Some(ProfileScrape {
+        series: memory.fold(&profile),
+        entries: (14, 16384),
+        stacks: (1, 8192),
+        aged_out: 0,
+    });
+    let text = render(&m).expect("render");
+    assert!(
+        text.contains(
+            "faultline_lock_contentions_total{lock=\"mmap_lock of 9 (next)\",type=\"rwsem:W\"} 1"
+        ),
+        "{text}"
+    );
 }

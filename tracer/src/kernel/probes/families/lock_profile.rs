@@ -136,50 +136,35 @@ impl ProfileMaps {
 
     /// The table and the CPUs' batches as of one moment: the batches are read before and after
     /// the table, and the reading is taken when no CPU wrote a batch to the table meanwhile
-    /// (its `flushes` unchanged), so no batch is missed or counted twice. After `READ_TRIES`
-    /// busy tries, a written batch's key is read again from the table (which then has it):
-    /// only a second batch written by the same CPU during the walk can be missing, until the
-    /// next reading.
+    /// (its `flushes` even and unchanged), so no batch is missed or counted twice. After
+    /// `READ_TRIES` busy tries the last one is taken: a batch written during its walk may be
+    /// missing from it (an undercount until the next reading), never counted twice.
     fn consistent_read(&self) -> (Vec<(ProfileKey, ProfileValue)>, Vec<ProfilePending>) {
         let mut last = None;
         for _ in 0..READ_TRIES {
             let before = self.batches();
             let table = self.table();
             let after = self.batches();
-            let written: Vec<ProfileKey> = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| b.flushes != a.flushes && b.value.count > 0)
-                .map(|(b, _)| b.key)
-                .collect();
-            if written.is_empty() {
+            let quiet = before.len() == after.len()
+                && before
+                    .iter()
+                    .zip(&after)
+                    .all(|(b, a)| b.flushes == a.flushes && a.flushes % 2 == 0);
+            if quiet {
                 return (table, after);
             }
-            last = Some((table, after, written));
+            last = Some((table, after));
         }
-        let Some((mut table, after, written)) = last else {
-            return (self.table(), self.batches());
-        };
-        for key in written {
-            let Ok(now) = self.profile.get(&key, 0) else {
-                continue;
-            };
-            let now = merged(&now);
-            match table.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) if now.count > v.count => *v = now,
-                Some(_) => {}
-                None => table.push((key, now)),
-            }
-        }
-        (table, after)
+        last.unwrap_or_else(|| (self.table(), self.batches()))
     }
 
     /// Takes `key`'s aggregate out of the kernel's table and returns it (its CPUs' values
     /// merged), in one step (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, hash maps since 5.14): a wait
-    /// added up to that moment is in what comes back, so moving an idle aggregate to user
-    /// space loses nothing but a wait whose program still holds the value (its add lands in
-    /// the freed element: an undercount of one). `None` when the key is gone or the kernel
-    /// refuses.
+    /// added up to that moment is in what comes back. A program that still holds the value
+    /// (a wait on a key idle for a whole `--profile-idle-after`, ending in these nanoseconds)
+    /// adds to the freed element, which the preallocated table may already have given to
+    /// another key: one wait lost or credited to that key. `None` when the key is gone or the
+    /// kernel refuses.
     pub fn take(&self, key: &ProfileKey) -> Option<ProfileValue> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let cpus = aya::util::nr_cpus().ok()?;
