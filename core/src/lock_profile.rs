@@ -57,6 +57,33 @@ impl LockName {
             _ => self.name.clone(),
         }
     }
+
+    /// The label for outputs that leave the host (pprof, `/metrics`, the flame graph): never
+    /// an address; an unnamed lock's name is its address, so all unnamed locks are `unnamed`.
+    pub fn public_label(&self) -> String {
+        match self.naming {
+            Naming::Unnamed => "unnamed".to_owned(),
+            _ => self.label(),
+        }
+    }
+}
+
+/// A frame as outputs that leave the host show it: `name+0xoff [module]` is `name [module]`
+/// (one function, whatever the return address in it), and a frame kallsyms could not name,
+/// printed as its address, is `[unknown]`.
+pub fn public_frame(frame: &str) -> String {
+    if frame.starts_with("0x") {
+        return "[unknown]".to_owned();
+    }
+    let (symbol, module) = match frame.split_once(' ') {
+        Some((s, m)) => (s, Some(m)),
+        None => (frame, None),
+    };
+    let name = symbol.split('+').next().unwrap_or(symbol);
+    match module {
+        Some(m) => format!("{name} {m}"),
+        None => name.to_owned(),
+    }
 }
 
 /// One aggregate of the kernel's table, resolved.

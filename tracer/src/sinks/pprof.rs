@@ -13,7 +13,7 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
-use crate::core::lock_profile::{Naming, Profile, Sample, StackSampling};
+use crate::core::lock_profile::{public_frame, Profile, Sample, StackSampling};
 
 #[derive(Clone, PartialEq, Message)]
 struct PProfile {
@@ -155,36 +155,9 @@ impl Tables {
     }
 }
 
-/// The function of a frame as `KernelSymbols::function` prints it (`name+0xoff [module]`).
-fn function_of(frame: &str) -> String {
-    let (name, module) = match frame.split_once(' ') {
-        Some((n, m)) => (n, Some(m)),
-        None => (frame, None),
-    };
-    let name = name.split('+').next().unwrap_or(name);
-    match module {
-        Some(m) => format!("{name} {m}"),
-        None => name.to_owned(),
-    }
-}
-
-/// A sample's lock as the profile names it: never an address (an unnamed lock's name is its
-/// address, which the agent does not let out).
+/// A sample's lock as the profile names it: never an address.
 fn lock_label(s: &Sample) -> String {
-    match s.lock_name.naming {
-        Naming::Unnamed => "unnamed".to_owned(),
-        _ => s.lock_name.label(),
-    }
-}
-
-/// A frame as the profile names it: a frame kallsyms could not name (printed as its address)
-/// is `[unknown]`.
-fn frame_name(frame: &str) -> String {
-    if frame.starts_with("0x") {
-        "[unknown]".to_owned()
-    } else {
-        function_of(frame)
-    }
+    s.lock_name.public_label()
 }
 
 /// The root frame of a sample: its lock and type.
@@ -226,8 +199,11 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
         .samples
         .iter()
         .map(|s| {
-            let mut location_id: Vec<u64> =
-                s.stack.iter().map(|f| t.location(&frame_name(f))).collect();
+            let mut location_id: Vec<u64> = s
+                .stack
+                .iter()
+                .map(|f| t.location(&public_frame(f)))
+                .collect();
             location_id.push(t.location(&root_frame(s)));
             let mut label = vec![
                 Label {
@@ -311,7 +287,7 @@ mod tests {
     use super::*;
     use crate::core::{
         event::LockType,
-        lock_profile::{Drops, LockName},
+        lock_profile::{Drops, LockName, Naming},
     };
 
     #[test]

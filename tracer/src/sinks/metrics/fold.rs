@@ -267,8 +267,7 @@ impl LockSeriesMemory {
                     .or_insert_with(|| name.clone())
                     .clone()
             }
-            Naming::Unnamed => "unnamed".to_owned(),
-            Naming::Symbol | Naming::Caller => s.lock_name.label(),
+            Naming::Unnamed | Naming::Symbol | Naming::Caller => s.lock_name.public_label(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
     fmt::Write as _,
 };
 
-use crate::core::lock_profile::{human_ns, Naming, Profile, Sample};
+use crate::core::lock_profile::{human_ns, public_frame, Profile, Sample};
 
 use super::text::escape;
 
@@ -65,31 +65,9 @@ impl Node {
     }
 }
 
-/// A sample's lock as drawn: an unnamed lock's name is its address, which is never shown, so
-/// all unnamed locks are one `unnamed` group.
+/// A sample's lock as drawn (never an address: all unnamed locks are one `unnamed` group).
 fn lock_label(s: &Sample) -> String {
-    match s.lock_name.naming {
-        Naming::Unnamed => "unnamed".to_owned(),
-        _ => s.lock_name.label(),
-    }
-}
-
-/// A frame as drawn and merged: `name+0xoff [module]` is `name [module]` (one function, whatever
-/// the return address in it), and a frame kallsyms could not name, printed as its address, is
-/// `[unknown]`.
-fn frame_name(frame: &str) -> String {
-    if frame.starts_with("0x") {
-        return "[unknown]".to_owned();
-    }
-    let (symbol, module) = match frame.split_once(' ') {
-        Some((s, m)) => (s, Some(m)),
-        None => (frame, None),
-    };
-    let name = symbol.split('+').next().unwrap_or(symbol);
-    match module {
-        Some(m) => format!("{name} {m}"),
-        None => name.to_owned(),
-    }
+    s.lock_name.public_label()
 }
 
 /// The whole profile merged into one tree, every lock under the root.
@@ -110,7 +88,7 @@ fn build(profile: &Profile) -> Node {
         }
         // Outermost frame first: the stack is stored leaf first.
         for f in s.stack.iter().rev() {
-            node = node.child(frame_name(f), &lock);
+            node = node.child(public_frame(f), &lock);
             node.add(s);
         }
     }
@@ -461,7 +439,7 @@ mod tests {
     use super::*;
     use crate::core::{
         event::LockType,
-        lock_profile::{Drops, LockName},
+        lock_profile::{Drops, LockName, Naming},
     };
 
     fn sample(name: &str, naming: Naming, t: LockType, stack: &[&str], n: u64, ns: u64) -> Sample {
@@ -627,11 +605,11 @@ mod tests {
     #[test]
     fn module_frames_keep_their_module_and_unknown_ones_are_unknown() {
         assert_eq!(
-            frame_name("nf_hook_slow+0x3c [nf_tables]"),
+            public_frame("nf_hook_slow+0x3c [nf_tables]"),
             "nf_hook_slow [nf_tables]"
         );
-        assert_eq!(frame_name("0xffffffffc0a01234"), "[unknown]");
-        assert_eq!(frame_name("schedule"), "schedule");
+        assert_eq!(public_frame("0xffffffffc0a01234"), "[unknown]");
+        assert_eq!(public_frame("schedule"), "schedule");
     }
 
     #[test]
