@@ -14,7 +14,9 @@ use std::{
 
 use tracer_common::{ProfileKey, ProfileValue, NO_STACK, PROFILE_STACK_DEPTH};
 
-use crate::kernel::probes::families::lock_profile::{add_batch, ProfileMaps, RawProfile};
+use crate::kernel::probes::families::lock_profile::{
+    add_aggregates, add_batch, ProfileMaps, RawProfile,
+};
 
 /// Aggregates kept out of the kernel's table, at most (~100 bytes each, plus stacks).
 pub const RETIRED_MAX: usize = 65_536;
@@ -105,21 +107,7 @@ impl Ageing {
         if self.retired.is_empty() {
             return;
         }
-        let mut at: HashMap<ProfileKey, usize> = raw
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (*k, i))
-            .collect();
-        for (key, value) in &self.retired {
-            match at.get(key) {
-                Some(&i) => add_batch(&mut raw.entries[i].1, value),
-                None => {
-                    at.insert(*key, raw.entries.len());
-                    raw.entries.push((*key, *value));
-                }
-            }
-        }
+        add_aggregates(&mut raw.entries, self.retired.iter().map(|(k, v)| (*k, *v)));
         for (hash, frames) in &self.stacks {
             raw.stacks.entry(*hash).or_insert(*frames);
         }

@@ -84,20 +84,13 @@ impl ProfileMaps {
     pub fn read(&self, counters: &Counters) -> RawProfile {
         let (mut entries, batches) = self.consistent_read();
         let keys_in_table = entries.len();
-        let mut at: StdHashMap<ProfileKey, usize> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (*k, i))
-            .collect();
-        for b in batches.iter().filter(|b| b.value.count > 0) {
-            match at.get(&b.key) {
-                Some(&i) => add_batch(&mut entries[i].1, &b.value),
-                None => {
-                    at.insert(b.key, entries.len());
-                    entries.push((b.key, b.value));
-                }
-            }
-        }
+        add_aggregates(
+            &mut entries,
+            batches
+                .iter()
+                .filter(|b| b.value.count > 0)
+                .map(|b| (b.key, b.value)),
+        );
         let stacks = self
             .stacks
             .iter()
@@ -228,6 +221,27 @@ fn merge_cpu(out: &mut ProfileValue, v: &ProfileValue, busiest: &mut u64) {
         *busiest = v.count;
         out.owner = v.owner;
         out.mm_tgid = v.mm_tgid;
+    }
+}
+
+/// `extra` added to `entries`: to the same key's aggregate, or as its own.
+pub fn add_aggregates(
+    entries: &mut Vec<(ProfileKey, ProfileValue)>,
+    extra: impl IntoIterator<Item = (ProfileKey, ProfileValue)>,
+) {
+    let mut at: StdHashMap<ProfileKey, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (*k, i))
+        .collect();
+    for (key, value) in extra {
+        match at.get(&key) {
+            Some(&i) => add_batch(&mut entries[i].1, &value),
+            None => {
+                at.insert(key, entries.len());
+                entries.push((key, value));
+            }
+        }
     }
 }
 
