@@ -111,6 +111,79 @@ pub enum UffdOp {
     Move,
 }
 
+/// The futex operation a user-space lock wait sleeps in (futex(2)'s op names, lower case;
+/// `waitv` for futex_waitv(2)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FutexOp {
+    Wait,
+    WaitBitset,
+    LockPi,
+    LockPi2,
+    WaitRequeuePi,
+    Waitv,
+}
+
+/// What a futex is, as far as its wait shows: a lock with an owner to name, or a word with no
+/// owner semantics (condition variables, barriers, semaphores, unknown words), which never gets
+/// an edge in the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserLockKind {
+    /// A priority-inheritance futex (`FUTEX_LOCK_PI*`): the kernel's protocol puts the owner's
+    /// TID in the word.
+    PiMutex,
+    /// glibc's `pthread_mutex_t` (its waiters sleep on the word with value 2).
+    PthreadMutex,
+    /// glibc's `pthread_rwlock_t`, its waiter asking for read.
+    PthreadRwlockRead,
+    /// glibc's `pthread_rwlock_t`, its waiter asking for write.
+    PthreadRwlockWrite,
+    /// Any other futex: nothing says who could release it.
+    Futex,
+}
+
+impl UserLockKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PiMutex => "pi_mutex",
+            Self::PthreadMutex => "pthread_mutex",
+            Self::PthreadRwlockRead | Self::PthreadRwlockWrite => "pthread_rwlock",
+            Self::Futex => "futex",
+        }
+    }
+
+    /// Whether a waiter on it waits for an owner (a lock), not for an event.
+    pub fn has_owner(self) -> bool {
+        !matches!(self, Self::Futex)
+    }
+}
+
+/// The owner of a user-space lock as its waiter found it, and how faultline knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLockOwner {
+    pub tid: u32,
+    /// The kernel's own protocol says so (a PI futex word): exact. Otherwise a library's
+    /// memory layout, read and checked for plausibility: inferred.
+    pub exact: bool,
+    /// What was read, and what was checked.
+    pub evidence: String,
+}
+
+/// How a futex wait ended, as the waker's context shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FutexOutcome {
+    /// Woken by a task inside a futex wake operation (`waker_tid`).
+    Woken,
+    /// Interrupted by a signal (the waker sent one, or exited its group).
+    Signal,
+    /// The wait had a timeout and nothing else woke it: timed out.
+    Timeout,
+    /// Anything else.
+    Other,
+}
+
 /// What happened, per kind. Field names are the trace format's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -186,6 +259,30 @@ pub enum EventKind {
         uffd: Addr,
     },
     TaskExit {},
+    /// The task sleeps in a futex wait or lock operation on `futex` (a user address of its
+    /// process). `lock` says what the futex is; `owner`, when it is a lock whose owner was
+    /// found, who holds it and how that is known; `name`, the futex's symbol or file and
+    /// offset when it lies in a mapped file.
+    FutexWaitBegin {
+        futex: Addr,
+        op: FutexOp,
+        lock: UserLockKind,
+        /// Where the lock starts, when not at the futex (an rwlock's waiters sleep on words
+        /// inside it): waits on one lock meet there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock_addr: Option<Addr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<UserLockOwner>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// The task's futex sleep on `futex` ended.
+    FutexWaitEnd {
+        futex: Addr,
+        outcome: FutexOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waker_tid: Option<u32>,
+    },
     /// The task was seen issuing userfaultfd ioctls on `uffd`, resolving faults (`resolver`)
     /// or only setting it up, by the kernel's handler table rather than an ioctl record (that
     /// record was lost, or predates the trace): a snapshot's restoration, not an ioctl now.
@@ -297,6 +394,8 @@ impl EventKind {
             Self::UffdIoctlEnd { .. } => "uffd_ioctl_end",
             Self::UffdHeld { .. } => "uffd_held",
             Self::TaskExit {} => "task_exit",
+            Self::FutexWaitBegin { .. } => "futex_wait_begin",
+            Self::FutexWaitEnd { .. } => "futex_wait_end",
             Self::UffdHandlerSeen { .. } => "uffd_handler_seen",
             Self::Lost { .. } => "lost",
             Self::WaitEnded {} => "wait_ended",

@@ -7,7 +7,7 @@ use petgraph::{algo::tarjan_scc, graph::DiGraph};
 use serde::Serialize;
 
 use crate::{
-    event::{Addr, LockMode, LockType},
+    event::{Addr, LockMode, LockType, UserLockKind},
     exposure::{AddrKind, Exposure, Shown},
     model::{Blocked, Model, Tid},
 };
@@ -28,6 +28,12 @@ pub enum LockRef<A = Addr> {
     Uffd {
         uffd: A,
     },
+    /// A user-space lock of process `pid` (a user address of that process).
+    UserLock {
+        lock: A,
+        pid: u32,
+        lock_type: UserLockKind,
+    },
 }
 
 impl LockRef {
@@ -44,6 +50,15 @@ impl LockRef {
             },
             Self::Uffd { uffd } => LockRef::Uffd {
                 uffd: exposure.show(AddrKind::Uffd, uffd),
+            },
+            Self::UserLock {
+                lock,
+                pid,
+                lock_type,
+            } => LockRef::UserLock {
+                lock: exposure.show(AddrKind::User, lock),
+                pid,
+                lock_type,
             },
         }
     }
@@ -64,6 +79,11 @@ pub enum Reason {
     LockOwner,
     /// `to` serves the userfaultfd `from` faulted on.
     UffdHandler,
+    /// `to` owns the user-space lock: exactly (the PI futex word names it).
+    UserLockOwner,
+    /// `to` owns the user-space lock as a library's layout says (the evidence is in the
+    /// waiter's `Blocked::UserLock`).
+    UserLockOwnerInferred,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -220,6 +240,73 @@ pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
                     reason: Reason::UffdHandler,
                     since_ns: *since_ns,
                 }));
+            }
+        }
+        Blocked::UserLock {
+            lock,
+            pid,
+            lock_type,
+            owner,
+            exact,
+            since_ns,
+            ..
+        } => {
+            let lref = LockRef::UserLock {
+                lock: *lock,
+                pid: *pid,
+                lock_type: *lock_type,
+            };
+            let wants = match lock_type {
+                UserLockKind::PthreadRwlockRead => Some(LockMode::Read),
+                UserLockKind::PthreadRwlockWrite => Some(LockMode::Write),
+                _ => None,
+            };
+            let rwlock = wants.is_some();
+            if let Some(o) = owner.filter(|&o| o != tid) {
+                out.push(Edge {
+                    from: tid,
+                    to: o,
+                    lock: lref,
+                    wants,
+                    held: rwlock.then_some(LockMode::Write),
+                    reason: if *exact {
+                        Reason::UserLockOwner
+                    } else {
+                        Reason::UserLockOwnerInferred
+                    },
+                    since_ns: *since_ns,
+                });
+            } else if *lock_type == UserLockKind::PthreadRwlockRead {
+                // A reader with no writer holding it is held back by a queued writer (glibc
+                // blocks new readers only when writers are preferred): the writers waiting on
+                // the same lock, which queued before it.
+                out.extend(
+                    model
+                        .blocked
+                        .iter()
+                        .filter(|&&w| w != tid)
+                        .filter(|&&w| {
+                            matches!(
+                                model.blocked(w),
+                                Some(Blocked::UserLock {
+                                    lock: l,
+                                    pid: p,
+                                    lock_type: UserLockKind::PthreadRwlockWrite,
+                                    since_ns: s,
+                                    ..
+                                }) if l == lock && p == pid && s <= since_ns
+                            )
+                        })
+                        .map(|&w| Edge {
+                            from: tid,
+                            to: w,
+                            lock: lref,
+                            wants,
+                            held: None,
+                            reason: Reason::QueuedBehindWriter,
+                            since_ns: *since_ns,
+                        }),
+                );
             }
         }
     }

@@ -18,5 +18,6 @@ pub mod kallsyms;
 pub mod lock_profile;
 pub mod model;
 pub mod trace;
+pub mod user_lock;
 pub mod views;
 pub mod workload;

@@ -205,6 +205,11 @@ impl GraphView {
                 LockRef::MmapLock { mm, .. } => format!("mmap_lock {mm}"),
                 LockRef::KernelLock { lock, .. } => format!("lock {lock}"),
                 LockRef::Uffd { uffd } => format!("uffd {uffd}"),
+                LockRef::UserLock {
+                    lock,
+                    pid,
+                    lock_type,
+                } => format!("{} {lock} pid {pid}", lock_type.as_str()),
             };
             let reason = match e.reason {
                 Reason::Holds => format!(
@@ -215,6 +220,8 @@ impl GraphView {
                 Reason::QueuedBehindWriter => "queued behind writer".into(),
                 Reason::LockOwner => "owner".into(),
                 Reason::UffdHandler => "handler".into(),
+                Reason::UserLockOwner => "owner".into(),
+                Reason::UserLockOwnerInferred => "owner (inferred)".into(),
             };
             let color = if in_cycle.contains(&(e.from, e.to)) {
                 ", color=red, fontcolor=red"

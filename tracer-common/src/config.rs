@@ -44,6 +44,8 @@ pub mod config_flags {
     /// The lock-contention profile is off (`--no-lock-profile`): no stack is taken, nothing is
     /// aggregated.
     pub const PROFILE_OFF: u32 = 1 << 4;
+    /// User-space lock waits (futex sleeps) are not traced (`--no-user-locks`).
+    pub const FUTEX_OFF: u32 = 1 << 5;
 }
 
 /// Kernel struct offsets read from BTF at start-up and set as globals before load; zero means

@@ -18,6 +18,10 @@ pub enum EventKind {
     UffdWaitEnd = 9,
     UffdIoctlBegin = 10,
     UffdIoctlEnd = 11,
+    /// A futex sleep as it began (record mode only: otherwise snapshots find long ones).
+    FutexWaitBegin = 12,
+    /// A futex sleep that ended, when it was long or in record mode.
+    FutexWaitEnd = 13,
 }
 
 impl EventKind {
@@ -34,6 +38,8 @@ impl EventKind {
             9 => Some(Self::UffdWaitEnd),
             10 => Some(Self::UffdIoctlBegin),
             11 => Some(Self::UffdIoctlEnd),
+            12 => Some(Self::FutexWaitBegin),
+            13 => Some(Self::FutexWaitEnd),
             _ => None,
         }
     }

@@ -6,13 +6,14 @@
 //!
 //! By topic: `event` (ring-buffer records), `state` (per-task and per-CPU kernel state),
 //! `config` (what the loader tells the programs), `stats` (counters and histograms), `diag`
-//! (diagnose iterators), `profile` (the in-kernel lock-contention profile), `lock` and `uffd` (lock types, userfaultfd ops), `names` (map and
+//! (diagnose iterators), `profile` (the in-kernel lock-contention profile), `lock` and `uffd` (lock types, userfaultfd ops), `futex` (user-space lock waits), `names` (map and
 //! program names and capacities both sides use).
 #![no_std]
 
 pub mod config;
 pub mod diag;
 pub mod event;
+pub mod futex;
 pub mod lock;
 pub mod names;
 pub mod profile;
@@ -23,6 +24,7 @@ pub mod uffd;
 pub use config::*;
 pub use diag::*;
 pub use event::*;
+pub use futex::*;
 pub use lock::*;
 pub use profile::*;
 pub use state::*;
@@ -48,4 +50,6 @@ mod user {
     unsafe impl aya::Pod for ProfileValue {}
     unsafe impl aya::Pod for ProfilePending {}
     unsafe impl aya::Pod for StackFrames {}
+    unsafe impl aya::Pod for FutexWait {}
+    unsafe impl aya::Pod for FutexTime {}
 }

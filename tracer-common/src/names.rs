@@ -25,9 +25,11 @@ pub mod map {
     pub const LOCK_STACKS: &str = "LOCK_STACKS";
     pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
     pub const PROFILE_PENDING: &str = "PROFILE_PENDING";
+    pub const FUTEX_WAITS: &str = "FUTEX_WAITS";
+    pub const FUTEX_TIME: &str = "FUTEX_TIME";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 22] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -48,6 +50,8 @@ pub mod map {
         LOCK_STACKS,
         STACK_SCRATCH,
         PROFILE_PENDING,
+        FUTEX_WAITS,
+        FUTEX_TIME,
     ];
 }
 
@@ -111,6 +115,8 @@ pub mod program {
 pub const TASK_STATE_CAPACITY: u32 = 32768;
 /// `PROC_FAULTS` (processes with fault counters, full mode only).
 pub const PROC_FAULTS_CAPACITY: u32 = 16384;
+/// `FUTEX_TIME`: processes whose futex waiting time is kept (the agent deletes those gone).
+pub const FUTEX_TIME_CAPACITY: u32 = 16384;
 /// `UFFD_BY_MM` and `UFFD_HANDLERS`: far more userfaultfd users than any host has.
 pub const UFFD_CAPACITY: u32 = 4096;
 /// `OWNERS`: owners of contended sleeping locks at one time.

@@ -69,8 +69,14 @@ pub enum Counter {
     /// A profile table was busy (its bucket lock held by the run this one interrupted): the
     /// wait was dropped from the profile, or kept without its stack.
     ProfileBusy,
+    /// Futex sleeps seen (a task going to sleep inside futex() or futex_waitv()).
+    FutexWaits,
+    /// `FUTEX_WAITS` was full: a futex sleep was not tracked.
+    FutexWaitsFull,
+    /// `FUTEX_TIME` was full: a process's futex waiting time was not added.
+    FutexTimeFull,
 }
-pub const COUNTER_COUNT: u32 = Counter::ProfileBusy as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FutexTimeFull as u32 + 1;
 
 /// Per-CPU `UFFD_ERRORS` is indexed `op * uffd_op::ERRNO_BUCKETS + errno bucket`.
 pub const UFFD_ERROR_SLOTS: u32 = uffd_op::COUNT as u32 * uffd_op::ERRNO_BUCKETS;

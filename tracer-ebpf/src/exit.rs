@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tracer_common::{config_flags, Counter, EventKind, TaskExitEvent};
 
 use crate::{
-    contention, faults,
+    contention, faults, futex,
     maps::{count, finish, header, output, TASK_STATE},
     task::{record_flag, traced},
     uffd,
@@ -49,6 +49,7 @@ fn on_task_exit(group_dead: bool) -> Result<(), Counter> {
         uffd::on_group_exit();
     }
     contention::on_task_exit(tid);
+    futex::on_task_exit(tid);
     uffd::on_task_exit(tid);
     let had_state = TASK_STATE.get_ptr(tid).is_some();
     if had_state {

@@ -3,7 +3,7 @@
 //! histograms, output; `task`: per-task state and what a task or mm pointer names).
 //!
 //! Families and who depends on whom (no cycles): `lock_profile` ← `contention` ← `faults` ← `mmap_lock`,
-//! `faults` ← `uffd`, and `exit` calls each family's cleanup. `diag` holds the diagnose
+//! `faults` ← `uffd`, `sched` (the scheduler hooks) → `uffd`, `futex`, and `exit` calls each family's cleanup. `diag` holds the diagnose
 //! iterators and `floor` the benchmark's empty programs; they share nothing.
 //!
 //! Cost model (see docs/design.md): the default mode attaches nothing on the uncontended
@@ -18,9 +18,11 @@ mod diag;
 mod exit;
 mod faults;
 mod floor;
+mod futex;
 mod lock_profile;
 mod maps;
 mod mmap_lock;
+mod sched;
 mod task;
 mod uffd;
 

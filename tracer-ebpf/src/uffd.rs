@@ -8,9 +8,9 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_get_stack, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::TracePointContext,
     EbpfContext,
 };
 use tracer_common::{
@@ -75,23 +75,6 @@ static SYSCALL_LAYOUT: SyscallLayout = SyscallLayout {
 fn syscall_layout() -> SyscallLayout {
     // SAFETY: a global the loader may rewrite before load; volatile keeps it from being folded.
     unsafe { core::ptr::read_volatile(&SYSCALL_LAYOUT) }
-}
-
-#[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    let preempt: u8 = ctx.arg(0);
-    let prev_state: u32 = ctx.arg(3);
-    // Only a task that goes to sleep (not one preempted while runnable) can be waiting.
-    if preempt == 0 && prev_state != 0 {
-        finish(on_sleep(&ctx));
-    }
-    0
-}
-
-#[btf_tracepoint(function = "sched_waking")]
-pub fn sched_waking_btf(ctx: BtfTracePointContext) -> i32 {
-    finish(on_waking(ctx.arg(0)));
-    0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
@@ -356,7 +339,10 @@ fn ctx_for(own_ctx: Option<u64>, state: Option<&TaskState>) -> u64 {
 }
 
 /// `sched_switch` with the current task going to sleep: is it asleep in `handle_userfault`?
-fn on_sleep<C: EbpfContext>(ctx: &C) -> Result<(), Counter> {
+/// Not inlined: its stack (a stack walk's buffer) and the futex family's must not add up in
+/// one frame (the verifier allows 512 bytes along a call chain).
+#[inline(never)]
+pub fn on_sleep<C: EbpfContext>(ctx: &C) -> Result<(), Counter> {
     if !uffd_seen() {
         return Ok(());
     }
@@ -433,7 +419,7 @@ fn on_sleep<C: EbpfContext>(ctx: &C) -> Result<(), Counter> {
 
 /// `sched_waking` of `wakee` by the current task: a handler's ioctl waking a faulting task ends
 /// that task's userfaultfd wait.
-fn on_waking(wakee: u64) -> Result<(), Counter> {
+pub fn on_waking(wakee: u64) -> Result<(), Counter> {
     let (tid, _) = current_ids();
     if tid == 0 || IOCTL_ON_CPU.get(0).is_none_or(|t| *t != tid) {
         return Ok(());

@@ -6,7 +6,7 @@
 use std::{ffi::OsString, fs, path::PathBuf};
 
 /// Config keys and their environment variables (each also a `--flag` with dashes).
-pub const KEYS: [(&str, &str); 27] = [
+pub const KEYS: [(&str, &str); 28] = [
     ("attach", "FAULTLINE_ATTACH"),
     ("wait_threshold", "FAULTLINE_WAIT_THRESHOLD"),
     ("hold_threshold", "FAULTLINE_HOLD_THRESHOLD"),
@@ -34,6 +34,7 @@ pub const KEYS: [(&str, &str); 27] = [
     ("profile_stacks", "FAULTLINE_PROFILE_STACKS"),
     ("profile_short_stacks", "FAULTLINE_PROFILE_SHORT_STACKS"),
     ("no_lock_profile", "FAULTLINE_NO_LOCK_PROFILE"),
+    ("no_user_locks", "FAULTLINE_NO_USER_LOCKS"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,9 @@ struct ProbeArgs {
     /// Do not keep the in-kernel lock-contention profile: contended waits take no stack.
     #[arg(long, env = "FAULTLINE_NO_LOCK_PROFILE")]
     no_lock_profile: bool,
+    /// Do not trace user-space lock waits (futex sleeps: pthread mutexes, rwlocks, PI futexes).
+    #[arg(long, env = "FAULTLINE_NO_USER_LOCKS")]
+    no_user_locks: bool,
 }
 
 fn parse_idle_after(s: &str) -> Result<Duration, String> {
@@ -145,6 +148,7 @@ impl ProbeArgs {
                 stacks: self.profile_stacks,
                 short_every: self.profile_short_stacks,
             },
+            user_locks: !self.no_user_locks,
         }
     }
 }

@@ -301,7 +301,7 @@ proptest! {
                             (tid, st)
                         })
                         .collect();
-                    feed.on_snapshot(&states, taken, lost);
+                    feed.on_snapshot(&states, &[], taken, lost);
                 }
                 Step::Lost => lost += 1,
             }

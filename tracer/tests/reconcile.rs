@@ -131,7 +131,7 @@ fn a_wait_that_was_young_when_the_walk_began_is_not_taken_from_the_snapshot() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
     let snap = [(41, task(41, Some((LockMode::Write, 97 * MS)), &[]))];
-    feed.on_snapshot(&snap, 100 * MS, 0);
+    feed.on_snapshot(&snap, &[], 100 * MS, 0);
     assert!(
         blocked(&feed).is_empty(),
         "young wait applied: {:?}",
@@ -145,11 +145,11 @@ fn a_wait_the_next_snapshot_no_longer_shows_ends_and_raises_no_stall() {
     let mut feed = feed(&dead);
     // A short-lived process's write attempt, past the threshold when the walk began.
     let snap = [(41, task(41, Some((LockMode::Write, 10 * MS)), &[]))];
-    feed.on_snapshot(&snap, 100 * MS, 0);
+    feed.on_snapshot(&snap, &[], 100 * MS, 0);
     assert_eq!(blocked(&feed), vec![41]);
     // Its end never reaches the engine (lost, or the task exited before its record was read);
     // the next snapshot, taken after, does not show the wait: it has ended.
-    let mut alerts = feed.on_snapshot(&[], 350 * MS, 0);
+    let mut alerts = feed.on_snapshot(&[], &[], 350 * MS, 0);
     assert!(
         blocked(&feed).is_empty(),
         "phantom waiter: {:?}",
@@ -159,7 +159,7 @@ fn a_wait_the_next_snapshot_no_longer_shows_ends_and_raises_no_stall() {
         feed.engine().model().task(41).is_none(),
         "the idle task is reclaimed"
     );
-    alerts.extend(feed.on_snapshot(&[], 3_000 * MS, 0));
+    alerts.extend(feed.on_snapshot(&[], &[], 3_000 * MS, 0));
     assert!(
         !names_any(&alerts, 41),
         "alert for a wait that ended: {alerts:#?}"
@@ -174,16 +174,16 @@ fn a_kernel_entry_that_outlives_its_task_is_not_a_waiter() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
     let stale = [(81, task(80, Some((LockMode::Read, 10 * MS)), &[]))];
-    feed.on_snapshot(&stale, 100 * MS, 0);
+    feed.on_snapshot(&stale, &[], 100 * MS, 0);
     assert_eq!(blocked(&feed), vec![81]);
     dead.kill(81);
-    let mut alerts = feed.on_snapshot(&stale, 350 * MS, 0);
+    let mut alerts = feed.on_snapshot(&stale, &[], 350 * MS, 0);
     assert!(
         blocked(&feed).is_empty(),
         "phantom waiter: {:?}",
         blocked(&feed)
     );
-    alerts.extend(feed.on_snapshot(&stale, 3_000 * MS, 0));
+    alerts.extend(feed.on_snapshot(&stale, &[], 3_000 * MS, 0));
     assert!(
         blocked(&feed).is_empty(),
         "taken again: {:?}",
@@ -197,11 +197,11 @@ fn a_hold_the_snapshot_no_longer_shows_ends() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
     let snap = [(51, task(50, None, &[(LockMode::Read, 10 * MS)]))];
-    feed.on_snapshot(&snap, 100 * MS, 0);
+    feed.on_snapshot(&snap, &[], 100 * MS, 0);
     assert!(feed.engine().model().mm_locks[&MM]
         .readers
         .contains_key(&51));
-    feed.on_snapshot(&[], 350 * MS, 0);
+    feed.on_snapshot(&[], &[], 350 * MS, 0);
     assert!(
         !feed.engine().model().mm_locks.contains_key(&MM),
         "a released lock stays in the table"
@@ -214,7 +214,7 @@ fn a_wait_that_began_after_the_snapshot_walk_is_kept() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
     feed.on_record(&start(120 * MS, 41, 41, LockMode::Write));
-    feed.on_snapshot(&[], 100 * MS, 0);
+    feed.on_snapshot(&[], &[], 100 * MS, 0);
     assert_eq!(blocked(&feed), vec![41]);
 }
 
@@ -222,26 +222,26 @@ fn a_wait_that_began_after_the_snapshot_walk_is_kept() {
 fn a_stale_snapshot_does_not_resurrect_a_task_whose_exit_was_processed() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
-    feed.on_snapshot(&[], 50 * MS, 0);
+    feed.on_snapshot(&[], &[], 50 * MS, 0);
     // The task exits at 200 ms and its exit record is processed …
     feed.on_record(&record(200 * MS, 41, 41, EventKind::TaskExit {}));
     // … then a snapshot whose walk began before the exit is applied.
     let before_exit = [(41, task(41, Some((LockMode::Write, 10 * MS)), &[]))];
-    feed.on_snapshot(&before_exit, 150 * MS, 0);
+    feed.on_snapshot(&before_exit, &[], 150 * MS, 0);
     assert!(
         feed.engine().model().task(41).is_none(),
         "resurrected by a stale snapshot"
     );
     // A later snapshot cannot show state from before the exit either (the kernel dropped the
     // entry then); such state is not taken.
-    feed.on_snapshot(&before_exit, 300 * MS, 0);
+    feed.on_snapshot(&before_exit, &[], 300 * MS, 0);
     assert!(
         feed.engine().model().task(41).is_none(),
         "state older than the exit taken"
     );
     // An older snapshot than the last applied one is ignored entirely.
     let fresh = [(42, task(42, Some((LockMode::Write, 10 * MS)), &[]))];
-    feed.on_snapshot(&fresh, 250 * MS, 0);
+    feed.on_snapshot(&fresh, &[], 250 * MS, 0);
     assert!(
         feed.engine().model().task(42).is_none(),
         "out-of-order snapshot applied"
@@ -256,7 +256,7 @@ fn after_mm_reuse_the_convoy_alert_names_the_convoy_and_its_process_only() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
     let phantom = [(31404, task(31404, Some((LockMode::Write, 100 * MS)), &[]))];
-    feed.on_snapshot(&phantom, 1_000 * MS, 0);
+    feed.on_snapshot(&phantom, &[], 1_000 * MS, 0);
     dead.kill(31404);
     // The convoy: 501 reads, 502 queues to write, 503 reads behind it; all long enough to be
     // taken from the next snapshot, which no longer shows 31404.
@@ -265,8 +265,8 @@ fn after_mm_reuse_the_convoy_alert_names_the_convoy_and_its_process_only() {
         (502, task(500, Some((LockMode::Write, 1_200 * MS)), &[])),
         (503, task(500, Some((LockMode::Read, 1_300 * MS)), &[])),
     ];
-    let mut alerts = feed.on_snapshot(&convoy, 1_400 * MS, 0);
-    alerts.extend(feed.on_snapshot(&convoy, 2_500 * MS, 0));
+    let mut alerts = feed.on_snapshot(&convoy, &[], 1_400 * MS, 0);
+    alerts.extend(feed.on_snapshot(&convoy, &[], 2_500 * MS, 0));
     let model = feed.engine().model();
     assert_eq!(model.mm_locks[&MM].owner_pid, Some(500));
     let graph = feed.engine().graph();
@@ -304,7 +304,7 @@ fn a_process_gone_from_the_host_takes_its_tasks_with_it() {
     feed.on_record(&start(11 * MS, 62, 60, LockMode::Read));
     // Not in the snapshot because it began after the walk; but the process is gone.
     dead.kill(60);
-    feed.on_snapshot(&[], 5 * MS, 0);
+    feed.on_snapshot(&[], &[], 5 * MS, 0);
     let model = feed.engine().model();
     assert!(model.task(61).is_none() && model.task(62).is_none());
     assert!(model.mm_locks.is_empty(), "{:?}", model.mm_locks.keys());
@@ -401,7 +401,7 @@ fn a_reused_mm_address_starts_with_a_clean_lock_table_in_a_replay() {
 /// A writer whose end was lost: its stall alert rests on missing evidence.
 fn lost_end_setup(feed: &mut LiveFeed) -> Vec<Alert> {
     let snap = [(71, task(70, Some((LockMode::Write, 10 * MS)), &[]))];
-    let mut out = feed.on_snapshot(&snap, 100 * MS, 0);
+    let mut out = feed.on_snapshot(&snap, &[], 100 * MS, 0);
     // The acquisition record is lost; other records keep time moving past the stall threshold.
     for ms in (200..=1_500).step_by(100) {
         let alerts = feed.on_record(&tick(ms * MS));
@@ -419,7 +419,7 @@ fn after_a_loss_an_alert_the_next_snapshot_refutes_is_never_raised() {
     assert_eq!(feed.lost(), 1);
     assert!(feed.unknown().contains(&71), "{:?}", feed.unknown());
     // The next snapshot: the writer is not waiting any more.
-    let after = feed.on_snapshot(&[], 1_600 * MS, 1);
+    let after = feed.on_snapshot(&[], &[], 1_600 * MS, 1);
     assert!(after.is_empty(), "false alert after a loss: {after:#?}");
     assert_eq!(feed.suppressed(), 1);
     assert!(feed.unknown().is_empty());
@@ -432,7 +432,7 @@ fn after_a_loss_an_alert_the_next_snapshot_confirms_is_raised_then() {
     let mut feed = feed(&dead);
     assert!(lost_end_setup(&mut feed).is_empty());
     let still = [(71, task(70, Some((LockMode::Write, 10 * MS)), &[]))];
-    let after = feed.on_snapshot(&still, 1_600 * MS, 1);
+    let after = feed.on_snapshot(&still, &[], 1_600 * MS, 1);
     let stalls: Vec<&Alert> = after
         .iter()
         .filter(|a| a.kind == AlertKind::Stall)
@@ -447,7 +447,7 @@ fn without_a_loss_alerts_are_raised_at_once() {
     let dead = Dead::default();
     let mut feed = feed(&dead);
     let snap = [(71, task(70, Some((LockMode::Write, 10 * MS)), &[]))];
-    feed.on_snapshot(&snap, 100 * MS, 0);
+    feed.on_snapshot(&snap, &[], 100 * MS, 0);
     let mut raised = Vec::new();
     for ms in (200..=1_500).step_by(100) {
         let alerts = feed.on_record(&tick(ms * MS));
@@ -488,7 +488,7 @@ fn after_a_lost_release_a_recursive_read_is_refuted_by_a_newer_hold_on_the_same_
     assert!(held.is_empty(), "raised before confirmation: {held:#?}");
     // The kernel shows the hold taken at 20 ms, not the one from 10 ms.
     let now = [(81, task(80, None, &[(LockMode::Read, 20 * MS)]))];
-    let after = feed.on_snapshot(&now, 100 * MS, 1);
+    let after = feed.on_snapshot(&now, &[], 100 * MS, 1);
     assert!(
         after.iter().all(|a| a.kind != AlertKind::RecursiveRead),
         "a recursive read confirmed by a newer hold: {after:#?}"

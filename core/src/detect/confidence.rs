@@ -65,6 +65,25 @@ pub(super) fn inferred(names: &Narrator<'_>, path: &[&Edge], tids: &[Tid]) -> Ve
                     ));
                 }
             }
+            (
+                LockRef::UserLock {
+                    lock,
+                    pid,
+                    lock_type,
+                },
+                Reason::UserLockOwnerInferred,
+            ) => {
+                let why = match model.blocked(e.from) {
+                    Some(crate::model::Blocked::UserLock {
+                        evidence: Some(ev), ..
+                    }) => ev.as_str(),
+                    _ => "no detail",
+                };
+                out.push(format!(
+                    "{to} is inferred to own {}: {why}",
+                    names.user_lock(*lock, *pid, *lock_type)
+                ));
+            }
             _ => {}
         }
     }

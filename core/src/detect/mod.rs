@@ -464,6 +464,16 @@ fn waited_on(model: &Model, blocked: &Blocked) -> LockRef {
             lock, lock_type, ..
         } => LockRef::KernelLock { lock, lock_type },
         Blocked::Uffd { uffd, .. } => LockRef::Uffd { uffd },
+        Blocked::UserLock {
+            lock,
+            pid,
+            lock_type,
+            ..
+        } => LockRef::UserLock {
+            lock,
+            pid,
+            lock_type,
+        },
     }
 }
 

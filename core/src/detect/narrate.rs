@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    event::Addr,
+    event::{Addr, UserLockKind},
     exposure::{AddrKind, Exposure, Shown},
     graph::{Edge, LockRef, Reason, WaitsFor},
     model::{Model, Tid},
@@ -66,6 +66,32 @@ impl Narrator<'_> {
                 let uffd = self.show(AddrKind::Uffd, *uffd);
                 format!("waits for userfaultfd {uffd} to be served by {to}")
             }
+            (
+                LockRef::UserLock {
+                    lock,
+                    pid,
+                    lock_type,
+                },
+                reason,
+            ) => {
+                let name = self.user_lock(*lock, *pid, *lock_type);
+                match reason {
+                    Reason::QueuedBehindWriter => {
+                        format!("waits for {name}{wants}, queued behind writer {to}")
+                    }
+                    Reason::UserLockOwner => format!("waits for {name}{wants}, owned by {to}"),
+                    _ => format!("waits for {name}{wants}, owned by {to} (inferred)"),
+                }
+            }
+        }
+    }
+
+    /// "the pthread_mutex FAULTLINE_MUTEX_A (addr-…) of pid P".
+    pub(super) fn user_lock(&self, lock: Addr, pid: u32, kind: UserLockKind) -> String {
+        let shown = self.show(AddrKind::User, lock);
+        match self.model.user_lock_name(pid, lock) {
+            Some(n) => format!("the {} {n} ({shown}) of pid {pid}", kind.as_str()),
+            None => format!("the {} {shown} of pid {pid}", kind.as_str()),
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 
 use crate::{
-    event::{Addr, Event, EventKind, LockMode, LockType},
+    event::{Addr, Event, EventKind, LockMode, LockType, UserLockKind},
     exposure::{AddrKind, Exposure, Shown},
 };
 
@@ -26,6 +26,7 @@ mod contention;
 mod corrections;
 mod mmap_lock;
 mod uffd;
+mod user_lock;
 
 pub type Tid = u32;
 
@@ -49,6 +50,24 @@ pub enum Blocked<A = Addr> {
     },
     /// A fault waiting for a userfaultfd handler.
     Uffd { uffd: A, addr: A, since_ns: u64 },
+    /// A futex sleep on a user-space lock of process `pid`: `lock` is where the lock starts
+    /// (its identity), `futex` the word slept on (both user addresses of `pid`).
+    UserLock {
+        lock: A,
+        futex: A,
+        pid: u32,
+        lock_type: UserLockKind,
+        /// Its owner when found: exactly (a PI futex) or inferred from a library's layout.
+        owner: Option<Tid>,
+        exact: bool,
+        /// What the owner was read from, and what was checked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        evidence: Option<String>,
+        /// The lock's symbol, or file and offset, when it lies in a mapped file.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        since_ns: u64,
+    },
 }
 
 impl<A> Blocked<A> {
@@ -56,7 +75,8 @@ impl<A> Blocked<A> {
         match self {
             Self::MmapLock { since_ns, .. }
             | Self::KernelLock { since_ns, .. }
-            | Self::Uffd { since_ns, .. } => *since_ns,
+            | Self::Uffd { since_ns, .. }
+            | Self::UserLock { since_ns, .. } => *since_ns,
         }
     }
 }
@@ -64,7 +84,7 @@ impl<A> Blocked<A> {
 impl Blocked {
     /// As `exposure` shows it.
     pub fn shown(&self, exposure: &Exposure) -> Blocked<Shown> {
-        match *self {
+        match self.clone() {
             Self::MmapLock { mm, mode, since_ns } => Blocked::MmapLock {
                 mm: exposure.show(AddrKind::Mm, mm),
                 mode,
@@ -88,6 +108,27 @@ impl Blocked {
             } => Blocked::Uffd {
                 uffd: exposure.show(AddrKind::Uffd, uffd),
                 addr: exposure.show(AddrKind::User, addr),
+                since_ns,
+            },
+            Self::UserLock {
+                lock,
+                futex,
+                pid,
+                lock_type,
+                owner,
+                exact,
+                evidence,
+                name,
+                since_ns,
+            } => Blocked::UserLock {
+                lock: exposure.show(AddrKind::User, lock),
+                futex: exposure.show(AddrKind::User, futex),
+                pid,
+                lock_type,
+                owner,
+                exact,
+                evidence,
+                name,
                 since_ns,
             },
         }
@@ -381,6 +422,9 @@ impl Model {
             | EventKind::UffdHandlerSeen { .. }
             | EventKind::UffdHeld { .. } => self.apply_uffd(ev),
             // Faulting, the task runs: it waits for nothing.
+            EventKind::FutexWaitBegin { .. } | EventKind::FutexWaitEnd { .. } => {
+                self.apply_user_lock(ev)
+            }
             EventKind::PageFault { .. } => self.unblock(ev.tid),
             EventKind::TaskExit {} => self.exit(ev.tid, true),
             // Handled by `correct`.

@@ -33,4 +33,6 @@ pub mod scope;
 pub mod stats;
 pub mod stop_requests;
 pub mod stream;
+pub mod user_locks;
+pub mod user_symbols;
 pub mod workload;

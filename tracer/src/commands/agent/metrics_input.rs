@@ -33,16 +33,18 @@ pub fn folded_counters(
 
 /// Blocked tasks of the model, by what they wait on (every kind present, zero or not).
 fn blocked(st: &AgentState) -> BTreeMap<&'static str, u64> {
-    let mut blocked: BTreeMap<&'static str, u64> = ["mmap_lock", "kernel_lock", "uffd"]
-        .iter()
-        .map(|k| (*k, 0))
-        .collect();
+    let mut blocked: BTreeMap<&'static str, u64> =
+        ["mmap_lock", "kernel_lock", "uffd", "user_lock"]
+            .iter()
+            .map(|k| (*k, 0))
+            .collect();
     let model = st.feed.engine().model();
     for tid in &model.blocked {
         let kind = match model.task(*tid).and_then(|t| t.blocked.as_ref()) {
             Some(Blocked::MmapLock { .. }) => "mmap_lock",
             Some(Blocked::KernelLock { .. }) => "kernel_lock",
             Some(Blocked::Uffd { .. }) => "uffd",
+            Some(Blocked::UserLock { .. }) => "user_lock",
             None => continue,
         };
         *blocked.entry(kind).or_default() += 1;

@@ -82,10 +82,12 @@ pub fn snapshot_into(shared: &Shared) -> Result<()> {
         log::debug!("deleted {deleted} kernel task entries of tasks gone from the host");
         states.retain(|(tid, _)| !stale.contains(tid));
     }
+    let mut futex_waits = st.probes.futex_waits()?;
     if !st.scope.is_host() {
         states.retain(|(_, s)| st.scope.admits(s.tgid));
+        futex_waits.retain(|(_, w)| st.scope.admits(w.tgid));
     }
-    let alerts = st.feed.on_snapshot(&states, taken, lost);
+    let alerts = st.feed.on_snapshot(&states, &futex_waits, taken, lost);
     st.journal_out();
     if let Some(j) = st.journal.as_mut() {
         j.flush();

@@ -5,14 +5,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use tracer_common::{lock_type, mode, TaskState, MM_OWN, MM_OWNER_UNKNOWN};
+use tracer_common::{lock_type, mode, FutexWait, TaskState, MM_OWN, MM_OWNER_UNKNOWN};
 
 use super::{LiveFeed, Liveness};
 use crate::{
     core::detect::Alert,
     core::event::{Addr, Event, EventKind, LockMode},
     core::model::{Blocked, HoldSeen},
-    kernel::procfs,
+    kernel::{probes::families::futex, procfs, user_locks},
 };
 
 /// The contention a snapshot shows for a task, as the record that would have said it.
@@ -52,6 +52,7 @@ impl LiveFeed {
     pub fn on_snapshot(
         &mut self,
         states: &[(u32, TaskState)],
+        futex_waits: &[(u32, FutexWait)],
         taken_ns: u64,
         lost_total: u64,
     ) -> Vec<Alert> {
@@ -65,8 +66,10 @@ impl LiveFeed {
         let noticed_now = self.note_lost(lost_total) > 0;
         self.lossy_walk_ns = noticed_now.then_some(taken_ns);
         let shown: HashMap<u32, &TaskState> = states.iter().map(|(t, s)| (*t, s)).collect();
-        let mut alerts = self.end_what_the_kernel_no_longer_shows(&shown, taken_ns);
+        let sleeping: HashMap<u32, &FutexWait> = futex_waits.iter().map(|(t, w)| (*t, w)).collect();
+        let mut alerts = self.end_what_the_kernel_no_longer_shows(&shown, &sleeping, taken_ns);
         alerts.extend(self.apply_shown(states, taken_ns));
+        alerts.extend(self.apply_futex_waits(futex_waits, taken_ns));
         alerts.extend(self.reclaim(&shown, taken_ns));
         alerts.extend(self.infer_read_holders(states, taken_ns));
         self.exits.retain(|_, &mut e| e >= taken_ns);
@@ -87,6 +90,7 @@ impl LiveFeed {
     fn end_what_the_kernel_no_longer_shows(
         &mut self,
         shown: &HashMap<u32, &TaskState>,
+        sleeping: &HashMap<u32, &FutexWait>,
         taken_ns: u64,
     ) -> Vec<Alert> {
         let model = self.engine.model();
@@ -96,6 +100,15 @@ impl LiveFeed {
             let st = shown.get(&t.tid);
             if let Some(b) = &t.blocked {
                 let still = match (b, st) {
+                    // The futex table, not the per-task one, shows user-lock sleeps.
+                    (
+                        Blocked::UserLock {
+                            futex, since_ns, ..
+                        },
+                        _,
+                    ) => sleeping
+                        .get(&t.tid)
+                        .is_some_and(|w| w.uaddr == futex.0 && w.since_ns == *since_ns),
                     (_, None) => false,
                     (Blocked::MmapLock { mm, since_ns, .. }, Some(s)) => {
                         s.wait_mm == mm.0 && s.wait_since_ns == *since_ns
@@ -168,6 +181,38 @@ impl LiveFeed {
         for pid in gone {
             self.cgroups.remove(&pid);
             alerts.extend(self.correct(pid, pid, now_ns, EventKind::ProcessGone {}));
+        }
+        alerts
+    }
+
+    /// Applies the futex sleeps on locks (a PI futex, glibc's mutex or rwlock) the snapshot
+    /// shows past the wait threshold, with their real start: their owners are checked and
+    /// their locks named now (/proc reads), once per sleep. Sleeps on words with no owner
+    /// (condition variables, barriers, semaphores) are not waits on a lock: they cost no
+    /// /proc read and never enter the model.
+    fn apply_futex_waits(&mut self, waits: &[(u32, FutexWait)], taken_ns: u64) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for (tid, w) in waits {
+            let past = w.since_ns <= taken_ns && taken_ns - w.since_ns >= self.wait_threshold_ns;
+            if !past || self.exits.get(tid).is_some_and(|&e| w.since_ns <= e) {
+                continue;
+            }
+            let known = matches!(
+                self.engine.model().blocked(*tid),
+                Some(Blocked::UserLock { futex, since_ns, .. })
+                    if futex.0 == w.uaddr && *since_ns == w.since_ns
+            );
+            if known || !futex::reading(w).is_some_and(|r| r.lock.has_owner()) {
+                continue;
+            }
+            let ev = Event {
+                ts_ns: w.since_ns,
+                tid: *tid,
+                pid: w.tgid,
+                comm: procfs::comm_of(*tid),
+                kind: user_locks::begin(w.tgid, *tid, w),
+            };
+            alerts.extend(self.apply(&ev));
         }
         alerts
     }

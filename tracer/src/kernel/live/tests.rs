@@ -42,7 +42,7 @@ fn a_snapshot_of_a_convoy_in_progress_builds_its_graph() {
         // Too young to have been streamed: left out, its end will not be streamed either.
         (14, state(10, Some((0xa, mode::READ, 1_499_900_000)), &[])),
     ];
-    let alerts = feed.on_snapshot(&snap, 1_500 * MS, 0);
+    let alerts = feed.on_snapshot(&snap, &[], 1_500 * MS, 0);
     let graph = feed.engine().graph();
     let edges: Vec<(u32, u32)> = graph.all_edges().map(|e| (e.from, e.to)).collect();
     assert_eq!(edges, vec![(12, 11), (13, 12)]);
@@ -62,9 +62,9 @@ fn feed() -> LiveFeed {
 fn a_record_older_than_a_lossy_walk_makes_its_task_unknown_until_the_next_snapshot() {
     let mut feed = feed();
     let snap = [(12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[]))];
-    feed.on_snapshot(&snap, 1_000 * MS, 0);
+    feed.on_snapshot(&snap, &[], 1_000 * MS, 0);
     // 5 records lost before this walk: the walk covers every task, so it confirms them...
-    feed.on_snapshot(&snap, 2_000 * MS, 5);
+    feed.on_snapshot(&snap, &[], 2_000 * MS, 5);
     assert_eq!(feed.lost(), 5);
     assert!(feed.unknown().is_empty());
     // ...but a record from before the walk, still in the ring buffer, says what the walk did
@@ -95,7 +95,7 @@ fn a_record_older_than_a_lossy_walk_makes_its_task_unknown_until_the_next_snapsh
     feed.on_record(&record(1_950 * MS));
     assert_eq!(feed.unknown().len(), 1);
     // The next snapshot, with no new loss, confirms it; older records no longer mark anyone.
-    feed.on_snapshot(&snap, 3_000 * MS, 5);
+    feed.on_snapshot(&snap, &[], 3_000 * MS, 5);
     assert!(feed.unknown().is_empty());
     feed.on_record(&record(2_500 * MS));
     assert!(feed.unknown().is_empty());
@@ -109,7 +109,7 @@ fn a_snapshot_gives_the_writer_in_a_waiters_owner_word_a_write_hold_until_none_n
     waiter.lock_since_ns = 100 * MS;
     waiter.lock_type = lock_type::RWSEM_READ;
     waiter.lock_owner = 11;
-    let alerts = feed.on_snapshot(&[(12, waiter)], 1_500 * MS, 0);
+    let alerts = feed.on_snapshot(&[(12, waiter)], &[], 1_500 * MS, 0);
     let model = feed.engine().model();
     let hold = model
         .task(11)
@@ -130,7 +130,7 @@ fn a_snapshot_gives_the_writer_in_a_waiters_owner_word_a_write_hold_until_none_n
     let mut hinted = waiter;
     hinted.lock_owner_reader = 1;
     hinted.lock_owner = 13;
-    feed.on_snapshot(&[(12, hinted)], 2_000 * MS, 0);
+    feed.on_snapshot(&[(12, hinted)], &[], 2_000 * MS, 0);
     let model = feed.engine().model();
     assert!(model.task(13).is_none_or(|t| t.holds.is_empty()));
     // No waiter names 11 any more: its hold has ended.
@@ -229,7 +229,7 @@ fn a_waiter_on_another_process_mm_leaves_that_mm_its_owners() {
         (11, state(10, None, &[(0xa, mode::READ, 0)])),
         (12, state(10, Some((0xa, mode::WRITE, 100 * MS)), &[])),
     ];
-    feed.on_snapshot(&snap, 1_500 * MS, 0);
+    feed.on_snapshot(&snap, &[], 1_500 * MS, 0);
     let owner = feed
         .engine()
         .model()

@@ -126,6 +126,8 @@ pub struct ProbeOptions {
     pub uffd_ioctls: IoctlHooks,
     /// The in-kernel lock-contention profile.
     pub profile: ProfileOptions,
+    /// User-space lock waits (futex sleeps, on the scheduler hooks).
+    pub user_locks: bool,
 }
 
 /// What the in-kernel lock-contention profile keeps.
@@ -170,6 +172,7 @@ impl Default for ProbeOptions {
             // Without a caller of `scan_uffds`, gated hooks would never attach.
             uffd_ioctls: IoctlHooks::Always,
             profile: ProfileOptions::default(),
+            user_locks: true,
         }
     }
 }
@@ -264,6 +267,11 @@ pub fn config_for(opts: &ProbeOptions, detail: Detail) -> Config {
                 config_flags::PROFILE_BY_TASK
             } else {
                 0
+            }
+            | if opts.user_locks {
+                0
+            } else {
+                config_flags::FUTEX_OFF
             },
         wait_threshold_ns: opts
             .wait_threshold

@@ -246,6 +246,24 @@ impl TimelineBuilder {
             EventKind::UffdWaitBegin { uffd, .. } => {
                 self.start_wait(tid, ts, format!("waits for userfaultfd {uffd}"), false);
             }
+            // A sleep on a word with no owner (a condition variable, a barrier) is no wait on
+            // a lock: it ends a bar, as any sign of the task running does.
+            EventKind::FutexWaitBegin {
+                lock, futex, name, ..
+            } => {
+                if lock.has_owner() {
+                    let what = name.clone().unwrap_or_else(|| futex.to_string());
+                    self.start_wait(
+                        tid,
+                        ts,
+                        format!("waits for {} {what}", lock.as_str()),
+                        false,
+                    );
+                } else {
+                    self.end_wait(tid, ts);
+                }
+            }
+            EventKind::FutexWaitEnd { .. } => self.end_wait(tid, ts),
             EventKind::UffdWaitEnd { .. } | EventKind::UffdIoctlEnd { .. } => {
                 self.end_wait(tid, ts)
             }
@@ -342,6 +360,15 @@ impl Timeline {
                             lock, lock_type, ..
                         } => format!("waits for {} {lock}", type_name(lock_type)),
                         Blocked::Uffd { uffd, .. } => format!("waits for userfaultfd {uffd}"),
+                        Blocked::UserLock {
+                            lock,
+                            lock_type,
+                            name,
+                            ..
+                        } => match name {
+                            Some(n) => format!("waits for {} {n}", lock_type.as_str()),
+                            None => format!("waits for {} {lock}", lock_type.as_str()),
+                        },
                     };
                     bars.push(Bar {
                         kind: BarKind::Wait,

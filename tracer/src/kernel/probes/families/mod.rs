@@ -1,5 +1,6 @@
 //! The probe families, one module each, mirroring `tracer-ebpf/src/`: `exit`, `mmap_lock`,
-//! `contention` (with its `lock_profile`), `faults`, `uffd`, and `diag` (the BPF iterators). Each owns its programs and
+//! `contention` (with its `lock_profile`), `faults`, `uffd`, `futex` (user-space locks, on the
+//! `uffd` family's scheduler hooks), and `diag` (the BPF iterators). Each owns its programs and
 //! where they attach, typed access to its maps, the decoder of its ring-buffer records and what
 //! faultline gives up when it is missing. The plan (`super::plan`) decides which of them load.
 //!
@@ -11,6 +12,7 @@ pub mod contention;
 pub mod diag;
 pub mod exit;
 pub mod faults;
+pub mod futex;
 pub mod lock_profile;
 pub mod mmap_lock;
 pub mod uffd;
@@ -118,5 +120,6 @@ pub fn decode(kind: WireKind, record: &Record) -> Result<Parts, DecodeError> {
         | WireKind::UffdWaitEnd
         | WireKind::UffdIoctlBegin
         | WireKind::UffdIoctlEnd => uffd::decode(kind, record),
+        WireKind::FutexWaitBegin | WireKind::FutexWaitEnd => futex::decode(kind, record),
     }
 }

@@ -28,6 +28,11 @@ fn lock_name<A: std::fmt::Display>(lock: &LockRef<A>) -> String {
             format!("{kind} {lock}")
         }
         LockRef::Uffd { uffd } => format!("userfaultfd {uffd}"),
+        LockRef::UserLock {
+            lock,
+            pid,
+            lock_type,
+        } => format!("{} {lock} of pid {pid}", lock_type.as_str()),
     }
 }
 
@@ -87,6 +92,7 @@ impl Scene {
                         Blocked::MmapLock { .. } => "on mmap_lock",
                         Blocked::KernelLock { .. } => "on a kernel lock",
                         Blocked::Uffd { .. } => "in a userfaultfd fault",
+                        Blocked::UserLock { .. } => "on a user-space lock",
                     };
                     format!("blocked {} {what}", short_duration(w))
                 }
@@ -142,6 +148,19 @@ impl Scene {
                     None,
                 ),
                 Some(Blocked::Uffd { uffd, .. }) => (Some(format!("userfaultfd {uffd}")), None),
+                Some(Blocked::UserLock {
+                    lock,
+                    pid,
+                    lock_type,
+                    name,
+                    ..
+                }) => (
+                    Some(match name {
+                        Some(n) => format!("{} {n} of pid {pid}", lock_type.as_str()),
+                        None => format!("{} {lock} of pid {pid}", lock_type.as_str()),
+                    }),
+                    None,
+                ),
                 None => (None, None),
             };
             nodes.push(node);
@@ -157,13 +176,20 @@ impl Scene {
                     kind: match e.reason {
                         Reason::Holds | Reason::HoldsInferred => EdgeKind::Holds,
                         Reason::QueuedBehindWriter => EdgeKind::QueuedBehindWriter,
-                        Reason::LockOwner => EdgeKind::LockOwner,
+                        Reason::LockOwner
+                        | Reason::UserLockOwner
+                        | Reason::UserLockOwnerInferred => EdgeKind::LockOwner,
                         Reason::UffdHandler => EdgeKind::UffdHandler,
                     },
                     wants: e.wants,
                     held: e.held,
                     // Not seen acquiring it: the agent's default mode infers read holders.
-                    inferred: (e.reason == Reason::HoldsInferred).then_some("inferred"),
+                    // (or the owner of a user lock, read from a library's layout).
+                    inferred: matches!(
+                        e.reason,
+                        Reason::HoldsInferred | Reason::UserLockOwnerInferred
+                    )
+                    .then_some("inferred"),
                     in_cycle: false,
                     count: 1,
                 })
