@@ -6,10 +6,13 @@ use std::{
     time::Duration,
 };
 
+use crate::event::UserLockKind;
+
 use super::{
     handlers::{self, Candidate},
     snapshot::{
         BlockerFacts, BlockerKind, MmapLockFacts, Snapshot, TaskFacts, UffdFacts, UffdWaiterFacts,
+        UserLockFacts,
     },
     Confidence, Cycle, DiagTask, Diagnosis, Edge, Source, Wait, READ_HOLDER_FRAMES,
 };
@@ -41,6 +44,8 @@ struct Index<'a> {
     in_mmap_queue: BTreeMap<u32, (&'a MmapLockFacts, u32)>,
     blockers: BTreeMap<u32, &'a BlockerFacts>,
     uffd_waits: BTreeMap<u32, (&'a UffdFacts, UffdWaiterFacts)>,
+    /// Sleeps on user-space locks with an owner to follow.
+    user_waits: BTreeMap<u32, &'a UserLockFacts>,
 }
 
 impl<'a> Index<'a> {
@@ -62,6 +67,12 @@ impl<'a> Index<'a> {
             in_mmap_queue,
             blockers: snap.blockers.iter().map(|b| (b.tid, b)).collect(),
             uffd_waits,
+            user_waits: snap
+                .user_locks
+                .iter()
+                .filter(|u| u.lock_type.has_owner())
+                .map(|u| (u.tid, u))
+                .collect(),
         }
     }
 
@@ -70,6 +81,7 @@ impl<'a> Index<'a> {
             || self.in_mmap_queue.contains_key(&t.tid)
             || self.uffd_waits.contains_key(&t.tid)
             || self.blockers.contains_key(&t.tid)
+            || self.user_waits.contains_key(&t.tid)
     }
 }
 
@@ -241,12 +253,56 @@ fn wait_of(ix: &Index, t: &TaskFacts, blocked: &BTreeSet<u32>) -> (Wait, Vec<Edg
         };
         return (wait, edges);
     }
+    if let Some(u) = ix.user_waits.get(&t.tid) {
+        return user_lock_wait(ix, u);
+    }
     (
         Wait::Other {
             wchan: t.wchan.clone(),
         },
         edges,
     )
+}
+
+/// A sleep on a user-space lock: its owner when one was found (exact for a PI futex, else
+/// from glibc's layout), or, for an rwlock reader with no writer holding it, the writers
+/// queued on the same lock (glibc holds new readers back only when writers are preferred).
+fn user_lock_wait(ix: &Index, u: &UserLockFacts) -> (Wait, Vec<Edge>) {
+    let mut edges = Vec::new();
+    if let Some(o) = &u.owner {
+        edges.push(Edge {
+            tid: o.tid,
+            source: if o.exact {
+                Source::Kernel
+            } else {
+                Source::UserLayout
+            },
+        });
+    } else if u.lock_type == UserLockKind::PthreadRwlockRead {
+        edges.extend(
+            ix.user_waits
+                .values()
+                .filter(|w| {
+                    w.pid == u.pid
+                        && w.lock == u.lock
+                        && w.lock_type == UserLockKind::PthreadRwlockWrite
+                })
+                .map(|w| Edge {
+                    tid: w.tid,
+                    source: Source::UserLayout,
+                }),
+        );
+    }
+    let wait = Wait::UserLock {
+        lock: u.lock,
+        futex: u.futex,
+        lock_type: u.lock_type,
+        op: u.op,
+        name: u.name.clone(),
+        owner: u.owner.as_ref().map(|o| o.tid),
+        evidence: u.owner.as_ref().map(|o| o.evidence.clone()),
+    };
+    (wait, edges)
 }
 
 /// Read holders of an mmap_lock (the kernel keeps only their count): from the agent when it
@@ -433,6 +489,35 @@ fn edge_evidence(t: &DiagTask, e: &Edge, name: &dyn Fn(u32) -> String) -> String
         (Wait::Rwsem { lock, mode, .. }, _) => {
             format!("{from} waits for rwsem {lock} for {mode}, owned by {to} (kernel)")
         }
+        (
+            Wait::UserLock {
+                lock,
+                lock_type,
+                name,
+                owner,
+                evidence,
+                ..
+            },
+            source,
+        ) => {
+            let what = match name {
+                Some(n) => format!("{} {n} ({lock})", lock_type.as_str()),
+                None => format!("{} {lock}", lock_type.as_str()),
+            };
+            if *owner == Some(e.tid) {
+                let how = if source == Source::Kernel {
+                    "exact"
+                } else {
+                    "inferred"
+                };
+                format!(
+                    "{from} waits for {what}, owned by {to} ({how}: {})",
+                    evidence.as_deref().unwrap_or("no detail")
+                )
+            } else {
+                format!("{from} waits for {what} for read, queued behind writer {to} (glibc holds new readers back while a writer waits, when writers are preferred)")
+            }
+        }
         (wait, _) => format!("{from} waits for {to} ({})", kind_of(wait)),
     }
 }
@@ -451,6 +536,7 @@ fn kind_of(w: &Wait) -> &'static str {
         Wait::Rwsem { .. } => "rwsem",
         Wait::Semaphore { .. } => "semaphore",
         Wait::Uffd { .. } => "userfaultfd",
+        Wait::UserLock { .. } => "user lock",
         Wait::Other { .. } => "other",
     }
 }

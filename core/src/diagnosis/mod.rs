@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use analyse::{analyse, Filter};
 pub use snapshot::Snapshot;
 
-use crate::event::Addr;
+use crate::event::{Addr, FutexOp, UserLockKind};
 
 /// Functions that run with an mmap_lock held for read: a thread whose kernel stack is in one of
 /// them is a read-holder candidate (the kernel does not record read holders).
@@ -48,6 +48,9 @@ pub enum Source {
     /// A userfaultfd handler named from the evidence listed with the wait (the kernel records
     /// no handler).
     Evidence,
+    /// A user-space lock's owner read from a library's memory layout (glibc's mutex or rwlock)
+    /// and checked to be a live thread of the right process: not a kernel promise.
+    UserLayout,
 }
 
 impl Source {
@@ -103,6 +106,20 @@ pub enum Wait {
         /// Weaker candidates left out of `candidates`.
         #[serde(skip_serializing_if = "is_zero")]
         more_candidates: usize,
+    },
+    /// Asleep on a user-space lock (a futex).
+    UserLock {
+        lock: Addr,
+        futex: Addr,
+        lock_type: UserLockKind,
+        op: FutexOp,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        owner: Option<u32>,
+        /// What the owner was read from, and what was checked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        evidence: Option<String>,
     },
     Other {
         wchan: String,

@@ -46,6 +46,16 @@ impl Diagnosis {
                 holders.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
                 if *message_read { "read by a handler, not answered" } else { "pending" }
             ),
+            Wait::UserLock { lock, lock_type, name, owner, .. } => {
+                let what = match name {
+                    Some(n) => format!("{} {n} ({lock})", lock_type.as_str()),
+                    None => format!("{} {lock}", lock_type.as_str()),
+                };
+                match owner {
+                    Some(o) => format!("waits for the user-space lock {what}, owned by {}", self.name(*o)),
+                    None => format!("waits for the user-space lock {what} (owner not known)"),
+                }
+            }
             Wait::Other { wchan } => format!("sleeps in {}", if wchan.is_empty() { "?" } else { wchan }),
         }
     }
@@ -234,6 +244,7 @@ impl Diagnosis {
                     }
                     (_, Source::Heuristic) => " [style=dotted]",
                     (_, Source::Evidence) => " [style=dashed, label=\"handler?\"]",
+                    (_, Source::UserLayout) => " [style=dashed, label=\"owner (inferred)\"]",
                 };
                 let _ = writeln!(s, "  t{} -> t{}{style};", t.tid, e.tid);
             }
@@ -252,6 +263,7 @@ fn edge_label(from: &DiagTask, to: u32, source: Source) -> String {
         Source::AgentInferred => " [agent, inferred]".into(),
         Source::AgentUnverified => " [agent, unverified]".into(),
         Source::Heuristic => " [guess from /proc]".into(),
+        Source::UserLayout => " [owner from the lock's memory layout, inferred]".into(),
         Source::Evidence => match &from.wait {
             Wait::Uffd { candidates, .. } => candidates
                 .iter()

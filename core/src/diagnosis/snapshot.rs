@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Source;
-use crate::event::Addr;
+use crate::event::{Addr, FutexOp, UserLockKind, UserLockOwner};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -23,6 +23,10 @@ pub struct Snapshot {
     /// userfaultfd contexts held open by some process.
     #[serde(default)]
     pub uffds: Vec<UffdFacts>,
+    /// Threads asleep in a futex wait or lock operation on a user-space lock (one with owner
+    /// semantics: condition variables, barriers and the like are left out).
+    #[serde(default)]
+    pub user_locks: Vec<UserLockFacts>,
     /// What a running agent said, when one answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentFacts>,
@@ -115,6 +119,25 @@ pub struct UffdFacts {
     /// Tasks waiting in a fault on it.
     #[serde(default)]
     pub waiters: Vec<UffdWaiterFacts>,
+}
+
+/// A thread asleep on a user-space lock: what /proc/TID/syscall and the lock's memory said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLockFacts {
+    pub tid: u32,
+    pub pid: u32,
+    /// The word it sleeps on.
+    pub futex: Addr,
+    /// Where the lock starts (an rwlock's waiters sleep on words inside it).
+    pub lock: Addr,
+    pub op: FutexOp,
+    pub lock_type: UserLockKind,
+    /// Its owner, checked against the host; exact for a PI futex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserLockOwner>,
+    /// Its symbol, or file and offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -179,6 +179,37 @@ fn parse_syscall(line: &str) -> Option<crate::core::diagnosis::snapshot::Syscall
     })
 }
 
+/// The system call a thread sleeps in, with its six arguments (/proc/…/syscall); `None` when
+/// it is running or not in one.
+pub fn syscall_args(pid: u32, tid: u32) -> Option<(u64, [u64; 6])> {
+    let line = read(format!("/proc/{pid}/task/{tid}/syscall"))?;
+    let mut fields = line.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let nr = u64::try_from(nr).ok()?;
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+    }
+    Some((nr, args))
+}
+
+/// `len` bytes of process `pid`'s memory at `addr` (process_vm_readv). The read takes that
+/// process's mmap_lock for read: a caller must not read a process whose lock has waiters.
+pub fn read_user(pid: u32, addr: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: `local` covers our own buffer of `len` bytes; the kernel checks `remote`.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    (n == len as isize).then_some(buf)
+}
+
 /// The descriptors an epoll instance watches: its fdinfo's `tfd:` lines.
 pub fn epoll_targets(pid: u32, epfd: u32) -> Vec<u32> {
     read(format!("/proc/{pid}/fdinfo/{epfd}"))

@@ -96,6 +96,58 @@ pub fn vet(
     })
 }
 
+/// A thread's futex sleep as /proc shows it: its system call's arguments name the word and
+/// the op, and the words around it are read from the process's memory. `None` when the thread
+/// is not asleep in a futex operation that sleeps, or its memory could not be read.
+pub fn sleep_from_proc(pid: u32, tid: u32) -> Option<FutexSleep> {
+    use tracer_common::{futex_op, syscall, WINDOW_BEFORE, WINDOW_WORDS};
+    let (nr, args) = procfs::syscall_args(pid, tid)?;
+    let (uaddr, op, val) = match nr {
+        syscall::FUTEX => {
+            let op = args[1] as u32;
+            if !futex_op::sleeps(op & futex_op::CMD_MASK) {
+                return None;
+            }
+            (args[0], op, args[2] as u32)
+        }
+        syscall::FUTEX_WAITV => {
+            // struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 reserved; }: the first.
+            let w = procfs::read_user(pid, args[0], 16)?;
+            let word =
+                |i: usize| u64::from_ne_bytes(w[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            (word(1), futex_op::WAITV, word(0) as u32)
+        }
+        _ => return None,
+    };
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks_exact(4)
+            .map(|c| u32::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .collect()
+    };
+    let mut window = [0u32; WINDOW_WORDS];
+    let (before_ok, after_ok) = if let Some(b) = procfs::read_user(
+        pid,
+        uaddr.wrapping_sub(4 * WINDOW_BEFORE as u64),
+        4 * WINDOW_WORDS,
+    ) {
+        window.copy_from_slice(&words(&b));
+        (true, true)
+    } else if let Some(b) = procfs::read_user(pid, uaddr, 4 * (WINDOW_WORDS - WINDOW_BEFORE)) {
+        window[WINDOW_BEFORE..].copy_from_slice(&words(&b));
+        (false, true)
+    } else {
+        (false, false)
+    };
+    Some(FutexSleep {
+        op,
+        val,
+        uaddr,
+        window,
+        before_ok,
+        after_ok,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

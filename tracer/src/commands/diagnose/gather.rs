@@ -11,11 +11,11 @@ use crate::{
     core::{
         diagnosis::snapshot::{
             BlockerFacts, BlockerKind, MmapLockFacts, MmapWaiterFacts, Snapshot, TaskFacts,
-            UffdFacts, UffdFd, UffdWaiterFacts,
+            UffdFacts, UffdFd, UffdWaiterFacts, UserLockFacts,
         },
-        event::Addr,
+        event::{Addr, EventKind},
     },
-    kernel::{probes::ProbeError, procfs},
+    kernel::{probes::ProbeError, procfs, user_locks},
 };
 
 pub fn gather(agent_at: Option<&agent::AgentAt>) -> Result<Snapshot, ProbeError> {
@@ -28,6 +28,13 @@ pub fn gather(agent_at: Option<&agent::AgentAt>) -> Result<Snapshot, ProbeError>
     let records = kernel::read_kernel_state(&uffd_fds)?;
     let mut snapshot = from_records(&records);
     snapshot.agent = agent_at.and_then(agent::ask);
+    // Reading a process's memory takes its mmap_lock: never in one whose lock has waiters.
+    let contended: BTreeSet<u32> = snapshot.mmap_locks.iter().map(|l| l.mm_pid).collect();
+    snapshot.user_locks = all
+        .iter()
+        .filter(|t| t.state == 'S' && !contended.contains(&t.pid))
+        .filter_map(|t| user_lock(t.pid, t.tid))
+        .collect();
 
     // Details for the tasks that may be blocked: D-state sleepers and every task the kernel
     // named as a waiter.
@@ -43,6 +50,7 @@ pub fn gather(agent_at: Option<&agent::AgentAt>) -> Result<Snapshot, ProbeError>
             .flat_map(|l| l.waiters.iter().map(|w| w.tid)),
     );
     detailed.extend(snapshot.blockers.iter().map(|b| b.tid));
+    detailed.extend(snapshot.user_locks.iter().map(|u| u.tid));
     detailed.extend(
         snapshot
             .uffds
@@ -85,6 +93,33 @@ pub fn gather(agent_at: Option<&agent::AgentAt>) -> Result<Snapshot, ProbeError>
         })
         .collect();
     Ok(snapshot)
+}
+
+/// A thread's sleep on a user-space lock (one with an owner to follow), its owner checked
+/// and its lock named as the agent would.
+fn user_lock(pid: u32, tid: u32) -> Option<UserLockFacts> {
+    let sleep = user_locks::sleep_from_proc(pid, tid)?;
+    let EventKind::FutexWaitBegin {
+        futex,
+        op,
+        lock,
+        lock_addr,
+        owner,
+        name,
+    } = user_locks::begin_of(pid, tid, &sleep)
+    else {
+        return None;
+    };
+    lock.has_owner().then(|| UserLockFacts {
+        tid,
+        pid,
+        futex,
+        lock: lock_addr.unwrap_or(futex),
+        op,
+        lock_type: lock,
+        owner,
+        name,
+    })
 }
 
 /// Typed kernel facts from the iterators' records (tasks and agent left empty).
@@ -192,6 +227,7 @@ pub fn from_records(records: &[DiagRecord]) -> Snapshot {
             .collect(),
         blockers: blockers.into_values().collect(),
         uffds: uffds.into_values().collect(),
+        user_locks: Vec::new(),
         agent: None,
     }
 }

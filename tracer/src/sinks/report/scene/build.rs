@@ -229,6 +229,15 @@ impl Scene {
                 Wait::Rwsem { lock, mode, .. } => format!("rwsem {lock} for {mode}"),
                 Wait::Semaphore { lock } => format!("semaphore {lock}"),
                 Wait::Uffd { uffd, .. } => format!("userfaultfd {uffd}"),
+                Wait::UserLock {
+                    lock,
+                    lock_type,
+                    name,
+                    ..
+                } => match name {
+                    Some(n) => format!("{} {n}", lock_type.as_str()),
+                    None => format!("{} {lock}", lock_type.as_str()),
+                },
                 Wait::Other { wchan } => {
                     format!("in {}", if wchan.is_empty() { "?" } else { wchan })
                 }
@@ -303,6 +312,28 @@ impl Scene {
                         None,
                         None,
                     ),
+                    Wait::UserLock {
+                        lock,
+                        lock_type,
+                        name,
+                        owner,
+                        ..
+                    } => {
+                        let what = match name {
+                            Some(n) => format!("{} {n}", lock_type.as_str()),
+                            None => format!("{} {lock}", lock_type.as_str()),
+                        };
+                        if *owner == Some(e.tid) {
+                            (what, EdgeKind::LockOwner, None, None)
+                        } else {
+                            (
+                                what,
+                                EdgeKind::QueuedBehindWriter,
+                                Some(LockMode::Read),
+                                None,
+                            )
+                        }
+                    }
                     Wait::Other { wchan } => (wchan.clone(), EdgeKind::Holds, None, None),
                 };
                 edges.push(SceneEdge {
@@ -319,6 +350,7 @@ impl Scene {
                         Source::AgentUnverified => Some("from an unverified agent"),
                         Source::Heuristic => Some("guess from /proc"),
                         Source::Evidence => Some("handler named from evidence"),
+                        Source::UserLayout => Some("owner from the lock's layout"),
                     },
                     in_cycle: false,
                     count: 1,
