@@ -231,7 +231,7 @@ pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
         }
         Blocked::Uffd { uffd, since_ns, .. } => {
             if let Some(ctx) = model.uffds.get(uffd) {
-                out.extend(ctx.handlers().iter().filter(|&&h| h != tid).map(|&h| Edge {
+                out.extend(uffd_handlers(model, ctx, tid).into_iter().map(|h| Edge {
                     from: tid,
                     to: h,
                     lock: LockRef::Uffd { uffd: *uffd },
@@ -311,6 +311,28 @@ pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
         }
     }
     out
+}
+
+/// Who serves a userfaultfd for its waiter `tid`: the tasks seen resolving faults on it, else
+/// those seen setting it up, else the processes holding it open (their leader's tid stands for
+/// the process). Of such a process, its threads blocked themselves are named instead when there
+/// are any: a handler that read the fault and got stuck cannot answer it, and an idle thread
+/// is not handling it (`diagnose` ranks candidates the same way).
+pub fn uffd_handlers(model: &Model, ctx: &crate::model::UffdCtx, tid: Tid) -> Vec<Tid> {
+    let named = ctx.handlers();
+    if ctx.resolvers.is_empty() && ctx.setup.is_empty() {
+        let stuck: Vec<Tid> = model
+            .blocked
+            .iter()
+            .copied()
+            .filter(|&b| b != tid)
+            .filter(|&b| model.task(b).is_some_and(|t| ctx.holders.contains(&t.pid)))
+            .collect();
+        if !stuck.is_empty() {
+            return stuck;
+        }
+    }
+    named.iter().copied().filter(|&h| h != tid).collect()
 }
 
 /// The whole graph at one moment.

@@ -55,7 +55,15 @@ pub(super) fn inferred(names: &Narrator<'_>, path: &[&Edge], tids: &[Tid]) -> Ve
                     continue; // seen resolving faults on it: a handler by its own ioctls
                 }
                 let uffd = names.show(AddrKind::Uffd, *uffd);
-                if ctx.setup.contains(&e.to) {
+                let holder_thread = !ctx.holders.contains(&e.to)
+                    && model
+                        .task(e.to)
+                        .is_some_and(|t| ctx.holders.contains(&t.pid));
+                if holder_thread {
+                    out.push(format!(
+                        "{to} is taken for the handler of userfaultfd {uffd} because it is a thread of the process holding the descriptor open and is blocked itself (a handler stuck after reading the fault cannot answer it); no ioctl on it was seen"
+                    ));
+                } else if ctx.setup.contains(&e.to) {
                     out.push(format!(
                         "{to} is taken for the handler of userfaultfd {uffd} because it set it up; no task was seen resolving a fault on it"
                     ));
