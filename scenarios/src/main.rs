@@ -1,7 +1,8 @@
 //! Test workloads that make real `mmap_lock` traffic and contention, bounded in time and cleaning
 //! up after themselves. Each prints one JSON line on stdout naming the tids involved and the
 //! CLOCK_MONOTONIC times (the clock of `bpf_ktime_get_ns`) of what it did, so tests can match
-//! what faultline saw against what really happened.
+//! what faultline saw against what really happened. The `user_locks` ones do the same with glibc
+//! pthread mutexes, rwlocks, condition variables, barriers and semaphores (futex words).
 //!
 //! Used by the kernel tests and by `cargo xtask bench`; also handy for demos:
 //! `faultline-scenario rwr` while `faultline agent` runs.
@@ -16,13 +17,14 @@ mod monitor_deadlock;
 mod rwr;
 mod sig_churn;
 mod uffd;
+mod user_locks;
 mod util;
 
 use clap::{Parser, Subcommand};
 
 use crate::{
     churn::*, cross_deadlock::*, deadlock::*, file_writers::*, loops::*, monitor_deadlock::*,
-    rwr::*, uffd::*,
+    rwr::*, uffd::*, user_locks::Prefer,
 };
 
 #[derive(Parser)]
@@ -216,6 +218,73 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         count: u32,
     },
+    /// A real ABBA deadlock on two default pthread mutexes (globals FAULTLINE_MUTEX_A and _B):
+    /// abba-1 holds A and asks for B, abba-2 holds B and asks for A, both with
+    /// pthread_mutex_timedlock, so both asks time out after `hold_ms` and all ends.
+    PthreadAbba {
+        #[arg(long, default_value_t = 3000)]
+        hold_ms: u64,
+        /// Print a first JSON line as soon as both threads sleep in their asks.
+        #[arg(long)]
+        announce: bool,
+    },
+    /// A chain of priority-inheritance pthread mutexes (FAULTLINE_PI_1..3): pi-3 waits for
+    /// pi-2, which waits for pi-1, which holds PI_1 for `hold_ms`; every wait is timed.
+    PiChain {
+        #[arg(long, default_value_t = 3000)]
+        hold_ms: u64,
+        /// Print a first JSON line once every waiter sleeps in futex.
+        #[arg(long)]
+        announce: bool,
+        /// pi-1 asks for PI_3 too: a three-thread deadlock (the kernel refuses the last PI wait
+        /// with EDEADLK; glibc then sleeps until the deadline and reports ETIMEDOUT).
+        #[arg(long)]
+        cycle: bool,
+    },
+    /// Futex use that is not lock contention, under load: condition-variable ping-pong (cv-*),
+    /// a pthread barrier crossed over and over (bar-*), a semaphore queue (sem-*).
+    FutexBenign {
+        #[arg(long, default_value_t = 3000)]
+        millis: u64,
+        /// Barrier threads (2 to 64); half as many condition-variable pairs, producers and
+        /// consumers.
+        #[arg(long, default_value_t = 4)]
+        threads: u32,
+    },
+    /// A userfaultfd monitor deadlocked on a pthread mutex: um-fault holds FAULTLINE_UFFD_MUTEX
+    /// and faults on a registered page; um-monitor, the handler, reads the fault and asks for
+    /// the mutex (timed: after `hold_ms` it gives up and resolves the fault).
+    UffdMutex {
+        #[arg(long, default_value_t = 3000)]
+        hold_ms: u64,
+        /// Print a first JSON line once the monitor sleeps in futex and the fault in
+        /// handle_userfault.
+        #[arg(long)]
+        announce: bool,
+    },
+    /// N threads hammer one default pthread mutex (FAULTLINE_CONVOY_MUTEX) with a short
+    /// critical section: a contended convoy, the benchmark of user-space lock tracing.
+    MutexConvoy {
+        #[arg(long, default_value_t = 4)]
+        threads: u32,
+        #[arg(long, default_value_t = 1500)]
+        millis: u64,
+    },
+    /// A glibc rwlock's queueing (FAULTLINE_RWLOCK): a read hold, a queued writer, a late
+    /// reader that gets in at once when readers are preferred and waits behind the writer when
+    /// writers are.
+    RwlockQueue {
+        /// The rwlock's kind: which side a read-held lock lets in first.
+        #[arg(long, value_enum)]
+        prefer: Prefer,
+        /// How long the first reader holds the lock (the late asks wait at most twice that).
+        #[arg(long, default_value_t = 1500)]
+        hold_ms: u64,
+        /// Print a first JSON line once the writer (and, preferring writers, the late reader)
+        /// sleeps in futex.
+        #[arg(long)]
+        announce: bool,
+    },
 }
 
 fn main() {
@@ -273,6 +342,20 @@ fn main() {
         ),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
+        Scenario::PthreadAbba { hold_ms, announce } => user_locks::pthread_abba(hold_ms, announce),
+        Scenario::PiChain {
+            hold_ms,
+            announce,
+            cycle,
+        } => user_locks::pi_chain(hold_ms, announce, cycle),
+        Scenario::FutexBenign { millis, threads } => user_locks::futex_benign(millis, threads),
+        Scenario::UffdMutex { hold_ms, announce } => user_locks::uffd_mutex(hold_ms, announce),
+        Scenario::MutexConvoy { threads, millis } => user_locks::mutex_convoy(threads, millis),
+        Scenario::RwlockQueue {
+            prefer,
+            hold_ms,
+            announce,
+        } => user_locks::rwlock_queue(prefer, hold_ms, announce),
         Scenario::Churn { count, seconds } => {
             churn(count, seconds.map(std::time::Duration::from_secs))
         }

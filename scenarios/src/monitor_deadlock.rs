@@ -44,7 +44,7 @@ fn state_of(tid: u32) -> char {
 }
 
 /// The system call number a thread sleeps in (None when running or unreadable).
-fn syscall_of(tid: u32) -> Option<i64> {
+pub(crate) fn syscall_of(tid: u32) -> Option<i64> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
         .ok()?
         .split_whitespace()
@@ -106,7 +106,7 @@ fn spawn_named<T: Send + 'static>(
 }
 
 /// Polls until `ok()` holds (bounded).
-fn wait_until(what: &str, ok: impl Fn() -> bool) -> Result<()> {
+pub(crate) fn wait_until(what: &str, ok: impl Fn() -> bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !ok() {
         if Instant::now() > deadline {
