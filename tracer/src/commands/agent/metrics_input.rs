@@ -22,10 +22,15 @@ use super::{
 pub fn folded_counters(
     series: &mut SeriesMemory,
     telemetry: &Telemetry,
+    user_locks: &std::collections::HashMap<
+        crate::sinks::metrics::ProcessKey,
+        tracer_common::FutexTime,
+    >,
     alerts_by_workload: &BTreeMap<(String, crate::core::detect::AlertKind), u64>,
 ) -> FoldedCounters {
     series.fold(
         &telemetry.slow_waits_by_process,
+        user_locks,
         &telemetry.slow_waits_by_workload,
         alerts_by_workload,
     )
@@ -61,7 +66,13 @@ fn under_lock(st: &mut AgentState) -> MetricsInput {
         ("mm_locks", model.mm_locks.len()),
         ("uffds", model.uffds.len()),
     ];
-    let folded = folded_counters(&mut st.series, &st.telemetry, st.sink.counts_by_workload());
+    let user_locks = st.user_lock_time.totals();
+    let folded = folded_counters(
+        &mut st.series,
+        &st.telemetry,
+        &user_locks,
+        st.sink.counts_by_workload(),
+    );
     MetricsInput {
         version: env!("CARGO_PKG_VERSION"),
         kernel: st.kernel_release.clone(),
@@ -92,6 +103,11 @@ fn under_lock(st: &mut AgentState) -> MetricsInput {
             .map(|a| (a.feature.name(), a.available()))
             .collect(),
         lock_profile: None,
+        user_lock_entries: (
+            st.futex_entries,
+            st.probes.max_tasks(),
+            st.user_lock_time.live(),
+        ),
     }
 }
 

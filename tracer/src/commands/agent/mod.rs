@@ -23,6 +23,7 @@ mod shutdown;
 mod snapshot;
 pub mod state;
 pub mod telemetry;
+mod user_lock_time;
 mod view;
 
 use std::{
@@ -171,6 +172,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         aggregates,
         lock_profile,
         features,
+        user_lock_time: Default::default(),
+        futex_entries: 0,
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock

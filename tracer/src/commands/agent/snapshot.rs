@@ -83,6 +83,16 @@ pub fn snapshot_into(shared: &Shared) -> Result<()> {
         states.retain(|(tid, _)| !stale.contains(tid));
     }
     let mut futex_waits = st.probes.futex_waits()?;
+    st.futex_entries = futex_waits.len();
+    {
+        let AgentState {
+            user_lock_time,
+            probes,
+            scope,
+            ..
+        } = &mut *st;
+        user_lock_time.refresh(probes, |tgid| scope.admits(tgid));
+    }
     if !st.scope.is_host() {
         states.retain(|(_, s)| st.scope.admits(s.tgid));
         futex_waits.retain(|(_, w)| st.scope.admits(w.tgid));

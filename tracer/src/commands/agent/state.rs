@@ -54,6 +54,10 @@ pub struct AgentState {
     pub lock_profile: Arc<super::lock_profile::LockProfile>,
     /// The features that depend on the agent's privileges, decided at start.
     pub features: Vec<crate::kernel::privileges::Availability>,
+    /// Futex waiting time by process, for `/metrics`.
+    pub user_lock_time: super::user_lock_time::UserLockTime,
+    /// Futex sleeps in the kernel's table at the last snapshot.
+    pub futex_entries: usize,
 }
 
 impl AgentState {

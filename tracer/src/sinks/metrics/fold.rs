@@ -138,10 +138,18 @@ where
     }
 }
 
+/// What a per-process user-lock series counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UserLockMeasure {
+    Waits,
+    WaitNs,
+}
+
 /// The agent's folded counter families, each with its memory.
 #[derive(Debug)]
 pub struct SeriesMemory {
     process_slow_waits: CounterFold<ProcessKey, ()>,
+    process_user_locks: CounterFold<ProcessKey, UserLockMeasure>,
     workload_slow_waits: CounterFold<String, ()>,
     workload_alerts: CounterFold<String, AlertKind>,
 }
@@ -150,6 +158,8 @@ pub struct SeriesMemory {
 #[derive(Clone, Debug)]
 pub struct FoldedCounters {
     pub process_slow_waits: Folded<ProcessKey, ()>,
+    /// Futex sleeps and their time by process (top processes by time, the rest "other").
+    pub process_user_locks: Folded<ProcessKey, UserLockMeasure>,
     pub workload_slow_waits: Folded<String, ()>,
     pub workload_alerts: Folded<String, AlertKind>,
 }
@@ -158,6 +168,12 @@ impl Default for SeriesMemory {
     fn default() -> Self {
         Self {
             process_slow_waits: CounterFold::new(TOP_PROCESSES, ProcessKey::other(), vec![()]),
+            process_user_locks: CounterFold::new(
+                TOP_PROCESSES,
+                ProcessKey::other(),
+                vec![UserLockMeasure::Waits, UserLockMeasure::WaitNs],
+            )
+            .ranked_by(|m| *m == UserLockMeasure::WaitNs),
             workload_slow_waits: CounterFold::new(TOP_WORKLOADS, "other".to_owned(), vec![()]),
             workload_alerts: CounterFold::new(
                 TOP_WORKLOADS,
@@ -174,10 +190,23 @@ impl SeriesMemory {
     pub fn fold(
         &mut self,
         slow_waits_by_process: &HashMap<ProcessKey, u64>,
+        user_locks_by_process: &HashMap<ProcessKey, tracer_common::FutexTime>,
         slow_waits_by_workload: &HashMap<String, u64>,
         alerts_by_workload: &BTreeMap<(String, AlertKind), u64>,
     ) -> FoldedCounters {
+        let user_locks: Vec<(&ProcessKey, UserLockMeasure, u64)> = user_locks_by_process
+            .iter()
+            .flat_map(|(k, t)| {
+                [
+                    (k, UserLockMeasure::Waits, t.waits),
+                    (k, UserLockMeasure::WaitNs, t.wait_ns),
+                ]
+            })
+            .collect();
         FoldedCounters {
+            process_user_locks: self
+                .process_user_locks
+                .fold(user_locks.iter().map(|(k, m, n)| (*k, m, *n))),
             process_slow_waits: self
                 .process_slow_waits
                 .fold(slow_waits_by_process.iter().map(|(k, n)| (k, &(), *n))),

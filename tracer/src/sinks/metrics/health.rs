@@ -65,6 +65,8 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             counter(&[("map", "hold_slots")], c(K::HoldSlotsFull)),
             counter(&[("map", "proc_faults")], c(K::ProcFaultsFull)),
             counter(&[("map", "uffd")], c(K::UffdHandlersFull)),
+            counter(&[("map", "futex_waits")], c(K::FutexWaitsFull)),
+            counter(&[("map", "futex_time")], c(K::FutexTimeFull)),
         ],
     ));
     f.push(family(
@@ -107,6 +109,8 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         vec![
             gauge(&[("map", "task_state")], m.task_entries as f64),
             gauge(&[("map", "proc_faults")], m.proc_fault_entries as f64),
+            gauge(&[("map", "futex_waits")], m.user_lock_entries.0 as f64),
+            gauge(&[("map", "futex_time")], m.user_lock_entries.2 as f64),
         ]
         .into_iter()
         .chain(m.lock_profile.iter().flat_map(|p| {
@@ -124,6 +128,11 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         vec![
             gauge(&[("map", "task_state")], f64::from(m.task_capacity)),
             gauge(&[("map", "proc_faults")], PROC_FAULTS_CAPACITY),
+            gauge(&[("map", "futex_waits")], f64::from(m.user_lock_entries.1)),
+            gauge(
+                &[("map", "futex_time")],
+                f64::from(tracer_common::names::FUTEX_TIME_CAPACITY),
+            ),
         ]
         .into_iter()
         .chain(m.lock_profile.iter().flat_map(|p| {

@@ -33,7 +33,9 @@ use faultline_core::workload::Attribution;
 
 use crate::core::detect::{AlertKind, Confidence};
 
-pub use fold::{Folded, FoldedCounters, LockMeasure, LockSeriesMemory, LockSub, SeriesMemory};
+pub use fold::{
+    Folded, FoldedCounters, LockMeasure, LockSeriesMemory, LockSub, SeriesMemory, UserLockMeasure,
+};
 
 /// Processes named individually in per-process series; the rest are summed as "other".
 pub const TOP_PROCESSES: usize = 10;
@@ -88,6 +90,9 @@ pub struct MetricsInput {
     pub features: Vec<(&'static str, bool)>,
     /// The lock profile's series and tables; `None` when the profile is off.
     pub lock_profile: Option<ProfileScrape>,
+    /// (futex sleeps in progress in the kernel's table, its capacity, processes with waiting
+    /// time in the kernel's table).
+    pub user_lock_entries: (usize, u32, usize),
 }
 
 /// What a scrape shows of the lock profile.

@@ -8,8 +8,8 @@ use prometheus::proto::{Metric, MetricFamily, MetricType};
 use tracer_common::ProcFaults;
 
 use super::{
-    encode::{counter, family, gauge},
-    MetricsInput, ProcessKey, TOP_PROCESSES, TOP_WORKLOADS,
+    encode::{counter, counter_f64, family, gauge},
+    MetricsInput, ProcessKey, UserLockMeasure, TOP_PROCESSES, TOP_WORKLOADS,
 };
 
 /// The fault gauges of one process or workload: by mode (user, kernel) when per-fault counters
@@ -92,6 +92,30 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
                 .series()
                 .iter()
                 .map(|(who, (), v)| counter(&who.labels(), *v))
+                .collect(),
+        ),
+        family(
+            "faultline_process_user_lock_waits_total",
+            "Futex sleeps that ended (user-space lock waits: pthread mutexes, rwlocks, condition variables, any futex), for the top processes by futex waiting time (the rest as \"other\"); never going down.",
+            MetricType::COUNTER,
+            folded
+                .process_user_locks
+                .series()
+                .iter()
+                .filter(|(_, m, _)| *m == UserLockMeasure::Waits)
+                .map(|(who, _, v)| counter(&who.labels(), *v))
+                .collect(),
+        ),
+        family(
+            "faultline_process_user_lock_wait_seconds_total",
+            "Time spent in futex sleeps that ended, for the same processes as faultline_process_user_lock_waits_total; never going down.",
+            MetricType::COUNTER,
+            folded
+                .process_user_locks
+                .series()
+                .iter()
+                .filter(|(_, m, _)| *m == UserLockMeasure::WaitNs)
+                .map(|(who, _, v)| counter_f64(&who.labels(), *v as f64 / 1e9))
                 .collect(),
         ),
         family(
