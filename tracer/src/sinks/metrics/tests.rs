@@ -65,6 +65,13 @@ fn input() -> MetricsInput {
                 (ProcessKey::new("a".into(), Some(&db)), 5),
                 (ProcessKey::new("a".into(), None), 7),
             ]),
+            &HashMap::from([(
+                ProcessKey::new("a".into(), Some(&db)),
+                tracer_common::FutexTime {
+                    waits: 3,
+                    wait_ns: 2_500_000_000,
+                },
+            )]),
             &HashMap::from([("docker:0123456789ab".into(), 4)]),
             &BTreeMap::from([
                 (("pod:u/c".to_string(), AlertKind::Deadlock), 2),
@@ -72,6 +79,7 @@ fn input() -> MetricsInput {
             ]),
         ),
         api_refused: [("render", 3), ("scrape", 0)],
+        user_lock_entries: (2, 32768, 1),
         features: vec![("holder_stack", true), ("uffd_waits", false)],
         lock_profile: None,
     }
@@ -133,7 +141,12 @@ fn log2_buckets_become_cumulative_le_buckets_in_seconds() {
 fn a_quiet_host_still_renders_every_family() {
     let mut m = input();
     m.proc_faults.clear();
-    m.folded = SeriesMemory::default().fold(&HashMap::new(), &HashMap::new(), &BTreeMap::new());
+    m.folded = SeriesMemory::default().fold(
+        &HashMap::new(),
+        &HashMap::new(),
+        &HashMap::new(),
+        &BTreeMap::new(),
+    );
     m.programs.clear();
     let text = render(&m).expect("a scrape of a quiet host renders");
     assert!(
@@ -184,6 +197,14 @@ fn per_process_series_are_bounded_to_the_top_n_plus_other() {
         text.contains("faultline_probe_run_seconds_total{program=\"mmap_lock_start_btf\"} 1.5"),
         "{text}"
     );
+    // Futex waiting time by process: its waits and seconds, "other" present at zero.
+    for line in [
+        "faultline_process_user_lock_waits_total{process=\"a\",workload=\"systemd:db.service\",cgroup=\"/system.slice/db.service\"} 3",
+        "faultline_process_user_lock_wait_seconds_total{process=\"a\",workload=\"systemd:db.service\",cgroup=\"/system.slice/db.service\"} 2.5",
+        "faultline_process_user_lock_wait_seconds_total{process=\"other\",workload=\"other\",cgroup=\"other\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
 }
 
 #[test]
