@@ -100,7 +100,23 @@ fn scenario_rate(args: &[&str]) -> Result<f64> {
         );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("scenario report")?;
-    let n = v["count"].as_f64().context("count")?;
+    // Operations: `count`, or a lock's acquisitions (`ops`), or the sum of a non-lock futex
+    // workload's round trips, crossings and posts.
+    let n = v["count"]
+        .as_f64()
+        .or_else(|| v["ops"].as_f64())
+        .or_else(|| {
+            let sum: f64 = [
+                "condvar_round_trips",
+                "barrier_crossings",
+                "semaphore_posts",
+            ]
+            .iter()
+            .filter_map(|k| v[*k].as_f64())
+            .sum();
+            (sum > 0.0).then_some(sum)
+        })
+        .context("count")?;
     let dt =
         (v["end_ns"].as_u64().context("end")? - v["start_ns"].as_u64().context("start")?) as f64;
     Ok(n / (dt / 1e9))
@@ -283,13 +299,25 @@ enum Condition {
     /// contention -b`): every contention event with its call graph written to perf.data, for
     /// `perf lock contention` afterwards. Contention-heavy workloads only.
     PerfLockRecord,
+    /// The default agent without user-lock tracing (`--no-user-locks`): what futex tracing
+    /// costs, beside it.
+    AgentNoUserLocks,
+    /// bpftrace timing every futex() call by process on the syscall tracepoints: the user-lock
+    /// view a user would write by hand. User-lock workloads only.
+    BpftraceFutex,
 }
 
 /// The lock-profile peers, measured on the contention-heavy workloads only (the agent without
 /// its profile runs on every workload: what the profile costs each).
 const PROFILE_PEERS: [Condition; 2] = [Condition::BpftraceKstack, Condition::PerfLockRecord];
 
-const CONDITIONS: [Condition; 13] = [
+/// The user-lock peer, measured on the user-lock workloads only.
+const FUTEX_PEERS: [Condition; 1] = [Condition::BpftraceFutex];
+
+const BPFTRACE_FUTEX: &str = "tracepoint:syscalls:sys_enter_futex { @start[tid] = nsecs; }
+tracepoint:syscalls:sys_exit_futex /@start[tid]/ { @wait[pid] = sum(nsecs - @start[tid]); @calls[pid] = count(); delete(@start[tid]); }";
+
+const CONDITIONS: [Condition; 15] = [
     Condition::Untraced,
     Condition::Agent("contention"),
     Condition::AgentWithUffd,
@@ -303,6 +331,8 @@ const CONDITIONS: [Condition; 13] = [
     Condition::AgentNoProfile,
     Condition::BpftraceKstack,
     Condition::PerfLockRecord,
+    Condition::AgentNoUserLocks,
+    Condition::BpftraceFutex,
 ];
 
 impl Condition {
@@ -319,6 +349,8 @@ impl Condition {
             Self::AgentNoProfile => "agent --detail contention --no-lock-profile".into(),
             Self::BpftraceKstack => "bpftrace wait by lock and kstack".into(),
             Self::PerfLockRecord => "perf lock record -a -g".into(),
+            Self::AgentNoUserLocks => "agent --detail contention --no-user-locks".into(),
+            Self::BpftraceFutex => "bpftrace futex() time by process".into(),
         }
     }
 
@@ -357,6 +389,12 @@ impl Condition {
                 Tracer::start(cmd, "Attaching", true)?
             }
             Self::PerfLockRecord => perf_lock_record()?,
+            Self::AgentNoUserLocks => agent("contention", &["--no-user-locks"])?,
+            Self::BpftraceFutex => {
+                let mut cmd = Command::new("bpftrace");
+                cmd.arg("-e").arg(BPFTRACE_FUTEX);
+                Tracer::start(cmd, "Attaching", true)?
+            }
             Self::Floor => {
                 let mut cmd = Command::new(release_bin("faultline"));
                 cmd.arg("bench-floor");
@@ -429,6 +467,8 @@ struct Workload {
     /// Whether the lock profile's peers run too (`PROFILE_PEERS`), and the default agent must
     /// beat the hand-written bpftrace profile and perf.
     contention_heavy: bool,
+    /// Whether the user-lock peer runs too (`FUTEX_PEERS`).
+    user_locks: bool,
 }
 
 fn workloads() -> Vec<Workload> {
@@ -444,6 +484,7 @@ fn workloads() -> Vec<Workload> {
             target: 0.98,
             above_bpftrace: true,
             contention_heavy: false,
+            user_locks: false,
         },
         Workload {
             name: "mmap/mprotect/munmap storm, 2 threads (60k)",
@@ -451,6 +492,7 @@ fn workloads() -> Vec<Workload> {
             target: 0.95,
             above_bpftrace: true,
             contention_heavy: false,
+            user_locks: false,
         },
         Workload {
             name: "stress-ng --mprotect 2",
@@ -458,6 +500,7 @@ fn workloads() -> Vec<Workload> {
             target: 0.95,
             above_bpftrace: true,
             contention_heavy: false,
+            user_locks: false,
         },
         Workload {
             name: "stress-ng --fault 2",
@@ -465,6 +508,7 @@ fn workloads() -> Vec<Workload> {
             target: 0.98,
             above_bpftrace: true,
             contention_heavy: false,
+            user_locks: false,
         },
         Workload {
             name: "getppid loop, 1 thread (1.5 s)",
@@ -472,6 +516,7 @@ fn workloads() -> Vec<Workload> {
             target: 0.98,
             above_bpftrace: false,
             contention_heavy: false,
+            user_locks: false,
         },
         Workload {
             name: "pipe, 64-byte writes and reads, 2 threads (1.5 s)",
@@ -479,6 +524,7 @@ fn workloads() -> Vec<Workload> {
             target: 0.98,
             above_bpftrace: false,
             contention_heavy: false,
+            user_locks: false,
         },
         // Contention-heavy (issue 24): create and unlink in one tmpfs directory from 4 threads;
         // its contended waits (the directory's and the dentries' locks) each take a stack and
@@ -489,6 +535,26 @@ fn workloads() -> Vec<Workload> {
             target: 0.95,
             above_bpftrace: false,
             contention_heavy: true,
+            user_locks: false,
+        },
+        // User-space locks (issue 25): the worst case for futex tracing, N threads on one
+        // pthread mutex (every contended lock sleeps in futex and is woken), and futex use that
+        // is not a lock (condition variables, a barrier, a semaphore).
+        Workload {
+            name: "pthread mutex convoy, 4 threads (1.5 s)",
+            run: best_of_2(&["mutex-convoy", "--threads", "4", "--millis", "1500"]),
+            target: 0.90,
+            above_bpftrace: false,
+            contention_heavy: false,
+            user_locks: true,
+        },
+        Workload {
+            name: "condvars, barrier, semaphore, 4 threads (1.5 s)",
+            run: best_of_2(&["futex-benign", "--threads", "4", "--millis", "1500"]),
+            target: 0.90,
+            above_bpftrace: false,
+            contention_heavy: false,
+            user_locks: true,
         },
     ]
 }
@@ -533,7 +599,9 @@ fn overhead(rounds: usize, only: Option<&str>) -> Result<()> {
             let mut rates = vec![0.0; conditions.len()];
             for k in 0..conditions.len() {
                 let i = (k + round) % conditions.len();
-                if PROFILE_PEERS.contains(&conditions[i]) && !w.contention_heavy {
+                if (PROFILE_PEERS.contains(&conditions[i]) && !w.contention_heavy)
+                    || (FUTEX_PEERS.contains(&conditions[i]) && !w.user_locks)
+                {
                     rates[i] = f64::NAN;
                     continue;
                 }
@@ -614,6 +682,7 @@ fn overhead(rounds: usize, only: Option<&str>) -> Result<()> {
                     if m >= w.target { "met" } else { "MISSED" }
                 ),
                 Condition::AgentNoProfile => "the profile's own cost, beside it".to_owned(),
+                Condition::AgentNoUserLocks => "user-lock tracing's own cost, beside it".to_owned(),
                 Condition::AgentWithUffd => "measured and stated".to_owned(),
                 Condition::AgentIoctlsAlways => "the old default, for comparison".to_owned(),
                 Condition::Agent(_) => format!(
