@@ -19,5 +19,6 @@ pub mod lock_profile;
 pub mod model;
 pub mod trace;
 pub mod user_lock;
+pub mod user_profile;
 pub mod views;
 pub mod workload;

@@ -86,7 +86,9 @@ pub struct KernelOffsets {
     /// is the waiter's siglock (`siglock` is `sighand_struct`'s first member, checked at
     /// start-up). Zero: siglocks are not recognised.
     pub task_sighand: u32,
-    pub _reserved: u32,
+    /// `offsetof(struct task_struct, comm)`: the user-lock profile names a woken sleeper by
+    /// its comm (the waker writes it). Zero: unnamed.
+    pub task_comm: u32,
     /// Text range of `handle_userfault` (from /proc/kallsyms): a sleep with it on the stack is
     /// a userfaultfd wait. Zero: unknown, uffd waits are not detected.
     pub handle_userfault_start: u64,

@@ -111,12 +111,73 @@ pub struct FutexWait {
     pub window_ok: u8,
     /// 1 when the call gave a timeout.
     pub timed: u8,
-    pub _pad: [u8; 2],
-    /// The user stack's id in `FUTEX_STACKS` (negative: none).
-    pub stack_id: i32,
+    pub _pad: [u8; 6],
+    /// The hash of the sleeper's user stack in `FUTEX_STACKS` (`NO_FUTEX_STACK`: none).
+    pub ustack: u64,
+    /// The hash of its kernel stack in `FUTEX_STACKS`.
+    pub kstack: u64,
 }
-const _: () = assert!(core::mem::size_of::<FutexWait>() == 32 + 4 * WINDOW_WORDS + 8);
+const _: () = assert!(core::mem::size_of::<FutexWait>() == 32 + 4 * WINDOW_WORDS + 8 + 16);
 
+/// Frames kept per futex-sleep stack, leaf first (user stacks are deeper than the kernel's).
+pub const FUTEX_STACK_DEPTH: usize = 32;
+
+/// No stack (not captured, the table full, or a hash shared by two stacks).
+pub const NO_FUTEX_STACK: u64 = 0;
+
+/// A stack's frames, leaf first; unused slots are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FutexStack {
+    pub ips: [u64; FUTEX_STACK_DEPTH],
+}
+
+/// The hash of a futex stack's frames (FNV-1a over the words, never `NO_FUTEX_STACK`), the
+/// same on both sides. `user` makes a user and a kernel stack of equal words differ.
+pub fn futex_stack_hash(ips: &[u64; FUTEX_STACK_DEPTH], user: bool) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(user);
+    let mut i = 0;
+    while i < FUTEX_STACK_DEPTH {
+        h ^= ips[i];
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    if h == NO_FUTEX_STACK {
+        1
+    } else {
+        h
+    }
+}
+
+/// The user-lock profile's key (`FUTEX_PROFILE`): every futex sleep that ended, by process,
+/// futex word, operation and the sleeper's user and kernel stacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FutexProfileKey {
+    pub uaddr: u64,
+    pub ustack: u64,
+    pub kstack: u64,
+    pub tgid: u32,
+    /// The futex op (`futex_op::WAITV` for futex_waitv).
+    pub op: u32,
+    /// The value the sleeper expected: with the op, what kind of word it is (glibc's mutex
+    /// waiters expect 2).
+    pub val: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FutexProfileKey>() == 56);
+
+/// What a key's sleeps add up to on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexProfileValue {
+    pub count: u64,
+    pub total_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FutexProfileValue>() == 16);
+
+/// `FutexWait::window_ok` bits.
 pub mod window_ok {
     pub const BEFORE: u8 = 1 << 0;
     pub const AFTER: u8 = 1 << 1;

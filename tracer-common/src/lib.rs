@@ -52,4 +52,7 @@ mod user {
     unsafe impl aya::Pod for StackFrames {}
     unsafe impl aya::Pod for FutexWait {}
     unsafe impl aya::Pod for FutexTime {}
+    unsafe impl aya::Pod for FutexStack {}
+    unsafe impl aya::Pod for FutexProfileKey {}
+    unsafe impl aya::Pod for FutexProfileValue {}
 }

@@ -27,9 +27,12 @@ pub mod map {
     pub const PROFILE_PENDING: &str = "PROFILE_PENDING";
     pub const FUTEX_WAITS: &str = "FUTEX_WAITS";
     pub const FUTEX_TIME: &str = "FUTEX_TIME";
+    pub const FUTEX_STACKS: &str = "FUTEX_STACKS";
+    pub const FUTEX_SCRATCH: &str = "FUTEX_SCRATCH";
+    pub const FUTEX_PROFILE: &str = "FUTEX_PROFILE";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 25] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -52,6 +55,9 @@ pub mod map {
         PROFILE_PENDING,
         FUTEX_WAITS,
         FUTEX_TIME,
+        FUTEX_STACKS,
+        FUTEX_SCRATCH,
+        FUTEX_PROFILE,
     ];
 }
 
@@ -117,6 +123,27 @@ pub const TASK_STATE_CAPACITY: u32 = 32768;
 pub const PROC_FAULTS_CAPACITY: u32 = 16384;
 /// `FUTEX_TIME`: processes whose futex waiting time is kept (the agent deletes those gone).
 pub const FUTEX_TIME_CAPACITY: u32 = 16384;
+/// `FUTEX_STACKS`: distinct user and kernel stacks of futex sleeps (~300 bytes each: 2.4 MiB).
+pub const FUTEX_STACKS_CAPACITY: u32 = 8192;
+/// `FUTEX_PROFILE`: (process, futex, op, stacks) aggregates at most (see
+/// `futex_profile_entries`).
+pub const FUTEX_PROFILE_CAPACITY: u32 = 16384;
+/// The kernel memory the user-lock profile's table may take.
+pub const FUTEX_PROFILE_BUDGET: u64 = 4 << 20;
+
+/// `FUTEX_PROFILE`'s capacity on a host of `cpus` possible CPUs: each key costs about 100 bytes
+/// plus 16 per CPU, so with many CPUs it shrinks to stay within `FUTEX_PROFILE_BUDGET` (never
+/// under 1024).
+pub const fn futex_profile_entries(cpus: u32) -> u32 {
+    let fits = FUTEX_PROFILE_BUDGET / (100 + 16 * cpus as u64);
+    if fits >= FUTEX_PROFILE_CAPACITY as u64 {
+        FUTEX_PROFILE_CAPACITY
+    } else if fits < 1024 {
+        1024
+    } else {
+        fits as u32
+    }
+}
 /// `UFFD_BY_MM` and `UFFD_HANDLERS`: far more userfaultfd users than any host has.
 pub const UFFD_CAPACITY: u32 = 4096;
 /// `OWNERS`: owners of contended sleeping locks at one time.

@@ -75,8 +75,13 @@ pub enum Counter {
     FutexWaitsFull,
     /// `FUTEX_TIME` was full: a process's futex waiting time was not added.
     FutexTimeFull,
+    /// A futex sleep's stack could not be captured or stored (`FUTEX_STACKS` full, a busy
+    /// scratch buffer, or a hash shared by two stacks): it counts under no stack.
+    FutexNoStack,
+    /// `FUTEX_PROFILE` was full: a sleep was not added to the user-lock profile.
+    FutexProfileFull,
 }
-pub const COUNTER_COUNT: u32 = Counter::FutexTimeFull as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FutexProfileFull as u32 + 1;
 
 /// Per-CPU `UFFD_ERRORS` is indexed `op * uffd_op::ERRNO_BUCKETS + errno bucket`.
 pub const UFFD_ERROR_SLOTS: u32 = uffd_op::COUNT as u32 * uffd_op::ERRNO_BUCKETS;

@@ -8,15 +8,21 @@
 //! checks). Every wake-up pays one read of the wakee's syscall number; only a futex sleeper's
 //! pays the hash delete. No syscall tracepoint is used: those slow every system call.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::task_struct,
-    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs},
+    bindings::{task_struct, BPF_F_USER_STACK},
+    helpers::{
+        bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_task_pt_regs,
+    },
     macros::map,
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{
-    config_flags, futex_op, names, outcome, regs, syscall, window_ok, Counter, EventHeader,
-    EventKind, FutexEvent, FutexTime, FutexWait, TASK_COMM_LEN, WINDOW_BEFORE, WINDOW_WORDS,
+    config_flags, futex_op, futex_stack_hash, names, outcome, regs, syscall, window_ok, Counter,
+    EventHeader, EventKind, FutexEvent, FutexProfileKey, FutexProfileValue, FutexStack, FutexTime,
+    FutexWait, FUTEX_STACK_DEPTH, NO_FUTEX_STACK, TASK_COMM_LEN, WINDOW_BEFORE, WINDOW_WORDS,
 };
 
 use crate::{
@@ -35,6 +41,36 @@ pub static FUTEX_WAITS: HashMap<u32, FutexWait> =
 #[map]
 static FUTEX_TIME: PerCpuHashMap<u32, FutexTime> =
     PerCpuHashMap::with_max_entries(names::FUTEX_TIME_CAPACITY, 0);
+
+/// Stack hash → frames, leaf first: the user and kernel stacks of futex sleeps, each stored
+/// once under a hash of its frames (compared frame by frame on a hit: two stacks under one
+/// hash are counted, never merged; see `lock_profile.rs` for why not a stack-trace map).
+#[map]
+static FUTEX_STACKS: HashMap<u64, FutexStack> =
+    HashMap::with_max_entries(names::FUTEX_STACKS_CAPACITY, 0);
+
+/// Where `bpf_get_stack` writes (256 bytes are too many for the program's stack), with a flag
+/// for a run nested in this one (it takes no stack rather than overwrite the buffer).
+#[repr(C)]
+pub struct FutexScratch {
+    frames: FutexStack,
+    busy: u64,
+}
+
+#[map]
+static FUTEX_SCRATCH: PerCpuArray<FutexScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The user-lock profile: (process, futex, op, expected value, user stack, kernel stack, comm)
+/// → sleeps and their time, added when a sleep ends, one value per CPU (plain adds: BPF has
+/// no atomic add in Rust here, and CPUs ending sleeps of one lock at once would lose counts).
+/// The loader sizes it by the CPUs (`names::futex_profile_entries`). When full, a sleep of a
+/// new key is counted (`FutexProfileFull`) and left out.
+#[map]
+static FUTEX_PROFILE: PerCpuHashMap<FutexProfileKey, FutexProfileValue> =
+    PerCpuHashMap::with_max_entries(names::FUTEX_PROFILE_CAPACITY, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
 
 /// `TASK_INTERRUPTIBLE`: futex waits sleep interruptibly; a task inside `futex()` that sleeps
 /// uninterruptibly waits for something else (the futex word's page, an rwsem).
@@ -57,7 +93,7 @@ pub fn futex_like_sleep(prev_state: u32) -> bool {
 /// `sched_switch`: the current task goes to sleep. Recorded when it sleeps inside a futex
 /// wait or lock operation.
 #[inline(never)]
-pub fn on_sleep() -> Result<(), Counter> {
+pub fn on_sleep(ctx: *mut c_void) -> Result<(), Counter> {
     let cfg = config()?;
     if cfg.flags & config_flags::FUTEX_OFF != 0 {
         return Ok(());
@@ -103,8 +139,9 @@ pub fn on_sleep() -> Result<(), Counter> {
         window_ok: 0,
         // The timeout pointer is the fourth argument of every sleeping op and of futex_waitv.
         timed: u8::from(r10 != 0),
-        _pad: [0; 2],
-        stack_id: -1,
+        _pad: [0; 6],
+        ustack: stack_of(ctx, true),
+        kstack: stack_of(ctx, false),
     };
     read_window(&mut wait);
     count(Counter::FutexWaits);
@@ -174,8 +211,13 @@ pub fn on_waking(wakee: u64) -> Result<(), Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     let took = now.saturating_sub(wait.since_ns);
     add_time(wait.tgid, took);
+    add_profile(wakee, &wait, took);
     let record = cfg.flags & config_flags::RECORD_ALL != 0;
-    if took < cfg.wait_threshold_ns && !record {
+    // Only a long sleep on a lock-shaped word is streamed outside record mode: idle threads
+    // sleep on condition variables all the time, and the agent's snapshots see the long
+    // sleeps in progress anyway (this only ends them sooner).
+    let slow = took >= cfg.wait_threshold_ns && lock_shaped(&wait);
+    if !slow && !record {
         return Ok(());
     }
     let (waker_tid, outcome) = how_it_ended(&wait)?;
@@ -183,7 +225,7 @@ pub fn on_waking(wakee: u64) -> Result<(), Counter> {
     if record {
         flags |= tracer_common::reason::RECORD;
     }
-    if took >= cfg.wait_threshold_ns {
+    if slow {
         flags |= tracer_common::reason::SLOW_WAIT;
     }
     output(FutexEvent {
@@ -200,6 +242,24 @@ pub fn on_waking(wakee: u64) -> Result<(), Counter> {
         outcome,
         _pad: [0; 3],
     })
+}
+
+/// Whether a sleep looks like a wait on a lock rather than on an event: a PI lock op, or a
+/// wait expecting what glibc's mutex (2) or rwlock (3, or a reader count with its
+/// reader-waiting bit) waiters expect. User space reads the words to be sure; this only keeps
+/// the ring buffer for sleeps that may matter.
+#[inline(always)]
+fn lock_shaped(w: &FutexWait) -> bool {
+    if w.op == futex_op::WAITV {
+        return false;
+    }
+    match w.op & futex_op::CMD_MASK {
+        futex_op::LOCK_PI | futex_op::LOCK_PI2 => true,
+        futex_op::WAIT | futex_op::WAIT_BITSET => {
+            w.val == 2 || w.val == 3 || (w.val & 4 != 0 && w.val >> 3 != 0)
+        }
+        _ => false,
+    }
 }
 
 /// How a sleep ended, from the waker's context: a task inside a futex wake operation woke it;
@@ -266,6 +326,120 @@ fn add_time(tgid: u32, ns: u64) {
             count(Counter::FutexTimeFull);
         }
     }
+}
+
+/// The hash of the current task's user (`user`) or kernel stack, stored in `FUTEX_STACKS`;
+/// `NO_FUTEX_STACK` when it cannot be captured or stored. A user stack is walked by frame
+/// pointers: code built without them gives its leaf frame and whatever the walk finds after.
+#[inline(always)]
+fn stack_of(ctx: *mut c_void, user: bool) -> u64 {
+    let Some(scratch) = FUTEX_SCRATCH.get_ptr_mut(0) else {
+        return NO_FUTEX_STACK;
+    };
+    // SAFETY: this CPU's slot; `busy` keeps a nested run out of it.
+    let scratch = unsafe { &mut *scratch };
+    if scratch.busy != 0 {
+        count(Counter::FutexNoStack);
+        return NO_FUTEX_STACK;
+    }
+    scratch.busy = 1;
+    let h = capture(ctx, &mut scratch.frames, user);
+    scratch.busy = 0;
+    h
+}
+
+#[inline(always)]
+fn capture(ctx: *mut c_void, frames: &mut FutexStack, user: bool) -> u64 {
+    let buf = frames as *mut FutexStack as *mut c_void;
+    let flags = if user { u64::from(BPF_F_USER_STACK) } else { 0 };
+    // SAFETY: the buffer is ours and its size is passed; the kernel zeroes what a shorter
+    // stack leaves.
+    let n = unsafe { bpf_get_stack(ctx, buf, (FUTEX_STACK_DEPTH * 8) as u32, flags) };
+    if n <= 0 {
+        count(Counter::FutexNoStack);
+        return NO_FUTEX_STACK;
+    }
+    let h = futex_stack_hash(&frames.ips, user);
+    // SAFETY: a plain read of a map value.
+    if let Some(stored) = unsafe { FUTEX_STACKS.get(h) } {
+        return same_or_none(stored, frames, h);
+    }
+    match FUTEX_STACKS.insert(h, &*frames, BPF_NOEXIST) {
+        Ok(()) => h,
+        Err(e) if e == -EEXIST => match unsafe { FUTEX_STACKS.get(h) } {
+            Some(stored) => same_or_none(stored, frames, h),
+            None => NO_FUTEX_STACK,
+        },
+        Err(_) => {
+            count(Counter::FutexNoStack);
+            NO_FUTEX_STACK
+        }
+    }
+}
+
+#[inline(always)]
+fn same_or_none(stored: &FutexStack, frames: &FutexStack, h: u64) -> u64 {
+    let mut i = 0;
+    while i < FUTEX_STACK_DEPTH {
+        if stored.ips[i] != frames.ips[i] {
+            count(Counter::FutexNoStack);
+            return NO_FUTEX_STACK;
+        }
+        i += 1;
+    }
+    h
+}
+
+/// Adds an ended sleep to the user-lock profile. Written by the waker: the comm is read from
+/// the wakee's task.
+#[inline(always)]
+fn add_profile(wakee: u64, wait: &FutexWait, took: u64) {
+    let key = FutexProfileKey {
+        uaddr: wait.uaddr,
+        ustack: wait.ustack,
+        kstack: wait.kstack,
+        tgid: wait.tgid,
+        op: wait.op,
+        val: wait.val,
+        _pad: 0,
+        comm: task_comm(wakee),
+    };
+    if let Some(v) = FUTEX_PROFILE.get_ptr_mut(&key) {
+        add_to(v, took);
+        return;
+    }
+    let fresh = FutexProfileValue {
+        count: 1,
+        total_ns: took,
+    };
+    match FUTEX_PROFILE.insert(&key, &fresh, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {
+            if let Some(v) = FUTEX_PROFILE.get_ptr_mut(&key) {
+                add_to(v, took);
+            }
+        }
+        Err(_) => count(Counter::FutexProfileFull),
+    }
+}
+
+#[inline(always)]
+fn add_to(v: *mut FutexProfileValue, took: u64) {
+    // SAFETY: this CPU's value; tracing programs do not preempt each other on one CPU.
+    unsafe {
+        (*v).count += 1;
+        (*v).total_ns += took;
+    }
+}
+
+/// The comm of a task pointer (zeros when it cannot be read).
+#[inline(always)]
+fn task_comm(task: u64) -> [u8; 16] {
+    let off = crate::maps::offsets().task_comm;
+    if off == 0 {
+        return [0; 16];
+    }
+    read_at::<[u8; 16]>(task, off).unwrap_or([0; 16])
 }
 
 /// The task is gone: a sleep it never woke from (killed) goes with it.

@@ -61,7 +61,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     file_f_op: 0,
     fops_poll: 0,
     task_sighand: 0,
-    _reserved: 0,
+    task_comm: 0,
     handle_userfault_start: 0,
     handle_userfault_end: 0,
     uffd_fops: 0,

@@ -1,7 +1,7 @@
 //! The scheduler hooks, shared by the families that learn of waits from sleeps and wake-ups:
 //! `uffd` (a task asleep in `handle_userfault`) and `futex` (a task asleep in a futex).
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext, EbpfContext as _};
 
 use crate::{futex, maps::finish, uffd};
 
@@ -13,7 +13,7 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     if preempt == 0 && prev_state != 0 {
         finish(uffd::on_sleep(&ctx));
         if futex::futex_like_sleep(prev_state) {
-            finish(futex::on_sleep());
+            finish(futex::on_sleep(ctx.as_ptr()));
         }
     }
     0

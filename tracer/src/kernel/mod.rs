@@ -34,5 +34,7 @@ pub mod stats;
 pub mod stop_requests;
 pub mod stream;
 pub mod user_locks;
+pub mod user_mem;
+pub mod user_stacks;
 pub mod user_symbols;
 pub mod workload;

@@ -96,11 +96,65 @@ pub fn vet(
     })
 }
 
+/// The words around `uaddr` in process `pid`'s memory (process_vm_readv: takes its
+/// `mmap_lock` for read; callers on the agent's path go through `user_mem`): the window of a
+/// `FutexSleep`, and whether the words before and after the futex were read.
+pub fn read_window(pid: u32, uaddr: u64) -> ([u32; tracer_common::WINDOW_WORDS], bool, bool) {
+    use tracer_common::{WINDOW_BEFORE, WINDOW_WORDS};
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks_exact(4)
+            .map(|c| u32::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .collect()
+    };
+    let mut window = [0u32; WINDOW_WORDS];
+    if let Some(b) = procfs::read_user(
+        pid,
+        uaddr.wrapping_sub(4 * WINDOW_BEFORE as u64),
+        4 * WINDOW_WORDS,
+    ) {
+        window.copy_from_slice(&words(&b));
+        (window, true, true)
+    } else if let Some(b) = procfs::read_user(pid, uaddr, 4 * (WINDOW_WORDS - WINDOW_BEFORE)) {
+        window[WINDOW_BEFORE..].copy_from_slice(&words(&b));
+        (window, false, true)
+    } else {
+        (window, false, false)
+    }
+}
+
+/// The owner a sleep's lock names now, read again from the process's memory (`sleep`: the
+/// sleep as first seen, for its op and expected value): `Some(None)` when it names none (or
+/// no plausible one), `None` when the memory could not be read.
+pub fn owner_now(pid: u32, tid: u32, sleep: &FutexSleep) -> Option<Option<UserLockOwner>> {
+    let (uaddr, op, val) = (sleep.uaddr, sleep.op, sleep.val);
+    let (window, before_ok, after_ok) =
+        crate::kernel::user_mem::bounded(crate::kernel::user_mem::READ_DEADLINE, move || {
+            read_window(pid, uaddr)
+        })?;
+    if !after_ok {
+        return None;
+    }
+    let again = FutexSleep {
+        op,
+        val,
+        uaddr,
+        window,
+        before_ok,
+        after_ok,
+    };
+    let r = user_lock::read(&again)?;
+    Some(
+        r.candidate
+            .as_ref()
+            .and_then(|c| vet(pid, tid, c, procfs::tgid_of)),
+    )
+}
+
 /// A thread's futex sleep as /proc shows it: its system call's arguments name the word and
 /// the op, and the words around it are read from the process's memory. `None` when the thread
 /// is not asleep in a futex operation that sleeps, or its memory could not be read.
 pub fn sleep_from_proc(pid: u32, tid: u32) -> Option<FutexSleep> {
-    use tracer_common::{futex_op, syscall, WINDOW_BEFORE, WINDOW_WORDS};
+    use tracer_common::{futex_op, syscall};
     let (nr, args) = procfs::syscall_args(pid, tid)?;
     let (uaddr, op, val) = match nr {
         syscall::FUTEX => {
@@ -119,25 +173,7 @@ pub fn sleep_from_proc(pid: u32, tid: u32) -> Option<FutexSleep> {
         }
         _ => return None,
     };
-    let words = |b: &[u8]| -> Vec<u32> {
-        b.chunks_exact(4)
-            .map(|c| u32::from_ne_bytes(c.try_into().unwrap_or_default()))
-            .collect()
-    };
-    let mut window = [0u32; WINDOW_WORDS];
-    let (before_ok, after_ok) = if let Some(b) = procfs::read_user(
-        pid,
-        uaddr.wrapping_sub(4 * WINDOW_BEFORE as u64),
-        4 * WINDOW_WORDS,
-    ) {
-        window.copy_from_slice(&words(&b));
-        (true, true)
-    } else if let Some(b) = procfs::read_user(pid, uaddr, 4 * (WINDOW_WORDS - WINDOW_BEFORE)) {
-        window[WINDOW_BEFORE..].copy_from_slice(&words(&b));
-        (false, true)
-    } else {
-        (false, false)
-    };
+    let (window, before_ok, after_ok) = read_window(pid, uaddr);
     Some(FutexSleep {
         op,
         val,

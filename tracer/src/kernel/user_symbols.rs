@@ -94,8 +94,18 @@ fn mappings(pid: u32) -> Option<Vec<Mapping>> {
 }
 
 /// The name of `addr` in process `pid`: `SYMBOL` or `SYMBOL+0xN` when a data symbol covers
-/// it, else `FILE+0xVADDR`; `None` when it is not in a mapped file's image (heap, stack).
+/// it, else `FILE+0xVADDR`; `None` when it is not in a mapped file's image (heap, stack), or
+/// the process's maps could not be read in time (`user_mem`: reading them takes its
+/// `mmap_lock`).
 pub fn name_of(pid: u32, addr: u64) -> Option<String> {
+    crate::kernel::user_mem::bounded(crate::kernel::user_mem::READ_DEADLINE, move || {
+        name_now(pid, addr)
+    })
+    .flatten()
+}
+
+/// `name_of` without the deadline: for callers already on the `user_mem` worker.
+pub fn name_now(pid: u32, addr: u64) -> Option<String> {
     let maps = mappings(pid)?;
     // The file whose image holds it: the mapping itself, or for .bss (an anonymous mapping
     // right after the file's data) the nearest file mapping below it.

@@ -25,6 +25,8 @@ pub trait AgentView: Send + Sync + 'static {
     /// The kernel lock-contention profile since the agent started
     /// (`/debug/pprof/kernel_lock`), or why its maps could not be read.
     fn lock_profile(&self) -> Result<Profile, String>;
+    /// The user-lock profile since the agent started (`/debug/pprof/user_lock`).
+    fn user_lock_profile(&self) -> Result<crate::core::user_profile::UserProfile, String>;
 }
 
 /// How handlers hold the agent.

@@ -106,16 +106,23 @@ fn profile_seconds(query: Option<&str>) -> Result<Option<u64>, String> {
     }
 }
 
-/// The kernel lock-contention profile as gzipped pprof: cumulative since the agent started, or
-/// with `?seconds=N` what the next N seconds added (Go's net/http/pprof convention, which
-/// Parca's and Alloy's delta scrapes use). Named `kernel_lock`, never `mutex`.
-async fn kernel_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -> Response {
+/// A profile as gzipped pprof: cumulative since the agent started, or with `?seconds=N` what
+/// the next N seconds added (Go's net/http/pprof convention, which Parca's and Alloy's delta
+/// scrapes use). `read` takes it from the agent, `since` makes the window, `encode` writes it.
+async fn pprof_response<P: Send + 'static>(
+    agent: Agent,
+    uri: axum::http::Uri,
+    read: fn(&Agent) -> Result<P, String>,
+    since: fn(&P, &P) -> P,
+    encode: fn(&P, i64, i64) -> Vec<u8>,
+    filename: &'static str,
+) -> Response {
     let seconds = match profile_seconds(uri.query()) {
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
     };
-    let read = |agent: Agent| RENDERS.run(MAX_WAIT, move || agent.lock_profile());
-    let first = match read(agent.clone()).await {
+    let take = |agent: Agent| RENDERS.run(MAX_WAIT, move || read(&agent));
+    let first = match take(agent.clone()).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return Refused::Failed(e).into_response(),
         Err(r) => return r.into_response(),
@@ -125,8 +132,8 @@ async fn kernel_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -
         Some(n) => {
             let window = std::time::Duration::from_secs(n);
             tokio::time::sleep(window).await;
-            match read(agent).await {
-                Ok(Ok(later)) => (later.since(&first), window),
+            match take(agent).await {
+                Ok(Ok(later)) => (since(&later, &first), window),
                 Ok(Err(e)) => return Refused::Failed(e).into_response(),
                 Err(r) => return r.into_response(),
             }
@@ -137,15 +144,15 @@ async fn kernel_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let window = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
     match RENDERS
-        .run(MAX_WAIT, move || pprof::encode(&profile, now, window))
+        .run(MAX_WAIT, move || encode(&profile, now, window))
         .await
     {
         Ok(body) => (
             [
-                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
                 (
                     header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"kernel_lock.pb.gz\"",
+                    format!("attachment; filename=\"{filename}\""),
                 ),
             ],
             body,
@@ -153,6 +160,33 @@ async fn kernel_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -
             .into_response(),
         Err(r) => r.into_response(),
     }
+}
+
+/// The kernel lock-contention profile (`/debug/pprof/kernel_lock`). Named `kernel_lock`,
+/// never `mutex`.
+async fn kernel_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -> Response {
+    pprof_response(
+        agent,
+        uri,
+        |a| a.lock_profile(),
+        |later, first| later.since(first),
+        pprof::encode,
+        "kernel_lock.pb.gz",
+    )
+    .await
+}
+
+/// The user-lock profile (`/debug/pprof/user_lock`), with the same conventions.
+async fn user_lock_profile(State(agent): State<Agent>, uri: axum::http::Uri) -> Response {
+    pprof_response(
+        agent,
+        uri,
+        |a| a.user_lock_profile(),
+        |later, first| later.since(first),
+        pprof::user::encode,
+        "user_lock.pb.gz",
+    )
+    .await
 }
 
 async fn healthz() -> &'static str {
@@ -239,6 +273,7 @@ pub fn router(agent: Agent) -> Router {
             .route("/api/alerts", get(alerts))
             .route("/metrics", get(metrics_text))
             .route("/debug/pprof/kernel_lock", get(kernel_lock_profile))
+            .route("/debug/pprof/user_lock", get(user_lock_profile))
             .route("/healthz", get(healthz)),
     )
     .with_state(agent)

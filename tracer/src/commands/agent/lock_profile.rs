@@ -76,6 +76,12 @@ impl LockProfile {
         }))
     }
 
+    /// The kernel's symbols, as this profile names its frames (the user-lock profile's kernel
+    /// frames too).
+    pub fn kernel_symbols(&self) -> Arc<Namer> {
+        self.namer()
+    }
+
     fn namer(&self) -> Arc<Namer> {
         let mut slot = self.namer.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {

@@ -24,6 +24,7 @@ mod snapshot;
 pub mod state;
 pub mod telemetry;
 mod user_lock_time;
+mod user_profile;
 mod view;
 
 use std::{
@@ -125,6 +126,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         opts.probes.profile,
         opts.profile_idle_after,
     ));
+    let user_profile = Arc::new(user_profile::UserLockProfile::new(
+        probes.user_profile_maps()?,
+        aggregates.clone(),
+        lock_profile.clone(),
+    ));
     // Decided once: what the agent does without each is fixed for its life, and the log says
     // so here, where an operator reading why an alert lacks a name will look.
     let features = crate::kernel::privileges::probe();
@@ -173,7 +179,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         lock_profile,
         features,
         user_lock_time: Default::default(),
+        user_profile,
         futex_entries: 0,
+        futex_reclaimer: TaskEntryReclaimer::new(16),
     }));
     // Per-program run time for the self-metrics, only when asked: the kernel counts it only
     // while someone holds this fd (undone when the agent exits), and counting costs two clock

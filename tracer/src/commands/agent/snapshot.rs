@@ -84,6 +84,15 @@ pub fn snapshot_into(shared: &Shared) -> Result<()> {
     }
     let mut futex_waits = st.probes.futex_waits()?;
     st.futex_entries = futex_waits.len();
+    // Sleeps of tasks gone without their exit seen (the exit hook deletes the others).
+    let stale = st
+        .futex_reclaimer
+        .due(futex_waits.iter().map(|(tid, _)| *tid), proc_exists);
+    if !stale.is_empty() {
+        let deleted = st.probes.forget_futex_waits(&stale)?;
+        log::debug!("deleted {deleted} futex sleeps of tasks gone from the host");
+        futex_waits.retain(|(tid, _)| !stale.contains(tid));
+    }
     {
         let AgentState {
             user_lock_time,
@@ -93,6 +102,9 @@ pub fn snapshot_into(shared: &Shared) -> Result<()> {
         } = &mut *st;
         user_lock_time.refresh(probes, |tgid| scope.admits(tgid));
     }
+    // Stacks of short-lived processes are named while they live (off the agent's lock would
+    // be better; the priming reads only what is new, and a snapshot is rare).
+    let user_profile = st.user_profile.clone();
     if !st.scope.is_host() {
         states.retain(|(_, s)| st.scope.admits(s.tgid));
         futex_waits.retain(|(_, w)| st.scope.admits(w.tgid));
@@ -103,5 +115,7 @@ pub fn snapshot_into(shared: &Shared) -> Result<()> {
         j.flush();
     }
     raise_all(&mut st, alerts);
+    drop(st);
+    user_profile.prime();
     Ok(())
 }

@@ -58,6 +58,10 @@ pub struct AgentState {
     pub user_lock_time: super::user_lock_time::UserLockTime,
     /// Futex sleeps in the kernel's table at the last snapshot.
     pub futex_entries: usize,
+    /// Deletes futex sleeps that outlived their task.
+    pub futex_reclaimer: TaskEntryReclaimer,
+    /// The user-lock profile, read off the lock.
+    pub user_profile: Arc<super::user_profile::UserLockProfile>,
 }
 
 impl AgentState {

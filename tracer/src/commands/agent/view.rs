@@ -44,6 +44,10 @@ impl AgentView for LocalAgent {
     fn lock_profile(&self) -> Result<Profile, String> {
         self.0.lock_profile()
     }
+
+    fn user_lock_profile(&self) -> Result<crate::core::user_profile::UserProfile, String> {
+        self.0.user_lock_profile()
+    }
 }
 
 impl AgentView for Mutex<AgentState> {
@@ -84,6 +88,11 @@ impl AgentView for Mutex<AgentState> {
     fn lock_profile(&self) -> Result<Profile, String> {
         // Only the handle is taken under the lock; the maps are read after it.
         let source = lock(self).lock_profile.clone();
+        source.read()
+    }
+
+    fn user_lock_profile(&self) -> Result<crate::core::user_profile::UserProfile, String> {
+        let source = lock(self).user_profile.clone();
         source.read()
     }
 }

@@ -205,6 +205,10 @@ impl LiveFeed {
                 matches!(blocked, Some(Blocked::KernelLock { lock: l, .. }) if l == lock)
             }
             EventKind::UffdWaitBegin { .. } => matches!(blocked, Some(Blocked::Uffd { .. })),
+            // A snapshot applied it already, with its owner; the end's own begin has none.
+            EventKind::FutexWaitBegin { futex, .. } => {
+                matches!(blocked, Some(Blocked::UserLock { futex: f, .. }) if f == futex)
+            }
             _ => false,
         }
     }

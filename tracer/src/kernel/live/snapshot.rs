@@ -70,6 +70,7 @@ impl LiveFeed {
         let mut alerts = self.end_what_the_kernel_no_longer_shows(&shown, &sleeping, taken_ns);
         alerts.extend(self.apply_shown(states, taken_ns));
         alerts.extend(self.apply_futex_waits(futex_waits, taken_ns));
+        alerts.extend(self.recheck_user_owners(futex_waits, taken_ns));
         alerts.extend(self.reclaim(&shown, taken_ns));
         alerts.extend(self.infer_read_holders(states, taken_ns));
         self.exits.retain(|_, &mut e| e >= taken_ns);
@@ -212,6 +213,92 @@ impl LiveFeed {
                 comm: procfs::comm_of(*tid),
                 kind: user_locks::begin(w.tgid, *tid, w),
             };
+            alerts.extend(self.apply(&ev));
+        }
+        alerts
+    }
+
+    /// Reads again the owner of the user locks whose owner is blocked itself (a chain, or a
+    /// cycle in the making), at most `RECHECKS` per snapshot: an owner read when the waiter
+    /// went to sleep goes stale when the lock changes hands while it sleeps (a mutex released
+    /// to another waiter), and a stale edge could close a cycle that is not there. The read
+    /// takes the process's `mmap_lock`: never in a process whose lock has waiters, and through
+    /// `user_mem`, so a stuck read costs a name, not the agent.
+    fn recheck_user_owners(&mut self, waits: &[(u32, FutexWait)], taken_ns: u64) -> Vec<Alert> {
+        const RECHECKS: usize = 64;
+        let model = self.engine.model();
+        let contended: BTreeSet<u32> = model
+            .mm_locks
+            .values()
+            .filter(|l| !l.waiters.is_empty())
+            .filter_map(|l| l.owner_pid)
+            .collect();
+        let due: Vec<(u32, FutexWait, Option<u32>, Event)> = waits
+            .iter()
+            .filter_map(|(tid, w)| match model.blocked(*tid)? {
+                Blocked::UserLock {
+                    futex,
+                    since_ns,
+                    owner: Some(owner),
+                    ..
+                } if futex.0 == w.uaddr
+                    && *since_ns == w.since_ns
+                    && model.blocked(*owner).is_some()
+                    && !contended.contains(&w.tgid) =>
+                {
+                    Some((
+                        *tid,
+                        *w,
+                        Some(*owner),
+                        Event {
+                            ts_ns: w.since_ns,
+                            tid: *tid,
+                            pid: w.tgid,
+                            comm: model.task(*tid).and_then(|t| t.comm.clone()),
+                            kind: EventKind::Snapshot {},
+                        },
+                    ))
+                }
+                _ => None,
+            })
+            .take(RECHECKS)
+            .collect();
+        let mut alerts = Vec::new();
+        for (tid, w, before, base) in due {
+            let sleep = futex::sleep_of(&w);
+            let Some(now) = user_locks::owner_now(w.tgid, tid, &sleep) else {
+                continue;
+            };
+            if now.as_ref().map(|o| o.tid) == before {
+                continue;
+            }
+            let EventKind::FutexWaitBegin {
+                futex,
+                op,
+                lock,
+                lock_addr,
+                name,
+                ..
+            } = user_locks::begin_unchecked(&w)
+            else {
+                continue;
+            };
+            let name = name.or_else(|| match self.engine.model().blocked(tid) {
+                Some(Blocked::UserLock { name, .. }) => name.clone(),
+                _ => None,
+            });
+            let ev = Event {
+                kind: EventKind::FutexWaitBegin {
+                    futex,
+                    op,
+                    lock,
+                    lock_addr,
+                    owner: now,
+                    name,
+                },
+                ..base
+            };
+            log::debug!("user lock of task {tid}: owner re-read at {taken_ns}, was {before:?}");
             alerts.extend(self.apply(&ev));
         }
         alerts

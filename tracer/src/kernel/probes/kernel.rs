@@ -164,7 +164,7 @@ impl KernelBtf {
                 Some(0) => off("task_struct", "sighand"),
                 _ => 0,
             },
-            _reserved: 0,
+            task_comm: off("task_struct", "comm"),
             handle_userfault_start: huf_start,
             handle_userfault_end: huf_end,
             uffd_fops: kallsyms_data("userfaultfd_fops").unwrap_or(0),

@@ -65,6 +65,7 @@ impl Probes {
             .override_global(global::DIAG_OFFSETS, &diag_offsets, true)
             .map_max_entries(map::TASK_STATE, opts.max_tasks)
             .map_max_entries(map::FUTEX_WAITS, opts.max_tasks)
+            .map_max_entries(map::FUTEX_PROFILE, super::plan::futex_profile_entries())
             .map_max_entries(map::EVENTS, opts.ring_bytes)
             // With the profile off its tables stay empty: one entry each, not megabytes.
             .map_max_entries(

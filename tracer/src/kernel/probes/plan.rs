@@ -295,6 +295,12 @@ pub fn default_profile_entries() -> u32 {
     names::lock_profile_default_entries(cpus)
 }
 
+/// The user-lock profile table's capacity on this host (`names::futex_profile_entries`).
+pub fn futex_profile_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    names::futex_profile_entries(cpus)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

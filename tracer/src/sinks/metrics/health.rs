@@ -67,6 +67,7 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
             counter(&[("map", "uffd")], c(K::UffdHandlersFull)),
             counter(&[("map", "futex_waits")], c(K::FutexWaitsFull)),
             counter(&[("map", "futex_time")], c(K::FutexTimeFull)),
+            counter(&[("map", "futex_profile")], c(K::FutexProfileFull)),
         ],
     ));
     f.push(family(

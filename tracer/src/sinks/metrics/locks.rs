@@ -66,6 +66,10 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ("faultline_mmap_lock_unmatched_releases_total", "Releases with no hold known for the releasing task (non-owner release, or a hold older than the agent).", c(K::UnmatchedRelease)),
     ]));
     f.extend(lock_series(m));
+    f.extend(plain_counters(&[
+        ("faultline_user_lock_sleeps_total", "Futex sleeps seen (a task going to sleep inside futex() or futex_waitv(): user-space lock waits and waits on condition variables, barriers and other futexes).", c(K::FutexWaits)),
+        ("faultline_user_lock_stacks_missed_total", "Futex sleeps whose user or kernel stack could not be captured or stored (they count in the user-lock profile without it).", c(K::FutexNoStack)),
+    ]));
     f.push(family(
         "faultline_lock_wait_seconds",
         "Waits on contended kernel locks, by lock type (log2 buckets; sum estimated).",

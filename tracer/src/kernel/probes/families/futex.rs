@@ -1,11 +1,11 @@
 //! User-space locks (`tracer-ebpf/src/futex.rs`): futex sleeps seen from the scheduler hooks
-//! (the `uffd` family's programs, which serve both), the table of sleeps in progress, and
-//! the per-process waiting time.
+//! (the `uffd` family's programs, which serve both, so what is given up without them is said
+//! there), the table of sleeps in progress, the per-process waiting time and the user-lock
+//! profile.
 
 use aya::maps::{HashMap, PerCpuHashMap};
 use tracer_common::{futex_op, names::map, outcome, window_ok, FutexEvent, FutexTime, FutexWait};
 
-use super::GivesUp;
 use crate::{
     core::{
         event::{Addr, EventKind, FutexOutcome},
@@ -16,11 +16,6 @@ use crate::{
         probes::{maps, ProbeError, Probes},
         user_locks,
     },
-};
-
-pub const WAITS: GivesUp = GivesUp {
-    name: "user-space lock waits (futex sleeps and wake-ups)",
-    without: "threads blocked on pthread mutexes, rwlocks and PI futexes are not seen",
 };
 
 /// The sleep as the core reads it.
@@ -116,4 +111,78 @@ impl Probes {
 /// The core's reading of a sleep (its op, what the lock is, a claimed owner).
 pub fn reading(w: &FutexWait) -> Option<user_lock::Reading> {
     user_lock::read(&sleep_of(w))
+}
+
+/// The user-lock profile as the kernel holds it: aggregates (summed over CPUs) and the stacks
+/// they name.
+#[derive(Clone, Debug, Default)]
+pub struct RawUserProfile {
+    pub entries: Vec<(
+        tracer_common::FutexProfileKey,
+        tracer_common::FutexProfileValue,
+    )>,
+    pub stacks: std::collections::HashMap<u64, Vec<u64>>,
+    pub table_full: u64,
+    pub no_stack: u64,
+}
+
+/// Second handles on the user-lock profile's maps: read without holding the probes.
+pub struct UserProfileMaps {
+    profile: PerCpuHashMap<
+        aya::maps::MapData,
+        tracer_common::FutexProfileKey,
+        tracer_common::FutexProfileValue,
+    >,
+    stacks: HashMap<aya::maps::MapData, u64, tracer_common::FutexStack>,
+}
+
+impl Probes {
+    pub fn user_profile_maps(&self) -> Result<UserProfileMaps, ProbeError> {
+        Ok(UserProfileMaps {
+            profile: PerCpuHashMap::try_from(maps::reopen(&self.ebpf, map::FUTEX_PROFILE)?)
+                .map_err(ProbeError::map(map::FUTEX_PROFILE))?,
+            stacks: HashMap::try_from(maps::reopen(&self.ebpf, map::FUTEX_STACKS)?)
+                .map_err(ProbeError::map(map::FUTEX_STACKS))?,
+        })
+    }
+}
+
+impl UserProfileMaps {
+    /// A walk of both maps. A stored stack whose frames do not hash to its key (a torn read)
+    /// is left out: its sleeps show without a stack rather than under a wrong one.
+    pub fn read(&self, counters: &crate::kernel::probes::Counters) -> RawUserProfile {
+        let entries = self
+            .profile
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| {
+                let v = per_cpu
+                    .iter()
+                    .fold(tracer_common::FutexProfileValue::default(), |a, v| {
+                        tracer_common::FutexProfileValue {
+                            count: a.count + v.count,
+                            total_ns: a.total_ns + v.total_ns,
+                        }
+                    });
+                (k, v)
+            })
+            .filter(|(_, v)| v.count > 0)
+            .collect();
+        let stacks = self
+            .stacks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(h, f)| {
+                tracer_common::futex_stack_hash(&f.ips, true) == *h
+                    || tracer_common::futex_stack_hash(&f.ips, false) == *h
+            })
+            .map(|(h, f)| (h, f.ips.iter().copied().take_while(|&ip| ip != 0).collect()))
+            .collect();
+        RawUserProfile {
+            entries,
+            stacks,
+            table_full: counters.get(tracer_common::Counter::FutexProfileFull),
+            no_stack: counters.get(tracer_common::Counter::FutexNoStack),
+        }
+    }
 }

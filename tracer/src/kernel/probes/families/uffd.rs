@@ -62,9 +62,11 @@ pub fn without_tracepoint(program: &str) -> &'static str {
     }
 }
 
+/// The scheduler hooks: they serve userfaultfd waits and user-space lock waits (the `futex`
+/// family) alike.
 pub const WAITS: GivesUp = GivesUp {
-    name: "userfaultfd waits (handle_userfault sleeps and wake-ups)",
-    without: "tasks stuck on a userfaultfd are not seen waiting",
+    name: "userfaultfd and user-space lock waits (sleeps in handle_userfault or a futex, and their wake-ups)",
+    without: "tasks stuck on a userfaultfd or on a pthread mutex, rwlock or PI futex are not seen waiting",
 };
 
 pub const IOCTLS: GivesUp = GivesUp {

@@ -13,102 +13,17 @@ use std::{collections::HashMap, io::Write as _};
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
+mod proto;
+pub mod user;
+
+use proto::{Function, Label, Line, Location, Mapping, PProfile, PSample, ValueType};
+
 use crate::core::lock_profile::{public_frame, Profile, Sample, StackSampling};
-
-#[derive(Clone, PartialEq, Message)]
-struct PProfile {
-    #[prost(message, repeated, tag = "1")]
-    sample_type: Vec<ValueType>,
-    #[prost(message, repeated, tag = "2")]
-    sample: Vec<PSample>,
-    #[prost(message, repeated, tag = "3")]
-    mapping: Vec<Mapping>,
-    #[prost(message, repeated, tag = "4")]
-    location: Vec<Location>,
-    #[prost(message, repeated, tag = "5")]
-    function: Vec<Function>,
-    #[prost(string, repeated, tag = "6")]
-    string_table: Vec<String>,
-    #[prost(int64, tag = "9")]
-    time_nanos: i64,
-    #[prost(int64, tag = "10")]
-    duration_nanos: i64,
-    #[prost(message, optional, tag = "11")]
-    period_type: Option<ValueType>,
-    #[prost(int64, tag = "12")]
-    period: i64,
-    #[prost(int64, repeated, tag = "13")]
-    comment: Vec<i64>,
-    #[prost(int64, tag = "14")]
-    default_sample_type: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ValueType {
-    #[prost(int64, tag = "1")]
-    r#type: i64,
-    #[prost(int64, tag = "2")]
-    unit: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct PSample {
-    #[prost(uint64, repeated, tag = "1")]
-    location_id: Vec<u64>,
-    #[prost(int64, repeated, tag = "2")]
-    value: Vec<i64>,
-    #[prost(message, repeated, tag = "3")]
-    label: Vec<Label>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Label {
-    #[prost(int64, tag = "1")]
-    key: i64,
-    #[prost(int64, tag = "2")]
-    str: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Mapping {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(int64, tag = "5")]
-    filename: i64,
-    #[prost(bool, tag = "7")]
-    has_functions: bool,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Location {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(uint64, tag = "2")]
-    mapping_id: u64,
-    #[prost(message, repeated, tag = "4")]
-    line: Vec<Line>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Line {
-    #[prost(uint64, tag = "1")]
-    function_id: u64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Function {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(int64, tag = "2")]
-    name: i64,
-    #[prost(int64, tag = "3")]
-    system_name: i64,
-}
 
 /// Strings, locations and functions, each stored once.
 #[derive(Default)]
-struct Tables {
-    strings: Vec<String>,
+pub(super) struct Tables {
+    pub(super) strings: Vec<String>,
     string_ids: HashMap<String, i64>,
     locations: Vec<Location>,
     functions: Vec<Function>,
@@ -116,14 +31,14 @@ struct Tables {
 }
 
 impl Tables {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut t = Self::default();
         // pprof requires string_table[0] == "".
         t.string("");
         t
     }
 
-    fn string(&mut self, s: &str) -> i64 {
+    pub(super) fn string(&mut self, s: &str) -> i64 {
         if let Some(&id) = self.string_ids.get(s) {
             return id;
         }
@@ -144,11 +59,16 @@ impl Tables {
             id,
             name: name_id,
             system_name: name_id,
+            ..Function::default()
         });
         self.locations.push(Location {
             id,
             mapping_id: 1,
-            line: vec![Line { function_id: id }],
+            line: vec![Line {
+                function_id: id,
+                ..Line::default()
+            }],
+            ..Location::default()
         });
         self.location_of.insert(name.to_owned(), id);
         id
@@ -263,6 +183,7 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
             id: 1,
             filename: kernel,
             has_functions: true,
+            ..Mapping::default()
         }],
         location: t.locations,
         function: t.functions,

@@ -1,0 +1,125 @@
+//! Reads that can block behind another process's `mmap_lock`, done where a stuck read cannot
+//! stall the agent: `/proc/PID/maps`, the process's memory (process_vm_readv) and symbolising
+//! its stacks all take that process's `mmap_lock` for read, and a read queued behind a writer
+//! of a convoy waits as long as the convoy. One worker thread does them, each with a deadline;
+//! while it is stuck, further reads are refused at once (the caller goes on without the name
+//! or the re-read) until it returns.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, OnceLock,
+    },
+    thread,
+    time::Duration,
+};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Worker {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// A job is running (or stuck).
+    busy: Arc<AtomicBool>,
+}
+
+fn worker() -> Option<&'static Worker> {
+    static WORKER: OnceLock<Option<Worker>> = OnceLock::new();
+    WORKER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let busy = Arc::new(AtomicBool::new(false));
+            let flag = busy.clone();
+            thread::Builder::new()
+                .name("faultline-usermem".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                        flag.store(false, Ordering::Release);
+                    }
+                })
+                .ok()?;
+            Some(Worker {
+                jobs: Mutex::new(tx),
+                busy,
+            })
+        })
+        .as_ref()
+}
+
+/// Runs `f` on the worker and waits up to `deadline` for its result. `None` when the worker is
+/// busy with an earlier read (stuck behind some process's lock, most likely), or `f` did not
+/// finish in time (it finishes on its own later; its result is dropped).
+pub fn bounded<T: Send + 'static>(
+    deadline: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let w = worker()?;
+    if w.busy.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let sent = w
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(job)
+        .is_ok();
+    if !sent {
+        w.busy.store(false, Ordering::Release);
+        return None;
+    }
+    rx.recv_timeout(deadline).ok()
+}
+
+/// Runs `f` on the worker without waiting for it: `false` when the worker is busy (the caller
+/// tries again later).
+pub fn submit(f: impl FnOnce() + Send + 'static) -> bool {
+    let Some(w) = worker() else {
+        return false;
+    };
+    if w.busy.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    let sent = w
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Box::new(f))
+        .is_ok();
+    if !sent {
+        w.busy.store(false, Ordering::Release);
+    }
+    sent
+}
+
+/// How long a caller on the agent's path waits for one read.
+pub const READ_DEADLINE: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_read_refuses_the_next_ones_until_it_returns() {
+        let (release, gate) = mpsc::channel::<()>();
+        // A read that blocks until released: it times out for its caller.
+        assert_eq!(
+            bounded(Duration::from_millis(20), move || gate.recv().is_ok()),
+            None
+        );
+        assert_eq!(bounded(Duration::from_millis(20), || 1), None, "busy");
+        release.send(()).expect("release");
+        let mut got = None;
+        for _ in 0..100 {
+            got = bounded(Duration::from_millis(50), || 2);
+            if got.is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(got, Some(2));
+    }
+}
