@@ -49,8 +49,12 @@ pub struct UserKey {
 #[derive(Clone, Debug, Serialize)]
 pub struct UserSample {
     pub key: UserKey,
+    /// The sleeping thread's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// Its process's name, when it was read while the process lived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
     pub op: FutexOp,
     /// The futex's symbol (or file and offset), when it lies in a mapped file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,6 +128,118 @@ impl UserProfile {
     }
 }
 
+/// One row of `faultline contention --user`: a lock of a process (its sleeps summed over
+/// stacks), with its heaviest user stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserRow {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// The futex's symbol, or `unnamed`.
+    pub lock: String,
+    pub op: FutexOp,
+    pub contended: u64,
+    pub total_ns: u64,
+    /// The heaviest stack's frames, leaf first.
+    pub stack: Vec<UserFrame>,
+}
+
+impl UserProfile {
+    /// Rows by (process, futex, op), heaviest total wait first; only processes in `pids` when
+    /// it is not empty, and only locks whose name contains one of `locks` when that is not.
+    pub fn rows(&self, pids: &[u32], locks: &[String]) -> Vec<UserRow> {
+        let mut by: HashMap<(u32, u64, u32), (UserRow, u64)> = HashMap::new();
+        for s in &self.samples {
+            if !pids.is_empty() && !pids.contains(&s.key.pid) {
+                continue;
+            }
+            let lock = s.lock.clone().unwrap_or_else(|| "unnamed".into());
+            if !locks.is_empty() && !locks.iter().any(|l| lock.contains(l.as_str())) {
+                continue;
+            }
+            let e = by
+                .entry((s.key.pid, s.key.futex, s.key.op))
+                .or_insert_with(|| {
+                    (
+                        UserRow {
+                            pid: s.key.pid,
+                            comm: s.process.clone().or_else(|| s.comm.clone()),
+                            lock,
+                            op: s.op,
+                            contended: 0,
+                            total_ns: 0,
+                            stack: Vec::new(),
+                        },
+                        0,
+                    )
+                });
+            e.0.contended += s.count;
+            e.0.total_ns += s.total_ns;
+            if s.total_ns >= e.1 {
+                e.1 = s.total_ns;
+                e.0.stack = s.user_stack.clone();
+            }
+        }
+        let mut rows: Vec<UserRow> = by.into_values().map(|(r, _)| r).collect();
+        rows.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.pid.cmp(&b.pid)));
+        rows
+    }
+}
+
+/// The rows as a table: contended, total, average, process, lock, op, and the first frame of
+/// the heaviest stack that is not in the C library's locking (with `stacks`, the whole stack).
+pub fn render_rows(rows: &[UserRow], stacks: bool) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "{:>10} {:>12} {:>10}  {:<28} {:<28} {:<12} caller\n",
+        "contended", "total wait", "avg", "process", "lock", "op"
+    );
+    let dur = |ns: u64| {
+        if ns >= 1_000_000_000 {
+            format!("{:.2} s", ns as f64 / 1e9)
+        } else if ns >= 1_000_000 {
+            format!("{:.2} ms", ns as f64 / 1e6)
+        } else {
+            format!("{:.2} us", ns as f64 / 1e3)
+        }
+    };
+    for r in rows {
+        let who = format!("{} ({})", r.comm.as_deref().unwrap_or("?"), r.pid);
+        let caller = r
+            .stack
+            .iter()
+            .find(|f| !f.function.contains("lll_lock") && f.function != "[unknown]")
+            .or(r.stack.first())
+            .map(frame_text)
+            .unwrap_or_else(|| "[no stack]".into());
+        let _ = writeln!(
+            s,
+            "{:>10} {:>12} {:>10}  {:<28} {:<28} {:<12} {caller}",
+            r.contended,
+            dur(r.total_ns),
+            dur(r.total_ns / r.contended.max(1)),
+            who,
+            r.lock,
+            op_name(r.op),
+        );
+        if stacks {
+            for f in &r.stack {
+                let _ = writeln!(s, "{:>14}{}", "", frame_text(f));
+            }
+        }
+    }
+    s
+}
+
+/// `function (file:line)` or `function [module]`.
+pub fn frame_text(f: &UserFrame) -> String {
+    match (&f.file, f.line, &f.module) {
+        (Some(file), Some(line), _) => format!("{} ({file}:{line})", f.function),
+        (_, _, Some(m)) => format!("{} [{}]", f.function, m.rsplit('/').next().unwrap_or(m)),
+        _ => f.function.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +251,7 @@ mod tests {
                 ..UserKey::default()
             },
             comm: None,
+            process: None,
             op: FutexOp::Wait,
             lock: Some("M".into()),
             user_stack: Vec::new(),
@@ -162,5 +279,35 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(2, 4, 60), (3, 1, 10)]);
         assert_eq!(sample(1, 1, 1).root_frame(), "user_lock:M [wait]");
+    }
+
+    #[test]
+    fn rows_sum_a_locks_stacks_keep_the_heaviest_and_filter() {
+        let mut a = sample(1, 2, 20);
+        a.user_stack = vec![UserFrame {
+            function: "light".into(),
+            ..UserFrame::default()
+        }];
+        let mut b = sample(1, 3, 70);
+        b.key.ustack = 9;
+        b.user_stack = vec![UserFrame {
+            function: "heavy".into(),
+            file: Some("m.c".into()),
+            line: Some(7),
+            ..UserFrame::default()
+        }];
+        let p = UserProfile {
+            samples: vec![a, b, sample(2, 1, 5)],
+            ..Default::default()
+        };
+        let rows = p.rows(&[], &[]);
+        assert_eq!(
+            (rows[0].pid, rows[0].contended, rows[0].total_ns),
+            (1, 5, 90)
+        );
+        assert_eq!(rows[0].stack[0].function, "heavy");
+        assert_eq!(p.rows(&[2], &[]).len(), 1);
+        assert!(p.rows(&[], &["N".into()]).is_empty());
+        assert!(render_rows(&rows, false).contains("heavy (m.c:7)"));
     }
 }

@@ -109,6 +109,45 @@ struct ProbeArgs {
     no_user_locks: bool,
 }
 
+/// `faultline contention --user`: the user-lock profile as rows (or JSON), and as pprof with -o.
+fn print_user_profile(
+    c: &ContentionArgs,
+    user: &tracer::core::user_profile::UserProfile,
+    elapsed: Duration,
+) -> Result<ExitCode> {
+    if let Some(path) = &c.output {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let window = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
+        std::fs::write(path, tracer::sinks::pprof::user::encode(user, now, window))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut rows = user.rows(&c.pids, &c.locks);
+    rows.truncate(c.top);
+    to_stdout(|out| {
+        if c.json {
+            let doc = serde_json::json!({
+                "duration_s": elapsed.as_secs_f64(),
+                "contended": rows.iter().map(|r| r.contended).sum::<u64>(),
+                "total_wait_ns": rows.iter().map(|r| r.total_ns).sum::<u64>(),
+                "rows": rows,
+                "table_full": user.table_full,
+                "no_stack": user.no_stack,
+            });
+            serde_json::to_writer_pretty(&mut *out, &doc)?;
+            writeln!(out)
+        } else {
+            write!(
+                out,
+                "{}",
+                tracer::core::user_profile::render_rows(&rows, c.stacks)
+            )
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_idle_after(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))?;
     if d < Duration::from_secs(1) {
@@ -348,6 +387,11 @@ struct ContentionArgs {
     /// Print each row's heaviest waiter stack under it.
     #[arg(long)]
     stacks: bool,
+    /// Profile user-space lock waits (futex sleeps: pthread mutexes, rwlocks, condition
+    /// variables, any futex) instead of kernel locks: rows by process and lock, with the
+    /// heaviest user stack symbolised (-p and -L filter; -o writes the user_lock pprof).
+    #[arg(long, conflicts_with_all = ["threads", "lock_addr", "by_cgroup", "types", "callstack"])]
+    user: bool,
     /// Print JSON (rows, drops, duration) instead of the table.
     #[arg(long)]
     json: bool,
@@ -492,8 +536,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     stack_contains: c.callstack.clone(),
                     pids: c.pids.clone(),
                 },
+                user: c.user,
             })
             .await?;
+            if let Some(user) = &measured.user {
+                return print_user_profile(&c, user, measured.elapsed);
+            }
             let profile = &measured.profile;
             if let Some(path) = &c.output {
                 let now = std::time::SystemTime::now()

@@ -34,12 +34,38 @@ use crate::{
 /// Cached stacks and lock names at most; past it the caches start again.
 const CACHE_ENTRIES: usize = 16384;
 
-/// What names the stacks: made for each look that finds new stacks and dropped after it, so
-/// what blazesym parsed (DWARF can be large) does not stay in the agent's memory, and so the
-/// namer can be shared between threads (a symboliser cannot).
+/// What names the stacks. A symboliser cannot move between threads, so it lives on the
+/// `user_mem` worker (the only thread that names stacks), where it keeps what it parsed of
+/// each file (DWARF is slow to parse, and the same files come back); it starts afresh every
+/// `TOOLS_TTL`, so that memory stays bounded.
 struct Tools {
     symbolizer: Symbolizer,
     normalizer: Normalizer,
+    born: std::time::Instant,
+}
+
+const TOOLS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+thread_local! {
+    static TOOLS: std::cell::RefCell<Option<Tools>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's tools (made on first use, renewed when old).
+fn with_tools<T>(f: impl FnOnce(&Tools) -> T) -> T {
+    TOOLS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|t| t.born.elapsed() > TOOLS_TTL) {
+            *slot = Some(Tools {
+                symbolizer: Symbolizer::new(),
+                normalizer: Normalizer::builder().enable_build_ids(true).build(),
+                born: std::time::Instant::now(),
+            });
+        }
+        match slot.as_ref() {
+            Some(t) => f(t),
+            None => unreachable!("just made"),
+        }
+    })
 }
 
 /// What is named so far, by (process, stack) and (process, futex).
@@ -75,8 +101,12 @@ impl UserNamer {
             if n.stacks.len() > CACHE_ENTRIES || n.locks.len() > CACHE_ENTRIES {
                 *n = Names::default();
             }
-            raw.entries
-                .iter()
+            // The heaviest first: what a reader looks at is named before the worker's time
+            // runs out on the rest.
+            let mut entries: Vec<_> = raw.entries.iter().collect();
+            entries.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns));
+            entries
+                .into_iter()
                 .filter(|(k, _)| k.tgid != 0)
                 .filter(|(k, _)| {
                     !n.stacks.contains_key(&(k.tgid, k.ustack))
@@ -93,15 +123,11 @@ impl UserNamer {
         }
         let names = self.names.clone();
         crate::kernel::user_mem::submit(move || {
-            let tools = Tools {
-                symbolizer: Symbolizer::new(),
-                normalizer: Normalizer::builder().enable_build_ids(true).build(),
-            };
             for (tgid, ustack, uaddr, ips) in work {
                 if !proc_exists(tgid) {
                     continue;
                 }
-                let frames = Arc::new(tools.symbolize(tgid, &ips));
+                let frames = Arc::new(with_tools(|t| t.symbolize(tgid, &ips)));
                 let lock = user_symbols::name_now(tgid, uaddr);
                 let comm = procfs::comm_of(tgid);
                 let mut n = locked(&names);
@@ -110,6 +136,14 @@ impl UserNamer {
                 n.comms.insert(tgid, comm);
             }
         });
+    }
+
+    /// Names what is new in `raw` and waits for it (up to `deadline`): for a one-shot reader,
+    /// which has no agent to keep responsive.
+    pub fn prime_and_wait(&self, raw: &RawUserProfile, deadline: std::time::Duration) {
+        self.prime(raw);
+        // The worker runs one job at a time: a no-op job returns once the priming is done.
+        let _ = crate::kernel::user_mem::bounded(deadline, || ());
     }
 
     /// The profile named with what is known now (priming what is new for the next look).
@@ -121,7 +155,8 @@ impl UserNamer {
             .iter()
             .filter_map(|(k, v)| {
                 let op = futex_op(k.op)?;
-                let comm = comm_of(&k.comm).or_else(|| n.comms.get(&k.tgid).cloned()?);
+                let process = n.comms.get(&k.tgid).cloned().flatten();
+                let comm = comm_of(&k.comm).or_else(|| process.clone());
                 let kernel_stack = raw
                     .stacks
                     .get(&k.kstack)
@@ -137,6 +172,7 @@ impl UserNamer {
                         val: k.val,
                     },
                     comm,
+                    process,
                     op,
                     lock: n.locks.get(&(k.tgid, k.uaddr)).cloned().flatten(),
                     user_stack: n
