@@ -104,7 +104,7 @@ impl UserNamer {
             // The heaviest first: what a reader looks at is named before the worker's time
             // runs out on the rest.
             let mut entries: Vec<_> = raw.entries.iter().collect();
-            entries.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns));
+            entries.sort_by_key(|e| std::cmp::Reverse(e.1.total_ns));
             entries
                 .into_iter()
                 .filter(|(k, _)| k.tgid != 0)
