@@ -255,3 +255,111 @@ fn the_agent_serves_the_profile_cumulative_and_as_a_delta_over_seconds() {
     assert!(!all.contains("0xffff"), "no address: {all}");
     agent.stop();
 }
+
+/// `faultline contention --user` during a real pthread mutex convoy: its row names the lock by
+/// its symbol with the sleepers' user stack, each frame in its module with the module's build
+/// id; `go tool pprof` reads the user_lock profile it writes (types, the lock's root frame, a
+/// mapping with the build id, totals equal to the JSON's) and protoc decodes it against the
+/// published schema.
+#[test]
+fn the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it() {
+    if !require_root("the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("user_lock.pb.gz");
+    let mut profile = Command::new(FAULTLINE)
+        .args(["contention", "--user", "-E", "100000", "--json", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("faultline contention --user");
+    let mut lines = BufReader::new(profile.stderr.take().expect("stderr")).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("profiling user-space lock contention")),
+        "faultline contention --user exited before profiling"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    let convoy = common::scenario(&["mutex-convoy", "--threads", "4", "--millis", "1500"]);
+    let pid = convoy["pid"].as_u64().expect("pid");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(profile.id() as i32, libc::SIGINT) };
+    let done = profile.wait_with_output().expect("contention ends");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&done.stdout).expect("JSON");
+    let rows = doc["rows"].as_array().expect("rows");
+    let row = rows
+        .iter()
+        .find(|r| r["pid"].as_u64() == Some(pid) && r["lock"] == "FAULTLINE_CONVOY_MUTEX")
+        .unwrap_or_else(|| panic!("no row for the convoy's mutex (pid {pid}): {doc:#}"));
+    assert!(row["contended"].as_u64().unwrap_or(0) > 0, "{row:#}");
+    assert_eq!(row["op"], "wait", "glibc's mutex waiters use FUTEX_WAIT: {row:#}");
+    let stack = row["stack"].as_array().expect("stack");
+    let libc_frame = stack.iter().find(|f| {
+        f["module"].as_str().is_some_and(|m| m.contains("libc.so"))
+            && f["build_id"].as_str().is_some_and(|b| b.len() >= 32)
+    });
+    assert!(
+        libc_frame.is_some(),
+        "the sleeper's leaf is in the C library, with its build id: {row:#}"
+    );
+
+    let raw = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&out)
+        .env("HOME", dir.path())
+        .output()
+        .expect("go tool pprof");
+    let text = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert!(text.contains("PeriodType: contentions count"), "{text}");
+    assert!(
+        text.contains("user_lock:FAULTLINE_CONVOY_MUTEX [wait]"),
+        "{text}"
+    );
+    // A mapping of the C library with its build id (what a remote symboliser needs).
+    let mappings = text.split("Mappings").nth(1).expect("Mappings");
+    assert!(
+        mappings
+            .lines()
+            .any(|l| l.contains("libc.so") && l.split_whitespace().any(|w| w.len() == 40)),
+        "{text}"
+    );
+    let samples = text
+        .split("Samples:")
+        .nth(1)
+        .and_then(|r| r.split("Locations").next())
+        .expect("a Samples section");
+    let (mut count, mut delay) = (0u64, 0u64);
+    for l in samples.lines() {
+        let Some((values, _)) = l.split_once(':') else {
+            continue;
+        };
+        let v: Vec<u64> = values
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [c, d] = v[..] {
+            count += c;
+            delay += d;
+        }
+    }
+    assert_eq!(count, doc["contended"].as_u64().expect("contended"), "{text}");
+    assert_eq!(delay, doc["total_wait_ns"].as_u64().expect("total"), "{text}");
+    // No address of the process: frames are file offsets, so nothing near a mapping's start.
+    assert!(!text.contains("0x7f"), "{text}");
+    protoc_decodes(&out, count, delay);
+}
