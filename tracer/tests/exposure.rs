@@ -58,8 +58,12 @@ fn address_like(text: &str) -> Vec<String> {
         // A bare run of 16 digits stands alone: not inside a word, and not the fraction of a
         // decimal number (`1.6121855999999999`, a histogram's sum).
         let fraction = i >= 2 && b[i - 1] == b'.' && b[i - 2].is_ascii_digit();
+        // Nor a file name's hash (`librustc_driver-6108105cd7e839cf.so`, a module in the
+        // user-lock profile).
+        let file_hash = i >= 1 && b[i - 1] == b'-' && end < b.len() && b[end] == b'.';
         let alone = (i == 0 || !b[i - 1].is_ascii_alphanumeric())
             && !fraction
+            && !file_hash
             && (end == b.len() || !b[end].is_ascii_alphanumeric());
         if (prefixed && digits >= 8) || (alone && digits == 16) {
             found.push(text[i..end].to_owned());
@@ -94,7 +98,7 @@ fn the_address_scanner_finds_prefixed_and_bare_addresses_only() {
         vec!["0xffff888012345000", "0x7f1234567000", "ffff888012345000"]
     );
     assert!(address_like(&format!(
-        "mm-3f9a1c2b0e4d lock-3f9a1c2b0e4d #ffe0e0 0x10 pid 123456 docker-{}.scope sum 1.6121855999999999",
+        "mm-3f9a1c2b0e4d lock-3f9a1c2b0e4d #ffe0e0 0x10 pid 123456 docker-{}.scope sum 1.6121855999999999 /lib/librustc_driver-6108105cd7e839cf.so",
         "ab".repeat(32)
     ))
     .is_empty());
@@ -111,7 +115,7 @@ fn addresses_in(events: &[tracer::core::event::Event]) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for e in events {
         let v = serde_json::to_value(e).expect("event JSON");
-        for field in ["mm", "lock", "uffd", "addr"] {
+        for field in ["mm", "lock", "uffd", "addr", "futex", "lock_addr"] {
             let Some(hex) = v[field].as_str().and_then(|s| s.strip_prefix("0x")) else {
                 continue;
             };
@@ -133,20 +137,22 @@ fn outputs(addr: &str, state: &std::path::Path) -> Vec<(String, String)> {
         assert_eq!(status, 200, "{path}: {body}");
         out.push((path.to_owned(), body));
     }
-    // The lock profile is gzipped protobuf: its strings (lock names, frames, labels) are what
-    // could carry an address.
-    let (status, body) = common::http_get_bytes(addr, "/debug/pprof/kernel_lock");
-    assert_eq!(status, 200, "/debug/pprof/kernel_lock");
-    let mut profile = Vec::new();
-    std::io::Read::read_to_end(
-        &mut flate2::read::GzDecoder::new(body.as_slice()),
-        &mut profile,
-    )
-    .expect("a gzipped profile");
-    out.push((
-        "/debug/pprof/kernel_lock".to_owned(),
-        String::from_utf8_lossy(&profile).into_owned(),
-    ));
+    // The lock profiles are gzipped protobuf: their strings (lock names, frames, modules,
+    // labels) are what could carry an address.
+    for path in ["/debug/pprof/kernel_lock", "/debug/pprof/user_lock"] {
+        let (status, body) = common::http_get_bytes(addr, path);
+        assert_eq!(status, 200, "{path}");
+        let mut profile = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(body.as_slice()),
+            &mut profile,
+        )
+        .expect("a gzipped profile");
+        out.push((
+            path.to_owned(),
+            String::from_utf8_lossy(&profile).into_owned(),
+        ));
+    }
     for f in std::fs::read_dir(state).expect("state dir").flatten() {
         let text = std::fs::read_to_string(f.path()).expect("incident file");
         out.push((f.path().display().to_string(), text));
@@ -205,7 +211,18 @@ fn no_kernel_or_user_address_leaves_the_agent_by_default() {
     let (_, graph_now) = http_get(&addr, "/api/graph");
     let (_, alerts_now) = http_get(&addr, "/api/alerts");
     reap(child, Duration::from_secs(120));
+    // A user-space deadlock too: its futex words are user addresses of that process, which
+    // the graph, the alert, the incident and the user-lock profile must not show either.
+    let (abba, d) = scenario_lingering(&["pthread-abba", "--hold-ms", "2500", "--announce"]);
+    let t1 = d["t1_tid"].as_u64().unwrap_or(0);
+    agent.wait_for_all(
+        &["deadlock:", &format!("{t1} ("), "FAULTLINE_MUTEX_A"],
+        Duration::from_secs(10),
+    );
+    let (_, user_graph) = http_get(&addr, "/api/graph");
+    reap(abba, Duration::from_secs(30));
     let mut outs = outputs(&addr, state.path());
+    outs.push(("/api/graph during the ABBA deadlock".into(), user_graph));
     outs.push(("/api/graph during the convoy".into(), graph_now.clone()));
     outs.push(("/api/alerts during the convoy".into(), alerts_now.clone()));
     let (status, log) = agent.stop();

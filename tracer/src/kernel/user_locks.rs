@@ -127,10 +127,11 @@ pub fn read_window(pid: u32, uaddr: u64) -> ([u32; tracer_common::WINDOW_WORDS],
 /// no plausible one), `None` when the memory could not be read.
 pub fn owner_now(pid: u32, tid: u32, sleep: &FutexSleep) -> Option<Option<UserLockOwner>> {
     let (uaddr, op, val) = (sleep.uaddr, sleep.op, sleep.val);
-    let (window, before_ok, after_ok) =
-        crate::kernel::user_mem::bounded(crate::kernel::user_mem::READ_DEADLINE, move || {
-            read_window(pid, uaddr)
-        })?;
+    let (window, before_ok, after_ok) = crate::kernel::user_mem::bounded(
+        crate::kernel::user_mem::Lane::Reads,
+        crate::kernel::user_mem::READ_DEADLINE,
+        move || read_window(pid, uaddr),
+    )?;
     if !after_ok {
         return None;
     }

@@ -1,9 +1,11 @@
 //! Reads that can block behind another process's `mmap_lock`, done where a stuck read cannot
 //! stall the agent: `/proc/PID/maps`, the process's memory (process_vm_readv) and symbolising
 //! its stacks all take that process's `mmap_lock` for read, and a read queued behind a writer
-//! of a convoy waits as long as the convoy. One worker thread does them, each with a deadline;
-//! while it is stuck, further reads are refused at once (the caller goes on without the name
-//! or the re-read) until it returns.
+//! of a convoy waits as long as the convoy. A worker thread per lane does them, each with a
+//! deadline; while a lane's worker is stuck, its further reads are refused at once (the caller
+//! goes on without the name or the re-read) until it returns. Two lanes: short reads (a lock's
+//! name, an owner's words), and the profile's stack symbolisation, which can take seconds the
+//! first time it parses a large binary's debug information and must not starve the others.
 
 use std::{
     sync::{
@@ -22,38 +24,52 @@ struct Worker {
     busy: Arc<AtomicBool>,
 }
 
-fn worker() -> Option<&'static Worker> {
-    static WORKER: OnceLock<Option<Worker>> = OnceLock::new();
-    WORKER
-        .get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let busy = Arc::new(AtomicBool::new(false));
-            let flag = busy.clone();
-            thread::Builder::new()
-                .name("faultline-usermem".into())
-                .spawn(move || {
-                    for job in rx {
-                        job();
-                        flag.store(false, Ordering::Release);
-                    }
-                })
-                .ok()?;
-            Some(Worker {
-                jobs: Mutex::new(tx),
-                busy,
-            })
-        })
-        .as_ref()
+/// Which worker a job goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Short reads the agent's snapshots wait for (with `READ_DEADLINE`).
+    Reads,
+    /// Symbolising the user-lock profile's stacks, waited for by nobody on the agent's path.
+    Stacks,
 }
 
-/// Runs `f` on the worker and waits up to `deadline` for its result. `None` when the worker is
-/// busy with an earlier read (stuck behind some process's lock, most likely), or `f` did not
-/// finish in time (it finishes on its own later; its result is dropped).
+fn worker(lane: Lane) -> Option<&'static Worker> {
+    static READS: OnceLock<Option<Worker>> = OnceLock::new();
+    static STACKS: OnceLock<Option<Worker>> = OnceLock::new();
+    let (cell, name) = match lane {
+        Lane::Reads => (&READS, "faultline-usermem"),
+        Lane::Stacks => (&STACKS, "faultline-ustacks"),
+    };
+    cell.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let flag = busy.clone();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                    flag.store(false, Ordering::Release);
+                }
+            })
+            .ok()?;
+        Some(Worker {
+            jobs: Mutex::new(tx),
+            busy,
+        })
+    })
+    .as_ref()
+}
+
+/// Runs `f` on `lane`'s worker and waits up to `deadline` for its result. `None` when the
+/// worker is busy with an earlier job (stuck behind some process's lock, most likely), or `f`
+/// did not finish in time (it finishes on its own later; its result is dropped).
 pub fn bounded<T: Send + 'static>(
+    lane: Lane,
     deadline: Duration,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let w = worker()?;
+    let w = worker(lane)?;
     if w.busy.swap(true, Ordering::AcqRel) {
         return None;
     }
@@ -76,8 +92,8 @@ pub fn bounded<T: Send + 'static>(
 
 /// Runs `f` on the worker without waiting for it: `false` when the worker is busy (the caller
 /// tries again later).
-pub fn submit(f: impl FnOnce() + Send + 'static) -> bool {
-    let Some(w) = worker() else {
+pub fn submit(lane: Lane, f: impl FnOnce() + Send + 'static) -> bool {
+    let Some(w) = worker(lane) else {
         return false;
     };
     if w.busy.swap(true, Ordering::AcqRel) {
@@ -107,14 +123,22 @@ mod tests {
         let (release, gate) = mpsc::channel::<()>();
         // A read that blocks until released: it times out for its caller.
         assert_eq!(
-            bounded(Duration::from_millis(20), move || gate.recv().is_ok()),
+            bounded(Lane::Stacks, Duration::from_millis(20), move || gate
+                .recv()
+                .is_ok()),
             None
         );
-        assert_eq!(bounded(Duration::from_millis(20), || 1), None, "busy");
+        assert_eq!(
+            bounded(Lane::Stacks, Duration::from_millis(20), || 1),
+            None,
+            "busy"
+        );
+        // The other lane is not held up by it.
+        assert_eq!(bounded(Lane::Reads, Duration::from_secs(5), || 3), Some(3));
         release.send(()).expect("release");
         let mut got = None;
         for _ in 0..100 {
-            got = bounded(Duration::from_millis(50), || 2);
+            got = bounded(Lane::Stacks, Duration::from_millis(50), || 2);
             if got.is_some() {
                 break;
             }

@@ -122,7 +122,7 @@ impl UserNamer {
             return;
         }
         let names = self.names.clone();
-        crate::kernel::user_mem::submit(move || {
+        crate::kernel::user_mem::submit(crate::kernel::user_mem::Lane::Stacks, move || {
             for (tgid, ustack, uaddr, ips) in work {
                 if !proc_exists(tgid) {
                     continue;
@@ -143,7 +143,11 @@ impl UserNamer {
     pub fn prime_and_wait(&self, raw: &RawUserProfile, deadline: std::time::Duration) {
         self.prime(raw);
         // The worker runs one job at a time: a no-op job returns once the priming is done.
-        let _ = crate::kernel::user_mem::bounded(deadline, || ());
+        let _ = crate::kernel::user_mem::bounded(
+            crate::kernel::user_mem::Lane::Stacks,
+            deadline,
+            || (),
+        );
     }
 
     /// The profile named with what is known now (priming what is new for the next look).

@@ -98,9 +98,11 @@ fn mappings(pid: u32) -> Option<Vec<Mapping>> {
 /// the process's maps could not be read in time (`user_mem`: reading them takes its
 /// `mmap_lock`).
 pub fn name_of(pid: u32, addr: u64) -> Option<String> {
-    crate::kernel::user_mem::bounded(crate::kernel::user_mem::READ_DEADLINE, move || {
-        name_now(pid, addr)
-    })
+    crate::kernel::user_mem::bounded(
+        crate::kernel::user_mem::Lane::Reads,
+        crate::kernel::user_mem::READ_DEADLINE,
+        move || name_now(pid, addr),
+    )
     .flatten()
 }
 
