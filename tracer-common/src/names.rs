@@ -30,9 +30,10 @@ pub mod map {
     pub const FUTEX_STACKS: &str = "FUTEX_STACKS";
     pub const FUTEX_SCRATCH: &str = "FUTEX_SCRATCH";
     pub const FUTEX_PROFILE: &str = "FUTEX_PROFILE";
+    pub const UFFD_STACK_SCRATCH: &str = "UFFD_STACK_SCRATCH";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -58,6 +59,7 @@ pub mod map {
         FUTEX_STACKS,
         FUTEX_SCRATCH,
         FUTEX_PROFILE,
+        UFFD_STACK_SCRATCH,
     ];
 }
 
