@@ -74,3 +74,160 @@ fn alerts_name_locks_by_the_ids_the_graph_uses() {
     let raw = serde_json::to_string(&stalls(Exposure::Raw, lock, uffd)).expect("JSON");
     assert!(raw.contains("mutex 0xffff888022220040"), "{raw}");
 }
+
+mod user_locks {
+    use crate::{
+        detect::{AlertKind, Confidence},
+        engine::Engine,
+        event::{Addr, Event, EventKind, FutexOp, FutexOutcome, UserLockKind, UserLockOwner},
+        graph::Reason,
+    };
+
+    const A: Addr = Addr(0x5555_0000_1000);
+    const B: Addr = Addr(0x5555_0000_2000);
+
+    fn ev(ms: u64, tid: u32, kind: EventKind) -> Event {
+        Event {
+            ts_ns: ms * 1_000_000,
+            tid,
+            pid: 100,
+            comm: None,
+            kind,
+        }
+    }
+
+    fn sleeps(futex: Addr, lock: UserLockKind, owner: Option<(u32, bool)>) -> EventKind {
+        EventKind::FutexWaitBegin {
+            futex,
+            op: FutexOp::Wait,
+            lock,
+            lock_addr: None,
+            owner: owner.map(|(tid, exact)| UserLockOwner {
+                tid,
+                exact,
+                evidence: "read".into(),
+            }),
+            name: Some(format!("M{:x}", futex.0 & 0xffff)),
+        }
+    }
+
+    fn deadlocks(e: &mut Engine, events: &[Event]) -> Vec<crate::detect::Alert> {
+        let mut alerts = Vec::new();
+        for x in events {
+            alerts.extend(e.apply(x));
+        }
+        alerts.extend(e.apply(&ev(5_000, 0, EventKind::Snapshot {})));
+        alerts
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::Deadlock)
+            .collect()
+    }
+
+    #[test]
+    fn an_abba_through_glibc_owners_is_a_probable_deadlock_with_what_was_read() {
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(
+            &mut e,
+            &[
+                ev(
+                    1,
+                    11,
+                    sleeps(B, UserLockKind::PthreadMutex, Some((12, false))),
+                ),
+                ev(
+                    2,
+                    12,
+                    sleeps(A, UserLockKind::PthreadMutex, Some((11, false))),
+                ),
+            ],
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].confidence, Confidence::Probable);
+        assert!(found[0].summary.contains("M1000") && found[0].summary.contains("M2000"));
+        assert!(
+            found[0]
+                .evidence
+                .iter()
+                .any(|s| s.contains("inferred to own")),
+            "{:?}",
+            found[0].evidence
+        );
+    }
+
+    #[test]
+    fn a_cycle_of_pi_owners_is_certain_and_an_ended_wait_breaks_it() {
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(
+            &mut e,
+            &[
+                ev(1, 11, sleeps(B, UserLockKind::PiMutex, Some((12, true)))),
+                ev(2, 12, sleeps(A, UserLockKind::PiMutex, Some((11, true)))),
+            ],
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].confidence, Confidence::Certain, "{found:#?}");
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(
+            &mut e,
+            &[
+                ev(1, 11, sleeps(B, UserLockKind::PiMutex, Some((12, true)))),
+                ev(2, 12, sleeps(A, UserLockKind::PiMutex, Some((11, true)))),
+                ev(
+                    3,
+                    12,
+                    EventKind::FutexWaitEnd {
+                        futex: A,
+                        outcome: FutexOutcome::Timeout,
+                        waker_tid: None,
+                    },
+                ),
+            ],
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn words_without_owners_never_block_or_close_a_cycle() {
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(
+            &mut e,
+            &[
+                ev(1, 11, sleeps(B, UserLockKind::Futex, None)),
+                ev(
+                    2,
+                    12,
+                    sleeps(A, UserLockKind::PthreadMutex, Some((11, false))),
+                ),
+            ],
+        );
+        assert!(found.is_empty());
+        assert!(
+            e.model().blocked(11).is_none(),
+            "a condvar sleeper is not blocked"
+        );
+        assert!(e.graph().all_edges().all(|x| x.to != 12));
+    }
+
+    #[test]
+    fn a_reader_held_back_by_writer_preference_waits_for_the_queued_writer() {
+        let mut e = Engine::new(Default::default());
+        let rw = |futex: Addr, kind| EventKind::FutexWaitBegin {
+            futex,
+            op: FutexOp::Wait,
+            lock: kind,
+            lock_addr: Some(A),
+            owner: None,
+            name: None,
+        };
+        e.apply(&ev(
+            1,
+            21,
+            rw(Addr(A.0 + 8), UserLockKind::PthreadRwlockWrite),
+        ));
+        e.apply(&ev(2, 22, rw(A, UserLockKind::PthreadRwlockRead)));
+        let g = e.graph();
+        let edges: Vec<_> = g.out(22).iter().map(|x| (x.to, x.reason)).collect();
+        assert_eq!(edges, vec![(21, Reason::QueuedBehindWriter)]);
+        assert!(g.out(21).is_empty(), "glibc records no readers: no edge");
+    }
+}
