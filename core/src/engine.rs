@@ -48,13 +48,19 @@ impl Engine {
         // Across CPUs timestamps may step back a little: time never goes backwards.
         self.now_ns = self.now_ns.max(ev.ts_ns);
         let mut alerts = Vec::new();
+        // The timed detectors, when due, judge the state as it stood until this moment, before
+        // this event changes it: a cycle that lasted past its confirmation until this event
+        // broke it is a deadlock (a trace may hold nothing else in between). Not on a
+        // correction: a snapshot's conclusions are all in before they are judged, at the
+        // `snapshot` event that closes them.
+        let due = self.now_ns >= self.next_check_ns && !ev.kind.is_correction();
+        if due {
+            alerts.extend(self.run_checks());
+        }
         if let Some(notice) = self.model.apply(ev) {
             alerts.extend(self.detector.on_notice(&self.model, &notice));
         }
-        // Not on a correction: a snapshot's conclusions are all in before they are judged, at
-        // the `snapshot` event that closes them.
-        let due = self.now_ns >= self.next_check_ns && !ev.kind.is_correction();
-        if due || matches!(ev.kind, EventKind::Snapshot {}) {
+        if matches!(ev.kind, EventKind::Snapshot {}) {
             alerts.extend(self.run_checks());
         }
         self.vetting.vet(&self.model, &ev.kind, alerts)

@@ -180,6 +180,16 @@ pub struct Drops {
 }
 
 impl Drops {
+    /// Adds `other`'s counts (a profile written over several trace lines).
+    pub fn add(&mut self, other: &Drops) {
+        self.waits += other.waits;
+        self.table_full += other.table_full;
+        self.no_stack += other.no_stack;
+        self.stacks_full += other.stacks_full;
+        self.stack_collisions += other.stack_collisions;
+        self.busy += other.busy;
+    }
+
     pub fn any(&self) -> bool {
         self.table_full + self.no_stack + self.stacks_full + self.stack_collisions + self.busy > 0
     }

@@ -189,10 +189,13 @@ fn glibc_rwlock(s: &FutexSleep, op: FutexOp) -> Option<Reading> {
             (12, true) => s.val == 3 && readers & WRLOCKED != 0,
             // A reader held back by writer preference: someone holds or is about to hold it,
             // and glibc's padding words are zero.
+            // glibc sets the reader-waiting bit only while a writer has the write-locked
+            // bit (a barrier's round counter, stepping by its thread count, can carry the
+            // reader-waiting bit but not that one with it).
             (0, false) => {
                 s.val & RWAITING != 0
+                    && s.val & WRLOCKED != 0
                     && s.val == readers
-                    && (readers >> 3 > 0 || readers & (WRPHASE | WRLOCKED) != 0)
                     && at(16) == Some(0)
                     && at(20) == Some(0)
             }
@@ -287,6 +290,10 @@ mod tests {
         // A mutex-shaped word whose __kind is not a glibc kind.
         let r = read(&sleep(PRIVATE, 2, &[(0, 2), (8, 5), (12, 1), (16, 0x7777)])).expect("s");
         assert!(r.candidate.is_none(), "{r:?}");
+        // A barrier of 4 threads: its round counter (here 12 = 0b1100) has the reader-waiting
+        // bit, not the write-locked one, and the words after it are zero.
+        let r = read(&sleep(PRIVATE, 12, &[(0, 12)])).expect("sleeps");
+        assert_eq!(r.lock, UserLockKind::Futex, "{r:?}");
     }
 
     #[test]

@@ -31,9 +31,10 @@ pub mod map {
     pub const FUTEX_SCRATCH: &str = "FUTEX_SCRATCH";
     pub const FUTEX_PROFILE: &str = "FUTEX_PROFILE";
     pub const UFFD_STACK_SCRATCH: &str = "UFFD_STACK_SCRATCH";
+    pub const FUTEX_KSTACKS: &str = "FUTEX_KSTACKS";
 
     /// Every map of the object, for the object test.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         CONFIG,
         TASK_STATE,
         COUNTERS,
@@ -60,6 +61,7 @@ pub mod map {
         FUTEX_SCRATCH,
         FUTEX_PROFILE,
         UFFD_STACK_SCRATCH,
+        FUTEX_KSTACKS,
     ];
 }
 

@@ -127,6 +127,12 @@ pub fn on_sleep(ctx: *mut c_void) -> Result<(), Counter> {
             .map_err(|_| Counter::ReadError)?;
         (first[1], futex_op::WAITV, first[0] as u32, si as u32)
     };
+    // Only lock-shaped sleeps are followed: a thread pool idling on condition variables, a
+    // barrier or a semaphore sleeps far more often than locks are contended, and those words
+    // have no owner to follow anyway.
+    if !lock_shaped(op, val) {
+        return Ok(());
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let mut wait = FutexWait {
         uaddr,
@@ -141,7 +147,7 @@ pub fn on_sleep(ctx: *mut c_void) -> Result<(), Counter> {
         timed: u8::from(r10 != 0),
         _pad: [0; 6],
         ustack: stack_of(ctx, true),
-        kstack: stack_of(ctx, false),
+        kstack: kernel_stack(ctx, op),
     };
     read_window(&mut wait);
     count(Counter::FutexWaits);
@@ -216,7 +222,7 @@ pub fn on_waking(wakee: u64) -> Result<(), Counter> {
     // Only a long sleep on a lock-shaped word is streamed outside record mode: idle threads
     // sleep on condition variables all the time, and the agent's snapshots see the long
     // sleeps in progress anyway (this only ends them sooner).
-    let slow = took >= cfg.wait_threshold_ns && lock_shaped(&wait);
+    let slow = took >= cfg.wait_threshold_ns;
     if !slow && !record {
         return Ok(());
     }
@@ -245,18 +251,19 @@ pub fn on_waking(wakee: u64) -> Result<(), Counter> {
 }
 
 /// Whether a sleep looks like a wait on a lock rather than on an event: a PI lock op, or a
-/// wait expecting what glibc's mutex (2) or rwlock (3, or a reader count with its
-/// reader-waiting bit) waiters expect. User space reads the words to be sure; this only keeps
-/// the ring buffer for sleeps that may matter.
+/// wait expecting what lock waiters expect (2: glibc's mutex, Rust's and Go's runtime locks;
+/// 3: glibc's rwlock; a reader count with the reader-waiting and write-locked bits: a glibc
+/// rwlock reader held back by writer preference). User space reads the words to be sure; this keeps the cost of
+/// everything else (condition variables, barriers, semaphores, event counts) to this check.
 #[inline(always)]
-fn lock_shaped(w: &FutexWait) -> bool {
-    if w.op == futex_op::WAITV {
+fn lock_shaped(op: u32, val: u32) -> bool {
+    if op == futex_op::WAITV {
         return false;
     }
-    match w.op & futex_op::CMD_MASK {
+    match op & futex_op::CMD_MASK {
         futex_op::LOCK_PI | futex_op::LOCK_PI2 => true,
         futex_op::WAIT | futex_op::WAIT_BITSET => {
-            w.val == 2 || w.val == 3 || (w.val & 4 != 0 && w.val >> 3 != 0)
+            val == 2 || val == 3 || (val & 4 != 0 && val & 2 != 0 && val >> 3 != 0)
         }
         _ => false,
     }
@@ -364,7 +371,10 @@ fn capture(ctx: *mut c_void, frames: &mut FutexStack, user: bool) -> u64 {
     if let Some(stored) = unsafe { FUTEX_STACKS.get(h) } {
         return same_or_none(stored, frames, h);
     }
-    match FUTEX_STACKS.insert(h, &*frames, BPF_NOEXIST) {
+    // By reference: a copy of the 256-byte frames would take half the program's stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let stored = FUTEX_STACKS.insert(h, &*frames, BPF_NOEXIST);
+    match stored {
         Ok(()) => h,
         Err(e) if e == -EEXIST => match unsafe { FUTEX_STACKS.get(h) } {
             Some(stored) => same_or_none(stored, frames, h),
@@ -390,6 +400,39 @@ fn same_or_none(stored: &FutexStack, frames: &FutexStack, h: u64) -> u64 {
     h
 }
 
+/// Kernel stacks taken per CPU for each futex command: a sleep's kernel stack is the same for
+/// every sleep of one command (a wait or a PI lock, down to the scheduler), and walking it
+/// costs about two microseconds, most of a sleep's cost here. So one is taken 1 in
+/// `KSTACK_EVERY` sleeps of a command on a CPU, and the sleeps between take the last one.
+#[repr(C)]
+pub struct KstackCache {
+    /// Per futex command (`CMD_MASK` + 1 slots): the last stack's hash.
+    last: [u64; 16],
+    /// Sleeps seen per command on this CPU.
+    seen: [u32; 16],
+}
+
+#[map]
+static FUTEX_KSTACKS: PerCpuArray<KstackCache> = PerCpuArray::with_max_entries(1, 0);
+
+const KSTACK_EVERY: u32 = 64;
+
+#[inline(always)]
+fn kernel_stack(ctx: *mut c_void, op: u32) -> u64 {
+    let cmd = (op & 0xf) as usize;
+    let Some(cache) = FUTEX_KSTACKS.get_ptr_mut(0) else {
+        return stack_of(ctx, false);
+    };
+    // SAFETY: this CPU's slot; the scheduler program does not nest in itself on one CPU.
+    let cache = unsafe { &mut *cache };
+    let n = cache.seen[cmd];
+    cache.seen[cmd] = n.wrapping_add(1);
+    if n % KSTACK_EVERY == 0 || cache.last[cmd] == NO_FUTEX_STACK {
+        cache.last[cmd] = stack_of(ctx, false);
+    }
+    cache.last[cmd]
+}
+
 /// Adds an ended sleep to the user-lock profile. Written by the waker: the comm is read from
 /// the wakee's task.
 #[inline(always)]
@@ -404,7 +447,7 @@ fn add_profile(wakee: u64, wait: &FutexWait, took: u64) {
         _pad: 0,
         comm: task_comm(wakee),
     };
-    if let Some(v) = FUTEX_PROFILE.get_ptr_mut(&key) {
+    if let Some(v) = FUTEX_PROFILE.get_ptr_mut(key) {
         add_to(v, took);
         return;
     }
@@ -412,10 +455,10 @@ fn add_profile(wakee: u64, wait: &FutexWait, took: u64) {
         count: 1,
         total_ns: took,
     };
-    match FUTEX_PROFILE.insert(&key, &fresh, BPF_NOEXIST) {
+    match FUTEX_PROFILE.insert(key, fresh, BPF_NOEXIST) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
-            if let Some(v) = FUTEX_PROFILE.get_ptr_mut(&key) {
+            if let Some(v) = FUTEX_PROFILE.get_ptr_mut(key) {
                 add_to(v, took);
             }
         }

@@ -60,6 +60,7 @@ fn quiet_input(folded: tracer::sinks::metrics::FoldedCounters) -> MetricsInput {
         api_refused: [("render", 0), ("scrape", 0)],
         features: Vec::new(),
         lock_profile: None,
+        user_lock_entries: (0, 0, 0),
     }
 }
 
@@ -91,6 +92,10 @@ fn no_total_series_ever_decreases_under_process_churn() {
     let mut telemetry = Telemetry::default();
     let mut series = SeriesMemory::default();
     let mut alerts: BTreeMap<(String, AlertKind), u64> = BTreeMap::new();
+    // Futex waiting time by process, cumulative as the agent keeps it (a process's totals
+    // stay when it exits).
+    let mut user_locks: HashMap<tracer::sinks::metrics::ProcessKey, tracer_common::FutexTime> =
+        HashMap::new();
     let workloads: Vec<Arc<Attribution>> = (0..3 * TOP_WORKLOADS)
         .map(|w| {
             Arc::new(Attribution::from_path(&format!(
@@ -123,7 +128,17 @@ fn no_total_series_ever_decreases_under_process_churn() {
             let kind = AlertKind::ALL[rng.below(AlertKind::ALL.len() as u64) as usize];
             *alerts.entry((w, kind)).or_default() += 1 + rng.below(3) * rng.below(20);
         }
-        let folded = folded_counters(&mut series, &telemetry, &alerts);
+        for _ in 0..10 {
+            let p = generation * 8 + rng.below(16) as usize;
+            let key = tracer::sinks::metrics::ProcessKey::new(
+                format!("proc-{p}"),
+                Some(&workloads[p % workloads.len()]),
+            );
+            let t = user_locks.entry(key).or_default();
+            t.waits += 1 + rng.below(50);
+            t.wait_ns += rng.below(5_000_000) * (1 + scrape as u64 / 10);
+        }
+        let folded = folded_counters(&mut series, &telemetry, &user_locks, &alerts);
         let text = render(&quiet_input(folded)).expect("a scrape renders");
         let samples = totals(&text);
         let processes = named(&samples, "faultline_process_slow_waits_total");

@@ -263,8 +263,9 @@ fn the_agent_serves_the_profile_cumulative_and_as_a_delta_over_seconds() {
 /// published schema.
 #[test]
 fn the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it() {
-    if !require_root("the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it")
-    {
+    if !require_root(
+        "the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -302,7 +303,10 @@ fn the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it
         .find(|r| r["pid"].as_u64() == Some(pid) && r["lock"] == "FAULTLINE_CONVOY_MUTEX")
         .unwrap_or_else(|| panic!("no row for the convoy's mutex (pid {pid}): {doc:#}"));
     assert!(row["contended"].as_u64().unwrap_or(0) > 0, "{row:#}");
-    assert_eq!(row["op"], "wait", "glibc's mutex waiters use FUTEX_WAIT: {row:#}");
+    assert_eq!(
+        row["op"], "wait",
+        "glibc's mutex waiters use FUTEX_WAIT: {row:#}"
+    );
     let stack = row["stack"].as_array().expect("stack");
     let libc_frame = stack.iter().find(|f| {
         f["module"].as_str().is_some_and(|m| m.contains("libc.so"))
@@ -357,8 +361,16 @@ fn the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it
             delay += d;
         }
     }
-    assert_eq!(count, doc["contended"].as_u64().expect("contended"), "{text}");
-    assert_eq!(delay, doc["total_wait_ns"].as_u64().expect("total"), "{text}");
+    assert_eq!(
+        count,
+        doc["contended"].as_u64().expect("contended"),
+        "{text}"
+    );
+    assert_eq!(
+        delay,
+        doc["total_wait_ns"].as_u64().expect("total"),
+        "{text}"
+    );
     // No address of the process: frames are file offsets, so nothing near a mapping's start.
     assert!(!text.contains("0x7f"), "{text}");
     protoc_decodes(&out, count, delay);

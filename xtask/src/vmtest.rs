@@ -36,7 +36,7 @@ use self::{
 /// kernel. Every file in `tracer/tests` is in exactly one of the three lists (a
 /// test below says so), so a new kernel test cannot be left out of the VMs by omission.
 /// `soak` runs for its suite length (60 s, `FAULTLINE_SOAK_SECONDS`).
-const KERNEL_TESTS: [&str; 12] = [
+const KERNEL_TESTS: [&str; 13] = [
     "agent_lifecycle",
     "contention",
     "diagnose",
@@ -48,6 +48,7 @@ const KERNEL_TESTS: [&str; 12] = [
     "prune",
     "record",
     "soak",
+    "user_locks",
     "workload",
 ];
 

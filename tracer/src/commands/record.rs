@@ -246,8 +246,8 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     let stop = stop_draining(&mut stream, &mut rec, &stops);
     rec.check()?;
     rec.lost_up_to(lost_total);
-    if let Some(profile) = profile {
-        rec.write(&profile);
+    for line in &profile {
+        rec.write(line);
     }
     rec.flush();
     rec.check()?;
@@ -259,31 +259,54 @@ pub async fn run(opts: RecordOptions) -> Result<RecordReport> {
     })
 }
 
-/// The lock profile of the whole recording, named, as the trace's last line (`replay --html`
-/// draws it); `None` with the profile off. A profile that cannot be read costs the trace only
-/// that line, said in the log.
-fn lock_profile(probes: &Probes, opts: &ProbeOptions) -> Option<Event> {
+/// Serialised samples per `lock_profile` line at most: well under the trace reader's line
+/// limit (`MAX_LINE_BYTES`), whatever the profile holds.
+const PROFILE_LINE_BYTES: usize = 48 * 1024;
+
+/// The lock profile of the whole recording, named, as the trace's last lines (`replay --html`
+/// draws it): its samples split over as many `lock_profile` lines as keep each line short, the
+/// drops on the first; empty with the profile off. A profile that cannot be read costs the
+/// trace only those lines, said in the log.
+fn lock_profile(probes: &Probes, opts: &ProbeOptions) -> Vec<Event> {
     if !opts.profile.enabled {
-        return None;
+        return Vec::new();
     }
-    let read = || -> Result<Event> {
+    let read = || -> Result<Vec<Event>> {
         let counters = probes.aggregates()?.counters()?;
         let raw = probes.profile_maps()?.read(&counters);
         let profile = Namer::new().resolve(&raw);
-        Ok(Event {
-            ts_ns: monotonic_ns(),
+        let ts_ns = monotonic_ns();
+        let line = |samples, drops| Event {
+            ts_ns,
             tid: 0,
             pid: 0,
             comm: None,
-            kind: EventKind::LockProfile {
-                samples: profile.samples,
-                drops: profile.drops,
-            },
-        })
+            kind: EventKind::LockProfile { samples, drops },
+        };
+        let mut lines = Vec::new();
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        let mut drops = Some(profile.drops);
+        for s in profile.samples {
+            let size = serde_json::to_vec(&s).map_or(0, |v| v.len());
+            if !chunk.is_empty() && bytes + size > PROFILE_LINE_BYTES {
+                lines.push(line(
+                    std::mem::take(&mut chunk),
+                    drops.take().unwrap_or_default(),
+                ));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(s);
+        }
+        if !chunk.is_empty() || lines.is_empty() {
+            lines.push(line(chunk, drops.take().unwrap_or_default()));
+        }
+        Ok(lines)
     };
     read()
         .inspect_err(|e| log::warn!("the trace ends without its lock profile: {e:#}"))
-        .ok()
+        .unwrap_or_default()
 }
 
 /// Drains the detached ring buffer to empty, within `DRAIN_BOUND`; a second SIGTERM or SIGINT

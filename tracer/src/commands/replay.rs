@@ -258,10 +258,10 @@ pub fn pictures(path: &Path, reading: Reading, thresholds: Thresholds) -> Result
             ..
         }) = ev
         {
-            lock_profile = Some(Profile {
-                samples: samples.clone(),
-                drops: *drops,
-            });
+            // A profile may span several lines: their samples join, their drops add up.
+            let p = lock_profile.get_or_insert_with(Profile::default);
+            p.samples.extend(samples.iter().cloned());
+            p.drops.add(drops);
         }
         shots.extend(AlertPicture::at(engine, alerts))
     })?;

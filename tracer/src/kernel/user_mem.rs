@@ -74,8 +74,12 @@ pub fn bounded<T: Send + 'static>(
         return None;
     }
     let (tx, rx) = mpsc::sync_channel(1);
+    let free = w.busy.clone();
     let job: Job = Box::new(move || {
-        let _ = tx.send(f());
+        let out = f();
+        // Free before answering: a caller that reads again at once must find the lane free.
+        free.store(false, Ordering::Release);
+        let _ = tx.send(out);
     });
     let sent = w
         .jobs
@@ -117,6 +121,16 @@ pub const READ_DEADLINE: Duration = Duration::from_millis(200);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_in_a_row_all_get_their_answer() {
+        for i in 0..50 {
+            assert_eq!(
+                bounded(Lane::Reads, Duration::from_secs(5), move || i),
+                Some(i)
+            );
+        }
+    }
 
     #[test]
     fn a_stuck_read_refuses_the_next_ones_until_it_returns() {

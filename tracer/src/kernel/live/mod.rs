@@ -65,6 +65,9 @@ pub struct LiveFeed {
     last_snapshot_ns: Option<u64>,
     /// Exits processed since that snapshot: tid → exit time.
     exits: HashMap<u32, u64>,
+    /// User locks (pid, lock) a snapshot tried to name again and could not: not tried again
+    /// (a lock on the heap has no name to find).
+    pub(crate) unnamable: std::collections::HashSet<(u32, u64)>,
     /// The cgroup id each process's records carried last: names its workload after it exits.
     cgroups: HashMap<u32, u64>,
     alive: Liveness,
@@ -98,6 +101,7 @@ impl LiveFeed {
             hold_threshold_ns,
             last_snapshot_ns: None,
             exits: HashMap::new(),
+            unnamable: Default::default(),
             cgroups: HashMap::new(),
             alive: Box::new(proc_exists),
             lost_seen: 0,

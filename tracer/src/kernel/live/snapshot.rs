@@ -71,6 +71,7 @@ impl LiveFeed {
         alerts.extend(self.apply_shown(states, taken_ns));
         alerts.extend(self.apply_futex_waits(futex_waits, taken_ns));
         alerts.extend(self.recheck_user_owners(futex_waits, taken_ns));
+        alerts.extend(self.name_user_locks());
         alerts.extend(self.reclaim(&shown, taken_ns));
         alerts.extend(self.infer_read_holders(states, taken_ns));
         self.exits.retain(|_, &mut e| e >= taken_ns);
@@ -299,6 +300,75 @@ impl LiveFeed {
                 ..base
             };
             log::debug!("user lock of task {tid}: owner re-read at {taken_ns}, was {before:?}");
+            alerts.extend(self.apply(&ev));
+        }
+        alerts
+    }
+
+    /// Names the user locks that went unnamed when their wait entered the model (the read
+    /// timed out, or its lane was busy), a few per snapshot, as long as they are waited on.
+    fn name_user_locks(&mut self) -> Vec<Alert> {
+        const NAMINGS: usize = 16;
+        let model = self.engine.model();
+        let unnamed: Vec<Event> = model
+            .blocked
+            .iter()
+            .filter_map(|&tid| {
+                let task = model.task(tid)?;
+                match task.blocked.as_ref()? {
+                    Blocked::UserLock {
+                        lock,
+                        futex,
+                        pid,
+                        lock_type,
+                        owner,
+                        exact,
+                        evidence,
+                        name: None,
+                        since_ns,
+                    } if !self.unnamable.contains(&(*pid, lock.0)) => Some(Event {
+                        ts_ns: *since_ns,
+                        tid,
+                        pid: *pid,
+                        comm: task.comm.clone(),
+                        kind: EventKind::FutexWaitBegin {
+                            futex: *futex,
+                            op: crate::core::event::FutexOp::Wait,
+                            lock: *lock_type,
+                            lock_addr: (lock != futex).then_some(*lock),
+                            owner: owner.map(|tid| crate::core::event::UserLockOwner {
+                                tid,
+                                exact: *exact,
+                                evidence: evidence.clone().unwrap_or_default(),
+                            }),
+                            name: None,
+                        },
+                    }),
+                    _ => None,
+                }
+            })
+            .take(NAMINGS)
+            .collect();
+        let mut alerts = Vec::new();
+        for mut ev in unnamed {
+            let EventKind::FutexWaitBegin {
+                lock_addr,
+                futex,
+                name,
+                ..
+            } = &mut ev.kind
+            else {
+                continue;
+            };
+            let at = lock_addr.unwrap_or(*futex).0;
+            let Some(found) = crate::kernel::user_symbols::name_of(ev.pid, at) else {
+                if self.unnamable.len() >= 4096 {
+                    self.unnamable.clear();
+                }
+                self.unnamable.insert((ev.pid, at));
+                continue;
+            };
+            *name = Some(found);
             alerts.extend(self.apply(&ev));
         }
         alerts
