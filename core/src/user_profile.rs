@@ -1,4 +1,4 @@
-//! The user-lock profile: every futex sleep that ended, aggregated by process, futex word,
+//! The user-lock profile: every lock-shaped futex sleep that ended, aggregated by process, futex word,
 //! operation and the sleeper's user and kernel stacks, with its frames symbolised (function,
 //! file and line where debug information allows; module and build id, so a remote symboliser
 //! can do the rest). Pure data: the kernel layer reads and names it, sinks encode it.

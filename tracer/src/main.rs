@@ -387,8 +387,9 @@ struct ContentionArgs {
     /// Print each row's heaviest waiter stack under it.
     #[arg(long)]
     stacks: bool,
-    /// Profile user-space lock waits (futex sleeps: pthread mutexes, rwlocks, condition
-    /// variables, any futex) instead of kernel locks: rows by process and lock, with the
+    /// Profile user-space lock waits (lock-shaped futex sleeps: pthread mutexes and rwlocks,
+    /// PI futexes; condition variables and barriers are not followed) instead of kernel locks:
+    /// rows by process and lock, with the
     /// heaviest user stack symbolised (-p and -L filter; -o writes the user_lock pprof).
     #[arg(long, conflicts_with_all = ["threads", "lock_addr", "by_cgroup", "types", "callstack"])]
     user: bool,

@@ -67,7 +67,7 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
     ]));
     f.extend(lock_series(m));
     f.extend(plain_counters(&[
-        ("faultline_user_lock_sleeps_total", "Futex sleeps seen (a task going to sleep inside futex() or futex_waitv(): user-space lock waits and waits on condition variables, barriers and other futexes).", c(K::FutexWaits)),
+        ("faultline_user_lock_sleeps_total", "Lock-shaped futex sleeps seen (a task going to sleep inside futex() on a PI futex, or expecting what a lock waiter expects: pthread mutexes and rwlocks, runtimes' futex locks; condition variables, barriers and semaphores are not followed).", c(K::FutexWaits)),
         ("faultline_user_lock_stacks_missed_total", "Futex sleeps whose user or kernel stack could not be captured or stored (they count in the user-lock profile without it).", c(K::FutexNoStack)),
     ]));
     f.push(family(

@@ -96,7 +96,7 @@ pub(super) fn families(m: &MetricsInput) -> Vec<MetricFamily> {
         ),
         family(
             "faultline_process_user_lock_waits_total",
-            "Futex sleeps that ended (user-space lock waits: pthread mutexes, rwlocks, condition variables, any futex), for the top processes by futex waiting time (the rest as \"other\"); never going down.",
+            "Lock-shaped futex sleeps that ended (user-space lock waits: pthread mutexes and rwlocks, PI futexes, runtimes' futex locks; not condition variables, barriers or semaphores), for the top processes by futex waiting time (the rest as \"other\"); never going down.",
             MetricType::COUNTER,
             folded
                 .process_user_locks

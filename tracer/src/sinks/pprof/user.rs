@@ -189,7 +189,7 @@ pub fn encode(profile: &UserProfile, time_ns: i64, duration_ns: i64) -> Vec<u8> 
         })
         .collect();
     let mut comment = vec![t.string(
-        "faultline: every futex sleep that ended (user-space lock waits, and waits on condition variables, barriers and other futexes); user stacks by frame pointers: code built without them shows few frames",
+        "faultline: every lock-shaped futex sleep that ended (a PI futex, or a wait expecting what a lock waiter expects: pthread mutexes and rwlocks, runtimes' futex locks); user stacks by frame pointers: code built without them shows few frames; a sleep's kernel frames are taken 1 in 64 per CPU and futex command, the others show the last ones taken",
     )];
     if profile.table_full > 0 {
         comment.push(t.string(&format!(
