@@ -315,9 +315,11 @@ pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
 
 /// Who serves a userfaultfd for its waiter `tid`: the tasks seen resolving faults on it, else
 /// those seen setting it up, else the processes holding it open (their leader's tid stands for
-/// the process). Of such a process, its threads blocked themselves are named instead when there
-/// are any: a handler that read the fault and got stuck cannot answer it, and an idle thread
-/// is not handling it (`diagnose` ranks candidates the same way).
+/// the process). Of such a process, a thread blocked on a user-space lock is named instead
+/// when there is one: a handler that read the fault and then blocked on a lock in its own code
+/// cannot answer it, and nothing but a handler reads faults in user space (`diagnose` ranks a
+/// blocked thread first too). Threads blocked in the kernel (a write queued on a file's lock)
+/// are not taken for handlers: they are as likely the fault's victims.
 pub fn uffd_handlers(model: &Model, ctx: &crate::model::UffdCtx, tid: Tid) -> Vec<Tid> {
     let named = ctx.handlers();
     if ctx.resolvers.is_empty() && ctx.setup.is_empty() {
@@ -326,7 +328,12 @@ pub fn uffd_handlers(model: &Model, ctx: &crate::model::UffdCtx, tid: Tid) -> Ve
             .iter()
             .copied()
             .filter(|&b| b != tid)
-            .filter(|&b| model.task(b).is_some_and(|t| ctx.holders.contains(&t.pid)))
+            .filter(|&b| {
+                model.task(b).is_some_and(|t| {
+                    ctx.holders.contains(&t.pid)
+                        && matches!(t.blocked, Some(Blocked::UserLock { .. }))
+                })
+            })
             .collect();
         if !stuck.is_empty() {
             return stuck;

@@ -255,13 +255,16 @@ pub fn on_waking(wakee: u64) -> Result<(), Counter> {
 /// 3: glibc's rwlock; a reader count with the reader-waiting and write-locked bits: a glibc
 /// rwlock reader held back by writer preference). User space reads the words to be sure; this keeps the cost of
 /// everything else (condition variables, barriers, semaphores, event counts) to this check.
+/// `FUTEX_WAIT_REQUEUE_PI` (a condition variable of PI mutexes) and `futex_waitv()` are
+/// followed too: rare, and among the operations a user-lock tracer is expected to show (they never name
+/// an owner).
 #[inline(always)]
 fn lock_shaped(op: u32, val: u32) -> bool {
     if op == futex_op::WAITV {
-        return false;
+        return true;
     }
     match op & futex_op::CMD_MASK {
-        futex_op::LOCK_PI | futex_op::LOCK_PI2 => true,
+        futex_op::LOCK_PI | futex_op::LOCK_PI2 | futex_op::WAIT_REQUEUE_PI => true,
         futex_op::WAIT | futex_op::WAIT_BITSET => {
             val == 2 || val == 3 || (val & 4 != 0 && val & 2 != 0 && val >> 3 != 0)
         }

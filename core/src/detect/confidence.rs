@@ -61,7 +61,7 @@ pub(super) fn inferred(names: &Narrator<'_>, path: &[&Edge], tids: &[Tid]) -> Ve
                         .is_some_and(|t| ctx.holders.contains(&t.pid));
                 if holder_thread {
                     out.push(format!(
-                        "{to} is taken for the handler of userfaultfd {uffd} because it is a thread of the process holding the descriptor open and is blocked itself (a handler stuck after reading the fault cannot answer it); no ioctl on it was seen"
+                        "{to} is taken for the handler of userfaultfd {uffd} because it is a thread of the process holding the descriptor open and is blocked on a user-space lock (a handler stuck in its own code after reading the fault cannot answer it); no ioctl on it was seen"
                     ));
                 } else if ctx.setup.contains(&e.to) {
                     out.push(format!(
