@@ -56,6 +56,9 @@ pub async fn run(opts: ContentionOptions) -> Result<Measured> {
     let maps = probes.profile_maps()?;
     let user_maps = probes.user_profile_maps()?;
     let namer = UserNamer::new();
+    if opts.user {
+        crate::kernel::user_stacks::with_source_lines();
+    }
     let stops = StopRequests::install()?;
     let started = std::time::Instant::now();
     let mut primed = started;

@@ -31,8 +31,21 @@ use crate::{
     kernel::{live::proc_exists, probes::families::futex::RawUserProfile, procfs, user_symbols},
 };
 
-/// Cached stacks and lock names at most; past it the caches start again.
-const CACHE_ENTRIES: usize = 16384;
+/// Whether frames get their file and line from debug information (DWARF). Off in the agent:
+/// parsing the debug information of large binaries doubled its memory under process churn
+/// (the soak: 95 to 189 MiB); its frames have function names, and their module, build id and
+/// file offset let Parca or Pyroscope add lines remotely. On for the one-shot `faultline
+/// contention --user`.
+static SOURCE_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Names frames with their file and line from now on (a one-shot reader).
+pub fn with_source_lines() {
+    SOURCE_LINES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Cached stacks and lock names at most; past it the caches start again (a stack's frames
+/// with their paths take a few KiB).
+const CACHE_ENTRIES: usize = 4096;
 
 /// What names the stacks. A symboliser cannot move between threads, so it lives on the
 /// `user_mem` worker (the only thread that names stacks), where it keeps what it parsed of
@@ -42,29 +55,41 @@ struct Tools {
     symbolizer: Symbolizer,
     normalizer: Normalizer,
     born: std::time::Instant,
+    /// Processes symbolised with these tools: blazesym keeps what it read of each (its maps,
+    /// its files by their per-process paths), so under process churn the tools are renewed
+    /// after `TOOLS_PROCESSES` of them (the soak's 10,000 short-lived processes doubled the
+    /// agent's memory with a symboliser kept for 10 minutes).
+    processes: std::collections::HashSet<u32>,
 }
 
-const TOOLS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+const TOOLS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const TOOLS_PROCESSES: usize = 64;
 
 thread_local! {
     static TOOLS: std::cell::RefCell<Option<Tools>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's tools (made on first use, renewed when old).
-fn with_tools<T>(f: impl FnOnce(&Tools) -> T) -> T {
+/// Runs `f` for process `pid` with this thread's tools (made on first use, renewed when old or
+/// when they have seen many processes).
+fn with_tools<T>(pid: u32, f: impl FnOnce(&Tools) -> T) -> Option<T> {
     TOOLS.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|t| t.born.elapsed() > TOOLS_TTL) {
+        let stale = slot.as_ref().is_none_or(|t| {
+            t.born.elapsed() > TOOLS_TTL
+                || (t.processes.len() >= TOOLS_PROCESSES && !t.processes.contains(&pid))
+        });
+        if stale {
             *slot = Some(Tools {
                 symbolizer: Symbolizer::new(),
                 normalizer: Normalizer::builder().enable_build_ids(true).build(),
                 born: std::time::Instant::now(),
+                processes: Default::default(),
             });
         }
-        match slot.as_ref() {
-            Some(t) => f(t),
-            None => unreachable!("just made"),
-        }
+        slot.as_mut().map(|tools| {
+            tools.processes.insert(pid);
+            f(tools)
+        })
     })
 }
 
@@ -127,7 +152,10 @@ impl UserNamer {
                 if !proc_exists(tgid) {
                     continue;
                 }
-                let frames = Arc::new(with_tools(|t| t.symbolize(tgid, &ips)));
+                let frames = Arc::new(
+                    with_tools(tgid, |t| t.symbolize(tgid, &ips))
+                        .unwrap_or_else(|| unknown_frames(Some(&ips))),
+                );
                 let lock = user_symbols::name_now(tgid, uaddr);
                 let comm = procfs::comm_of(tgid);
                 let mut n = locked(&names);
@@ -210,7 +238,9 @@ impl Tools {
             .enumerate()
             .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
             .collect();
-        let src = Source::Process(Process::new(Pid::from(pid)));
+        let mut process = Process::new(Pid::from(pid));
+        process.debug_syms = SOURCE_LINES.load(std::sync::atomic::Ordering::Relaxed);
+        let src = Source::Process(process);
         let syms = match self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)) {
             Ok(s) => s,
             Err(e) => {
