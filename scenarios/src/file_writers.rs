@@ -38,12 +38,19 @@ pub(crate) fn file_writers(mib: usize, fresh_source: bool) -> Result<()> {
         // Fault the source in first, so the write's time is the copy under the inode lock.
         let started = Arc::new(AtomicU64::new(0));
         let barrier = Arc::new(Barrier::new(2));
+        // Both writers share one CPU: the waiter then only runs while the holder is off CPU, so
+        // the kernel cannot let it spin on the lock's owner (an optimistic spin that wins takes
+        // the lock without a contention event, and the wait this scenario exists for is gone).
+        let cpu = first_allowed_cpu();
         let holder = {
             let (file, big, started, barrier) =
                 (file.clone(), big.clone(), started.clone(), barrier.clone());
             thread::spawn(move || -> Result<Span> {
                 use std::os::unix::fs::FileExt;
                 let tid = gettid();
+                if let Some(cpu) = cpu {
+                    pin_this_thread(cpu);
+                }
                 barrier.wait();
                 let start_ns = now_ns();
                 started.store(start_ns, Ordering::SeqCst);
@@ -65,6 +72,9 @@ pub(crate) fn file_writers(mib: usize, fresh_source: bool) -> Result<()> {
             thread::spawn(move || -> Result<Span> {
                 use std::os::unix::fs::FileExt;
                 let tid = gettid();
+                if let Some(cpu) = cpu {
+                    pin_this_thread(cpu);
+                }
                 barrier.wait();
                 while started.load(Ordering::SeqCst) == 0 {
                     thread::yield_now();

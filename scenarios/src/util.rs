@@ -20,6 +20,30 @@ pub(crate) fn gettid() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
+/// The first CPU this process may run on, or `None` if the mask cannot be read.
+pub(crate) fn first_allowed_cpu() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel fills it for this thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer and size.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads the set we own.
+    (0..libc::CPU_SETSIZE as usize).find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+}
+
+/// Pins the calling thread to one CPU; best effort (a refusal leaves it where it was).
+pub(crate) fn pin_this_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes the set we own; sched_setaffinity(0) is the calling thread.
+    unsafe {
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// An anonymous private mapping, unmapped on drop.
 pub(crate) struct Mapping {
     pub(crate) addr: *mut libc::c_void,
