@@ -25,7 +25,8 @@ pub(crate) fn first_allowed_cpu() -> Option<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel fills it for this thread.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer and size.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return None;
     }
