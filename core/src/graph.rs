@@ -81,6 +81,10 @@ pub enum Reason {
     UffdHandler,
     /// `to` owns the user-space lock: exactly (the PI futex word names it).
     UserLockOwner,
+    /// `to` owns the user-space lock as a library's layout says, and was seen taking it: woken
+    /// from its own wait on the lock by a futex wake, before `from` read the word, and not seen
+    /// letting it go since. Seen from both ends, so not an inference.
+    UserLockOwnerConfirmed,
     /// `to` owns the user-space lock as a library's layout says (the evidence is in the
     /// waiter's `Blocked::UserLock`).
     UserLockOwnerInferred,
@@ -271,6 +275,8 @@ pub fn edges_of(model: &Model, tid: Tid) -> Vec<Edge> {
                     held: rwlock.then_some(LockMode::Write),
                     reason: if *exact {
                         Reason::UserLockOwner
+                    } else if model.seen_taking_user_lock(o, *pid, *lock, *since_ns) {
+                        Reason::UserLockOwnerConfirmed
                     } else {
                         Reason::UserLockOwnerInferred
                     },

@@ -221,6 +221,7 @@ impl GraphView {
                 Reason::LockOwner => "owner".into(),
                 Reason::UffdHandler => "handler".into(),
                 Reason::UserLockOwner => "owner".into(),
+                Reason::UserLockOwnerConfirmed => "owner (seen taking it)".into(),
                 Reason::UserLockOwnerInferred => "owner (inferred)".into(),
             };
             let color = if in_cycle.contains(&(e.from, e.to)) {

@@ -224,6 +224,10 @@ enum Scenario {
     PthreadAbba {
         #[arg(long, default_value_t = 3000)]
         hold_ms: u64,
+        /// The main thread holds both mutexes this long first, so each side takes its first
+        /// mutex through the kernel (woken by the unlock).
+        #[arg(long)]
+        handed_ms: Option<u64>,
         /// Print a first JSON line as soon as both threads sleep in their asks.
         #[arg(long)]
         announce: bool,
@@ -342,7 +346,11 @@ fn main() {
         ),
         Scenario::UffdCrossDeadlock { hold_ms } => uffd_cross_deadlock(hold_ms),
         Scenario::Threads { count, linger_ms } => many_threads(count, linger_ms),
-        Scenario::PthreadAbba { hold_ms, announce } => user_locks::pthread_abba(hold_ms, announce),
+        Scenario::PthreadAbba {
+            hold_ms,
+            handed_ms,
+            announce,
+        } => user_locks::pthread_abba(hold_ms, handed_ms, announce),
         Scenario::PiChain {
             hold_ms,
             announce,

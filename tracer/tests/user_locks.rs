@@ -432,6 +432,56 @@ fn a_pthread_abba_deadlock_is_alerted_live_within_a_second_of_the_confirm_thresh
     agent.stop();
 }
 
+/// The same ABBA, but each side took its first mutex through the kernel (the main thread held
+/// both, and its unlocks woke them): each owner is named by the mutex's word (the waiter's end)
+/// and was seen taking it (the owner's end), so the deadlock is certain, with no inference in
+/// its evidence, and the graph's edges say why.
+#[test]
+fn a_pthread_abba_whose_owners_were_seen_taking_their_mutexes_is_a_certain_deadlock() {
+    if !require_root(
+        "a_pthread_abba_whose_owners_were_seen_taking_their_mutexes_is_a_certain_deadlock",
+    ) {
+        return;
+    }
+    let _turn = turn();
+    let state = tempfile::tempdir().expect("tempdir");
+    let (agent, addr) = start_agent(state.path(), &[]);
+    let (abba, r) = Workload::announced(&[
+        "pthread-abba",
+        "--hold-ms",
+        LONG_HOLD_MS,
+        "--handed-ms",
+        "500",
+        "--announce",
+    ]);
+    let (t1, t2) = (u64_at(&r, &["t1_tid"]), u64_at(&r, &["t2_tid"]));
+    let alert = poll("a deadlock alert of abba-1 and abba-2", PATIENCE, || {
+        let all = alerts(&addr);
+        deadlock_of(&all, &[t1, t2])
+            .cloned()
+            .ok_or_else(|| format!("{all:#?}"))
+    });
+    assert_eq!(alert["confidence"], "certain", "{alert:#}");
+    assert_eq!(
+        alert["evidence"],
+        Value::Null,
+        "nothing inferred: {alert:#}"
+    );
+    let summary = alert["summary"].as_str().unwrap_or_default();
+    assert_eq!(
+        summary.matches("seen taking it").count(),
+        2,
+        "both owners named as seen taking their mutex: {summary}"
+    );
+    let g = graph(&addr);
+    for (from, to) in [(t1, t2), (t2, t1)] {
+        let e = edge(&g, from, to).unwrap_or_else(|| panic!("no edge {from} -> {to}: {g:#}"));
+        assert_eq!(e["reason"], "user_lock_owner_confirmed", "{e:#}");
+    }
+    drop(abba);
+    agent.stop();
+}
+
 #[test]
 fn a_userfaultfd_monitor_waiting_for_the_mutex_its_faulting_thread_holds_is_a_live_deadlock() {
     if !require_root(

@@ -80,6 +80,9 @@ impl Narrator<'_> {
                         format!("waits for {name}{wants}, queued behind writer {to}")
                     }
                     Reason::UserLockOwner => format!("waits for {name}{wants}, owned by {to}"),
+                    Reason::UserLockOwnerConfirmed => format!(
+                        "waits for {name}{wants}, owned by {to} (named by its word, and seen taking it)"
+                    ),
                     _ => format!("waits for {name}{wants}, owned by {to} (inferred)"),
                 }
             }

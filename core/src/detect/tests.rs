@@ -154,6 +154,143 @@ mod user_locks {
         );
     }
 
+    /// 11 and 12 each took their first lock through the kernel (woken by 10's unlock), then
+    /// asked for the other's: every owner is named by its word and was seen taking the lock.
+    fn handed_then_crossed(handed: [Option<u32>; 2], ask_after_ms: u64) -> Vec<Event> {
+        let woken = |futex, waker| EventKind::FutexWaitEnd {
+            futex,
+            outcome: FutexOutcome::Woken,
+            waker_tid: waker,
+        };
+        let mut events = vec![
+            ev(
+                1,
+                11,
+                sleeps(A, UserLockKind::PthreadMutex, Some((10, false))),
+            ),
+            ev(
+                1,
+                12,
+                sleeps(B, UserLockKind::PthreadMutex, Some((10, false))),
+            ),
+        ];
+        if let Some(w) = handed[0] {
+            events.push(ev(2, 11, woken(A, Some(w))));
+        }
+        if let Some(w) = handed[1] {
+            events.push(ev(2, 12, woken(B, Some(w))));
+        }
+        events.extend([
+            ev(
+                ask_after_ms,
+                11,
+                sleeps(B, UserLockKind::PthreadMutex, Some((12, false))),
+            ),
+            ev(
+                ask_after_ms,
+                12,
+                sleeps(A, UserLockKind::PthreadMutex, Some((11, false))),
+            ),
+        ]);
+        events
+    }
+
+    #[test]
+    fn an_abba_whose_owners_were_seen_taking_their_locks_is_certain() {
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(&mut e, &handed_then_crossed([Some(10), Some(10)], 3));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].confidence, Confidence::Certain, "{found:#?}");
+        assert!(found[0].evidence.is_empty(), "{:?}", found[0].evidence);
+        assert!(
+            found[0].summary.contains("seen taking it"),
+            "{}",
+            found[0].summary
+        );
+        let g = e.graph();
+        assert!(g
+            .all_edges()
+            .all(|x| x.reason == Reason::UserLockOwnerConfirmed));
+    }
+
+    #[test]
+    fn one_owner_seen_only_from_the_waiters_end_keeps_the_cycle_probable() {
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(&mut e, &handed_then_crossed([Some(10), None], 3));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].confidence, Confidence::Probable);
+        assert_eq!(found[0].evidence.len(), 1, "{:?}", found[0].evidence);
+        assert!(
+            found[0].evidence[0].starts_with("12 ")
+                && found[0].evidence[0].contains("is inferred to own"),
+            "{:?}",
+            found[0].evidence
+        );
+    }
+
+    #[test]
+    fn a_take_is_undone_by_waking_a_waiter_of_the_lock_or_asking_for_it() {
+        // 11 took A, then woke a waiter of A (13): it let A go, and 13 took it.
+        let mut e = Engine::new(Default::default());
+        let mut events = handed_then_crossed([Some(10), Some(10)], 3);
+        events.insert(
+            4,
+            ev(
+                2,
+                13,
+                sleeps(A, UserLockKind::PthreadMutex, Some((11, false))),
+            ),
+        );
+        events.insert(
+            5,
+            ev(
+                2,
+                13,
+                EventKind::FutexWaitEnd {
+                    futex: A,
+                    outcome: FutexOutcome::Woken,
+                    waker_tid: Some(11),
+                },
+            ),
+        );
+        for x in &events {
+            e.apply(x);
+        }
+        assert!(!e.model().seen_taking_user_lock(11, 100, A, u64::MAX));
+        assert!(e.model().seen_taking_user_lock(13, 100, A, u64::MAX));
+        assert!(e.model().seen_taking_user_lock(12, 100, B, u64::MAX));
+        // 12 asks for B again: it no longer holds it.
+        e.apply(&ev(
+            4,
+            12,
+            sleeps(B, UserLockKind::PthreadMutex, Some((11, false))),
+        ));
+        assert!(!e.model().seen_taking_user_lock(12, 100, B, u64::MAX));
+        // A take after the waiter read the word corroborates nothing.
+        let mut e = Engine::new(Default::default());
+        for x in &handed_then_crossed([Some(10), Some(10)], 3) {
+            e.apply(x);
+        }
+        assert!(!e.model().seen_taking_user_lock(11, 100, A, 1));
+        // A wait that timed out took nothing.
+        let mut e = Engine::new(Default::default());
+        e.apply(&ev(
+            1,
+            11,
+            sleeps(A, UserLockKind::PthreadMutex, Some((10, false))),
+        ));
+        e.apply(&ev(
+            2,
+            11,
+            EventKind::FutexWaitEnd {
+                futex: A,
+                outcome: FutexOutcome::Timeout,
+                waker_tid: None,
+            },
+        ));
+        assert!(!e.model().seen_taking_user_lock(11, 100, A, u64::MAX));
+    }
+
     #[test]
     fn a_cycle_of_pi_owners_is_certain_and_an_ended_wait_breaks_it() {
         let mut e = Engine::new(Default::default());

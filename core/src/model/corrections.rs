@@ -83,6 +83,7 @@ impl Model {
         for tid in tids {
             self.exit(tid, false);
         }
+        self.user_lock_takers.forget_process(pid);
         self.owner_gone(pid);
     }
 

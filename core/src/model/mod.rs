@@ -274,6 +274,8 @@ pub struct Model {
     pub unknown: BTreeSet<Tid>,
     /// Tasks known per process (pid → count): a process with none left is gone for the model.
     procs: HashMap<u32, u32>,
+    /// Who was last seen taking each user-space lock through the kernel (`user_lock.rs`).
+    user_lock_takers: user_lock::Takers,
 }
 
 impl Model {
@@ -454,6 +456,9 @@ impl Model {
             .collect();
         for mm in inferred {
             self.gc_mm(mm);
+        }
+        if exited {
+            self.user_lock_takers.forget_task(tid);
         }
         if let Some(task) = self.tasks.remove(&tid) {
             self.count_proc(task.pid, -1);

@@ -3,8 +3,65 @@
 //! word with no owner semantics (a condition variable, a barrier, a semaphore) waits for an
 //! event, not a lock: the task is not blocked on anything the graph could follow.
 
-use super::{Blocked, Model};
-use crate::event::{Addr, Event, EventKind};
+use std::collections::HashMap;
+
+use super::{Blocked, Model, Tid};
+use crate::event::{Addr, Event, EventKind, FutexOutcome, UserLockKind};
+
+/// How many locks' last takers are kept (the oldest go first): enough for every lock contended
+/// long enough to stream on a busy host, a bound on what a process creating locks costs.
+const MAX_TAKERS: usize = 4096;
+
+/// Who was last seen taking each user-space lock through the kernel: a waiter on a glibc mutex
+/// (or an rwlock's writer) woken by a futex wake retries the word and takes the lock (or sleeps
+/// again, which a later sleep shows). Uncontended takes and releases never enter the kernel, so
+/// this is only ever a corroboration of what the lock's own word says, never an owner alone:
+/// an owner read from the word (the waiter's end) and a take seen by the tracer (the owner's
+/// end) make an owner seen from both ends.
+#[derive(Debug, Default)]
+pub(super) struct Takers {
+    /// (pid, lock) → (taker, when it was woken to take it).
+    by_lock: HashMap<(u32, Addr), (Tid, u64)>,
+}
+
+impl Takers {
+    fn took(&mut self, pid: u32, lock: Addr, tid: Tid, ts_ns: u64) {
+        if self.by_lock.len() >= MAX_TAKERS && !self.by_lock.contains_key(&(pid, lock)) {
+            if let Some(oldest) = self
+                .by_lock
+                .iter()
+                .min_by_key(|(_, (_, ts))| *ts)
+                .map(|(k, _)| *k)
+            {
+                self.by_lock.remove(&oldest);
+            }
+        }
+        self.by_lock.insert((pid, lock), (tid, ts_ns));
+    }
+
+    /// `tid` let `lock` go (it woke a waiter of it) or does not hold it (it asks for it).
+    fn let_go(&mut self, pid: u32, lock: Addr, tid: Tid) {
+        if self
+            .by_lock
+            .get(&(pid, lock))
+            .is_some_and(|(t, _)| *t == tid)
+        {
+            self.by_lock.remove(&(pid, lock));
+        }
+    }
+
+    pub(super) fn forget_task(&mut self, tid: Tid) {
+        if !self.by_lock.is_empty() {
+            self.by_lock.retain(|_, (t, _)| *t != tid);
+        }
+    }
+
+    pub(super) fn forget_process(&mut self, pid: u32) {
+        if !self.by_lock.is_empty() {
+            self.by_lock.retain(|(p, _), _| *p != pid);
+        }
+    }
+}
 
 impl Model {
     pub(super) fn apply_user_lock(&mut self, ev: &Event) {
@@ -18,6 +75,9 @@ impl Model {
                 name,
                 ..
             } => {
+                // A task asking for a lock does not hold it.
+                self.user_lock_takers
+                    .let_go(ev.pid, lock_addr.unwrap_or(*futex), tid);
                 if !lock.has_owner() {
                     self.unblock(tid);
                     return;
@@ -37,14 +97,50 @@ impl Model {
                     },
                 );
             }
-            EventKind::FutexWaitEnd { futex, .. } => {
-                if matches!(self.blocked(tid), Some(Blocked::UserLock { futex: f, .. }) if f == futex)
-                {
-                    self.unblock(tid);
+            EventKind::FutexWaitEnd {
+                futex,
+                outcome,
+                waker_tid,
+            } => {
+                let Some(&Blocked::UserLock {
+                    lock,
+                    pid,
+                    lock_type,
+                    ..
+                }) = self
+                    .blocked(tid)
+                    .filter(|b| matches!(b, Blocked::UserLock { futex: f, .. } if f == futex))
+                else {
+                    return;
+                };
+                self.unblock(tid);
+                if *outcome != FutexOutcome::Woken {
+                    return;
+                }
+                // The waker was releasing the lock (glibc's unlock wakes a waiter); the woken
+                // waiter of a mutex or a writer retries it and takes it.
+                if let Some(w) = waker_tid {
+                    self.user_lock_takers.let_go(pid, lock, *w);
+                }
+                if matches!(
+                    lock_type,
+                    UserLockKind::PthreadMutex | UserLockKind::PthreadRwlockWrite
+                ) {
+                    self.user_lock_takers.took(pid, lock, tid, ev.ts_ns);
                 }
             }
             _ => {}
         }
+    }
+
+    /// Whether `owner` was seen taking `lock` of process `pid` through the kernel no later than
+    /// `by_ns`, and has not been seen letting it go since: the owner's end of an owner read from
+    /// the lock's word.
+    pub fn seen_taking_user_lock(&self, owner: Tid, pid: u32, lock: Addr, by_ns: u64) -> bool {
+        self.user_lock_takers
+            .by_lock
+            .get(&(pid, lock))
+            .is_some_and(|&(t, ts)| t == owner && ts <= by_ns)
     }
 
     /// The name a waiter gave user lock `lock` of process `pid` (its symbol, or file and

@@ -1,5 +1,8 @@
 //! The textbook ABBA deadlock on two default pthread mutexes: abba-1 holds A and asks for B,
 //! abba-2 holds B and asks for A. The asks are timed, so the deadlock is real for `hold_ms`.
+//! With `handed_ms`, the main thread holds both mutexes first, for that long: each side then
+//! takes its first mutex through the kernel (woken by the main thread's unlock), which a tracer
+//! can see from the owner's end.
 
 use std::thread;
 
@@ -9,7 +12,7 @@ use serde::Serialize;
 use super::*;
 use crate::{
     monitor_deadlock::wait_until,
-    util::{now_ns, MAX_HOLD_MS},
+    util::{gettid, now_ns, MAX_HOLD_MS},
 };
 
 #[no_mangle]
@@ -31,6 +34,9 @@ struct AbbaReport {
     symbol_b: &'static str,
     /// When the second ask began: the cycle closes at the latest as that thread goes to sleep.
     deadlocked_at_ns: u64,
+    /// The main thread that held both mutexes first and handed them over (`--handed-ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handed_by_tid: Option<u32>,
     /// Final line only: whether each ask ended with ETIMEDOUT (it should: nobody gives way).
     #[serde(skip_serializing_if = "Option::is_none")]
     t1_timed_out: Option<bool>,
@@ -81,7 +87,7 @@ fn side(first: &PthreadMutex, second: &PthreadMutex, meet: &Meet, asking: &Askin
     result
 }
 
-pub(crate) fn pthread_abba(hold_ms: u64, announce: bool) -> Result<()> {
+pub(crate) fn pthread_abba(hold_ms: u64, handed_ms: Option<u64>, announce: bool) -> Result<()> {
     let meet = Meet {
         held: Gate::new(2),
         asked: Gate::new(2),
@@ -91,10 +97,21 @@ pub(crate) fn pthread_abba(hold_ms: u64, announce: bool) -> Result<()> {
     let _b = FAULTLINE_MUTEX_B.init(Protocol::Normal)?;
     let asking = [Asking::default(), Asking::default()];
     let (a, b) = (&FAULTLINE_MUTEX_A, &FAULTLINE_MUTEX_B);
+    if handed_ms.is_some() {
+        a.lock()?;
+        b.lock()?;
+    }
     let mut report = thread::scope(|s| -> Result<AbbaReport> {
         let _abandon = AbandonOnDrop(&[&meet.held, &meet.asked]);
         let (h1, t1) = spawn_named(s, "abba-1", || side(a, b, &meet, &asking[0]))?;
         let (h2, t2) = spawn_named(s, "abba-2", || side(b, a, &meet, &asking[1]))?;
+        if let Some(ms) = handed_ms {
+            // Both sides sleep in their first lock by now; the unlocks wake them (glibc's
+            // unlock of a contended mutex is a futex wake), and each takes its mutex.
+            thread::sleep(std::time::Duration::from_millis(ms.min(MAX_HOLD_MS)));
+            a.unlock()?;
+            b.unlock()?;
+        }
         let mut report = AbbaReport {
             scenario: "pthread-abba",
             pid: std::process::id(),
@@ -105,6 +122,7 @@ pub(crate) fn pthread_abba(hold_ms: u64, announce: bool) -> Result<()> {
             symbol_a: "FAULTLINE_MUTEX_A",
             symbol_b: "FAULTLINE_MUTEX_B",
             deadlocked_at_ns: 0,
+            handed_by_tid: handed_ms.map(|_| gettid()),
             t1_timed_out: None,
             t2_timed_out: None,
             ended_at_ns: None,

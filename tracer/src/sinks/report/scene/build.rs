@@ -178,6 +178,7 @@ impl Scene {
                         Reason::QueuedBehindWriter => EdgeKind::QueuedBehindWriter,
                         Reason::LockOwner
                         | Reason::UserLockOwner
+                        | Reason::UserLockOwnerConfirmed
                         | Reason::UserLockOwnerInferred => EdgeKind::LockOwner,
                         Reason::UffdHandler => EdgeKind::UffdHandler,
                     },
