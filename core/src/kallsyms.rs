@@ -3,13 +3,17 @@
 //! are the locking functions themselves (the `.spinlock.text` and `.sched.text` sections, where
 //! the kernel puts its lock slow paths: what perf's lock contention skips too).
 
-/// A function or data symbol at an address.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A function or data symbol at an address: 16 bytes, its name in the table's arena. A table
+/// of String-named symbols took ~100 bytes a symbol (17 MiB for a 6.18 host's 121k), held by
+/// the agent and built again every minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Symbol {
     addr: u64,
-    name: String,
-    /// `[module]` for a module's symbol.
-    module: Option<String>,
+    /// Where its name starts in `KernelSymbols::names`.
+    name: u32,
+    len: u16,
+    /// 0: the kernel's own; else 1 + its index in `KernelSymbols::modules`.
+    module: u16,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -18,6 +22,10 @@ pub struct KernelSymbols {
     text: Vec<Symbol>,
     /// Data symbols (`d D b B r R`), sorted by address.
     data: Vec<Symbol>,
+    /// Every symbol's name, one after the other.
+    names: String,
+    /// Module names, each once.
+    modules: Vec<String>,
     /// `[__lock_text_start, __lock_text_end)` and `[__sched_text_start, __sched_text_end)`.
     lock_text: Vec<(u64, u64)>,
 }
@@ -26,8 +34,21 @@ impl KernelSymbols {
     /// Parses the text of `/proc/kallsyms`. A reader without CAP_SYSLOG sees every address as
     /// zero: the table is then empty, and [`Self::is_empty`] says so.
     pub fn parse(text: &str) -> Self {
+        Self::read(text.as_bytes())
+    }
+
+    /// Reads `/proc/kallsyms` (or its text) line by line: the file is 5 MiB on a 6.18 host,
+    /// and the table keeps a third of it.
+    pub fn read(mut input: impl std::io::BufRead) -> Self {
         let mut t = Self::default();
-        for line in text.lines() {
+        let mut module_ids: std::collections::HashMap<String, u16> = Default::default();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match input.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
             let mut parts = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
             else {
@@ -36,35 +57,76 @@ impl KernelSymbols {
             let Ok(addr) = u64::from_str_radix(addr, 16) else {
                 continue;
             };
-            if addr == 0 {
+            let is_text = matches!(kind, "t" | "T" | "w" | "W");
+            let is_data = matches!(kind, "d" | "D" | "b" | "B" | "r" | "R");
+            if addr == 0 || !(is_text || is_data) {
                 continue;
             }
-            let module = parts
-                .next()
-                .map(|m| m.trim_matches(|c| c == '[' || c == ']').to_owned());
+            let (Ok(start), Ok(len)) = (u32::try_from(t.names.len()), u16::try_from(name.len()))
+            else {
+                continue; // past 4 GiB of names, or a name longer than the kernel allows
+            };
+            let module = match parts.next() {
+                Some(m) => {
+                    let m = m.trim_matches(|c| c == '[' || c == ']');
+                    match module_ids.get(m) {
+                        Some(&id) => id,
+                        None => {
+                            let Ok(id) = u16::try_from(t.modules.len() + 1) else {
+                                continue;
+                            };
+                            t.modules.push(m.to_owned());
+                            module_ids.insert(m.to_owned(), id);
+                            id
+                        }
+                    }
+                }
+                None => 0,
+            };
+            t.names.push_str(name);
             let sym = Symbol {
                 addr,
-                name: name.to_owned(),
+                name: start,
+                len,
                 module,
             };
-            match kind {
-                "t" | "T" | "w" | "W" => t.text.push(sym),
-                "d" | "D" | "b" | "B" | "r" | "R" => t.data.push(sym),
-                _ => {}
+            if is_text {
+                t.text.push(sym);
+            } else {
+                t.data.push(sym);
             }
         }
         t.text.sort_by_key(|s| s.addr);
         t.data.sort_by_key(|s| s.addr);
-        let at = |name: &str| t.text.iter().find(|s| s.name == name).map(|s| s.addr);
+        t.names.shrink_to_fit();
+        t.text.shrink_to_fit();
+        t.data.shrink_to_fit();
+        let at = |name: &str| t.text.iter().find(|s| t.name(s) == name).map(|s| s.addr);
+        let mut lock_text = Vec::new();
         for (start, end) in [
             ("__lock_text_start", "__lock_text_end"),
             ("__sched_text_start", "__sched_text_end"),
         ] {
             if let (Some(s), Some(e)) = (at(start), at(end)) {
-                t.lock_text.push((s, e));
+                lock_text.push((s, e));
             }
         }
+        t.lock_text = lock_text;
         t
+    }
+
+    fn name(&self, s: &Symbol) -> &str {
+        let start = s.name as usize;
+        self.names
+            .get(start..start + usize::from(s.len))
+            .unwrap_or_default()
+    }
+
+    fn module(&self, s: &Symbol) -> Option<&str> {
+        usize::from(s.module)
+            .checked_sub(1)
+            .and_then(|i| self.modules.get(i))
+            .map(String::as_str)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,9 +145,10 @@ impl KernelSymbols {
         match below(&self.text, addr) {
             Some(s) => {
                 let off = addr - s.addr;
-                match &s.module {
-                    Some(m) => format!("{}+{off:#x} [{m}]", s.name),
-                    None => format!("{}+{off:#x}", s.name),
+                let name = self.name(s);
+                match self.module(s) {
+                    Some(m) => format!("{name}+{off:#x} [{m}]"),
+                    None => format!("{name}+{off:#x}"),
                 }
             }
             None => format!("{addr:#x}"),
@@ -94,7 +157,7 @@ impl KernelSymbols {
 
     /// The bare function name at `addr`.
     pub fn function_name(&self, addr: u64) -> Option<&str> {
-        below(&self.text, addr).map(|s| s.name.as_str())
+        below(&self.text, addr).map(|s| self.name(s))
     }
 
     /// The data symbol a static lock at `addr` is (or lies in: `sym+0xoff`); `None` without data
@@ -105,8 +168,8 @@ impl KernelSymbols {
         }
         let s = below(&self.data, addr)?;
         match addr - s.addr {
-            0 => Some(s.name.clone()),
-            off if off < 1 << 16 => Some(format!("{}+{off:#x}", s.name)),
+            0 => Some(self.name(s).to_owned()),
+            off if off < 1 << 16 => Some(format!("{}+{off:#x}", self.name(s))),
             _ => None,
         }
     }

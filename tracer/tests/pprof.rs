@@ -68,26 +68,8 @@ fn go_tool_pprof_reads_the_profile_with_its_types_roots_and_totals() {
         text.contains("contentions/count[dflt] delay/nanoseconds"),
         "{text}"
     );
-    // Samples: "  COUNT  DELAY: LOCATION IDS"; their delays add up to the JSON's total.
-    let samples = text
-        .split("Samples:")
-        .nth(1)
-        .and_then(|r| r.split("Locations").next())
-        .expect("a Samples section");
-    let (mut count, mut delay) = (0u64, 0u64);
-    for l in samples.lines() {
-        let Some((values, _)) = l.split_once(':') else {
-            continue;
-        };
-        let v: Vec<u64> = values
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if let [c, d] = v[..] {
-            count += c;
-            delay += d;
-        }
-    }
+    // Their delays add up to the JSON's total.
+    let (count, delay) = raw_totals(&text);
     assert_eq!(
         delay,
         doc["total_wait_ns"].as_u64().expect("total"),
@@ -105,6 +87,11 @@ fn go_tool_pprof_reads_the_profile_with_its_types_roots_and_totals() {
     assert!(locations.contains("[rwsem:W]"), "{text}");
     assert!(locations.to_lowercase().contains("write"), "{text}");
     // The lock's label, and no raw address anywhere.
+    let samples = text
+        .split("Samples:")
+        .nth(1)
+        .and_then(|r| r.split("Locations").next())
+        .expect("a Samples section");
     assert!(samples.contains("lock:["), "{text}");
     assert!(!text.contains("0xffff"), "{text}");
 
@@ -211,6 +198,31 @@ fn pprof_raw(dir: &std::path::Path, name: &str, body: &[u8]) -> String {
         String::from_utf8_lossy(&raw.stderr)
     );
     String::from_utf8_lossy(&raw.stdout).into_owned()
+}
+
+/// The contentions and the delay summed over the samples of `go tool pprof -raw`'s text (each
+/// a line "  COUNT  DELAY: LOCATION IDS" in its Samples section).
+fn raw_totals(text: &str) -> (u64, u64) {
+    let samples = text
+        .split("Samples:")
+        .nth(1)
+        .and_then(|r| r.split("Locations").next())
+        .expect("a Samples section");
+    let (mut count, mut delay) = (0u64, 0u64);
+    for l in samples.lines() {
+        let Some((values, _)) = l.split_once(':') else {
+            continue;
+        };
+        let v: Vec<u64> = values
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [c, d] = v[..] {
+            count += c;
+            delay += d;
+        }
+    }
+    (count, delay)
 }
 
 #[test]
@@ -342,25 +354,7 @@ fn the_user_lock_profile_names_a_pthread_mutex_convoy_and_go_tool_pprof_reads_it
             .any(|l| l.contains("libc.so") && l.split_whitespace().any(|w| w.len() == 40)),
         "{text}"
     );
-    let samples = text
-        .split("Samples:")
-        .nth(1)
-        .and_then(|r| r.split("Locations").next())
-        .expect("a Samples section");
-    let (mut count, mut delay) = (0u64, 0u64);
-    for l in samples.lines() {
-        let Some((values, _)) = l.split_once(':') else {
-            continue;
-        };
-        let v: Vec<u64> = values
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if let [c, d] = v[..] {
-            count += c;
-            delay += d;
-        }
-    }
+    let (count, delay) = raw_totals(&text);
     assert_eq!(
         count,
         doc["contended"].as_u64().expect("contended"),

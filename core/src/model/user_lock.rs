@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::{Blocked, Model, Tid};
-use crate::event::{Addr, Event, EventKind, FutexOutcome, UserLockKind};
+use crate::event::{Addr, Event, EventKind, FutexOp, FutexOutcome, UserLockKind, UserLockOwner};
 
 /// How many locks' last takers are kept (the oldest go first): enough for every lock contended
 /// long enough to stream on a busy host, a bound on what a process creating locks costs.
@@ -141,6 +141,45 @@ impl Model {
             .by_lock
             .get(&(pid, lock))
             .is_some_and(|&(t, ts)| t == owner && ts <= by_ns)
+    }
+
+    /// The `futex_wait_begin` that puts `tid` in its current user-lock wait: applied again with
+    /// a name or a re-read owner, it changes only those (the wait keeps its start).
+    pub fn user_lock_wait_again(&self, tid: Tid) -> Option<Event> {
+        let task = self.task(tid)?;
+        let Some(Blocked::UserLock {
+            lock,
+            futex,
+            pid,
+            lock_type,
+            owner,
+            exact,
+            evidence,
+            name,
+            since_ns,
+        }) = &task.blocked
+        else {
+            return None;
+        };
+        Some(Event {
+            ts_ns: *since_ns,
+            tid,
+            pid: *pid,
+            comm: task.comm.clone(),
+            kind: EventKind::FutexWaitBegin {
+                futex: *futex,
+                // The model keeps what the wait is, not the operation that made it.
+                op: FutexOp::Wait,
+                lock: *lock_type,
+                lock_addr: (lock != futex).then_some(*lock),
+                owner: owner.map(|tid| UserLockOwner {
+                    tid,
+                    exact: *exact,
+                    evidence: evidence.clone().unwrap_or_default(),
+                }),
+                name: name.clone(),
+            },
+        })
     }
 
     /// The name a waiter gave user lock `lock` of process `pid` (its symbol, or file and

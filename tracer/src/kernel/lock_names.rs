@@ -30,10 +30,10 @@ impl Namer {
     /// Reads `/proc/kallsyms` once (a second or two of parsing at most; a profile names
     /// thousands of frames against it).
     pub fn new() -> Self {
-        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        Self {
-            syms: KernelSymbols::parse(&text),
-        }
+        let syms = std::fs::File::open("/proc/kallsyms")
+            .map(|f| KernelSymbols::read(std::io::BufReader::new(f)))
+            .unwrap_or_default();
+        Self { syms }
     }
 
     pub fn symbols(&self) -> &KernelSymbols {

@@ -234,7 +234,7 @@ impl LiveFeed {
             .filter(|l| !l.waiters.is_empty())
             .filter_map(|l| l.owner_pid)
             .collect();
-        let due: Vec<(u32, FutexWait, Option<u32>, Event)> = waits
+        let due: Vec<(u32, FutexWait, u32)> = waits
             .iter()
             .filter_map(|(tid, w)| match model.blocked(*tid)? {
                 Blocked::UserLock {
@@ -247,59 +247,28 @@ impl LiveFeed {
                     && model.blocked(*owner).is_some()
                     && !contended.contains(&w.tgid) =>
                 {
-                    Some((
-                        *tid,
-                        *w,
-                        Some(*owner),
-                        Event {
-                            ts_ns: w.since_ns,
-                            tid: *tid,
-                            pid: w.tgid,
-                            comm: model.task(*tid).and_then(|t| t.comm.clone()),
-                            kind: EventKind::Snapshot {},
-                        },
-                    ))
+                    Some((*tid, *w, *owner))
                 }
                 _ => None,
             })
             .take(RECHECKS)
             .collect();
         let mut alerts = Vec::new();
-        for (tid, w, before, base) in due {
+        for (tid, w, before) in due {
             let sleep = futex::sleep_of(&w);
             let Some(now) = user_locks::owner_now(w.tgid, tid, &sleep) else {
                 continue;
             };
-            if now.as_ref().map(|o| o.tid) == before {
+            if now.as_ref().map(|o| o.tid) == Some(before) {
                 continue;
             }
-            let EventKind::FutexWaitBegin {
-                futex,
-                op,
-                lock,
-                lock_addr,
-                name,
-                ..
-            } = user_locks::begin_unchecked(&w)
-            else {
+            let Some(mut ev) = self.engine.model().user_lock_wait_again(tid) else {
                 continue;
             };
-            let name = name.or_else(|| match self.engine.model().blocked(tid) {
-                Some(Blocked::UserLock { name, .. }) => name.clone(),
-                _ => None,
-            });
-            let ev = Event {
-                kind: EventKind::FutexWaitBegin {
-                    futex,
-                    op,
-                    lock,
-                    lock_addr,
-                    owner: now,
-                    name,
-                },
-                ..base
-            };
-            log::debug!("user lock of task {tid}: owner re-read at {taken_ns}, was {before:?}");
+            if let EventKind::FutexWaitBegin { owner, .. } = &mut ev.kind {
+                *owner = now;
+            }
+            log::debug!("user lock of task {tid}: owner re-read at {taken_ns}, was {before}");
             alerts.extend(self.apply(&ev));
         }
         alerts
@@ -314,36 +283,19 @@ impl LiveFeed {
             .blocked
             .iter()
             .filter_map(|&tid| {
-                let task = model.task(tid)?;
-                match task.blocked.as_ref()? {
-                    Blocked::UserLock {
-                        lock,
+                let ev = model.user_lock_wait_again(tid)?;
+                match &ev.kind {
+                    EventKind::FutexWaitBegin {
                         futex,
-                        pid,
-                        lock_type,
-                        owner,
-                        exact,
-                        evidence,
+                        lock_addr,
                         name: None,
-                        since_ns,
-                    } if !self.unnamable.contains(&(*pid, lock.0)) => Some(Event {
-                        ts_ns: *since_ns,
-                        tid,
-                        pid: *pid,
-                        comm: task.comm.clone(),
-                        kind: EventKind::FutexWaitBegin {
-                            futex: *futex,
-                            op: crate::core::event::FutexOp::Wait,
-                            lock: *lock_type,
-                            lock_addr: (lock != futex).then_some(*lock),
-                            owner: owner.map(|tid| crate::core::event::UserLockOwner {
-                                tid,
-                                exact: *exact,
-                                evidence: evidence.clone().unwrap_or_default(),
-                            }),
-                            name: None,
-                        },
-                    }),
+                        ..
+                    } if !self
+                        .unnamable
+                        .contains(&(ev.pid, lock_addr.unwrap_or(*futex).0)) =>
+                    {
+                        Some(ev)
+                    }
                     _ => None,
                 }
             })

@@ -91,23 +91,8 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
     // Short waits without a stack, split over their lock's sampled stacks (said in a comment).
     let profile = &profile.estimated();
     let mut t = Tables::new();
-    let sample_type = vec![
-        ValueType {
-            r#type: t.string("contentions"),
-            unit: t.string("count"),
-        },
-        ValueType {
-            r#type: t.string("delay"),
-            unit: t.string("nanoseconds"),
-        },
-    ];
-    let period_type = Some(ValueType {
-        r#type: t.string("contentions"),
-        unit: t.string("count"),
-    });
+    let types = ContentionTypes::new(&mut t);
     let kernel = t.string("[kernel.kallsyms]");
-    // An index into the string table, like every name here.
-    let default_sample_type = t.string("contentions");
     let (k_lock, k_type, k_workload) = (t.string("lock"), t.string("type"), t.string("workload"));
     let (k_comm, k_namespace, k_pod, k_container) = (
         t.string("comm"),
@@ -177,7 +162,7 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
         ));
     }
     let p = PProfile {
-        sample_type,
+        sample_type: types.sample_type,
         sample: samples,
         mapping: vec![Mapping {
             id: 1,
@@ -190,11 +175,47 @@ pub fn encode(profile: &Profile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
         string_table: t.strings,
         time_nanos: time_ns,
         duration_nanos: duration_ns,
-        period_type,
+        period_type: types.period_type,
         period: 1,
         comment,
-        default_sample_type,
+        default_sample_type: types.default_sample_type,
     };
+    gzipped(&p)
+}
+
+/// The value types of every faultline profile: how many waits (the default, and the period:
+/// each is counted, not sampled) and how long they took.
+struct ContentionTypes {
+    sample_type: Vec<ValueType>,
+    period_type: Option<ValueType>,
+    /// An index into the string table, like every name in a profile.
+    default_sample_type: i64,
+}
+
+impl ContentionTypes {
+    fn new(t: &mut Tables) -> Self {
+        let mut count = || ValueType {
+            r#type: t.string("contentions"),
+            unit: t.string("count"),
+        };
+        let (sample_count, period) = (count(), count());
+        Self {
+            sample_type: vec![
+                sample_count,
+                ValueType {
+                    r#type: t.string("delay"),
+                    unit: t.string("nanoseconds"),
+                },
+            ],
+            period_type: Some(period),
+            default_sample_type: t.string("contentions"),
+        }
+    }
+}
+
+/// The profile as served: the protobuf, gzipped (what `go tool pprof` and the
+/// `/debug/pprof/` convention expect).
+fn gzipped(p: &PProfile) -> Vec<u8> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     // Writing into a Vec cannot fail.
     let _ = gz.write_all(&p.encode_to_vec());

@@ -6,14 +6,12 @@
 //! was missing here, and no address in the process (its layout) leaves the host. Kernel frames
 //! follow the user ones under `[kernel.kallsyms]`, by name.
 
-use std::{collections::HashMap, io::Write as _};
-
-use flate2::{write::GzEncoder, Compression};
-use prost::Message;
+use std::collections::HashMap;
 
 use super::{
-    proto::{Function, Label, Line, Location, Mapping, PProfile, PSample, ValueType},
-    Tables,
+    gzipped,
+    proto::{Function, Label, Line, Location, Mapping, PProfile, PSample},
+    ContentionTypes, Tables,
 };
 use crate::core::user_profile::{op_name, UserFrame, UserProfile};
 
@@ -96,21 +94,7 @@ impl Places {
 pub fn encode(profile: &UserProfile, time_ns: i64, duration_ns: i64) -> Vec<u8> {
     let mut t = Tables::new();
     let mut p = Places::default();
-    let sample_type = vec![
-        ValueType {
-            r#type: t.string("contentions"),
-            unit: t.string("count"),
-        },
-        ValueType {
-            r#type: t.string("delay"),
-            unit: t.string("nanoseconds"),
-        },
-    ];
-    let period_type = Some(ValueType {
-        r#type: t.string("contentions"),
-        unit: t.string("count"),
-    });
-    let default_sample_type = t.string("contentions");
+    let types = ContentionTypes::new(&mut t);
     let kernel = p.mapping(&mut t, "[kernel.kallsyms]", "", false);
     let synthetic = p.mapping(&mut t, "[faultline]", "", false);
     let (k_lock, k_op, k_comm, k_pid) = (
@@ -204,7 +188,7 @@ pub fn encode(profile: &UserProfile, time_ns: i64, duration_ns: i64) -> Vec<u8> 
         )));
     }
     let msg = PProfile {
-        sample_type,
+        sample_type: types.sample_type,
         sample: samples,
         mapping: p.mappings,
         location: p.locations,
@@ -212,13 +196,10 @@ pub fn encode(profile: &UserProfile, time_ns: i64, duration_ns: i64) -> Vec<u8> 
         string_table: t.strings,
         time_nanos: time_ns,
         duration_nanos: duration_ns,
-        period_type,
+        period_type: types.period_type,
         period: 1,
         comment,
-        default_sample_type,
+        default_sample_type: types.default_sample_type,
     };
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    // Writing into a Vec cannot fail.
-    let _ = gz.write_all(&msg.encode_to_vec());
-    gz.finish().unwrap_or_default()
+    gzipped(&msg)
 }
