@@ -291,6 +291,86 @@ mod user_locks {
         assert!(!e.model().seen_taking_user_lock(11, 100, A, u64::MAX));
     }
 
+    /// The mixed chain, closed: 40 queues to write an mm whose lock 30 holds for read;
+    /// 30 waits for a pthread mutex 50 owns; 50 faulted on a userfaultfd 60 serves; 60 faults on
+    /// the same mm and queues for read behind writer 40. One cycle through three kinds of lock.
+    #[test]
+    fn a_cycle_through_mmap_lock_a_pthread_mutex_and_a_userfaultfd_is_one_deadlock() {
+        use crate::event::{LockMode, UffdOp};
+        const MM: Addr = Addr(0xffff_8880_0000_7000);
+        const UFFD: Addr = Addr(0xffff_8880_0000_8000);
+        let mm = |mode| EventKind::MmapLockStart {
+            mm: MM,
+            mode,
+            mm_pid: Some(100),
+        };
+        let mut e = Engine::new(Default::default());
+        let found = deadlocks(
+            &mut e,
+            &[
+                ev(
+                    1,
+                    30,
+                    EventKind::MmapLockAcquire {
+                        mm: MM,
+                        mode: LockMode::Read,
+                        success: true,
+                        mm_pid: Some(100),
+                    },
+                ),
+                ev(2, 40, mm(LockMode::Write)),
+                ev(
+                    3,
+                    30,
+                    sleeps(A, UserLockKind::PthreadMutex, Some((50, false))),
+                ),
+                ev(
+                    4,
+                    60,
+                    EventKind::UffdIoctlBegin {
+                        uffd: UFFD,
+                        op: UffdOp::Copy,
+                    },
+                ),
+                ev(
+                    4,
+                    60,
+                    EventKind::UffdIoctlEnd {
+                        uffd: UFFD,
+                        op: UffdOp::Copy,
+                        ret: 0,
+                    },
+                ),
+                ev(
+                    5,
+                    50,
+                    EventKind::UffdWaitBegin {
+                        uffd: UFFD,
+                        addr: Addr(0x7f00_0000_0000),
+                    },
+                ),
+                ev(6, 60, mm(LockMode::Read)),
+            ],
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let a = &found[0];
+        let mut tids = a.tids.clone();
+        tids.sort_unstable();
+        assert_eq!(tids, vec![30, 40, 50, 60], "{a:#?}");
+        for part in ["mmap_lock", "pthread_mutex", "userfaultfd"] {
+            assert!(a.summary.contains(part), "{part}: {}", a.summary);
+        }
+        // The mutex's owner is inferred: the cycle is probable, and says so.
+        assert_eq!(a.confidence, Confidence::Probable);
+        assert!(
+            a.evidence
+                .iter()
+                .any(|s| s.contains("50 ") && s.contains("inferred to own")),
+            "{:?}",
+            a.evidence
+        );
+    }
+
     #[test]
     fn a_cycle_of_pi_owners_is_certain_and_an_ended_wait_breaks_it() {
         let mut e = Engine::new(Default::default());
