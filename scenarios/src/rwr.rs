@@ -65,6 +65,31 @@ fn read_own_cmdline() -> Result<()> {
     Ok(())
 }
 
+/// Whether thread `tid` of this process sleeps uninterruptibly or killably (state `D`): the
+/// writer queued on the lock. Raw calls into a stack buffer, with the path built before the hold,
+/// for the reason `read_own_cmdline` gives.
+fn sleeps_in_d(path: &std::ffi::CStr) -> bool {
+    let mut buf = [0u8; 512];
+    // SAFETY: a NUL-terminated path and our own buffer.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: as above; the descriptor is ours and closed right after.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    let Ok(n) = usize::try_from(n) else {
+        return false;
+    };
+    // "tid (comm) S ...": the state follows the last ')'.
+    let stat = &buf[..n.min(buf.len())];
+    stat.iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| stat.get(i + 2))
+        .is_some_and(|&b| b == b'D')
+}
+
 pub(crate) fn rwr_once(
     hold_mib: usize,
     writer_delay: Duration,
@@ -150,8 +175,29 @@ pub(crate) fn rwr_once(
             warm_up();
             // The same read once before the hold, so its code is in place.
             read_own_cmdline()?;
+            // The writer's stat path is written into this after the barrier (its tid is known
+            // then), without allocating: no heap call during the hold (see read_own_cmdline).
+            let mut writer_stat: Vec<u8> = Vec::with_capacity(64);
             barrier.wait();
             while started.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            // Only once the writer sleeps on the lock: a read that came first (the writer
+            // preempted between saying it started and asking, on a loaded host) would share
+            // the holder's lock, and leave the reader as the rwsem's last reader, hiding the
+            // holder from the owner-word hint (seen once in CI). Bounded: past it, the report
+            // says whether the convoy formed.
+            {
+                use std::io::Write as _;
+                write!(
+                    writer_stat,
+                    "/proc/self/task/{}/stat\0",
+                    tids[1].load(Ordering::SeqCst)
+                )?;
+            }
+            let writer_stat = std::ffi::CStr::from_bytes_with_nul(&writer_stat)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !sleeps_in_d(writer_stat) && std::time::Instant::now() < deadline {
                 thread::yield_now();
             }
             thread::sleep(reader_delay);
