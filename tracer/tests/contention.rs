@@ -359,7 +359,12 @@ fn the_profile_metrics_and_the_cli_agree_on_a_locks_waits() {
         return;
     }
     let state = tempfile::tempdir().expect("tempdir");
-    let (agent, addr) = common::Faultline::agent(state.path(), &[]);
+    // Without user-lock tracing: naming a process's futex waits reads its maps, which takes its
+    // mmap_lock, and a read that comes as the convoy forms waits in it (seen in the 6.1 guest:
+    // the CLI counted one more wait, the agent's own, which the agent leaves out of its profile
+    // as it leaves out all its tasks). The agent puts such reads off while a process's lock has
+    // waiters, but it learns that at its snapshots.
+    let (agent, addr) = common::Faultline::agent(state.path(), &["--no-user-locks"]);
     let cli = start_profile(&["-E", "100000", "-l"]);
     // The window: both are attached before the workload starts and read after it ended, so
     // each saw every wait on its mmap_lock (a lock no other process takes).

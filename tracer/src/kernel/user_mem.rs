@@ -8,6 +8,7 @@
 //! first time it parses a large binary's debug information and must not starve the others.
 
 use std::{
+    collections::BTreeSet,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex, OnceLock,
@@ -17,6 +18,25 @@ use std::{
 };
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Processes whose `mmap_lock` had waiters at the agent's last snapshot. A read of theirs would
+/// queue behind the convoy's writer for as long as the convoy lasts: a wait of the agent's own
+/// on a workload's lock, which also shows in every other tracer's view of that lock (not in
+/// faultline's, which leaves its own tasks out). Their names and symbols wait until it clears.
+static CONTENDED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Says which processes' `mmap_lock` has waiters now (the agent's snapshot).
+pub fn set_contended(pids: BTreeSet<u32>) {
+    *CONTENDED.lock().unwrap_or_else(|e| e.into_inner()) = pids;
+}
+
+/// Whether reading process `pid`'s maps or memory should wait: its `mmap_lock` has waiters.
+pub fn contended(pid: u32) -> bool {
+    CONTENDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&pid)
+}
 
 struct Worker {
     jobs: Mutex<mpsc::Sender<Job>>,

@@ -149,7 +149,8 @@ impl UserNamer {
         let names = self.names.clone();
         crate::kernel::user_mem::submit(crate::kernel::user_mem::Lane::Stacks, move || {
             for (tgid, ustack, uaddr, ips) in work {
-                if !proc_exists(tgid) {
+                // A process whose mmap_lock has waiters is named at a later look (`user_mem`).
+                if !proc_exists(tgid) || crate::kernel::user_mem::contended(tgid) {
                     continue;
                 }
                 let frames = Arc::new(

@@ -98,6 +98,9 @@ fn mappings(pid: u32) -> Option<Vec<Mapping>> {
 /// the process's maps could not be read in time (`user_mem`: reading them takes its
 /// `mmap_lock`).
 pub fn name_of(pid: u32, addr: u64) -> Option<String> {
+    if crate::kernel::user_mem::contended(pid) {
+        return None; // named later, once its mmap_lock has no waiters (`user_mem`)
+    }
     crate::kernel::user_mem::bounded(
         crate::kernel::user_mem::Lane::Reads,
         crate::kernel::user_mem::READ_DEADLINE,

@@ -69,6 +69,8 @@ impl LiveFeed {
         let sleeping: HashMap<u32, &FutexWait> = futex_waits.iter().map(|(t, w)| (*t, w)).collect();
         let mut alerts = self.end_what_the_kernel_no_longer_shows(&shown, &sleeping, taken_ns);
         alerts.extend(self.apply_shown(states, taken_ns));
+        // Before anything reads a process's maps or memory: which of them would wait.
+        crate::kernel::user_mem::set_contended(self.contended_processes());
         alerts.extend(self.apply_futex_waits(futex_waits, taken_ns));
         alerts.extend(self.recheck_user_owners(futex_waits, taken_ns));
         alerts.extend(self.name_user_locks());
@@ -227,13 +229,8 @@ impl LiveFeed {
     /// `user_mem`, so a stuck read costs a name, not the agent.
     fn recheck_user_owners(&mut self, waits: &[(u32, FutexWait)], taken_ns: u64) -> Vec<Alert> {
         const RECHECKS: usize = 64;
+        let contended = self.contended_processes();
         let model = self.engine.model();
-        let contended: BTreeSet<u32> = model
-            .mm_locks
-            .values()
-            .filter(|l| !l.waiters.is_empty())
-            .filter_map(|l| l.owner_pid)
-            .collect();
         let due: Vec<(u32, FutexWait, u32)> = waits
             .iter()
             .filter_map(|(tid, w)| match model.blocked(*tid)? {
@@ -274,6 +271,18 @@ impl LiveFeed {
         alerts
     }
 
+    /// The processes whose `mmap_lock` has waiters in the model: a read of their maps or
+    /// memory would join the queue.
+    fn contended_processes(&self) -> BTreeSet<u32> {
+        self.engine
+            .model()
+            .mm_locks
+            .values()
+            .filter(|l| !l.waiters.is_empty())
+            .filter_map(|l| l.owner_pid)
+            .collect()
+    }
+
     /// Names the user locks that went unnamed when their wait entered the model (the read
     /// timed out, or its lane was busy), a few per snapshot, as long as they are waited on.
     fn name_user_locks(&mut self) -> Vec<Alert> {
@@ -292,7 +301,8 @@ impl LiveFeed {
                         ..
                     } if !self
                         .unnamable
-                        .contains(&(ev.pid, lock_addr.unwrap_or(*futex).0)) =>
+                        .contains(&(ev.pid, lock_addr.unwrap_or(*futex).0))
+                        && !crate::kernel::user_mem::contended(ev.pid) =>
                     {
                         Some(ev)
                     }
