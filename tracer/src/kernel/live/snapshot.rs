@@ -229,7 +229,6 @@ impl LiveFeed {
     /// `user_mem`, so a stuck read costs a name, not the agent.
     fn recheck_user_owners(&mut self, waits: &[(u32, FutexWait)], taken_ns: u64) -> Vec<Alert> {
         const RECHECKS: usize = 64;
-        let contended = self.contended_processes();
         let model = self.engine.model();
         let due: Vec<(u32, FutexWait, u32)> = waits
             .iter()
@@ -242,7 +241,8 @@ impl LiveFeed {
                 } if futex.0 == w.uaddr
                     && *since_ns == w.since_ns
                     && model.blocked(*owner).is_some()
-                    && !contended.contains(&w.tgid) =>
+                    // The set `on_snapshot` computed before the futex waits were applied.
+                    && !crate::kernel::user_mem::contended(w.tgid) =>
                 {
                     Some((*tid, *w, *owner))
                 }
